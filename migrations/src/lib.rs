@@ -1,0 +1,19 @@
+//! Database schema migrations, run by `operator migrate` (and by `operator serve` at
+//! start-up). Each migration is written once with sea-query's schema builder, so the
+//! same steps run on PostgreSQL and on SQLite.
+//!
+//! - `m20261125_000001_initial`: tasks, attempts, artifacts, task events, and the
+//!   embedded queue's table.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_initial::Migration)]
+    }
+}

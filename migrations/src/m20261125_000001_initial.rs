@@ -1,0 +1,422 @@
+//! The first schema: tasks and everything that hangs off them.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum Tasks {
+    Table,
+    Id,
+    TenantId,
+    Kind,
+    State,
+    Input,
+    Priority,
+    Attempts,
+    MaxAttempts,
+    TimeoutMs,
+    IdempotencyKey,
+    WebhookUrl,
+    Progress,
+    Result,
+    ErrorCode,
+    ErrorMessage,
+    CancelRequested,
+    LeaseToken,
+    LeaseExpiresAt,
+    WorkerId,
+    TraceParent,
+    RunAt,
+    CreatedAt,
+    UpdatedAt,
+    StartedAt,
+    FinishedAt,
+}
+
+#[derive(DeriveIden)]
+enum TaskAttempts {
+    Table,
+    TaskId,
+    Attempt,
+    WorkerId,
+    LeaseToken,
+    StartedAt,
+    FinishedAt,
+    Outcome,
+    ErrorCode,
+    ErrorMessage,
+}
+
+#[derive(DeriveIden)]
+enum Artifacts {
+    Table,
+    Id,
+    TaskId,
+    TenantId,
+    Name,
+    ContentType,
+    SizeBytes,
+    StorageKey,
+    Sha256,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum TaskEvents {
+    Table,
+    Id,
+    TaskId,
+    TenantId,
+    Kind,
+    Data,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum QueueJobs {
+    Table,
+    TaskId,
+    TenantId,
+    Priority,
+    AvailableAt,
+    EnqueuedAt,
+    LeaseToken,
+    LeaseExpiresAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Tasks::Table)
+                    .col(ColumnDef::new(Tasks::Id).uuid().not_null().primary_key())
+                    .col(ColumnDef::new(Tasks::TenantId).string_len(64).not_null())
+                    .col(ColumnDef::new(Tasks::Kind).string_len(32).not_null())
+                    .col(ColumnDef::new(Tasks::State).string_len(16).not_null())
+                    .col(ColumnDef::new(Tasks::Input).json_binary().not_null())
+                    .col(ColumnDef::new(Tasks::Priority).small_integer().not_null())
+                    .col(
+                        ColumnDef::new(Tasks::Attempts)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .col(ColumnDef::new(Tasks::MaxAttempts).integer().not_null())
+                    .col(ColumnDef::new(Tasks::TimeoutMs).big_integer().not_null())
+                    .col(ColumnDef::new(Tasks::IdempotencyKey).string_len(255).null())
+                    .col(ColumnDef::new(Tasks::WebhookUrl).text().null())
+                    .col(ColumnDef::new(Tasks::Progress).json_binary().null())
+                    .col(ColumnDef::new(Tasks::Result).json_binary().null())
+                    .col(ColumnDef::new(Tasks::ErrorCode).string_len(64).null())
+                    .col(ColumnDef::new(Tasks::ErrorMessage).text().null())
+                    .col(
+                        ColumnDef::new(Tasks::CancelRequested)
+                            .boolean()
+                            .not_null()
+                            .default(false),
+                    )
+                    .col(ColumnDef::new(Tasks::LeaseToken).uuid().null())
+                    .col(
+                        ColumnDef::new(Tasks::LeaseExpiresAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(Tasks::WorkerId).string_len(255).null())
+                    .col(ColumnDef::new(Tasks::TraceParent).string_len(128).null())
+                    .col(
+                        ColumnDef::new(Tasks::RunAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Tasks::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Tasks::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Tasks::StartedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Tasks::FinishedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        // Listing a tenant's tasks, newest first, optionally by state or kind.
+        manager
+            .create_index(
+                Index::create()
+                    .name("tasks_tenant_id")
+                    .table(Tasks::Table)
+                    .col(Tasks::TenantId)
+                    .col(Tasks::Id)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("tasks_tenant_state_id")
+                    .table(Tasks::Table)
+                    .col(Tasks::TenantId)
+                    .col(Tasks::State)
+                    .col(Tasks::Id)
+                    .to_owned(),
+            )
+            .await?;
+        // The reconciler's scans: queued tasks due, running tasks whose lease expired.
+        manager
+            .create_index(
+                Index::create()
+                    .name("tasks_state_run_at")
+                    .table(Tasks::Table)
+                    .col(Tasks::State)
+                    .col(Tasks::RunAt)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("tasks_state_lease_expires_at")
+                    .table(Tasks::Table)
+                    .col(Tasks::State)
+                    .col(Tasks::LeaseExpiresAt)
+                    .to_owned(),
+            )
+            .await?;
+        // Idempotency keys are unique per tenant (NULLs do not collide).
+        manager
+            .create_index(
+                Index::create()
+                    .name("tasks_tenant_idempotency_key")
+                    .table(Tasks::Table)
+                    .col(Tasks::TenantId)
+                    .col(Tasks::IdempotencyKey)
+                    .unique()
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(TaskAttempts::Table)
+                    .col(ColumnDef::new(TaskAttempts::TaskId).uuid().not_null())
+                    .col(ColumnDef::new(TaskAttempts::Attempt).integer().not_null())
+                    .col(
+                        ColumnDef::new(TaskAttempts::WorkerId)
+                            .string_len(255)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(TaskAttempts::LeaseToken).uuid().not_null())
+                    .col(
+                        ColumnDef::new(TaskAttempts::StartedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(TaskAttempts::FinishedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(TaskAttempts::Outcome).string_len(32).null())
+                    .col(
+                        ColumnDef::new(TaskAttempts::ErrorCode)
+                            .string_len(64)
+                            .null(),
+                    )
+                    .col(ColumnDef::new(TaskAttempts::ErrorMessage).text().null())
+                    .primary_key(
+                        Index::create()
+                            .col(TaskAttempts::TaskId)
+                            .col(TaskAttempts::Attempt),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(TaskAttempts::Table, TaskAttempts::TaskId)
+                            .to(Tasks::Table, Tasks::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(Artifacts::Table)
+                    .col(
+                        ColumnDef::new(Artifacts::Id)
+                            .uuid()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Artifacts::TaskId).uuid().not_null())
+                    .col(
+                        ColumnDef::new(Artifacts::TenantId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Artifacts::Name).string_len(255).not_null())
+                    .col(
+                        ColumnDef::new(Artifacts::ContentType)
+                            .string_len(255)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Artifacts::SizeBytes)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Artifacts::StorageKey).text().not_null())
+                    .col(ColumnDef::new(Artifacts::Sha256).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(Artifacts::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Artifacts::Table, Artifacts::TaskId)
+                            .to(Tasks::Table, Tasks::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("artifacts_task_id")
+                    .table(Artifacts::Table)
+                    .col(Artifacts::TaskId)
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(TaskEvents::Table)
+                    .col(
+                        ColumnDef::new(TaskEvents::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(TaskEvents::TaskId).uuid().not_null())
+                    .col(
+                        ColumnDef::new(TaskEvents::TenantId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(TaskEvents::Kind).string_len(64).not_null())
+                    .col(ColumnDef::new(TaskEvents::Data).json_binary().not_null())
+                    .col(
+                        ColumnDef::new(TaskEvents::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(TaskEvents::Table, TaskEvents::TaskId)
+                            .to(Tasks::Table, Tasks::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("task_events_task_id_id")
+                    .table(TaskEvents::Table)
+                    .col(TaskEvents::TaskId)
+                    .col(TaskEvents::Id)
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(QueueJobs::Table)
+                    .col(
+                        ColumnDef::new(QueueJobs::TaskId)
+                            .uuid()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(QueueJobs::TenantId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(QueueJobs::Priority)
+                            .small_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(QueueJobs::AvailableAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(QueueJobs::EnqueuedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(QueueJobs::LeaseToken).uuid().null())
+                    .col(
+                        ColumnDef::new(QueueJobs::LeaseExpiresAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        // The claim query: highest priority first, then oldest.
+        manager
+            .create_index(
+                Index::create()
+                    .name("queue_jobs_claim_order")
+                    .table(QueueJobs::Table)
+                    .col(QueueJobs::Priority)
+                    .col(QueueJobs::AvailableAt)
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            QueueJobs::Table.into_iden(),
+            TaskEvents::Table.into_iden(),
+            Artifacts::Table.into_iden(),
+            TaskAttempts::Table.into_iden(),
+            Tasks::Table.into_iden(),
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}

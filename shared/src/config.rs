@@ -1,0 +1,681 @@
+//! Settings: one typed tree, layered defaults → optional TOML file → environment.
+//!
+//! Environment variables are `OPERATOR_<SECTION>__<KEY>` (`__` nests), e.g.
+//! `OPERATOR_SERVER__PORT=9000`, `OPERATOR_NETWORK__ALLOW=10.0.0.0/8,intranet.example`.
+//! The conventional names `DATABASE_URL`, `REDIS_URL`, `STORAGE_URL`, `CHROME_PATH`,
+//! `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_REGION` are
+//! honoured too and win over the `OPERATOR_*` forms.
+//!
+//! The loader takes the environment as a map, so tests build settings without touching
+//! the process environment. Settings are read once at start-up; anything invalid stops
+//! start-up with a message naming the setting.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::network::{NetworkPolicy, PolicyParseError};
+
+/// The environment variable that names an optional settings file.
+pub const CONFIG_FILE_ENV: &str = "OPERATOR_CONFIG_FILE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {setting}: {problem}")]
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
+    #[error("cannot read settings file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded defaults keep their files (SQLite database, artifacts).
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub queue: QueueSettings,
+    pub storage: StorageSettings,
+    pub browser: BrowserSettings,
+    pub worker: WorkerSettings,
+    pub scheduler: SchedulerSettings,
+    pub tasks: TaskSettings,
+    pub network: NetworkSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            redis: RedisSettings::default(),
+            queue: QueueSettings::default(),
+            storage: StorageSettings::default(),
+            browser: BrowserSettings::default(),
+            worker: WorkerSettings::default(),
+            scheduler: SchedulerSettings::default(),
+            tasks: TaskSettings::default(),
+            network: NetworkSettings::default(),
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Loopback by default: the API has no authentication yet, so it is not exposed
+    /// unless the operator binds a public address on purpose (the Helm chart does).
+    pub host: String,
+    pub port: u16,
+    /// The address clients use to reach the API, for links in responses; derived from
+    /// host and port when absent.
+    pub public_url: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            public_url: None,
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`; `sqlite://<data_dir>/operator.db` when absent.
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://…` or `rediss://…`. When set, the queue runs on Redis.
+    pub url: Option<SecretString>,
+    /// Every key lives under `{<key_prefix>}:…` (one hash slot, so Lua scripts work on a cluster).
+    pub key_prefix: String,
+    /// How long a Redis command may take before it fails (and the caller falls back).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "operator".into(),
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueBackendKind {
+    /// Redis when `redis.url` is set, the database otherwise.
+    Auto,
+    Redis,
+    /// The embedded queue: a table in the task database.
+    Database,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    pub backend: QueueBackendKind,
+    /// How long a claim lasts without a heartbeat; a worker that dies loses its tasks
+    /// to another worker after at most this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the database queue looks for work written by other processes (work
+    /// enqueued in-process wakes workers at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long the API waits for the queue when dispatching a new task; past it the
+    /// task stays committed and the reconciler dispatches it later.
+    #[serde(with = "humantime_serde")]
+    pub dispatch_timeout: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            backend: QueueBackendKind::Auto,
+            lease_ttl: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            dispatch_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `file:///abs/dir`, `file://./rel/dir`, `s3://bucket[/prefix]` or `memory://`;
+    /// `<data_dir>/artifacts` when absent.
+    pub url: Option<String>,
+    /// S3 endpoint for S3-compatible servers (MinIO, s3s, R2…); AWS when absent.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+    /// Path-style requests (`endpoint/bucket/key`), which most S3-compatible servers need.
+    pub path_style: bool,
+    /// Allow a plain-http endpoint (local S3-compatible servers).
+    pub allow_http: bool,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: true,
+            allow_http: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrowserSettings {
+    /// The Chromium binary; searched on PATH (`chromium`, `chromium-browser`,
+    /// `google-chrome`) when absent.
+    pub chrome_path: Option<PathBuf>,
+    /// Chromium refuses to start its sandbox as root; `auto` turns it off only then.
+    pub sandbox: SandboxMode,
+    /// Extra Chromium command-line flags.
+    pub extra_args: Vec<String>,
+    /// Upper bound for any single browser call, so a hung renderer cannot stall a worker.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub launch_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl Default for BrowserSettings {
+    fn default() -> Self {
+        Self {
+            chrome_path: None,
+            sandbox: SandboxMode::Auto,
+            extra_args: Vec::new(),
+            call_timeout: Duration::from_secs(30),
+            launch_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Tasks one worker process runs at once.
+    pub concurrency: usize,
+    /// This worker's name in attempts and logs; `<hostname>-<pid>` when absent.
+    pub id: Option<String>,
+    /// On shutdown, how long running tasks may take to finish before their leases are
+    /// handed back to the queue.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            id: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// How often the reconciler compares the database with the queue.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// A queued task younger than this is left alone by the reconciler: its dispatch
+    /// may still be in flight.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_grace: Duration,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            reconcile_interval: Duration::from_secs(10),
+            reconcile_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskSettings {
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    pub default_max_attempts: u32,
+    pub max_attempts_limit: u32,
+    /// First retry delay; doubles per attempt, with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(60),
+            max_timeout: Duration::from_secs(600),
+            default_max_attempts: 3,
+            max_attempts_limit: 10,
+            retry_base_delay: Duration::from_secs(2),
+            retry_max_delay: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Hosts (`intranet.example`, `*.corp.example`) and networks (`10.0.0.0/8`) that
+    /// browsers may reach even though they are private, loopback or link-local.
+    pub allow: Vec<String>,
+    /// Turns the private-address guard off entirely (trusted networks only).
+    pub allow_private: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `tracing` filter directives; `RUST_LOG` wins when set.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    /// OTLP/HTTP traces endpoint (e.g. `http://collector:4318/v1/traces`); traces are
+    /// exported only when set.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_filter: "info,sqlx=warn,sea_orm=warn,headless_chrome=warn,tungstenite=warn".into(),
+            log_format: LogFormat::Pretty,
+            otlp_endpoint: None,
+            service_name: "operator".into(),
+        }
+    }
+}
+
+/// Conventional variable names and the setting each one fills.
+const CONVENTIONAL_ENV: [(&str, &str); 8] = [
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("STORAGE_URL", "storage.url"),
+    ("CHROME_PATH", "browser.chrome_path"),
+    ("AWS_ENDPOINT_URL", "storage.endpoint"),
+    ("AWS_ACCESS_KEY_ID", "storage.access_key_id"),
+    ("AWS_SECRET_ACCESS_KEY", "storage.secret_access_key"),
+    ("AWS_REGION", "storage.region"),
+];
+
+/// Settings whose values are lists, split on commas in the environment.
+const LIST_SETTINGS: [&str; 2] = ["network.allow", "browser.extra_args"];
+
+impl Settings {
+    /// Loads settings from the optional file and the given environment, then validates them.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get(CONFIG_FILE_ENV).map(PathBuf::from));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+                path: path.clone(),
+                source,
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+
+        // OPERATOR_CONFIG_FILE names the file; it is not a setting.
+        let operator_env: HashMap<String, String> = env
+            .iter()
+            .filter(|(key, _)| key.starts_with("OPERATOR_") && key.as_str() != CONFIG_FILE_ENV)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let mut environment = config::Environment::with_prefix("OPERATOR")
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true)
+            .source(Some(operator_env));
+        for key in LIST_SETTINGS {
+            environment = environment.with_list_parse_key(key);
+        }
+        builder = builder.add_source(environment);
+
+        for (variable, setting) in CONVENTIONAL_ENV {
+            if let Some(value) = env.get(variable).filter(|value| !value.is_empty()) {
+                builder = builder.set_override(setting, value.as_str())?;
+            }
+        }
+
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Settings for tests and the defaults shown in docs: no file, no environment.
+    pub fn defaults() -> Self {
+        Self::default()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let database_url = self.database_url();
+        if !(database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+            || database_url.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if let Some(url) = &self.redis.url {
+            let url = url.expose_secret();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+        }
+        if !self
+            .redis
+            .key_prefix
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b':' | b'.'))
+            || self.redis.key_prefix.is_empty()
+        {
+            return Err(invalid(
+                "redis.key_prefix",
+                "must be non-empty and use only letters, digits, '-', '_', ':' and '.'",
+            ));
+        }
+        if self.queue.backend == QueueBackendKind::Redis && self.redis.url.is_none() {
+            return Err(invalid(
+                "queue.backend",
+                "is redis but redis.url is not set",
+            ));
+        }
+        if self.queue.lease_ttl < Duration::from_secs(2) {
+            return Err(invalid("queue.lease_ttl", "must be at least 2s"));
+        }
+        let storage_url = self.storage_url();
+        if !["file://", "s3://", "memory://"]
+            .iter()
+            .any(|scheme| storage_url.starts_with(scheme))
+        {
+            return Err(invalid(
+                "storage.url",
+                format!("{storage_url:?} must start with file://, s3:// or memory://"),
+            ));
+        }
+        if storage_url.starts_with("s3://") {
+            let bucket = storage_url
+                .trim_start_matches("s3://")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if bucket.is_empty() {
+                return Err(invalid("storage.url", "s3:// URL names no bucket"));
+            }
+            if self.storage.access_key_id.is_some() != self.storage.secret_access_key.is_some() {
+                return Err(invalid(
+                    "storage.secret_access_key",
+                    "access_key_id and secret_access_key must be set together",
+                ));
+            }
+        }
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.tasks.default_timeout > self.tasks.max_timeout {
+            return Err(invalid(
+                "tasks.default_timeout",
+                "must not exceed tasks.max_timeout",
+            ));
+        }
+        if self.tasks.default_max_attempts == 0
+            || self.tasks.default_max_attempts > self.tasks.max_attempts_limit
+        {
+            return Err(invalid(
+                "tasks.default_max_attempts",
+                "must be between 1 and tasks.max_attempts_limit",
+            ));
+        }
+        self.network_policy()
+            .map_err(|error: PolicyParseError| invalid("network.allow", error.to_string()))?;
+        if self
+            .telemetry
+            .log_filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "telemetry.log_filter",
+                "is not a valid tracing filter",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.expose_secret().to_owned(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("operator.db").display()
+            ),
+        }
+    }
+
+    /// The storage URL in effect.
+    pub fn storage_url(&self) -> String {
+        match &self.storage.url {
+            Some(url) => url.clone(),
+            None => format!("file://{}", self.data_dir.join("artifacts").display()),
+        }
+    }
+
+    /// The queue backend in effect, once `auto` is resolved.
+    pub fn queue_backend(&self) -> QueueBackendKind {
+        match self.queue.backend {
+            QueueBackendKind::Auto if self.redis.url.is_some() => QueueBackendKind::Redis,
+            QueueBackendKind::Auto => QueueBackendKind::Database,
+            chosen => chosen,
+        }
+    }
+
+    pub fn network_policy(&self) -> Result<NetworkPolicy, PolicyParseError> {
+        NetworkPolicy::parse(&self.network.allow, self.network.allow_private)
+    }
+
+    /// The address clients use to reach the API.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let host = match self.server.host.as_str() {
+                    "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+                    host => host,
+                };
+                format!("http://{host}:{}", self.server.port)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let settings = Settings::load(None, &HashMap::new()).expect("defaults are valid");
+        assert_eq!(
+            settings.database_url(),
+            "sqlite://./data/operator.db?mode=rwc"
+        );
+        assert_eq!(settings.storage_url(), "file://./data/artifacts");
+        assert_eq!(settings.queue_backend(), QueueBackendKind::Database);
+        assert_eq!(settings.server.port, 8080);
+    }
+
+    #[test]
+    fn operator_variables_nest_with_double_underscores() {
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("OPERATOR_SERVER__PORT", "9001"),
+                ("OPERATOR_QUEUE__LEASE_TTL", "45s"),
+                ("OPERATOR_NETWORK__ALLOW", "10.0.0.0/8,intranet.example"),
+                ("OPERATOR_DATA_DIR", "/var/lib/operator"),
+                ("UNRELATED", "ignored"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(settings.server.port, 9001);
+        assert_eq!(settings.queue.lease_ttl, Duration::from_secs(45));
+        assert_eq!(
+            settings.network.allow,
+            vec!["10.0.0.0/8", "intranet.example"]
+        );
+        assert_eq!(settings.storage_url(), "file:///var/lib/operator/artifacts");
+    }
+
+    #[test]
+    fn conventional_variables_select_the_distributed_setup() {
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://db/operator"),
+                ("REDIS_URL", "redis://cache:6379"),
+                ("STORAGE_URL", "s3://artifacts/prod"),
+                ("AWS_ACCESS_KEY_ID", "key"),
+                ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(settings.queue_backend(), QueueBackendKind::Redis);
+        assert_eq!(settings.database_url(), "postgres://db/operator");
+        assert_eq!(settings.storage_url(), "s3://artifacts/prod");
+    }
+
+    #[test]
+    fn the_file_layer_sits_between_defaults_and_environment() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("operator.toml");
+        std::fs::write(
+            &path,
+            "[server]\nport = 7000\nhost = \"0.0.0.0\"\n[worker]\nconcurrency = 2\n",
+        )
+        .expect("write");
+        let settings =
+            Settings::load(Some(&path), &env(&[("OPERATOR_SERVER__PORT", "7001")])).expect("valid");
+        assert_eq!(settings.server.port, 7001, "environment wins over the file");
+        assert_eq!(
+            settings.server.host, "0.0.0.0",
+            "the file wins over defaults"
+        );
+        assert_eq!(settings.worker.concurrency, 2);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let message = |pairs: &[(&str, &str)]| {
+            Settings::load(None, &env(pairs))
+                .expect_err("must be refused")
+                .to_string()
+        };
+        assert!(message(&[("OPERATOR_SERVER__PORT", "eighty")]).contains("server.port"));
+        assert!(message(&[("STORAGE_URL", "ftp://x")]).contains("storage.url"));
+        assert!(message(&[("OPERATOR_QUEUE__BACKEND", "redis")]).contains("queue.backend"));
+        assert!(message(&[("OPERATOR_NETWORK__ALLOW", "10.0.0.0/99")]).contains("network.allow"));
+        assert!(message(&[("OPERATOR_WORKER__CONCURENCY", "3")]).contains("concurency"));
+        assert!(message(&[("DATABASE_URL", "mysql://x")]).contains("database.url"));
+    }
+}

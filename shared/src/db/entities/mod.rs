@@ -1,0 +1,7 @@
+//! sea-orm entities, one per table. They stay inside the `db` module: the repository
+//! converts them into domain records at its edge.
+
+pub mod artifact;
+pub mod task;
+pub mod task_attempt;
+pub mod task_event;

@@ -1,0 +1,744 @@
+//! The task repository: every read and write of tasks, attempts, artifacts and events.
+//!
+//! Writes that change a task's state are guarded updates: the `WHERE` clause names the
+//! states the state machine allows the change from and, for a worker, the lease token it
+//! holds. A write whose guard no longer holds changes nothing, and the caller learns it
+//! (`LeaseLost`, `NotCancellable`) instead of overwriting someone else's result. Each
+//! state change and its event row commit in one transaction.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use serde::Serialize;
+use serde_json::json;
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::entities::{artifact, task, task_attempt, task_event};
+use crate::domain::{
+    ArtifactId, ArtifactRecord, AttemptRecord, LeaseToken, NewTask, Priority, TaskFilter, TaskId,
+    TaskKind, TaskOutcome, TaskRecord, TaskState, TenantId,
+};
+use crate::error::{CodedError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    /// A row the code cannot interpret (written by a newer version, or edited by hand).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// The current time at the precision every supported database stores (microseconds),
+/// so a value written and read back compares equal.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// What happened when a client asked to cancel a task.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// It had not started: it is cancelled and will never run.
+    Cancelled(TaskRecord),
+    /// It is running: its worker will stop it at its next heartbeat.
+    Requested(TaskRecord),
+    /// It has already ended.
+    AlreadyFinished(TaskRecord),
+    NotFound,
+}
+
+/// What happened when a worker tried to start a claimed task.
+#[derive(Debug, Clone)]
+pub enum StartOutcome {
+    /// The worker now owns the task under its lease.
+    Started(Box<TaskRecord>),
+    /// The task has ended or been cancelled: drop the claim.
+    Finished(TaskState),
+    /// Another worker's lease is still valid until this time.
+    Held(DateTime<Utc>),
+    /// No task with this id (deleted): drop the claim.
+    Missing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseRenewal {
+    Held { cancel_requested: bool },
+    Lost,
+}
+
+#[derive(Debug, Clone)]
+pub enum FinishOutcome {
+    Recorded(Box<TaskRecord>),
+    /// The worker's lease was gone: nothing was written.
+    LeaseLost,
+}
+
+/// One entry of a task's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskEvent {
+    pub id: i64,
+    pub task_id: TaskId,
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A task the reconciler may need to dispatch again.
+#[derive(Debug, Clone)]
+pub struct DispatchCandidate {
+    pub task_id: TaskId,
+    pub tenant: TenantId,
+    pub priority: Priority,
+    pub run_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TaskRepository {
+    db: DatabaseConnection,
+}
+
+impl TaskRepository {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub async fn ping(&self) -> Result<(), RepoError> {
+        self.db.ping().await.map_err(RepoError::from)
+    }
+
+    /// Stores a new task (state `queued`, or `scheduled` when it runs later) and its
+    /// `created` event.
+    #[instrument(skip_all, fields(tenant = %new.tenant))]
+    pub async fn create(&self, new: NewTask) -> Result<TaskRecord, RepoError> {
+        let now = now();
+        let id = TaskId::new();
+        let run_at = new.run_at.map(|at| at.trunc_subsecs(6)).unwrap_or(now);
+        // Only the scheduler promotes `scheduled` tasks; with no separate delayed queue
+        // yet, a future run_at is queued and the queue holds it back until due.
+        let state = TaskState::Queued;
+        let model = task::ActiveModel {
+            id: Set(id.as_uuid()),
+            tenant_id: Set(new.tenant.as_str().to_owned()),
+            kind: Set(new.spec.kind().as_str().to_owned()),
+            state: Set(state.as_str().to_owned()),
+            input: Set(new.spec.to_json()),
+            priority: Set(new.priority.rank()),
+            attempts: Set(0),
+            max_attempts: Set(to_i32(new.max_attempts)),
+            timeout_ms: Set(to_i64(new.timeout_ms)),
+            idempotency_key: Set(new.idempotency_key),
+            webhook_url: Set(new.webhook_url),
+            progress: Set(None),
+            result: Set(None),
+            error_code: Set(None),
+            error_message: Set(None),
+            cancel_requested: Set(false),
+            lease_token: Set(None),
+            lease_expires_at: Set(None),
+            worker_id: Set(None),
+            trace_parent: Set(new.trace_parent),
+            run_at: Set(run_at),
+            created_at: Set(now),
+            updated_at: Set(now),
+            started_at: Set(None),
+            finished_at: Set(None),
+        };
+        let transaction = self.db.begin().await?;
+        task::Entity::insert(model)
+            .exec_without_returning(&transaction)
+            .await?;
+        insert_event(
+            &transaction,
+            id,
+            &new.tenant,
+            "created",
+            json!({"state": state}),
+            now,
+        )
+        .await?;
+        let stored = find_task(&transaction, id).await?;
+        transaction.commit().await?;
+        stored.ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished after insert")))
+    }
+
+    /// A tenant's task.
+    pub async fn get(
+        &self,
+        tenant: &TenantId,
+        id: TaskId,
+    ) -> Result<Option<TaskRecord>, RepoError> {
+        let row = task::Entity::find_by_id(id.as_uuid())
+            .filter(task::Column::TenantId.eq(tenant.as_str()))
+            .one(&self.db)
+            .await?;
+        row.map(to_record).transpose()
+    }
+
+    /// Any tenant's task: for workers, which act on ids they were dispatched.
+    pub async fn get_any(&self, id: TaskId) -> Result<Option<TaskRecord>, RepoError> {
+        find_task(&self.db, id).await
+    }
+
+    /// A tenant's tasks, newest first.
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &TaskFilter,
+    ) -> Result<Vec<TaskRecord>, RepoError> {
+        let mut query = task::Entity::find()
+            .filter(task::Column::TenantId.eq(tenant.as_str()))
+            .order_by_desc(task::Column::Id)
+            .limit(filter.limit);
+        if let Some(state) = filter.state {
+            query = query.filter(task::Column::State.eq(state.as_str()));
+        }
+        if let Some(kind) = filter.kind {
+            query = query.filter(task::Column::Kind.eq(kind.as_str()));
+        }
+        if let Some(before) = filter.before {
+            query = query.filter(task::Column::Id.lt(before.as_uuid()));
+        }
+        query
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
+    /// Cancels a task that has not started, or asks its worker to stop it.
+    #[instrument(skip_all, fields(task_id = %id))]
+    pub async fn cancel(&self, tenant: &TenantId, id: TaskId) -> Result<CancelOutcome, RepoError> {
+        let now = now();
+        let transaction = self.db.begin().await?;
+        let not_started: Vec<&str> = TaskState::predecessors(TaskState::Cancelled)
+            .into_iter()
+            .filter(|state| *state != TaskState::Running)
+            .map(TaskState::as_str)
+            .collect();
+        let cancelled = task::Entity::update_many()
+            .col_expr(
+                task::Column::State,
+                Expr::value(TaskState::Cancelled.as_str()),
+            )
+            .col_expr(
+                task::Column::ErrorCode,
+                Expr::value(ErrorCode::Cancelled.as_str()),
+            )
+            .col_expr(
+                task::Column::ErrorMessage,
+                Expr::value("cancelled before it started"),
+            )
+            .col_expr(task::Column::FinishedAt, Expr::value(now))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(task::Column::TenantId.eq(tenant.as_str()))
+            .filter(task::Column::State.is_in(not_started))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if cancelled == 1 {
+            insert_event(
+                &transaction,
+                id,
+                tenant,
+                "state",
+                json!({"state": TaskState::Cancelled}),
+                now,
+            )
+            .await?;
+            let record = find_task(&transaction, id).await?;
+            transaction.commit().await?;
+            return record
+                .map(CancelOutcome::Cancelled)
+                .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")));
+        }
+        let requested = task::Entity::update_many()
+            .col_expr(task::Column::CancelRequested, Expr::value(true))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(task::Column::TenantId.eq(tenant.as_str()))
+            .filter(task::Column::State.eq(TaskState::Running.as_str()))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if requested == 1 {
+            insert_event(&transaction, id, tenant, "cancel_requested", json!({}), now).await?;
+        }
+        let record = task::Entity::find_by_id(id.as_uuid())
+            .filter(task::Column::TenantId.eq(tenant.as_str()))
+            .one(&transaction)
+            .await?
+            .map(to_record)
+            .transpose()?;
+        transaction.commit().await?;
+        Ok(match record {
+            None => CancelOutcome::NotFound,
+            Some(record) if requested == 1 => CancelOutcome::Requested(record),
+            Some(record) => CancelOutcome::AlreadyFinished(record),
+        })
+    }
+
+    /// Makes the worker holding `token` the owner of the task, as a new attempt.
+    ///
+    /// Allowed from `queued`, and from `running` when the previous owner's lease has
+    /// expired (it died or stalled): that attempt is closed as `lease_expired` and the
+    /// task runs again under the new lease, in one step.
+    #[instrument(skip_all, fields(task_id = %id, worker = worker_id))]
+    pub async fn start_attempt(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        worker_id: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<StartOutcome, RepoError> {
+        let now = now();
+        let lease_until = lease_until.trunc_subsecs(6);
+        let transaction = self.db.begin().await?;
+        let claimable = Condition::any()
+            .add(task::Column::State.eq(TaskState::Queued.as_str()))
+            .add(
+                Condition::all()
+                    .add(task::Column::State.eq(TaskState::Running.as_str()))
+                    .add(task::Column::LeaseExpiresAt.lte(now)),
+            );
+        let started = task::Entity::update_many()
+            .col_expr(
+                task::Column::State,
+                Expr::value(TaskState::Running.as_str()),
+            )
+            .col_expr(
+                task::Column::Attempts,
+                Expr::col(task::Column::Attempts).add(1),
+            )
+            .col_expr(task::Column::LeaseToken, Expr::value(token.as_uuid()))
+            .col_expr(task::Column::LeaseExpiresAt, Expr::value(lease_until))
+            .col_expr(task::Column::WorkerId, Expr::value(worker_id))
+            .col_expr(
+                task::Column::StartedAt,
+                Expr::col(task::Column::StartedAt).if_null(now),
+            )
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(claimable)
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if started == 0 {
+            let current = find_task(&transaction, id).await?;
+            transaction.commit().await?;
+            return Ok(match current {
+                None => StartOutcome::Missing,
+                Some(record) if record.state.is_terminal() => StartOutcome::Finished(record.state),
+                Some(record) => match record.lease_expires_at {
+                    Some(until) if record.state == TaskState::Running => StartOutcome::Held(until),
+                    // Not running and not queued: not ours to start (e.g. scheduled).
+                    _ => StartOutcome::Finished(record.state),
+                },
+            });
+        }
+        // Close an attempt whose worker vanished without a word.
+        task_attempt::Entity::update_many()
+            .col_expr(task_attempt::Column::FinishedAt, Expr::value(now))
+            .col_expr(
+                task_attempt::Column::Outcome,
+                Expr::value(crate::domain::AttemptOutcome::LeaseExpired.as_str()),
+            )
+            .filter(task_attempt::Column::TaskId.eq(id.as_uuid()))
+            .filter(task_attempt::Column::FinishedAt.is_null())
+            .exec(&transaction)
+            .await?;
+        let record = find_task(&transaction, id)
+            .await?
+            .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?;
+        task_attempt::Entity::insert(task_attempt::ActiveModel {
+            task_id: Set(id.as_uuid()),
+            attempt: Set(to_i32(record.attempts)),
+            worker_id: Set(worker_id.to_owned()),
+            lease_token: Set(token.as_uuid()),
+            started_at: Set(now),
+            finished_at: Set(None),
+            outcome: Set(None),
+            error_code: Set(None),
+            error_message: Set(None),
+        })
+        .exec_without_returning(&transaction)
+        .await?;
+        insert_event(
+            &transaction,
+            id,
+            &record.tenant,
+            "state",
+            json!({"state": TaskState::Running, "attempt": record.attempts, "worker": worker_id}),
+            now,
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok(StartOutcome::Started(Box::new(record)))
+    }
+
+    /// Extends the lease of the worker holding `token`; tells it whether the task has
+    /// been asked to stop.
+    pub async fn renew_lease(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        lease_until: DateTime<Utc>,
+    ) -> Result<LeaseRenewal, RepoError> {
+        let renewed = task::Entity::update_many()
+            .col_expr(
+                task::Column::LeaseExpiresAt,
+                Expr::value(lease_until.trunc_subsecs(6)),
+            )
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
+            .filter(task::Column::State.eq(TaskState::Running.as_str()))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        if renewed == 0 {
+            return Ok(LeaseRenewal::Lost);
+        }
+        let cancel_requested = task::Entity::find_by_id(id.as_uuid())
+            .select_only()
+            .column(task::Column::CancelRequested)
+            .into_tuple::<bool>()
+            .one(&self.db)
+            .await?
+            .unwrap_or(false);
+        Ok(LeaseRenewal::Held { cancel_requested })
+    }
+
+    /// Records how the worker holding `token` finished the task: its state, result or
+    /// error, artifacts, the attempt's outcome and the event, in one transaction.
+    #[instrument(skip_all, fields(task_id = %id, state = %outcome.next_state()))]
+    pub async fn finish(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        outcome: TaskOutcome,
+    ) -> Result<FinishOutcome, RepoError> {
+        let now = now();
+        let next_state = outcome.next_state();
+        // The state machine decides; the guard below enforces it against the row.
+        TaskState::Running
+            .transition(next_state)
+            .map_err(|error| RepoError::Corrupt(error.to_string()))?;
+        let error = outcome.error();
+        let transaction = self.db.begin().await?;
+        let mut update = task::Entity::update_many()
+            .col_expr(task::Column::State, Expr::value(next_state.as_str()))
+            .col_expr(task::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
+            .col_expr(
+                task::Column::LeaseExpiresAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(task::Column::CancelRequested, Expr::value(false))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .col_expr(
+                task::Column::ErrorCode,
+                Expr::value(error.as_ref().map(|error| error.code.as_str().to_owned())),
+            )
+            .col_expr(
+                task::Column::ErrorMessage,
+                Expr::value(error.as_ref().map(|error| error.message.clone())),
+            );
+        if next_state.is_terminal() {
+            update = update.col_expr(task::Column::FinishedAt, Expr::value(now));
+        }
+        match &outcome {
+            TaskOutcome::Succeeded { result, .. } => {
+                update = update.col_expr(task::Column::Result, Expr::value(result.clone()));
+            }
+            TaskOutcome::Retry { run_at, .. } => {
+                update = update.col_expr(task::Column::RunAt, Expr::value(run_at.trunc_subsecs(6)));
+            }
+            TaskOutcome::Released => {
+                update = update.col_expr(task::Column::RunAt, Expr::value(now));
+            }
+            _ => {}
+        }
+        let updated = update
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
+            .filter(task::Column::State.eq(TaskState::Running.as_str()))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if updated == 0 {
+            transaction.rollback().await?;
+            return Ok(FinishOutcome::LeaseLost);
+        }
+        task_attempt::Entity::update_many()
+            .col_expr(task_attempt::Column::FinishedAt, Expr::value(now))
+            .col_expr(
+                task_attempt::Column::Outcome,
+                Expr::value(outcome.attempt_outcome().as_str()),
+            )
+            .col_expr(
+                task_attempt::Column::ErrorCode,
+                Expr::value(error.as_ref().map(|error| error.code.as_str().to_owned())),
+            )
+            .col_expr(
+                task_attempt::Column::ErrorMessage,
+                Expr::value(error.as_ref().map(|error| error.message.clone())),
+            )
+            .filter(task_attempt::Column::TaskId.eq(id.as_uuid()))
+            .filter(task_attempt::Column::LeaseToken.eq(token.as_uuid()))
+            .exec(&transaction)
+            .await?;
+        let record = find_task(&transaction, id)
+            .await?
+            .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?;
+        if let TaskOutcome::Succeeded { artifacts, .. } = &outcome
+            && !artifacts.is_empty()
+        {
+            let rows = artifacts.iter().map(|new| artifact::ActiveModel {
+                id: Set(new.id.as_uuid()),
+                task_id: Set(id.as_uuid()),
+                tenant_id: Set(record.tenant.as_str().to_owned()),
+                name: Set(new.name.clone()),
+                content_type: Set(new.content_type.clone()),
+                size_bytes: Set(to_i64(new.size_bytes)),
+                storage_key: Set(new.storage_key.clone()),
+                sha256: Set(new.sha256.clone()),
+                created_at: Set(now),
+            });
+            artifact::Entity::insert_many(rows)
+                .exec_without_returning(&transaction)
+                .await?;
+        }
+        let mut data = json!({"state": next_state, "attempt": record.attempts});
+        if let Some(error) = &error {
+            data["error"] = json!(error);
+        }
+        insert_event(&transaction, id, &record.tenant, "state", data, now).await?;
+        transaction.commit().await?;
+        Ok(FinishOutcome::Recorded(Box::new(record)))
+    }
+
+    pub async fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, RepoError> {
+        let rows = task_attempt::Entity::find()
+            .filter(task_attempt::Column::TaskId.eq(id.as_uuid()))
+            .order_by_asc(task_attempt::Column::Attempt)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AttemptRecord {
+                task_id: TaskId::from(row.task_id),
+                attempt: to_u32(row.attempt),
+                worker_id: row.worker_id,
+                started_at: row.started_at,
+                finished_at: row.finished_at,
+                outcome: row.outcome,
+                error: coded_error(row.error_code, row.error_message),
+            })
+            .collect())
+    }
+
+    pub async fn artifacts(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+    ) -> Result<Vec<ArtifactRecord>, RepoError> {
+        artifact::Entity::find()
+            .filter(artifact::Column::TaskId.eq(task_id.as_uuid()))
+            .filter(artifact::Column::TenantId.eq(tenant.as_str()))
+            .order_by_asc(artifact::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_artifact)
+            .collect()
+    }
+
+    pub async fn artifact(
+        &self,
+        tenant: &TenantId,
+        id: ArtifactId,
+    ) -> Result<Option<ArtifactRecord>, RepoError> {
+        artifact::Entity::find_by_id(id.as_uuid())
+            .filter(artifact::Column::TenantId.eq(tenant.as_str()))
+            .one(&self.db)
+            .await?
+            .map(to_artifact)
+            .transpose()
+    }
+
+    pub async fn events(
+        &self,
+        task_id: TaskId,
+        after: Option<i64>,
+    ) -> Result<Vec<TaskEvent>, RepoError> {
+        let mut query = task_event::Entity::find()
+            .filter(task_event::Column::TaskId.eq(task_id.as_uuid()))
+            .order_by_asc(task_event::Column::Id);
+        if let Some(after) = after {
+            query = query.filter(task_event::Column::Id.gt(after));
+        }
+        Ok(query
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|row| TaskEvent {
+                id: row.id,
+                task_id: TaskId::from(row.task_id),
+                kind: row.kind,
+                data: row.data,
+                created_at: row.created_at,
+            })
+            .collect())
+    }
+
+    /// Tasks the queue should hold: `queued` ones older than `queued_before`, and
+    /// `running` ones whose lease expired (their worker is gone). Paged by id.
+    pub async fn dispatch_candidates(
+        &self,
+        queued_before: DateTime<Utc>,
+        after: Option<TaskId>,
+        limit: u64,
+    ) -> Result<Vec<DispatchCandidate>, RepoError> {
+        let now = now();
+        let mut query = task::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(
+                        Condition::all()
+                            .add(task::Column::State.eq(TaskState::Queued.as_str()))
+                            .add(task::Column::UpdatedAt.lte(queued_before)),
+                    )
+                    .add(
+                        Condition::all()
+                            .add(task::Column::State.eq(TaskState::Running.as_str()))
+                            .add(task::Column::LeaseExpiresAt.lte(now)),
+                    ),
+            )
+            .order_by_asc(task::Column::Id)
+            .limit(limit);
+        if let Some(after) = after {
+            query = query.filter(task::Column::Id.gt(after.as_uuid()));
+        }
+        query
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok(DispatchCandidate {
+                    task_id: TaskId::from(row.id),
+                    tenant: TenantId::parse(&row.tenant_id)
+                        .map_err(|error| RepoError::Corrupt(error.to_string()))?,
+                    priority: Priority::from_rank(row.priority),
+                    run_at: row.run_at,
+                })
+            })
+            .collect()
+    }
+}
+
+async fn find_task<C: ConnectionTrait>(
+    connection: &C,
+    id: TaskId,
+) -> Result<Option<TaskRecord>, RepoError> {
+    task::Entity::find_by_id(id.as_uuid())
+        .one(connection)
+        .await?
+        .map(to_record)
+        .transpose()
+}
+
+async fn insert_event(
+    transaction: &DatabaseTransaction,
+    task_id: TaskId,
+    tenant: &TenantId,
+    kind: &str,
+    data: serde_json::Value,
+    at: DateTime<Utc>,
+) -> Result<(), RepoError> {
+    task_event::Entity::insert(task_event::ActiveModel {
+        id: NotSet,
+        task_id: Set(task_id.as_uuid()),
+        tenant_id: Set(tenant.as_str().to_owned()),
+        kind: Set(kind.to_owned()),
+        data: Set(data),
+        created_at: Set(at),
+    })
+    .exec_without_returning(transaction)
+    .await?;
+    Ok(())
+}
+
+fn to_record(row: task::Model) -> Result<TaskRecord, RepoError> {
+    let corrupt = |what: String| RepoError::Corrupt(format!("task {}: {what}", row.id));
+    Ok(TaskRecord {
+        id: TaskId::from(row.id),
+        tenant: TenantId::parse(&row.tenant_id).map_err(|error| corrupt(error.to_string()))?,
+        kind: TaskKind::parse(&row.kind).map_err(|error| corrupt(error.message))?,
+        state: TaskState::parse(&row.state).map_err(|error| corrupt(error.to_string()))?,
+        input: row.input.clone(),
+        priority: Priority::from_rank(row.priority),
+        attempts: to_u32(row.attempts),
+        max_attempts: to_u32(row.max_attempts),
+        timeout_ms: u64::try_from(row.timeout_ms).unwrap_or_default(),
+        idempotency_key: row.idempotency_key.clone(),
+        webhook_url: row.webhook_url.clone(),
+        progress: row.progress.clone(),
+        result: row.result.clone(),
+        error: coded_error(row.error_code.clone(), row.error_message.clone()),
+        cancel_requested: row.cancel_requested,
+        lease_token: row
+            .lease_token
+            .map(|token| LeaseToken::parse(&token.to_string()).unwrap_or_default()),
+        lease_expires_at: row.lease_expires_at,
+        worker_id: row.worker_id.clone(),
+        trace_parent: row.trace_parent.clone(),
+        run_at: row.run_at,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+    })
+}
+
+fn to_artifact(row: artifact::Model) -> Result<ArtifactRecord, RepoError> {
+    Ok(ArtifactRecord {
+        id: ArtifactId::from(row.id),
+        task_id: TaskId::from(row.task_id),
+        tenant: TenantId::parse(&row.tenant_id)
+            .map_err(|error| RepoError::Corrupt(format!("artifact {}: {error}", row.id)))?,
+        name: row.name,
+        content_type: row.content_type,
+        size_bytes: u64::try_from(row.size_bytes).unwrap_or_default(),
+        storage_key: row.storage_key,
+        sha256: row.sha256,
+        created_at: row.created_at,
+    })
+}
+
+fn coded_error(code: Option<String>, message: Option<String>) -> Option<CodedError> {
+    let code = code?;
+    let code = serde_json::from_value::<ErrorCode>(serde_json::Value::String(code))
+        .unwrap_or(ErrorCode::Internal);
+    Some(CodedError::new(code, message.unwrap_or_default()))
+}
+
+fn to_i32(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u32(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or_default()
+}

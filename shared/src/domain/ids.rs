@@ -1,0 +1,182 @@
+//! Identifier newtypes: they parse once at the edge, so the rest of the code never
+//! handles a raw string that might not be an id.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A task's id: a UUIDv7, so ids sort by creation time (cursor pagination relies on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, uuid::Error> {
+        Uuid::parse_str(text).map(Self)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for TaskId {
+    fn from(value: Uuid) -> Self {
+        Self(value)
+    }
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+/// An artifact's id (UUIDv7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ArtifactId(Uuid);
+
+impl ArtifactId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for ArtifactId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for ArtifactId {
+    fn from(value: Uuid) -> Self {
+        Self(value)
+    }
+}
+
+impl std::fmt::Display for ArtifactId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+/// A tenant's id: a short slug, safe to embed in storage keys and Redis keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantId(String);
+
+/// The tenant every request belongs to until authentication assigns real ones.
+pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tenant id must be 1-64 characters of a-z, 0-9, '-' or '_', got {0:?}")]
+pub struct InvalidTenantId(String);
+
+impl TenantId {
+    pub fn parse(text: &str) -> Result<Self, InvalidTenantId> {
+        let well_formed = !text.is_empty()
+            && text.len() <= 64
+            && text.bytes().all(|byte| {
+                byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'_'
+            });
+        if well_formed {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(InvalidTenantId(text.to_owned()))
+        }
+    }
+
+    pub fn default_tenant() -> Self {
+        Self(DEFAULT_TENANT.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = InvalidTenantId;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(value: TenantId) -> Self {
+        value.0
+    }
+}
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// The secret a worker holds while it owns a task; every write it makes is guarded by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseToken(Uuid);
+
+impl LeaseToken {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, uuid::Error> {
+        Uuid::parse_str(text).map(Self)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for LeaseToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for LeaseToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_sort_by_creation() {
+        let first = TaskId::new();
+        let second = TaskId::new();
+        assert!(first < second);
+    }
+
+    #[test]
+    fn tenant_ids_are_slugs() {
+        assert!(TenantId::parse("acme-prod_1").is_ok());
+        assert!(TenantId::parse("").is_err());
+        assert!(TenantId::parse("Acme").is_err());
+        assert!(TenantId::parse("a/b").is_err());
+        assert!(TenantId::parse(&"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! Stable, machine-readable error codes.
+//!
+//! Every failure a client or an operator can observe carries one of these codes:
+//! API error bodies (`{code, message}`), a task's `error.code`, an attempt's record.
+//! The strings are part of the public contract: add codes, never rename them.
+//! Only the api crate maps codes to HTTP statuses.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // --- request validation (4xx) ---
+    /// The body is not valid JSON.
+    InvalidJson,
+    /// The body is JSON but not the expected shape.
+    InvalidRequest,
+    /// A path or query parameter is malformed.
+    InvalidParameter,
+    /// `kind` names no task kind this service runs.
+    UnknownKind,
+    /// The task's `input` does not fit its kind.
+    InvalidInput,
+    /// The target URL cannot be parsed.
+    InvalidUrl,
+    /// The target URL uses a scheme other than http or https.
+    UrlSchemeNotAllowed,
+    /// The network policy refuses the target address.
+    UrlNotAllowed,
+    /// The body is larger than the configured limit.
+    PayloadTooLarge,
+    /// The request's content type is not JSON.
+    UnsupportedMediaType,
+    /// No route or resource at this path.
+    NotFound,
+    /// The route exists but not for this method.
+    MethodNotAllowed,
+    /// No task with this id for this tenant.
+    TaskNotFound,
+    /// No artifact with this id for this tenant.
+    ArtifactNotFound,
+    /// The task is in a state that does not allow the operation.
+    InvalidState,
+
+    // --- task outcomes (worker) ---
+    /// Navigation failed (DNS, connection refused, TLS, HTTP error page).
+    NavigationFailed,
+    /// A wait condition (selector, load state) was not met in time.
+    WaitTimeout,
+    /// The task ran past its timeout.
+    TaskTimeout,
+    /// The browser failed while running the task.
+    BrowserError,
+    /// The browser process died or stopped answering.
+    BrowserCrashed,
+    /// The task was cancelled.
+    Cancelled,
+    /// Storing an artifact failed.
+    StorageError,
+
+    // --- infrastructure (5xx) ---
+    /// A dependency (database, queue, storage) is unreachable.
+    Unavailable,
+    /// An unexpected internal error; details are in the server log only.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire form, e.g. `"invalid_url"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidParameter => "invalid_parameter",
+            Self::UnknownKind => "unknown_kind",
+            Self::InvalidInput => "invalid_input",
+            Self::InvalidUrl => "invalid_url",
+            Self::UrlSchemeNotAllowed => "url_scheme_not_allowed",
+            Self::UrlNotAllowed => "url_not_allowed",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TaskNotFound => "task_not_found",
+            Self::ArtifactNotFound => "artifact_not_found",
+            Self::InvalidState => "invalid_state",
+            Self::NavigationFailed => "navigation_failed",
+            Self::WaitTimeout => "wait_timeout",
+            Self::TaskTimeout => "task_timeout",
+            Self::BrowserError => "browser_error",
+            Self::BrowserCrashed => "browser_crashed",
+            Self::Cancelled => "cancelled",
+            Self::StorageError => "storage_error",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Whether a task that failed with this code may succeed if run again.
+    ///
+    /// Final codes describe the task itself (bad input, a refused address): running it
+    /// again would fail the same way, so it fails at once instead of burning attempts.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Self::NavigationFailed
+                | Self::BrowserError
+                | Self::BrowserCrashed
+                | Self::StorageError
+                | Self::Unavailable
+                | Self::Internal
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// An error that a client may see: a stable code and a human sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CodedError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl CodedError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_matches_serde_form() {
+        for code in [
+            ErrorCode::InvalidJson,
+            ErrorCode::UrlSchemeNotAllowed,
+            ErrorCode::TaskNotFound,
+            ErrorCode::BrowserCrashed,
+            ErrorCode::Internal,
+        ] {
+            let serialized = serde_json::to_value(code).expect("serializes");
+            assert_eq!(serialized, serde_json::Value::String(code.as_str().into()));
+        }
+    }
+
+    #[test]
+    fn input_errors_are_final_and_infrastructure_errors_retry() {
+        assert!(!ErrorCode::InvalidInput.is_retryable());
+        assert!(!ErrorCode::UrlNotAllowed.is_retryable());
+        assert!(!ErrorCode::TaskTimeout.is_retryable());
+        assert!(ErrorCode::BrowserCrashed.is_retryable());
+        assert!(ErrorCode::NavigationFailed.is_retryable());
+    }
+}

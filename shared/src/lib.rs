@@ -1,0 +1,28 @@
+//! What every OperatorNext role shares.
+//!
+//! - [`config`]: the typed settings tree and its layered loader (defaults → file → env).
+//! - [`domain`]: ids, task kinds and validated inputs, the task state machine, records.
+//! - [`error`]: stable machine-readable error codes.
+//! - [`db`]: database connection, sea-orm entities and the task repository.
+//! - [`queue`]: the dispatch queue trait with its Redis and embedded (database) backends.
+//! - [`storage`]: artifact storage over object_store (local files, S3, memory).
+//! - [`network`]: the policy deciding which addresses browsers may reach.
+//! - [`telemetry`]: logging and OpenTelemetry trace export.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod network;
+pub mod queue;
+pub mod storage;
+pub mod telemetry;
+
+/// Installs the process-wide TLS crypto provider.
+///
+/// sqlx brings rustls with ring, object_store and reqwest bring aws-lc-rs; with two
+/// providers compiled in, rustls refuses to pick one and TLS set-up panics. Call this
+/// first thing in `main` (and in tests that open TLS connections). Idempotent.
+pub fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

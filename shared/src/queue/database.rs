@@ -1,0 +1,267 @@
+//! The embedded queue: a table (`queue_jobs`) in the task database.
+//!
+//! A claim is one guarded `UPDATE … RETURNING`: it takes the highest-priority, oldest
+//! row that is due and not under a live lease, so two claimers can never both win (on
+//! PostgreSQL the inner select also skips rows another claimer has locked). Workers in
+//! this process are woken by a [`Notify`] the moment a task is enqueued; work written by
+//! other processes is found by polling every `poll_interval`. That makes it the right
+//! queue for one process (`operator serve`) and a working, slower one for several.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{Claim, Dispatch, Queue, QueueError, QueueStats};
+use crate::domain::{LeaseToken, Priority, TaskId, TenantId};
+
+pub struct DatabaseQueue {
+    db: DatabaseConnection,
+    /// Wakes idle claimers in this process when work arrives; `notify_one` keeps a
+    /// permit when nobody waits, so an enqueue between a failed claim and the wait
+    /// is not missed.
+    wakeup: Notify,
+    poll_interval: Duration,
+}
+
+impl DatabaseQueue {
+    pub fn new(db: DatabaseConnection, poll_interval: Duration) -> Self {
+        Self {
+            db,
+            wakeup: Notify::new(),
+            poll_interval,
+        }
+    }
+
+    fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Writes SQL with `?` placeholders; PostgreSQL gets `$1, $2, …`.
+    fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
+        let backend = self.backend();
+        let sql = if backend == DbBackend::Postgres {
+            let mut numbered = String::with_capacity(sql.len() + 8);
+            let mut index = 0;
+            for character in sql.chars() {
+                if character == '?' {
+                    index += 1;
+                    numbered.push_str(&format!("${index}"));
+                } else {
+                    numbered.push(character);
+                }
+            }
+            numbered
+        } else {
+            sql.to_owned()
+        };
+        Statement::from_sql_and_values(backend, sql, values)
+    }
+
+    async fn try_claim(&self, lease: Duration) -> Result<Option<Claim>, QueueError> {
+        let now = Utc::now().trunc_subsecs(6);
+        let lease_until =
+            (now + chrono::Duration::from_std(lease).unwrap_or_default()).trunc_subsecs(6);
+        let token = LeaseToken::new();
+        let skip_locked = if self.backend() == DbBackend::Postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE queue_jobs SET lease_token = ?, lease_expires_at = ? \
+             WHERE task_id = (SELECT task_id FROM queue_jobs \
+                 WHERE available_at <= ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?) \
+                 ORDER BY priority DESC, available_at ASC, task_id ASC LIMIT 1{skip_locked}) \
+             AND (lease_expires_at IS NULL OR lease_expires_at <= ?) \
+             RETURNING task_id, tenant_id, priority"
+        );
+        let statement = self.statement(
+            &sql,
+            vec![
+                token.as_uuid().into(),
+                lease_until.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+            ],
+        );
+        let Some(row) = self.db.query_one_raw(statement).await? else {
+            return Ok(None);
+        };
+        let task_id: Uuid = row.try_get("", "task_id")?;
+        let tenant: String = row.try_get("", "tenant_id")?;
+        let priority: i16 = row.try_get("", "priority")?;
+        Ok(Some(Claim {
+            task_id: TaskId::from(task_id),
+            tenant: TenantId::parse(&tenant)
+                .map_err(|error| QueueError::Protocol(error.to_string()))?,
+            priority: Priority::from_rank(priority),
+            token,
+            lease_until,
+        }))
+    }
+
+    async fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64, QueueError> {
+        let statement = self.statement(sql, values);
+        Ok(self.db.execute_raw(statement).await?.rows_affected())
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for DatabaseQueue {
+    fn backend(&self) -> &'static str {
+        "database"
+    }
+
+    async fn enqueue(&self, dispatch: &Dispatch) -> Result<bool, QueueError> {
+        let now = Utc::now().trunc_subsecs(6);
+        let available_at = dispatch
+            .not_before
+            .map(|at| at.trunc_subsecs(6))
+            .unwrap_or(now)
+            .max(now);
+        let inserted = self
+            .execute(
+                "INSERT INTO queue_jobs (task_id, tenant_id, priority, available_at, enqueued_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO NOTHING",
+                vec![
+                    dispatch.task_id.as_uuid().into(),
+                    dispatch.tenant.as_str().into(),
+                    dispatch.priority.rank().into(),
+                    available_at.into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+        if inserted == 1 {
+            self.wakeup.notify_one();
+        }
+        Ok(inserted == 1)
+    }
+
+    async fn claim(
+        &self,
+        _worker: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<Claim>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(claim) = self.try_claim(lease).await? {
+                return Ok(Some(claim));
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Ok(None);
+            }
+            let pause = remaining.min(self.poll_interval);
+            tokio::select! {
+                () = self.wakeup.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<Option<DateTime<Utc>>, QueueError> {
+        let lease_until =
+            (Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default()).trunc_subsecs(6);
+        let renewed = self
+            .execute(
+                "UPDATE queue_jobs SET lease_expires_at = ? WHERE task_id = ? AND lease_token = ?",
+                vec![
+                    lease_until.into(),
+                    claim.task_id.as_uuid().into(),
+                    claim.token.as_uuid().into(),
+                ],
+            )
+            .await?;
+        Ok((renewed == 1).then_some(lease_until))
+    }
+
+    async fn ack(&self, claim: &Claim) -> Result<bool, QueueError> {
+        let deleted = self
+            .execute(
+                "DELETE FROM queue_jobs WHERE task_id = ? AND lease_token = ?",
+                vec![claim.task_id.as_uuid().into(), claim.token.as_uuid().into()],
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn requeue(
+        &self,
+        claim: &Claim,
+        not_before: Option<DateTime<Utc>>,
+    ) -> Result<bool, QueueError> {
+        let now = Utc::now().trunc_subsecs(6);
+        let available_at = not_before
+            .map(|at| at.trunc_subsecs(6))
+            .unwrap_or(now)
+            .max(now);
+        let requeued = self
+            .execute(
+                "UPDATE queue_jobs SET lease_token = NULL, lease_expires_at = NULL, available_at = ? \
+                 WHERE task_id = ? AND lease_token = ?",
+                vec![
+                    available_at.into(),
+                    claim.task_id.as_uuid().into(),
+                    claim.token.as_uuid().into(),
+                ],
+            )
+            .await?;
+        if requeued == 1 {
+            self.wakeup.notify_one();
+        }
+        Ok(requeued == 1)
+    }
+
+    async fn remove(&self, task_id: TaskId) -> Result<bool, QueueError> {
+        let now = Utc::now().trunc_subsecs(6);
+        let removed = self
+            .execute(
+                "DELETE FROM queue_jobs WHERE task_id = ? \
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= ?)",
+                vec![task_id.as_uuid().into(), now.into()],
+            )
+            .await?;
+        Ok(removed == 1)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = Utc::now().trunc_subsecs(6);
+        let statement = self.statement(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN (lease_expires_at IS NULL OR lease_expires_at <= ?) AND available_at <= ? THEN 1 ELSE 0 END), 0) AS ready, \
+               COALESCE(SUM(CASE WHEN (lease_expires_at IS NULL OR lease_expires_at <= ?) AND available_at > ? THEN 1 ELSE 0 END), 0) AS delayed, \
+               COALESCE(SUM(CASE WHEN lease_expires_at > ? THEN 1 ELSE 0 END), 0) AS leased \
+             FROM queue_jobs",
+            vec![now.into(), now.into(), now.into(), now.into(), now.into()],
+        );
+        let row = self
+            .db
+            .query_one_raw(statement)
+            .await?
+            .ok_or_else(|| QueueError::Protocol("stats query returned no row".into()))?;
+        let count = |column: &str| -> Result<u64, QueueError> {
+            let value: i64 = row.try_get("", column)?;
+            Ok(u64::try_from(value).unwrap_or_default())
+        };
+        Ok(QueueStats {
+            ready: count("ready")?,
+            delayed: count("delayed")?,
+            leased: count("leased")?,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.db.ping().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! The dispatch path: a queue of task ids with per-task leases.
+//!
+//! The database is the truth; the queue only says which task a worker should try next.
+//! A claim hands the worker a lease (token + deadline) that it renews by heartbeat; a
+//! lease that is not renewed expires and the task becomes claimable again, whatever
+//! happened to the worker. Operations on a claim are guarded by its token, so a worker
+//! whose lease expired cannot acknowledge or requeue what another worker now owns.
+//!
+//! Backends:
+//! - [`redis::RedisQueue`]: Redis via fred; every multi-key step is one Lua script.
+//! - [`database::DatabaseQueue`]: the embedded queue, a table in the task database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{QueueBackendKind, Settings};
+use crate::domain::{LeaseToken, Priority, TaskId, TenantId};
+
+pub mod database;
+pub mod redis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("queue answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+/// A task to put on the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatch {
+    pub task_id: TaskId,
+    pub tenant: TenantId,
+    pub priority: Priority,
+    /// Not before this time (delayed tasks and retries); at once when `None` or past.
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// A worker's hold on one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub task_id: TaskId,
+    pub tenant: TenantId,
+    pub priority: Priority,
+    pub token: LeaseToken,
+    /// When the lease runs out unless renewed.
+    pub lease_until: DateTime<Utc>,
+}
+
+/// Counts for dashboards and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Ready to run now.
+    pub ready: u64,
+    /// Waiting for their time (delays, retries).
+    pub delayed: u64,
+    /// Claimed by a worker.
+    pub leased: u64,
+}
+
+#[async_trait::async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// `redis` or `database`.
+    fn backend(&self) -> &'static str;
+
+    /// Puts a task on the queue. Idempotent: a task already waiting or leased is left
+    /// as it is (returns `false`).
+    async fn enqueue(&self, dispatch: &Dispatch) -> Result<bool, QueueError>;
+
+    /// Enqueues many tasks; returns how many were not on the queue before.
+    async fn enqueue_many(&self, batch: &[Dispatch]) -> Result<usize, QueueError> {
+        let mut added = 0;
+        for dispatch in batch {
+            if self.enqueue(dispatch).await? {
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// Claims the next task for `worker`, waiting up to `wait` for one to arrive.
+    async fn claim(
+        &self,
+        worker: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<Claim>, QueueError>;
+
+    /// Extends the lease; `None` when it was lost (expired and possibly re-claimed).
+    async fn renew(
+        &self,
+        claim: &Claim,
+        lease: Duration,
+    ) -> Result<Option<DateTime<Utc>>, QueueError>;
+
+    /// Removes the task for good (it finished). `false` when the lease was lost.
+    async fn ack(&self, claim: &Claim) -> Result<bool, QueueError>;
+
+    /// Gives the task back, to be claimed again at `not_before` (at once when `None`).
+    async fn requeue(
+        &self,
+        claim: &Claim,
+        not_before: Option<DateTime<Utc>>,
+    ) -> Result<bool, QueueError>;
+
+    /// Takes a waiting task off the queue (cancelled). A leased task stays: its worker
+    /// finds out from the database.
+    async fn remove(&self, task_id: TaskId) -> Result<bool, QueueError>;
+
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// Checks the backend answers, for readiness probes.
+    async fn ping(&self) -> Result<(), QueueError>;
+}
+
+pub type SharedQueue = Arc<dyn Queue>;
+
+/// Builds the queue backend the settings select.
+pub async fn connect(
+    settings: &Settings,
+    db: sea_orm::DatabaseConnection,
+) -> Result<SharedQueue, QueueError> {
+    match settings.queue_backend() {
+        QueueBackendKind::Redis => {
+            let queue = redis::RedisQueue::connect(&settings.redis).await?;
+            Ok(Arc::new(queue))
+        }
+        QueueBackendKind::Database | QueueBackendKind::Auto => Ok(Arc::new(
+            database::DatabaseQueue::new(db, settings.queue.poll_interval),
+        )),
+    }
+}
