@@ -1,1 +1,110 @@
+//! The API role: a thin REST layer over the repository and the queue.
+//!
+//! - [`tasks`]: `/v1/tasks` — submit, get, list, cancel; a task's artifacts and attempts.
+//! - [`artifacts`]: `/v1/artifacts/{id}` — download.
+//! - [`health`]: `/healthz`, `/readyz`.
+//! - [`submission`]: parsing and validating a task submission.
+//! - [`dto`]: wire types (their doc comments are the OpenAPI descriptions).
+//! - [`error`]: error bodies, and the only mapping from error codes to HTTP statuses.
+//! - [`state`]: what handlers share.
+//!
+//! [`ApiServer::bind`] binds the listener first (port 0 in tests) and
+//! [`ApiServer::run_until_stopped`] serves until the shutdown future resolves.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::middleware::Tracing;
+use poem::{EndpointExt, Route, Server};
+use poem_openapi::OpenApiService;
+
+pub mod artifacts;
+pub mod dto;
+pub mod error;
+pub mod health;
+pub mod state;
+pub mod submission;
+pub mod tasks;
+
+pub use state::{AppState, SharedState};
+
+/// How long in-flight requests may take to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The assembled routes: the API, `/openapi.json` and the docs at `/docs`.
+pub fn routes(state: SharedState) -> impl poem::Endpoint {
+    let api = OpenApiService::new(
+        (
+            tasks::TasksApi {
+                state: SharedState::clone(&state),
+            },
+            artifacts::ArtifactsApi {
+                state: SharedState::clone(&state),
+            },
+            health::HealthApi {
+                state: SharedState::clone(&state),
+            },
+        ),
+        "OperatorNext",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Run browser tasks (screenshots, PDFs) on a queue of headless Chromium workers. \
+         Every error body is `{code, message}` with a stable machine-readable `code`.",
+    )
+    .server(state.public_url.clone());
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let max_body_bytes = state.settings.server.max_body_bytes;
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .data(submission::BodyLimit(max_body_bytes))
+        .with(Tracing)
+        .catch_all_error(error::error_response)
+}
+
+/// A bound API server.
+pub struct ApiServer {
+    acceptor: poem::listener::TcpAcceptor,
+    local_addr: SocketAddr,
+}
+
+impl ApiServer {
+    /// Binds `host:port` (port 0 picks a free one). Binding comes first so the state
+    /// can carry the real address (for links) when the port was picked.
+    pub async fn bind(host: &str, port: u16) -> std::io::Result<Self> {
+        let address = format!("{host}:{port}");
+        let acceptor = TcpListener::bind(address).into_acceptor().await?;
+        let local_addr = acceptor
+            .local_addr()
+            .into_iter()
+            .find_map(|address| address.as_socket_addr().copied())
+            .ok_or_else(|| std::io::Error::other("listener has no socket address"))?;
+        Ok(Self {
+            acceptor,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run_until_stopped<F>(self, state: SharedState, shutdown: F) -> std::io::Result<()>
+    where
+        F: std::future::Future<Output = ()> + Send,
+    {
+        let app = routes(state);
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(SHUTDOWN_GRACE))
+            .await
+    }
+}

@@ -567,8 +567,8 @@ impl Settings {
         NetworkPolicy::parse(&self.network.allow, self.network.allow_private)
     }
 
-    /// The address clients use to reach the API.
-    pub fn public_url(&self) -> String {
+    /// The address clients use to reach the API, given the port it is bound to.
+    pub fn public_url(&self, bound_port: u16) -> String {
         match &self.server.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => {
@@ -576,7 +576,7 @@ impl Settings {
                     "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
                     host => host,
                 };
-                format!("http://{host}:{}", self.server.port)
+                format!("http://{host}:{bound_port}")
             }
         }
     }

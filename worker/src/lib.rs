@@ -1,1 +1,151 @@
+//! The worker role: claims tasks from the queue and runs them in Chromium.
+//!
+//! - [`browser`]: the Chromium pool (warm browser, isolated contexts, blocking pool).
+//! - [`render`]: what happens in a page (navigate, wait, screenshot or PDF).
+//! - [`runner`]: one task from claim to recorded outcome (leases, retries, artifacts).
+//! - [`source`]: the apalis backend that feeds workers from our queue.
+//!
+//! apalis is the runtime: a monitor with one worker whose concurrency layer bounds the
+//! tasks in flight, and whose graceful shutdown stops claiming and drains running tasks.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
+use operator_shared::config::Settings;
+use operator_shared::db::TaskRepository;
+use operator_shared::error::CodedError;
+use operator_shared::queue::{Claim, SharedQueue};
+use operator_shared::storage::ArtifactStore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub mod browser;
+pub mod render;
+pub mod runner;
+pub mod source;
+
+use browser::BrowserPool;
+use runner::{RetryPolicy, TaskRunner};
+use source::ClaimSource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("browser: {0}")]
+    Browser(#[from] CodedError),
+    #[error("invalid network policy: {0}")]
+    Policy(String),
+    #[error("worker runtime: {0}")]
+    Runtime(String),
+}
+
+/// A worker process's task runner and browser pool, ready to run.
+pub struct Worker {
+    runner: Arc<TaskRunner>,
+    concurrency: usize,
+    shutdown_grace: Duration,
+}
+
+impl Worker {
+    /// Builds the worker and starts its browser, so the first task does not wait for it.
+    pub async fn build(
+        settings: &Settings,
+        repo: TaskRepository,
+        queue: SharedQueue,
+        storage: ArtifactStore,
+    ) -> Result<Self, WorkerError> {
+        let concurrency = settings.worker.concurrency;
+        let pool = BrowserPool::new(settings.browser.clone(), concurrency)?;
+        pool.warm_up().await?;
+        pool.spawn_keepalive(settings.browser.call_timeout / 3);
+        let policy = settings
+            .network_policy()
+            .map_err(|error| WorkerError::Policy(error.to_string()))?;
+        let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
+        let runner = TaskRunner {
+            worker_id,
+            repo,
+            queue,
+            storage,
+            pool,
+            policy,
+            lease_ttl: settings.queue.lease_ttl,
+            retry: RetryPolicy {
+                base: settings.tasks.retry_base_delay,
+                max: settings.tasks.retry_max_delay,
+            },
+            hard_stop: CancellationToken::new(),
+        };
+        Ok(Self {
+            runner: Arc::new(runner),
+            concurrency,
+            shutdown_grace: settings.worker.shutdown_grace,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.runner.worker_id
+    }
+
+    pub fn browser_pool(&self) -> &Arc<BrowserPool> {
+        &self.runner.pool
+    }
+
+    /// Runs until `shutdown` resolves; then stops claiming, lets running tasks finish
+    /// for the grace period, and hands the leases of the rest back to the queue.
+    pub async fn run_until_stopped<F>(self, shutdown: F) -> Result<(), WorkerError>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let runner = Arc::clone(&self.runner);
+        let concurrency = self.concurrency;
+        let worker_name = runner.worker_id.clone();
+        let hard_stop = runner.hard_stop.clone();
+        let grace = self.shutdown_grace;
+        let signal = async move {
+            shutdown.await;
+            info!(
+                grace_secs = grace.as_secs(),
+                "worker stopping: no new claims, draining running tasks"
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                warn!("shutdown grace period over; handing running tasks back to the queue");
+                hard_stop.cancel();
+            });
+            Ok(())
+        };
+        let monitor = Monitor::new().register(move |_restarts| {
+            WorkerBuilder::new(worker_name.clone())
+                .backend(ClaimSource::new(
+                    SharedQueue::clone(&runner.queue),
+                    runner.worker_id.clone(),
+                    runner.lease_ttl,
+                ))
+                .concurrency(concurrency)
+                .data(Arc::clone(&runner))
+                .build(run_task)
+        });
+        info!(worker = %self.runner.worker_id, concurrency, "worker running");
+        let result = monitor.run_with_signal(signal).await;
+        self.runner.pool.shutdown();
+        result.map_err(|error| WorkerError::Runtime(error.to_string()))
+    }
+}
+
+async fn run_task(
+    claim: Claim,
+    runner: Data<Arc<TaskRunner>>,
+) -> Result<(), apalis::prelude::BoxDynError> {
+    runner.run(claim).await;
+    Ok(())
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}

@@ -11,7 +11,8 @@ pub mod entities;
 mod repo;
 
 pub use repo::{
-    CancelOutcome, FinishOutcome, LeaseRenewal, RepoError, StartOutcome, TaskEvent, TaskRepository,
+    CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, RepoError, StartOutcome,
+    TaskEvent, TaskRepository, now,
 };
 
 /// Opens the database named by the settings.

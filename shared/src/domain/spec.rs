@@ -584,6 +584,13 @@ fn parse_input<T: serde::de::DeserializeOwned>(input: &serde_json::Value) -> Res
     if !input.is_object() {
         return Err(invalid_input("input", "must be a JSON object"));
     }
+    // The URL is checked first, on its own, so its precise code survives (serde would
+    // flatten the error into a message).
+    if let Some(serde_json::Value::String(url)) = input.get("url") {
+        TargetUrl::parse(url).map_err(|error| {
+            CodedError::new(error.code, format!("input.url: {}", error.message))
+        })?;
+    }
     serde_path_to_error::deserialize(input).map_err(|error| {
         let path = error.path().to_string();
         let field = if path == "." {
@@ -591,27 +598,11 @@ fn parse_input<T: serde::de::DeserializeOwned>(input: &serde_json::Value) -> Res
         } else {
             format!("input.{path}")
         };
-        let inner = error.into_inner();
-        // A URL rejected while deserializing keeps its own, more precise code.
-        let message = inner.to_string();
-        let code = if field == "input.url" {
-            url_error_code(&message)
-        } else {
-            ErrorCode::InvalidInput
-        };
-        CodedError::new(code, format!("{field}: {message}"))
+        CodedError::new(
+            ErrorCode::InvalidInput,
+            format!("{field}: {}", error.into_inner()),
+        )
     })
-}
-
-/// Recovers the code of a [`TargetUrl`] error after serde flattened it into a message.
-fn url_error_code(message: &str) -> ErrorCode {
-    if message.starts_with(ErrorCode::UrlSchemeNotAllowed.as_str()) {
-        ErrorCode::UrlSchemeNotAllowed
-    } else if message.starts_with(ErrorCode::InvalidUrl.as_str()) {
-        ErrorCode::InvalidUrl
-    } else {
-        ErrorCode::InvalidInput
-    }
 }
 
 fn invalid_input(field: &str, problem: &str) -> CodedError {

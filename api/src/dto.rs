@@ -1,0 +1,290 @@
+//! The API's wire types. Their doc comments become the OpenAPI schema descriptions.
+
+use chrono::{DateTime, Utc};
+use operator_shared::domain::{
+    ArtifactRecord, AttemptRecord, Priority, TaskKind, TaskRecord, TaskState,
+};
+use poem_openapi::{Enum, Object};
+use uuid::Uuid;
+
+use crate::error::ErrorBody;
+
+/// What a task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename = "TaskKind", rename_all = "snake_case")]
+pub enum TaskKindDto {
+    /// Capture a page as PNG, JPEG or WebP.
+    Screenshot,
+    /// Print a page to PDF.
+    Pdf,
+}
+
+impl From<TaskKind> for TaskKindDto {
+    fn from(kind: TaskKind) -> Self {
+        match kind {
+            TaskKind::Screenshot => Self::Screenshot,
+            TaskKind::Pdf => Self::Pdf,
+        }
+    }
+}
+
+impl From<TaskKindDto> for TaskKind {
+    fn from(kind: TaskKindDto) -> Self {
+        match kind {
+            TaskKindDto::Screenshot => Self::Screenshot,
+            TaskKindDto::Pdf => Self::Pdf,
+        }
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename = "TaskState", rename_all = "snake_case")]
+pub enum TaskStateDto {
+    /// Accepted, waiting for its start time.
+    Scheduled,
+    /// Waiting for a worker.
+    Queued,
+    /// A worker is running it.
+    Running,
+    Succeeded,
+    /// Failed with an error that running again would not fix.
+    Failed,
+    Cancelled,
+    /// Ran past its timeout.
+    TimedOut,
+    /// Failed with retryable errors until it ran out of attempts.
+    Dead,
+}
+
+impl From<TaskState> for TaskStateDto {
+    fn from(state: TaskState) -> Self {
+        match state {
+            TaskState::Scheduled => Self::Scheduled,
+            TaskState::Queued => Self::Queued,
+            TaskState::Running => Self::Running,
+            TaskState::Succeeded => Self::Succeeded,
+            TaskState::Failed => Self::Failed,
+            TaskState::Cancelled => Self::Cancelled,
+            TaskState::TimedOut => Self::TimedOut,
+            TaskState::Dead => Self::Dead,
+        }
+    }
+}
+
+impl From<TaskStateDto> for TaskState {
+    fn from(state: TaskStateDto) -> Self {
+        match state {
+            TaskStateDto::Scheduled => Self::Scheduled,
+            TaskStateDto::Queued => Self::Queued,
+            TaskStateDto::Running => Self::Running,
+            TaskStateDto::Succeeded => Self::Succeeded,
+            TaskStateDto::Failed => Self::Failed,
+            TaskStateDto::Cancelled => Self::Cancelled,
+            TaskStateDto::TimedOut => Self::TimedOut,
+            TaskStateDto::Dead => Self::Dead,
+        }
+    }
+}
+
+/// Dispatch order: higher runs first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename = "Priority", rename_all = "snake_case")]
+pub enum PriorityDto {
+    Low,
+    Normal,
+    High,
+}
+
+impl From<Priority> for PriorityDto {
+    fn from(priority: Priority) -> Self {
+        match priority {
+            Priority::Low => Self::Low,
+            Priority::Normal => Self::Normal,
+            Priority::High => Self::High,
+        }
+    }
+}
+
+/// A task submission.
+///
+/// `input` depends on `kind`:
+///
+/// - `screenshot`: `url` (required, http or https), `viewport` (`{width, height,
+///   device_scale_factor}`, default 1280×800×1), `full_page` (default false), `type`
+///   (`png` | `jpeg` | `webp`, default png), `quality` (0-100, jpeg and webp only),
+///   `wait_until` (`dom_content_loaded` | `load` | `network_idle`, default load),
+///   `wait_for_selector` (CSS selector of an element that must be visible), `delay_ms`.
+/// - `pdf`: `url`, `viewport`, `format` (`Letter`, `Legal`, `Tabloid`, `Ledger`, `A0`-`A6`,
+///   default A4), `width` / `height` (CSS lengths overriding the format), `landscape`,
+///   `margin` (`{top, right, bottom, left}`, CSS lengths like `"1cm"`), `print_background`
+///   (default true), `scale` (0.1-2), `page_ranges` (`"1-3, 5"`), and the same wait fields.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "CreateTask")]
+pub struct CreateTaskRequest {
+    pub kind: TaskKindDto,
+    /// Kind-specific input; see above.
+    pub input: serde_json::Value,
+    /// Default `normal`.
+    pub priority: Option<PriorityDto>,
+    /// How many times a task failing with retryable errors runs before it is `dead`.
+    pub max_attempts: Option<u32>,
+    /// Milliseconds one attempt may take (default 60000).
+    pub timeout_ms: Option<u64>,
+    /// Where to POST a signed notification when the task ends.
+    pub webhook_url: Option<String>,
+    /// Do not start before this time (RFC 3339).
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+/// A task.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Task")]
+pub struct TaskView {
+    pub id: Uuid,
+    pub kind: TaskKindDto,
+    pub state: TaskStateDto,
+    /// The normalized input, defaults filled in.
+    pub input: serde_json::Value,
+    pub priority: PriorityDto,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    #[oai(skip_serializing_if_is_none)]
+    pub idempotency_key: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub webhook_url: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub progress: Option<serde_json::Value>,
+    /// What the task produced (page facts, artifact summaries), once it succeeded.
+    #[oai(skip_serializing_if_is_none)]
+    pub result: Option<serde_json::Value>,
+    /// Why it did not succeed.
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<ErrorBody>,
+    /// A cancellation was asked for while it ran; its worker stops it shortly.
+    pub cancel_requested: bool,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[oai(skip_serializing_if_is_none)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[oai(skip_serializing_if_is_none)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The files it produced (on single-task responses).
+    #[oai(skip_serializing_if_is_none)]
+    pub artifacts: Option<Vec<ArtifactView>>,
+}
+
+impl TaskView {
+    pub fn from_record(record: TaskRecord, artifacts: Option<Vec<ArtifactView>>) -> Self {
+        Self {
+            id: record.id.as_uuid(),
+            kind: record.kind.into(),
+            state: record.state.into(),
+            input: record.input,
+            priority: record.priority.into(),
+            attempts: record.attempts,
+            max_attempts: record.max_attempts,
+            timeout_ms: record.timeout_ms,
+            idempotency_key: record.idempotency_key,
+            webhook_url: record.webhook_url,
+            progress: record.progress,
+            result: record.result,
+            error: record.error.map(ErrorBody::from),
+            cancel_requested: record.cancel_requested,
+            run_at: record.run_at,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            artifacts,
+        }
+    }
+}
+
+/// One page of tasks, newest first.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "TaskPage")]
+pub struct TaskPage {
+    pub items: Vec<TaskView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+/// A file a task produced.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Artifact")]
+pub struct ArtifactView {
+    pub id: Uuid,
+    pub task_id: Uuid,
+    pub name: String,
+    pub content_type: String,
+    pub size_bytes: u64,
+    /// Hex SHA-256 of the content (also the download's ETag).
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+    /// Where to download it.
+    pub url: String,
+}
+
+impl ArtifactView {
+    pub fn from_record(record: ArtifactRecord, public_url: &str) -> Self {
+        Self {
+            url: format!("{public_url}/v1/artifacts/{}", record.id),
+            id: record.id.as_uuid(),
+            task_id: record.task_id.as_uuid(),
+            name: record.name,
+            content_type: record.content_type,
+            size_bytes: record.size_bytes,
+            sha256: record.sha256,
+            created_at: record.created_at,
+        }
+    }
+}
+
+/// A list of artifacts.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "ArtifactList")]
+pub struct ArtifactList {
+    pub items: Vec<ArtifactView>,
+}
+
+/// One run of a task.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Attempt")]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+    #[oai(skip_serializing_if_is_none)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `succeeded`, `retrying`, `failed`, `timed_out`, `cancelled`, `dead`, `released`
+    /// or `lease_expired`; absent while it runs.
+    #[oai(skip_serializing_if_is_none)]
+    pub outcome: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<ErrorBody>,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(record: AttemptRecord) -> Self {
+        Self {
+            attempt: record.attempt,
+            worker_id: record.worker_id,
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            outcome: record.outcome,
+            error: record.error.map(ErrorBody::from),
+        }
+    }
+}
+
+/// A task's attempts, oldest first.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "AttemptList")]
+pub struct AttemptList {
+    pub items: Vec<AttemptView>,
+}

@@ -1,0 +1,209 @@
+//! API errors: the only place error codes become HTTP statuses.
+//!
+//! Every error body is `{code, message}`. Errors raised before a handler runs (an
+//! unknown route, a malformed path parameter, a body over the size limit) go through
+//! [`error_response`], so they carry a code too. 5xx bodies stay opaque; the cause is
+//! logged.
+
+use operator_shared::db::RepoError;
+use operator_shared::error::{CodedError, ErrorCode};
+use operator_shared::queue::QueueError;
+use operator_shared::storage::StorageError;
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::Object;
+use tracing::error;
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Object, serde::Deserialize)]
+#[oai(rename = "Error")]
+pub struct ErrorBody {
+    /// Stable, machine-readable code, e.g. `invalid_url`.
+    pub code: String,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+impl From<CodedError> for ErrorBody {
+    fn from(error: CodedError) -> Self {
+        Self {
+            code: error.code.as_str().to_owned(),
+            message: error.message,
+        }
+    }
+}
+
+/// The HTTP status for a code.
+pub fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidJson | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest
+        | ErrorCode::UnknownKind
+        | ErrorCode::InvalidInput
+        | ErrorCode::InvalidUrl
+        | ErrorCode::UrlSchemeNotAllowed
+        | ErrorCode::UrlNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::NotFound | ErrorCode::TaskNotFound | ErrorCode::ArtifactNotFound => {
+            StatusCode::NOT_FOUND
+        }
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::InvalidState => StatusCode::CONFLICT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An error a handler returns.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ApiError {
+    error: CodedError,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: CodedError::new(code, message),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.error.code
+    }
+
+    /// An internal failure: logged with its cause, answered without it.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        error!(error = %cause, "internal error");
+        Self::new(ErrorCode::Internal, "internal error; see the server log")
+    }
+
+    /// A dependency that does not answer.
+    pub fn unavailable(what: &str, cause: &dyn std::fmt::Display) -> Self {
+        error!(dependency = what, error = %cause, "dependency unavailable");
+        Self::new(
+            ErrorCode::Unavailable,
+            format!("{what} is unavailable; retry later"),
+        )
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::from(self.error.clone())
+    }
+}
+
+impl From<CodedError> for ApiError {
+    fn from(error: CodedError) -> Self {
+        Self { error }
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(error: RepoError) -> Self {
+        match error {
+            RepoError::Database(cause) => Self::unavailable("the database", &cause),
+            RepoError::Corrupt(cause) => Self::internal(&cause),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(error: QueueError) -> Self {
+        Self::unavailable("the queue", &error)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::NotFound(key) => {
+                error!(key = %key, "artifact recorded but missing from storage");
+                Self::new(
+                    ErrorCode::ArtifactNotFound,
+                    "the artifact's file is missing from storage",
+                )
+            }
+            other => Self::unavailable("artifact storage", &other),
+        }
+    }
+}
+
+impl poem::error::ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        status_for(self.error.code)
+    }
+
+    fn as_response(&self) -> Response {
+        json_error(status_for(self.error.code), self.body())
+    }
+}
+
+fn json_error(status: StatusCode, body: ErrorBody) -> Response {
+    let text = serde_json::json!({"code": body.code, "message": body.message}).to_string();
+    Response::builder()
+        .status(status)
+        .content_type("application/json; charset=utf-8")
+        .body(text)
+}
+
+/// Turns any error that reaches the top of the router into a `{code, message}` body.
+pub async fn error_response(error: poem::Error) -> Response {
+    if let Some(api_error) = error.downcast_ref::<ApiError>() {
+        return poem::error::ResponseError::as_response(api_error);
+    }
+    let status = error.status();
+    let message = error.to_string();
+    let code = if error.is::<poem_openapi::error::ParseRequestPayloadError>() {
+        ErrorCode::InvalidRequest
+    } else if error.is::<poem_openapi::error::ParseParamError>()
+        || error.is::<poem_openapi::error::ParsePathError>()
+    {
+        ErrorCode::InvalidParameter
+    } else if error.is::<poem_openapi::error::ContentTypeError>() {
+        ErrorCode::UnsupportedMediaType
+    } else {
+        match status {
+            StatusCode::NOT_FOUND => ErrorCode::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+            status if status.is_server_error() => ErrorCode::Internal,
+            _ => ErrorCode::InvalidRequest,
+        }
+    };
+    if status.is_server_error() {
+        error!(status = status.as_u16(), error = %message, "request failed");
+        let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+            ErrorCode::Unavailable
+        } else {
+            code
+        };
+        return json_error(
+            status,
+            ErrorBody {
+                code: code.as_str().to_owned(),
+                message: "internal error; see the server log".to_owned(),
+            },
+        );
+    }
+    let status = match code {
+        ErrorCode::InvalidRequest | ErrorCode::InvalidParameter if status.is_success() => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => status,
+    };
+    let message = match code {
+        ErrorCode::NotFound => "no such route".to_owned(),
+        ErrorCode::MethodNotAllowed => "this route does not accept that method".to_owned(),
+        _ => message,
+    };
+    json_error(
+        status,
+        ErrorBody {
+            code: code.as_str().to_owned(),
+            message,
+        },
+    )
+    .into_response()
+}

@@ -1,0 +1,372 @@
+//! `/v1/tasks`: submit, read, list and cancel tasks; their artifacts and attempts.
+
+// Response enums are built once and returned at once; boxing the large variant would
+// only add an allocation per request.
+#![allow(clippy::large_enum_variant)]
+
+use operator_shared::db::CancelOutcome;
+use operator_shared::domain::{TaskFilter, TaskId};
+use operator_shared::error::ErrorCode;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi, Tags};
+use uuid::Uuid;
+
+use crate::dto::{
+    ArtifactList, ArtifactView, AttemptList, AttemptView, TaskKindDto, TaskPage, TaskStateDto,
+    TaskView,
+};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::SharedState;
+use crate::submission::{SubmissionRules, TaskSubmission};
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Browser tasks: submit, watch, cancel.
+    Tasks,
+    /// Files tasks produced.
+    Artifacts,
+    /// Liveness and readiness.
+    Health,
+}
+
+const DEFAULT_PAGE_SIZE: u32 = 50;
+const MAX_PAGE_SIZE: u32 = 200;
+/// `Idempotency-Key` values longer than this are refused (they are stored and indexed).
+const MAX_IDEMPOTENCY_KEY_LENGTH: usize = 255;
+
+#[derive(ApiResponse)]
+pub enum CreateTaskResponse {
+    /// Accepted and queued; poll the task or wait for its webhook.
+    #[oai(status = 202)]
+    Accepted(Json<TaskView>, #[oai(header = "Location")] String),
+    /// The body is not JSON (`invalid_json`) or a parameter is malformed.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The task is invalid: `invalid_request`, `unknown_kind`, `invalid_input`,
+    /// `invalid_url`, `url_scheme_not_allowed`, `url_not_allowed`.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum GetTaskResponse {
+    #[oai(status = 200)]
+    Ok(Json<TaskView>),
+    /// `task_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListTasksResponse {
+    #[oai(status = 200)]
+    Ok(Json<TaskPage>),
+    /// A malformed filter or cursor (`invalid_parameter`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum CancelTaskResponse {
+    /// Cancelled (it had not started), or, when `cancel_requested` is true, its
+    /// worker stops it shortly.
+    #[oai(status = 200)]
+    Ok(Json<TaskView>),
+    /// `task_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The task has already ended (`invalid_state`).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListArtifactsResponse {
+    #[oai(status = 200)]
+    Ok(Json<ArtifactList>),
+    /// `task_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListAttemptsResponse {
+    #[oai(status = 200)]
+    Ok(Json<AttemptList>),
+    /// `task_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+}
+
+pub struct TasksApi {
+    pub state: SharedState,
+}
+
+fn not_found(id: Uuid) -> Json<ErrorBody> {
+    Json(ApiError::new(ErrorCode::TaskNotFound, format!("no task {id}")).body())
+}
+
+#[OpenApi(tag = "ApiTags::Tasks")]
+impl TasksApi {
+    /// Submit a task.
+    ///
+    /// The task is validated, stored and queued; the answer comes at once with the task
+    /// in state `queued`. Poll `GET /v1/tasks/{id}` or wait for its webhook.
+    #[oai(path = "/v1/tasks", method = "post")]
+    async fn create(
+        &self,
+        body: TaskSubmission,
+        /// Retries with the same key return the task created first (coming with the
+        /// queue issue); stored with the task.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        /// W3C trace context; the worker's spans join this trace.
+        traceparent: Header<Option<String>>,
+    ) -> poem::Result<CreateTaskResponse> {
+        let state = &self.state;
+        let idempotency_key = idempotency_key.0.filter(|key| !key.is_empty());
+        if idempotency_key
+            .as_ref()
+            .is_some_and(|key| key.len() > MAX_IDEMPOTENCY_KEY_LENGTH)
+        {
+            return Ok(CreateTaskResponse::BadRequest(Json(
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    format!(
+                        "Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+                    ),
+                )
+                .body(),
+            )));
+        }
+        let trace_parent = traceparent.0.filter(|value| is_traceparent(value));
+        let rules = SubmissionRules {
+            settings: &state.settings,
+            policy: &state.policy,
+        };
+        let new_task = match body.validate(&rules, state.tenant(), idempotency_key, trace_parent) {
+            Ok(new_task) => new_task,
+            Err(error) if error.code() == ErrorCode::InvalidJson => {
+                return Ok(CreateTaskResponse::BadRequest(Json(error.body())));
+            }
+            Err(error) => return Ok(CreateTaskResponse::Unprocessable(Json(error.body()))),
+        };
+        let task = state.repo.create(new_task).await.map_err(ApiError::from)?;
+        state.dispatch(&task).await;
+        let location = format!("{}/v1/tasks/{}", state.public_url, task.id);
+        Ok(CreateTaskResponse::Accepted(
+            Json(TaskView::from_record(task, Some(Vec::new()))),
+            location,
+        ))
+    }
+
+    /// Get a task, with its artifacts.
+    #[oai(path = "/v1/tasks/:id", method = "get")]
+    async fn get(&self, id: Path<Uuid>) -> poem::Result<GetTaskResponse> {
+        let state = &self.state;
+        let tenant = state.tenant();
+        let Some(task) = state
+            .repo
+            .get(&tenant, TaskId::from(id.0))
+            .await
+            .map_err(ApiError::from)?
+        else {
+            return Ok(GetTaskResponse::NotFound(not_found(id.0)));
+        };
+        let artifacts = state
+            .repo
+            .artifacts(&tenant, task.id)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|artifact| ArtifactView::from_record(artifact, &state.public_url))
+            .collect();
+        Ok(GetTaskResponse::Ok(Json(TaskView::from_record(
+            task,
+            Some(artifacts),
+        ))))
+    }
+
+    /// List tasks, newest first.
+    #[oai(path = "/v1/tasks", method = "get")]
+    async fn list(
+        &self,
+        /// Only tasks in this state.
+        state: Query<Option<TaskStateDto>>,
+        /// Only tasks of this kind.
+        kind: Query<Option<TaskKindDto>>,
+        /// Page size, 1-200 (default 50).
+        limit: Query<Option<u32>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> poem::Result<ListTasksResponse> {
+        let limit = limit.0.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Ok(ListTasksResponse::BadRequest(Json(
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    format!("limit: must be between 1 and {MAX_PAGE_SIZE}"),
+                )
+                .body(),
+            )));
+        }
+        let before = match cursor.0.as_deref().filter(|cursor| !cursor.is_empty()) {
+            None => None,
+            Some(cursor) => match TaskId::parse(cursor) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    return Ok(ListTasksResponse::BadRequest(Json(
+                        ApiError::new(
+                            ErrorCode::InvalidParameter,
+                            "cursor: not a cursor this API returned",
+                        )
+                        .body(),
+                    )));
+                }
+            },
+        };
+        let filter = TaskFilter {
+            state: state.0.map(Into::into),
+            kind: kind.0.map(Into::into),
+            before,
+            // One extra row tells whether another page follows.
+            limit: u64::from(limit) + 1,
+        };
+        let app = &self.state;
+        let mut tasks = app
+            .repo
+            .list(&app.tenant(), &filter)
+            .await
+            .map_err(ApiError::from)?;
+        let next_cursor = if tasks.len() > limit as usize {
+            tasks.truncate(limit as usize);
+            tasks.last().map(|task| task.id.to_string())
+        } else {
+            None
+        };
+        Ok(ListTasksResponse::Ok(Json(TaskPage {
+            items: tasks
+                .into_iter()
+                .map(|task| TaskView::from_record(task, None))
+                .collect(),
+            next_cursor,
+        })))
+    }
+
+    /// Cancel a task.
+    ///
+    /// A task that has not started is cancelled at once and never runs. A running task
+    /// is stopped by its worker within a few seconds; the answer shows
+    /// `cancel_requested: true` until then.
+    #[oai(path = "/v1/tasks/:id/cancel", method = "post")]
+    async fn cancel(&self, id: Path<Uuid>) -> poem::Result<CancelTaskResponse> {
+        let state = &self.state;
+        let task_id = TaskId::from(id.0);
+        match state
+            .repo
+            .cancel(&state.tenant(), task_id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            CancelOutcome::Cancelled(task) => {
+                if let Err(error) = state.queue.remove(task_id).await {
+                    // The worker that claims it will find it cancelled and drop it.
+                    tracing::warn!(task_id = %task_id, error = %error, "removing a cancelled task from the queue failed");
+                }
+                Ok(CancelTaskResponse::Ok(Json(TaskView::from_record(
+                    task, None,
+                ))))
+            }
+            CancelOutcome::Requested(task) => Ok(CancelTaskResponse::Ok(Json(
+                TaskView::from_record(task, None),
+            ))),
+            CancelOutcome::AlreadyFinished(task) => Ok(CancelTaskResponse::Conflict(Json(
+                ApiError::new(
+                    ErrorCode::InvalidState,
+                    format!("task {} has already ended ({})", task.id, task.state),
+                )
+                .body(),
+            ))),
+            CancelOutcome::NotFound => Ok(CancelTaskResponse::NotFound(not_found(id.0))),
+        }
+    }
+
+    /// List a task's artifacts.
+    #[oai(
+        path = "/v1/tasks/:id/artifacts",
+        method = "get",
+        tag = "ApiTags::Artifacts"
+    )]
+    async fn artifacts(&self, id: Path<Uuid>) -> poem::Result<ListArtifactsResponse> {
+        let state = &self.state;
+        let tenant = state.tenant();
+        let task_id = TaskId::from(id.0);
+        if state
+            .repo
+            .get(&tenant, task_id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Ok(ListArtifactsResponse::NotFound(not_found(id.0)));
+        }
+        let items = state
+            .repo
+            .artifacts(&tenant, task_id)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|artifact| ArtifactView::from_record(artifact, &state.public_url))
+            .collect();
+        Ok(ListArtifactsResponse::Ok(Json(ArtifactList { items })))
+    }
+
+    /// List a task's attempts: which worker ran it, when, and how each run ended.
+    #[oai(path = "/v1/tasks/:id/attempts", method = "get")]
+    async fn attempts(&self, id: Path<Uuid>) -> poem::Result<ListAttemptsResponse> {
+        let state = &self.state;
+        let task_id = TaskId::from(id.0);
+        if state
+            .repo
+            .get(&state.tenant(), task_id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Ok(ListAttemptsResponse::NotFound(not_found(id.0)));
+        }
+        let items = state
+            .repo
+            .attempts(task_id)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(AttemptView::from)
+            .collect();
+        Ok(ListAttemptsResponse::Ok(Json(AttemptList { items })))
+    }
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`: anything else is dropped rather than stored.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2].iter().zip(&parts).all(|(length, part)| {
+            part.len() == *length && part.bytes().all(|byte| byte.is_ascii_hexdigit())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_shape_is_checked() {
+        assert!(is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent("00-xyz-00f067aa0ba902b7-01"));
+        assert!(!is_traceparent("garbage"));
+    }
+}

@@ -1,0 +1,407 @@
+//! The Chromium pool: one warm browser per worker process, a fresh browser context per
+//! task, and a bounded blocking pool for headless_chrome's blocking calls.
+//!
+//! headless_chrome is synchronous, so every browser call runs in `spawn_blocking`, gated
+//! by a semaphore sized to the worker's concurrency: the async runtime threads never block
+//! on Chromium, and Chromium never sees more pages than the worker runs tasks.
+//!
+//! Each task gets its own browser context (an incognito profile: cookies, storage and
+//! cache are not shared), disposed when the task ends. headless_chrome keeps its
+//! browser-level CDP calls private and cannot dispose a context, so the pool opens a
+//! second, "control" connection to the same browser for that.
+//!
+//! A headless_chrome connection that carries no message for its timeout closes itself,
+//! so a background keep-alive pings both connections; the same ping finds a browser that
+//! died or hangs, which is then replaced.
+
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use headless_chrome::browser::transport::Transport;
+use headless_chrome::protocol::cdp::{Browser as CdpBrowser, Target};
+use headless_chrome::{Browser, LaunchOptions};
+use operator_shared::config::{BrowserSettings, SandboxMode};
+use operator_shared::error::{CodedError, ErrorCode};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+/// Flags for a quiet, reproducible headless browser on a server (see NOTES.md: without
+/// the network ones Chromium keeps trying to reach Google's services).
+const CHROMIUM_FLAGS: [&str; 8] = [
+    "--disable-gpu",
+    "--disable-component-update",
+    "--disable-domain-reliability",
+    "--disable-quic",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--no-default-browser-check",
+    "--no-pings",
+];
+
+/// A launched browser and its control connection.
+pub struct BrowserHandle {
+    browser: Browser,
+    control: Arc<Transport>,
+    pid: Option<u32>,
+    /// Set when a call failed in a way that suggests the browser is gone; the next
+    /// task gets a new browser.
+    broken: AtomicBool,
+    pub tasks_started: AtomicU64,
+}
+
+impl BrowserHandle {
+    pub fn browser(&self) -> &Browser {
+        &self.browser
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+    }
+
+    fn is_usable(&self) -> bool {
+        !self.broken.load(Ordering::SeqCst) && self.pid.is_none_or(process_is_alive)
+    }
+
+    /// Opens an isolated browser context; it is disposed when the guard drops.
+    pub fn new_context(self: &Arc<Self>) -> Result<ContextGuard, CodedError> {
+        let reply = self
+            .control
+            .call_method_on_browser(Target::CreateBrowserContext {
+                dispose_on_detach: None,
+                proxy_server: None,
+                proxy_bypass_list: None,
+                origins_with_universal_network_access: None,
+            })
+            .map_err(|error| self.classify(&error, "cannot create a browser context"))?;
+        Ok(ContextGuard {
+            handle: Arc::clone(self),
+            id: reply.browser_context_id,
+        })
+    }
+
+    /// Turns a headless_chrome error (its API speaks `anyhow`) into a task error, marking
+    /// the browser broken when the error says it is gone.
+    pub fn classify(&self, error: &anyhow::Error, what: &str) -> CodedError {
+        let crashed = error
+            .downcast_ref::<headless_chrome::browser::transport::ConnectionClosed>()
+            .is_some()
+            || !self.pid.is_none_or(process_is_alive);
+        if crashed {
+            self.mark_broken();
+            CodedError::new(
+                ErrorCode::BrowserCrashed,
+                format!("{what}: the browser stopped answering"),
+            )
+        } else {
+            CodedError::new(ErrorCode::BrowserError, format!("{what}: {error}"))
+        }
+    }
+
+    fn ping(&self) -> bool {
+        let browser_answers = self.browser.get_version().is_ok();
+        let control_answers = self
+            .control
+            .call_method_on_browser(CdpBrowser::GetVersion(None))
+            .is_ok();
+        browser_answers && control_answers
+    }
+}
+
+/// A browser context that lives as long as this guard.
+pub struct ContextGuard {
+    handle: Arc<BrowserHandle>,
+    id: String,
+}
+
+impl ContextGuard {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn handle(&self) -> &Arc<BrowserHandle> {
+        &self.handle
+    }
+}
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        // Disposing a context closes its pages and drops its cookies, storage and cache.
+        let disposed = self
+            .handle
+            .control
+            .call_method_on_browser(Target::DisposeBrowserContext {
+                browser_context_id: self.id.clone(),
+            });
+        if let Err(error) = disposed {
+            warn!(context = %self.id, error = %error, "disposing a browser context failed");
+        }
+    }
+}
+
+pub struct BrowserPool {
+    settings: BrowserSettings,
+    chrome_path: PathBuf,
+    /// The current browser. A std mutex: it is only taken on blocking-pool threads, and
+    /// only to read or swap the handle (and to launch, which must not happen twice).
+    current: Mutex<Option<Arc<BrowserHandle>>>,
+    permits: Arc<Semaphore>,
+    launches: AtomicU64,
+}
+
+impl BrowserPool {
+    pub fn new(settings: BrowserSettings, max_pages: usize) -> Result<Arc<Self>, CodedError> {
+        let chrome_path = find_chrome(settings.chrome_path.as_deref())?;
+        Ok(Arc::new(Self {
+            settings,
+            chrome_path,
+            current: Mutex::new(None),
+            permits: Arc::new(Semaphore::new(max_pages.max(1))),
+            launches: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn chrome_path(&self) -> &Path {
+        &self.chrome_path
+    }
+
+    /// How many browsers this pool has started (1 + replacements).
+    pub fn launches(&self) -> u64 {
+        self.launches.load(Ordering::SeqCst)
+    }
+
+    /// The current browser's process id, if one runs.
+    pub fn current_pid(&self) -> Option<u32> {
+        let current = self.current.lock().ok()?;
+        current.as_ref().and_then(|handle| handle.pid)
+    }
+
+    /// Starts the browser ahead of the first task.
+    pub async fn warm_up(self: &Arc<Self>) -> Result<(), CodedError> {
+        self.run_blocking(|handle| {
+            info!(pid = ?handle.pid(), "browser ready");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `job` on a blocking-pool thread with a live browser.
+    pub async fn run_blocking<T, F>(self: &Arc<Self>, job: F) -> Result<T, CodedError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<BrowserHandle>) -> Result<T, CodedError> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| {
+                CodedError::new(ErrorCode::BrowserError, "the browser pool is shut down")
+            })?;
+        let pool = Arc::clone(self);
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let handle = pool.browser()?;
+            handle.tasks_started.fetch_add(1, Ordering::Relaxed);
+            job(handle)
+        })
+        .await;
+        match joined {
+            Ok(result) => result,
+            Err(error) => Err(CodedError::new(
+                ErrorCode::Internal,
+                format!("browser job panicked or was cancelled: {error}"),
+            )),
+        }
+    }
+
+    /// The current browser, launched or replaced when needed. Blocking.
+    fn browser(&self) -> Result<Arc<BrowserHandle>, CodedError> {
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| CodedError::new(ErrorCode::Internal, "browser pool lock poisoned"))?;
+        if let Some(handle) = current.as_ref()
+            && handle.is_usable()
+        {
+            return Ok(Arc::clone(handle));
+        }
+        if let Some(old) = current.take() {
+            warn!(pid = ?old.pid, "replacing a browser that died or stopped answering");
+            kill_process(old.pid);
+        }
+        let handle = Arc::new(self.launch()?);
+        *current = Some(Arc::clone(&handle));
+        Ok(handle)
+    }
+
+    fn launch(&self) -> Result<BrowserHandle, CodedError> {
+        let started = Instant::now();
+        let mut flags: Vec<OsString> = CHROMIUM_FLAGS.iter().map(OsString::from).collect();
+        flags.extend(self.settings.extra_args.iter().map(OsString::from));
+        let flag_refs: Vec<&std::ffi::OsStr> = flags.iter().map(OsString::as_os_str).collect();
+        let sandbox = match self.settings.sandbox {
+            SandboxMode::On => true,
+            SandboxMode::Off => false,
+            // Chromium's sandbox cannot start as root.
+            SandboxMode::Auto => !running_as_root(),
+        };
+        let options = LaunchOptions::default_builder()
+            .path(Some(self.chrome_path.clone()))
+            .headless(true)
+            .sandbox(sandbox)
+            .enable_gpu(false)
+            .window_size(Some((1280, 800)))
+            .args(flag_refs)
+            .idle_browser_timeout(self.settings.call_timeout)
+            .build()
+            .map_err(|error| {
+                CodedError::new(ErrorCode::BrowserError, format!("browser options: {error}"))
+            })?;
+        let browser = Browser::new(options).map_err(|error| {
+            CodedError::new(
+                ErrorCode::BrowserError,
+                format!("cannot start {}: {error}", self.chrome_path.display()),
+            )
+        })?;
+        let ws_url = url::Url::parse(&browser.get_ws_url()).map_err(|error| {
+            CodedError::new(
+                ErrorCode::BrowserError,
+                format!("bad DevTools address: {error}"),
+            )
+        })?;
+        let pid = browser.get_process_id();
+        let control =
+            Transport::new(ws_url, pid, self.settings.call_timeout, None).map_err(|error| {
+                CodedError::new(
+                    ErrorCode::BrowserError,
+                    format!("cannot open the browser control connection: {error}"),
+                )
+            })?;
+        self.launches.fetch_add(1, Ordering::SeqCst);
+        info!(pid = ?pid, elapsed_ms = started.elapsed().as_millis() as u64, "browser launched");
+        Ok(BrowserHandle {
+            browser,
+            control: Arc::new(control),
+            pid,
+            broken: AtomicBool::new(false),
+            tasks_started: AtomicU64::new(0),
+        })
+    }
+
+    /// Pings the browser so idle connections stay open and a dead browser is noticed
+    /// before a task needs it. Runs until the pool is dropped.
+    pub fn spawn_keepalive(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                let handle = pool.current.lock().ok().and_then(|current| current.clone());
+                let Some(handle) = handle else { continue };
+                let answered = tokio::task::spawn_blocking(move || {
+                    let answered = handle.ping();
+                    if !answered {
+                        handle.mark_broken();
+                    }
+                    answered
+                })
+                .await
+                .unwrap_or(false);
+                if !answered {
+                    warn!("browser did not answer its keep-alive ping; it will be replaced");
+                }
+            }
+        })
+    }
+
+    /// Stops the browser and its processes (worker shutdown).
+    pub fn shutdown(&self) {
+        let handle = self
+            .current
+            .lock()
+            .ok()
+            .and_then(|mut current| current.take());
+        if let Some(handle) = handle {
+            let pid = handle.pid;
+            drop(handle);
+            kill_process(pid);
+        }
+    }
+}
+
+impl Drop for BrowserPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Finds Chromium: the configured path, or the usual names on `PATH`.
+pub fn find_chrome(configured: Option<&Path>) -> Result<PathBuf, CodedError> {
+    if let Some(path) = configured {
+        if path.is_file() {
+            return Ok(path.to_path_buf());
+        }
+        return Err(CodedError::new(
+            ErrorCode::BrowserError,
+            format!(
+                "browser.chrome_path (CHROME_PATH) {} does not exist",
+                path.display()
+            ),
+        ));
+    }
+    let search_path = std::env::var_os("PATH").unwrap_or_default();
+    for name in [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ] {
+        for directory in std::env::split_paths(&search_path) {
+            let candidate = directory.join(name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(CodedError::new(
+        ErrorCode::BrowserError,
+        "Chromium not found: install it (apt-get install chromium) or set CHROME_PATH",
+    ))
+}
+
+fn running_as_root() -> bool {
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self")
+        .map(|metadata| metadata.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// Whether a process runs (a zombie has exited and only waits to be reaped).
+fn process_is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Kills a browser process; its children exit when their parent's pipes close.
+fn kill_process(pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    if process_is_alive(pid) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}

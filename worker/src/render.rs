@@ -1,0 +1,395 @@
+//! What a worker does with a page: open it in a fresh context, wait until it is ready,
+//! capture it. Everything here is blocking and runs on the browser pool's threads.
+//!
+//! Waiting is driven by Chromium's lifecycle events (`DOMContentLoaded`, `load`,
+//! `networkIdle`) for the navigation's own loader, not by polling the page, so a capture
+//! starts as soon as the page is ready.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use headless_chrome::Tab;
+use headless_chrome::protocol::cdp::types::Event;
+use headless_chrome::protocol::cdp::{Emulation, Page, Target};
+use headless_chrome::types::PrintToPdfOptions;
+use operator_shared::domain::{
+    ImageFormat, PdfInput, ScreenshotInput, TaskSpec, Viewport, WaitSpec, WaitUntil,
+};
+use operator_shared::error::{CodedError, ErrorCode};
+
+use crate::browser::BrowserHandle;
+
+/// A file the task produced, before upload.
+#[derive(Debug, Clone)]
+pub struct RenderedFile {
+    pub name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What rendering produced.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub files: Vec<RenderedFile>,
+    /// Facts about the page for the task's result.
+    pub page: serde_json::Value,
+}
+
+/// Why a render stops early, checked between steps and while waiting.
+#[derive(Clone, Default)]
+pub struct StopSignal {
+    stopped: Arc<AtomicBool>,
+}
+
+impl StopSignal {
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// Renders a task in a new isolated context. Blocking.
+pub fn render(
+    handle: &Arc<BrowserHandle>,
+    spec: &TaskSpec,
+    deadline: Instant,
+    stop: &StopSignal,
+) -> Result<Rendered, CodedError> {
+    let context = handle.new_context()?;
+    let tab = handle
+        .browser()
+        .new_tab_with_options(Target::CreateTarget {
+            url: "about:blank".to_owned(),
+            left: None,
+            top: None,
+            width: None,
+            height: None,
+            window_state: None,
+            browser_context_id: Some(context.id().to_owned()),
+            enable_begin_frame_control: None,
+            new_window: None,
+            background: None,
+            for_tab: None,
+            hidden: None,
+        })
+        .map_err(|error| handle.classify(&error, "cannot open a page"))?;
+    let session = Session {
+        handle,
+        tab: &tab,
+        deadline,
+        stop,
+    };
+    let result = match spec {
+        TaskSpec::Screenshot(input) => session.screenshot(input),
+        TaskSpec::Pdf(input) => session.pdf(input),
+    };
+    // The context (and the tab in it) is disposed when `context` drops, after the capture.
+    drop(context);
+    result
+}
+
+struct Session<'a> {
+    handle: &'a Arc<BrowserHandle>,
+    tab: &'a Arc<Tab>,
+    deadline: Instant,
+    stop: &'a StopSignal,
+}
+
+impl Session<'_> {
+    fn screenshot(&self, input: &ScreenshotInput) -> Result<Rendered, CodedError> {
+        self.set_viewport(&input.viewport)?;
+        self.open(
+            input.url.as_str(),
+            &TaskSpec::Screenshot(input.clone()).wait(),
+        )?;
+        let clip = if input.full_page {
+            let metrics = self
+                .tab
+                .call_method(Page::GetLayoutMetrics(None))
+                .map_err(|error| self.handle.classify(&error, "cannot measure the page"))?;
+            let size = metrics.css_content_size;
+            Some(Page::Viewport {
+                x: 0.0,
+                y: 0.0,
+                width: size.width.max(1.0),
+                height: size.height.max(1.0),
+                scale: 1.0,
+            })
+        } else {
+            None
+        };
+        let format = match input.image_type {
+            ImageFormat::Png => Page::CaptureScreenshotFormatOption::Png,
+            ImageFormat::Jpeg => Page::CaptureScreenshotFormatOption::Jpeg,
+            ImageFormat::Webp => Page::CaptureScreenshotFormatOption::Webp,
+        };
+        let capture = self
+            .tab
+            .call_method(Page::CaptureScreenshot {
+                format: Some(format),
+                quality: input.quality.map(u32::from),
+                clip,
+                from_surface: Some(true),
+                capture_beyond_viewport: Some(input.full_page),
+                optimize_for_speed: None,
+            })
+            .map_err(|error| self.handle.classify(&error, "screenshot failed"))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(capture.data)
+            .map_err(|error| {
+                CodedError::new(
+                    ErrorCode::BrowserError,
+                    format!("screenshot was not base64: {error}"),
+                )
+            })?;
+        Ok(Rendered {
+            files: vec![RenderedFile {
+                name: format!("screenshot.{}", input.image_type.extension()),
+                content_type: input.image_type.content_type().to_owned(),
+                bytes,
+            }],
+            page: self.facts()?,
+        })
+    }
+
+    fn pdf(&self, input: &PdfInput) -> Result<Rendered, CodedError> {
+        let geometry = input.geometry()?;
+        self.set_viewport(&input.viewport)?;
+        self.open(input.url.as_str(), &TaskSpec::Pdf(input.clone()).wait())?;
+        let bytes = self
+            .tab
+            .print_to_pdf(Some(PrintToPdfOptions {
+                landscape: Some(input.landscape),
+                display_header_footer: Some(false),
+                print_background: Some(input.print_background),
+                scale: Some(input.scale),
+                paper_width: Some(geometry.width),
+                paper_height: Some(geometry.height),
+                margin_top: Some(geometry.margin_top),
+                margin_bottom: Some(geometry.margin_bottom),
+                margin_left: Some(geometry.margin_left),
+                margin_right: Some(geometry.margin_right),
+                page_ranges: input.page_ranges.clone(),
+                ignore_invalid_page_ranges: None,
+                header_template: None,
+                footer_template: None,
+                prefer_css_page_size: Some(false),
+                transfer_mode: None,
+                generate_document_outline: None,
+                generate_tagged_pdf: None,
+            }))
+            .map_err(|error| {
+                let message = error.to_string();
+                if message.contains("Page range") || message.contains("page range") {
+                    CodedError::new(
+                        ErrorCode::InvalidInput,
+                        format!("input.page_ranges: {message}"),
+                    )
+                } else {
+                    self.handle.classify(&error, "printing to PDF failed")
+                }
+            })?;
+        Ok(Rendered {
+            files: vec![RenderedFile {
+                name: "document.pdf".to_owned(),
+                content_type: "application/pdf".to_owned(),
+                bytes,
+            }],
+            page: self.facts()?,
+        })
+    }
+
+    fn set_viewport(&self, viewport: &Viewport) -> Result<(), CodedError> {
+        self.tab
+            .call_method(Emulation::SetDeviceMetricsOverride {
+                width: viewport.width,
+                height: viewport.height,
+                device_scale_factor: viewport.device_scale_factor,
+                mobile: false,
+                scale: None,
+                screen_width: None,
+                screen_height: None,
+                position_x: None,
+                position_y: None,
+                dont_set_visible_size: None,
+                screen_orientation: None,
+                viewport: None,
+                display_feature: None,
+                device_posture: None,
+            })
+            .map_err(|error| self.handle.classify(&error, "cannot set the viewport"))?;
+        Ok(())
+    }
+
+    /// Navigates and waits for the requested milestone, selector and delay.
+    fn open(&self, url: &str, wait: &WaitSpec) -> Result<(), CodedError> {
+        let milestone = match wait.wait_until {
+            WaitUntil::DomContentLoaded => "DOMContentLoaded",
+            WaitUntil::Load => "load",
+            WaitUntil::NetworkIdle => "networkIdle",
+        };
+        let (sender, receiver) = mpsc::channel::<(String, String)>();
+        let listener = self
+            .tab
+            .add_event_listener(Arc::new(move |event: &Event| {
+                if let Event::PageLifecycleEvent(lifecycle) = event {
+                    let _receiver_gone = sender.send((
+                        lifecycle.params.loader_id.clone(),
+                        lifecycle.params.name.clone(),
+                    ));
+                }
+            }))
+            .map_err(|error| self.handle.classify(&error, "cannot watch the page"))?;
+        let outcome = self.navigate_and_wait(url, milestone, &receiver);
+        let _already_removed = self.tab.remove_event_listener(&listener);
+        outcome?;
+        if let Some(selector) = &wait.wait_for_selector {
+            self.wait_for_selector(selector)?;
+        }
+        if wait.delay_ms > 0 {
+            self.sleep(Duration::from_millis(u64::from(wait.delay_ms)))?;
+        }
+        Ok(())
+    }
+
+    fn navigate_and_wait(
+        &self,
+        url: &str,
+        milestone: &str,
+        events: &mpsc::Receiver<(String, String)>,
+    ) -> Result<(), CodedError> {
+        let navigation = self
+            .tab
+            .call_method(Page::Navigate {
+                url: url.to_owned(),
+                referrer: None,
+                transition_Type: None,
+                frame_id: None,
+                referrer_policy: None,
+            })
+            .map_err(|error| self.handle.classify(&error, "navigation failed"))?;
+        if let Some(error_text) = navigation.error_text.filter(|text| !text.is_empty()) {
+            return Err(CodedError::new(
+                ErrorCode::NavigationFailed,
+                format!("cannot load {url}: {error_text}"),
+            ));
+        }
+        // A same-document navigation has no loader and fires no lifecycle events.
+        let Some(loader_id) = navigation.loader_id else {
+            return Ok(());
+        };
+        loop {
+            self.check_stop()?;
+            let remaining = self.remaining()?;
+            match events.recv_timeout(remaining.min(Duration::from_millis(100))) {
+                Ok((event_loader, name)) if event_loader == loader_id && name == milestone => {
+                    return Ok(());
+                }
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.handle.mark_broken();
+                    return Err(CodedError::new(
+                        ErrorCode::BrowserCrashed,
+                        "the page went away while loading",
+                    ));
+                }
+            }
+        }
+    }
+
+    fn wait_for_selector(&self, selector: &str) -> Result<(), CodedError> {
+        let selector_literal = serde_json::to_string(selector).unwrap_or_default();
+        let probe = format!(
+            "(() => {{ const element = document.querySelector({selector_literal}); \
+             if (!element) return false; const box = element.getBoundingClientRect(); \
+             const style = getComputedStyle(element); \
+             return box.width > 0 && box.height > 0 && style.visibility !== 'hidden' && style.display !== 'none'; }})()"
+        );
+        loop {
+            self.check_stop()?;
+            let remaining = self.remaining().map_err(|_| {
+                CodedError::new(
+                    ErrorCode::WaitTimeout,
+                    format!("no visible element matched {selector:?} before the task's timeout"),
+                )
+            })?;
+            let answer = self
+                .tab
+                .evaluate(&probe, false)
+                .map_err(|error| self.handle.classify(&error, "cannot query the page"))?;
+            if let Some(details) = answer
+                .description
+                .as_deref()
+                .filter(|_| answer.value.is_none())
+                && answer.Type == headless_chrome::protocol::cdp::Runtime::RemoteObjectType::Object
+                && details.contains("SyntaxError")
+            {
+                return Err(CodedError::new(
+                    ErrorCode::InvalidInput,
+                    format!("input.wait_for_selector: {selector:?} is not a valid CSS selector"),
+                ));
+            }
+            if answer.value == Some(serde_json::Value::Bool(true)) {
+                return Ok(());
+            }
+            std::thread::sleep(remaining.min(Duration::from_millis(50)));
+        }
+    }
+
+    fn sleep(&self, duration: Duration) -> Result<(), CodedError> {
+        let until = Instant::now() + duration;
+        while Instant::now() < until {
+            self.check_stop()?;
+            let remaining = self.remaining()?;
+            std::thread::sleep(
+                remaining
+                    .min(until - Instant::now())
+                    .min(Duration::from_millis(50)),
+            );
+        }
+        Ok(())
+    }
+
+    /// The final URL and title, for the task's result.
+    fn facts(&self) -> Result<serde_json::Value, CodedError> {
+        let title = self
+            .tab
+            .evaluate("document.title", false)
+            .map_err(|error| self.handle.classify(&error, "cannot read the page title"))?
+            .value
+            .unwrap_or(serde_json::Value::Null);
+        let url = self
+            .tab
+            .evaluate("location.href", false)
+            .map_err(|error| self.handle.classify(&error, "cannot read the page address"))?
+            .value
+            .unwrap_or(serde_json::Value::Null);
+        Ok(serde_json::json!({"url": url, "title": title}))
+    }
+
+    fn check_stop(&self) -> Result<(), CodedError> {
+        if self.stop.is_stopped() {
+            Err(CodedError::new(ErrorCode::Cancelled, "stopped"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn remaining(&self) -> Result<Duration, CodedError> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            Err(CodedError::new(
+                ErrorCode::TaskTimeout,
+                "the task ran past its timeout",
+            ))
+        } else {
+            Ok(remaining)
+        }
+    }
+}

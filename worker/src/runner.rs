@@ -1,0 +1,383 @@
+//! Runs one claimed task from start to recorded outcome.
+//!
+//! 1. Start an attempt in the database, guarded by the claim's lease token (a task that
+//!    was cancelled or finished meanwhile is dropped; one still leased elsewhere waits).
+//! 2. Heartbeat: renew the lease in the queue and the database every third of its life;
+//!    the database renewal is authoritative and also carries cancellation requests.
+//! 3. Check the target against the network policy, render in a fresh browser context
+//!    under the task's deadline, upload the files.
+//! 4. Record exactly one outcome (guarded by the token), then ack or requeue the claim.
+//!
+//! Failures are classified: final ones fail the task at once, retryable ones go back to
+//! the queue with exponential backoff and full jitter until the attempts run out (`dead`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use operator_shared::db::{FinishOutcome, LeaseRenewal, StartOutcome, TaskRepository};
+use operator_shared::domain::{ArtifactId, NewArtifact, TaskOutcome, TaskRecord, TaskSpec};
+use operator_shared::error::{CodedError, ErrorCode};
+use operator_shared::network::NetworkPolicy;
+use operator_shared::queue::{Claim, SharedQueue};
+use operator_shared::storage::ArtifactStore;
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::browser::BrowserPool;
+use crate::render::{self, Rendered, StopSignal};
+
+/// Exponential backoff with full jitter: a random delay in `[0, min(max, base·2^(n-1))]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let ceiling = self.base.saturating_mul(1 << exponent).min(self.max);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+}
+
+/// Why a running task must stop before it finishes on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    None,
+    /// A client cancelled it.
+    Cancelled,
+    /// The lease was lost: another worker may own the task now; write nothing.
+    LeaseLost,
+}
+
+pub struct TaskRunner {
+    pub worker_id: String,
+    pub repo: TaskRepository,
+    pub queue: SharedQueue,
+    pub storage: ArtifactStore,
+    pub pool: Arc<BrowserPool>,
+    pub policy: NetworkPolicy,
+    pub lease_ttl: Duration,
+    pub retry: RetryPolicy,
+    /// Fired when the shutdown grace period ends: running tasks hand their leases back.
+    pub hard_stop: CancellationToken,
+}
+
+impl TaskRunner {
+    pub async fn run(&self, claim: Claim) {
+        let span = info_span!("task", task_id = %claim.task_id, tenant = %claim.tenant);
+        self.run_claim(claim).instrument(span).await;
+    }
+
+    async fn run_claim(&self, claim: Claim) {
+        let record = match self
+            .repo
+            .start_attempt(
+                claim.task_id,
+                claim.token,
+                &self.worker_id,
+                claim.lease_until,
+            )
+            .await
+        {
+            Ok(StartOutcome::Started(record)) => *record,
+            Ok(StartOutcome::Finished(state)) => {
+                info!(state = %state, "claimed task is no longer runnable; dropping it");
+                self.settle_claim(&claim).await;
+                return;
+            }
+            Ok(StartOutcome::Missing) => {
+                warn!("claimed task does not exist; dropping it");
+                self.settle_claim(&claim).await;
+                return;
+            }
+            Ok(StartOutcome::Held(until)) => {
+                info!(until = %until, "another worker's lease is still valid; retrying later");
+                self.requeue_claim(&claim, Some(until)).await;
+                return;
+            }
+            Err(error) => {
+                // The database is unreachable: leave the lease to expire and the task to
+                // be claimed again.
+                warn!(error = %error, "cannot start the task");
+                return;
+            }
+        };
+        info!(attempt = record.attempts, kind = %record.kind, "task started");
+
+        let (interrupt_sender, interrupt) = watch::channel(Interrupt::None);
+        let heartbeat = tokio::spawn(heartbeat(
+            self.repo.clone(),
+            SharedQueue::clone(&self.queue),
+            claim.clone(),
+            self.lease_ttl,
+            interrupt_sender,
+        ));
+        let outcome = self.execute(&record, interrupt).await;
+        heartbeat.abort();
+
+        let Some(outcome) = outcome else {
+            warn!("lease lost while running; another worker owns the task now");
+            return;
+        };
+        let requeue_at = match &outcome {
+            TaskOutcome::Retry { run_at, .. } => Some(Some(*run_at)),
+            TaskOutcome::Released => Some(None),
+            _ => None,
+        };
+        let state = outcome.next_state();
+        let uploaded: Vec<String> = match &outcome {
+            TaskOutcome::Succeeded { artifacts, .. } => artifacts
+                .iter()
+                .map(|artifact| artifact.storage_key.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        match self.repo.finish(claim.task_id, claim.token, outcome).await {
+            Ok(FinishOutcome::Recorded(_)) => {
+                info!(state = %state, "task outcome recorded");
+                match requeue_at {
+                    Some(not_before) => self.requeue_claim(&claim, not_before).await,
+                    None => self.settle_claim(&claim).await,
+                }
+            }
+            Ok(FinishOutcome::LeaseLost) => {
+                warn!("lease lost before the outcome was recorded; discarding it");
+                for key in uploaded {
+                    let _ = self.storage.delete(&key).await;
+                }
+            }
+            Err(error) => {
+                warn!(error = %error, "cannot record the outcome; the lease will expire and the task run again");
+            }
+        }
+    }
+
+    /// Runs the task; `None` when the lease was lost (nothing may be written).
+    async fn execute(
+        &self,
+        record: &TaskRecord,
+        mut interrupt: watch::Receiver<Interrupt>,
+    ) -> Option<TaskOutcome> {
+        let spec = match record.spec() {
+            Ok(spec) => spec,
+            Err(error) => return Some(TaskOutcome::Failed { error }),
+        };
+        let timeout = Duration::from_millis(record.timeout_ms);
+        let deadline = Instant::now() + timeout;
+        let stop = StopSignal::default();
+        let work = self.render_and_store(record, spec, deadline, stop.clone());
+        tokio::pin!(work);
+        // A little slack past the deadline: the render notices the deadline itself and
+        // reports `task_timeout`; the async timeout is the backstop for a hung browser call.
+        let backstop = tokio::time::sleep(timeout + Duration::from_secs(2));
+        tokio::pin!(backstop);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break Ok(result),
+                () = &mut backstop => {
+                    stop.stop();
+                    if let Some(handle_pid) = self.pool.current_pid() {
+                        warn!(pid = handle_pid, "browser call overran the task deadline");
+                    }
+                    break Err(TaskOutcome::TimedOut {
+                        error: CodedError::new(ErrorCode::TaskTimeout, format!("the task ran past its timeout of {} ms", record.timeout_ms)),
+                    });
+                }
+                () = self.hard_stop.cancelled() => {
+                    stop.stop();
+                    break Err(TaskOutcome::Released);
+                }
+                changed = interrupt.changed() => {
+                    if changed.is_err() {
+                        // The heartbeat ended without a verdict (aborted): keep running.
+                        continue;
+                    }
+                    match *interrupt.borrow() {
+                        Interrupt::None => continue,
+                        Interrupt::Cancelled => {
+                            stop.stop();
+                            break Err(TaskOutcome::Cancelled);
+                        }
+                        Interrupt::LeaseLost => {
+                            stop.stop();
+                            return None;
+                        }
+                    }
+                }
+            }
+        };
+        let outcome = match result {
+            Err(outcome) => outcome,
+            Ok(Ok((rendered_page, artifacts))) => TaskOutcome::Succeeded {
+                result: json!({
+                    "page": rendered_page,
+                    "artifacts": artifacts.iter().map(|artifact| json!({
+                        "id": artifact.id,
+                        "name": artifact.name,
+                        "content_type": artifact.content_type,
+                        "size_bytes": artifact.size_bytes,
+                    })).collect::<Vec<_>>(),
+                }),
+                artifacts,
+            },
+            Ok(Err(error)) => self.classify_failure(record, error),
+        };
+        Some(outcome)
+    }
+
+    fn classify_failure(&self, record: &TaskRecord, error: CodedError) -> TaskOutcome {
+        if error.code == ErrorCode::TaskTimeout {
+            return TaskOutcome::TimedOut { error };
+        }
+        if !error.code.is_retryable() {
+            return TaskOutcome::Failed { error };
+        }
+        if record.attempts >= record.max_attempts {
+            return TaskOutcome::Dead { error };
+        }
+        let delay = self.retry.delay(record.attempts);
+        let run_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        info!(code = %error.code, delay_ms = delay.as_millis() as u64, "retryable failure; requeueing");
+        TaskOutcome::Retry { error, run_at }
+    }
+
+    async fn render_and_store(
+        &self,
+        record: &TaskRecord,
+        spec: TaskSpec,
+        deadline: Instant,
+        stop: StopSignal,
+    ) -> Result<(serde_json::Value, Vec<NewArtifact>), CodedError> {
+        self.policy.check_url(spec.url().as_url()).await?;
+        let rendered: Rendered = self
+            .pool
+            .run_blocking(move |handle| render::render(&handle, &spec, deadline, &stop))
+            .await?;
+        let mut artifacts = Vec::with_capacity(rendered.files.len());
+        for file in rendered.files {
+            // The attempt is part of the key: a stale attempt still uploading cannot
+            // overwrite the files of the attempt that succeeded.
+            let key = ArtifactStore::key_for(
+                &record.tenant,
+                record.id,
+                &format!("{}/{}", record.attempts, file.name),
+            );
+            let receipt = self
+                .storage
+                .put(&key, Bytes::from(file.bytes), &file.content_type)
+                .await
+                .map_err(|error| {
+                    CodedError::new(
+                        ErrorCode::StorageError,
+                        format!("storing {}: {error}", file.name),
+                    )
+                })?;
+            artifacts.push(NewArtifact {
+                id: ArtifactId::new(),
+                name: file.name,
+                content_type: file.content_type,
+                size_bytes: receipt.size_bytes,
+                storage_key: receipt.key,
+                sha256: receipt.sha256,
+            });
+        }
+        Ok((rendered.page, artifacts))
+    }
+
+    async fn settle_claim(&self, claim: &Claim) {
+        if let Err(error) = self.queue.ack(claim).await {
+            warn!(error = %error, "acknowledging the claim failed; the reconciler will tidy up");
+        }
+    }
+
+    async fn requeue_claim(&self, claim: &Claim, not_before: Option<chrono::DateTime<Utc>>) {
+        match self.queue.requeue(claim, not_before).await {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                "the claim's queue lease was gone at requeue; the reconciler will dispatch the task"
+            ),
+            Err(error) => {
+                warn!(error = %error, "requeue failed; the reconciler will dispatch the task")
+            }
+        }
+    }
+}
+
+/// Renews the lease every third of its life until aborted, reporting cancellation
+/// requests and a lost lease.
+async fn heartbeat(
+    repo: TaskRepository,
+    queue: SharedQueue,
+    claim: Claim,
+    lease_ttl: Duration,
+    interrupt: watch::Sender<Interrupt>,
+) {
+    let interval = (lease_ttl / 3).max(Duration::from_millis(200));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        ticker.tick().await;
+        // The queue's lease decides who may claim the task next; a failure here is
+        // logged, and the database lease (the truth) still guards every write.
+        let lease_until = match queue.renew(&claim, lease_ttl).await {
+            Ok(Some(until)) => until,
+            Ok(None) => {
+                warn!(task_id = %claim.task_id, "queue lease gone; the database lease still guards the task");
+                Utc::now() + chrono::Duration::from_std(lease_ttl).unwrap_or_default()
+            }
+            Err(error) => {
+                warn!(task_id = %claim.task_id, error = %error, "renewing the queue lease failed");
+                Utc::now() + chrono::Duration::from_std(lease_ttl).unwrap_or_default()
+            }
+        };
+        match repo
+            .renew_lease(claim.task_id, claim.token, lease_until)
+            .await
+        {
+            Ok(LeaseRenewal::Held {
+                cancel_requested: true,
+            }) => {
+                let _ = interrupt.send(Interrupt::Cancelled);
+            }
+            Ok(LeaseRenewal::Held {
+                cancel_requested: false,
+            }) => {}
+            Ok(LeaseRenewal::Lost) => {
+                let _ = interrupt.send(Interrupt::LeaseLost);
+                return;
+            }
+            Err(error) => {
+                warn!(task_id = %claim.task_id, error = %error, "renewing the database lease failed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+        };
+        for attempt in 1..=12 {
+            let ceiling =
+                Duration::from_secs(1 << (attempt - 1).min(30)).min(Duration::from_secs(10));
+            for _ in 0..50 {
+                assert!(policy.delay(attempt) <= ceiling);
+            }
+        }
+        let distinct: std::collections::HashSet<_> = (0..50).map(|_| policy.delay(5)).collect();
+        assert!(distinct.len() > 10, "full jitter spreads the delays");
+    }
+}
