@@ -8,6 +8,7 @@
 //! - [`storage`]: artifact storage over object_store (local files, S3, memory).
 //! - [`network`]: the policy deciding which addresses browsers may reach.
 //! - [`telemetry`]: logging and OpenTelemetry trace export.
+//! - `testkit` (feature): isolated real services for tests.
 
 pub mod config;
 pub mod db;
@@ -17,6 +18,8 @@ pub mod network;
 pub mod queue;
 pub mod storage;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 /// Installs the process-wide TLS crypto provider.
 ///

@@ -47,6 +47,9 @@ pub struct BrowserHandle {
     browser: Browser,
     control: Arc<Transport>,
     pid: Option<u32>,
+    /// The profile directory; ours rather than headless_chrome's, which it cannot
+    /// delete once the browser was killed.
+    profile_dir: PathBuf,
     /// Set when a call failed in a way that suggests the browser is gone; the next
     /// task gets a new browser.
     broken: AtomicBool,
@@ -112,6 +115,17 @@ impl BrowserHandle {
             .call_method_on_browser(CdpBrowser::GetVersion(None))
             .is_ok();
         browser_answers && control_answers
+    }
+}
+
+impl Drop for BrowserHandle {
+    fn drop(&mut self) {
+        kill_process(self.pid);
+        if let Err(error) = std::fs::remove_dir_all(&self.profile_dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %self.profile_dir.display(), error = %error, "cannot remove a browser profile");
+        }
     }
 }
 
@@ -252,8 +266,16 @@ impl BrowserPool {
             // Chromium's sandbox cannot start as root.
             SandboxMode::Auto => !running_as_root(),
         };
+        let profile_dir = std::env::temp_dir().join(format!(
+            "operator-chromium-{}-{}",
+            std::process::id(),
+            self.launches.load(Ordering::SeqCst)
+        ));
+        // A leftover from an earlier failed launch of this process would be reused as is.
+        let _ = std::fs::remove_dir_all(&profile_dir);
         let options = LaunchOptions::default_builder()
             .path(Some(self.chrome_path.clone()))
+            .user_data_dir(Some(profile_dir.clone()))
             .headless(true)
             .sandbox(sandbox)
             .enable_gpu(false)
@@ -290,6 +312,7 @@ impl BrowserPool {
             browser,
             control: Arc::new(control),
             pid,
+            profile_dir,
             broken: AtomicBool::new(false),
             tasks_started: AtomicU64::new(0),
         })

@@ -435,10 +435,16 @@ impl Queue for RedisQueue {
                 timeout: Some(pause + self.command_timeout),
                 ..Default::default()
             };
-            let _: Option<(String, String)> = waiter
+            let woken: Result<Option<(String, String)>, _> = waiter
                 .with_options(&options)
                 .blpop(self.keys.signal.as_str(), seconds)
-                .await?;
+                .await;
+            match woken {
+                Ok(_) => {}
+                // fred reports BLPOP's null reply (nothing arrived in time) as a timeout.
+                Err(error) if *error.kind() == ErrorKind::Timeout => {}
+                Err(error) => return Err(error.into()),
+            }
         }
     }
 

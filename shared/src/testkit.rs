@@ -1,0 +1,246 @@
+//! Test support (feature `testkit`, for dev-dependencies only): real services, one
+//! isolated slice of each per test, cleaned up afterwards.
+//!
+//! - a PostgreSQL database per test (created, migrated, dropped), or a SQLite file in a
+//!   temporary directory;
+//! - a Redis key prefix per test (its keys deleted afterwards);
+//! - an S3 key prefix per test on the local S3-compatible server.
+//!
+//! Services are found through `TEST_DATABASE_URL`, `TEST_REDIS_URL`, `TEST_S3_*` and
+//! `CHROME_PATH` (what `scripts/services.sh env` prints), with this machine's defaults.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, Database};
+use sea_orm_migration::MigratorTrait;
+use secrecy::SecretString;
+
+use crate::config::{QueueBackendKind, Settings};
+
+/// Where the test services are.
+#[derive(Debug, Clone)]
+pub struct TestServices {
+    /// A PostgreSQL URL whose user may create databases.
+    pub postgres_admin_url: String,
+    pub redis_url: String,
+    pub s3_endpoint: String,
+    pub s3_bucket: String,
+    pub s3_access_key: String,
+    pub s3_secret_key: String,
+}
+
+impl TestServices {
+    pub fn from_env() -> Self {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let get = |name: &str, default: &str| {
+            env.get(name).cloned().unwrap_or_else(|| default.to_owned())
+        };
+        Self {
+            postgres_admin_url: get(
+                "TEST_DATABASE_URL",
+                "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+            ),
+            redis_url: get("TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+            s3_endpoint: get("TEST_S3_ENDPOINT", "http://127.0.0.1:9100"),
+            s3_bucket: get("TEST_S3_BUCKET", "operator-test"),
+            s3_access_key: get("TEST_S3_ACCESS_KEY", "operator-test"),
+            s3_secret_key: get("TEST_S3_SECRET_KEY", "operator-test-secret"),
+        }
+    }
+}
+
+/// A name no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A database for one test: a PostgreSQL database of its own, or a SQLite file.
+pub struct TestDatabase {
+    url: String,
+    postgres: Option<(String, String)>,
+    _directory: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn sqlite() -> Self {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            directory.path().join("test.db").display()
+        );
+        let database = Self {
+            url,
+            postgres: None,
+            _directory: Some(directory),
+        };
+        database.migrate().await;
+        database
+    }
+
+    pub async fn postgres() -> Self {
+        let services = TestServices::from_env();
+        let name = unique_name("operator_test");
+        let admin = Database::connect(&services.postgres_admin_url)
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "PostgreSQL is not reachable at {} ({error}); run `scripts/services.sh` or set TEST_DATABASE_URL",
+                    services.postgres_admin_url
+                )
+            });
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let _ = admin.close().await;
+        let mut url =
+            url::Url::parse(&services.postgres_admin_url).expect("TEST_DATABASE_URL is a URL");
+        url.set_path(&name);
+        let database = Self {
+            url: url.to_string(),
+            postgres: Some((services.postgres_admin_url, name)),
+            _directory: None,
+        };
+        database.migrate().await;
+        database
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    async fn migrate(&self) {
+        let connection = crate::db::connect_url(&self.url, 2, Duration::from_secs(10))
+            .await
+            .expect("connect to the test database");
+        operator_migrations::Migrator::up(&connection, None)
+            .await
+            .expect("migrate the test database");
+        let _ = connection.close().await;
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs outside any runtime guarantee: use a thread with its own runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let admin = Database::connect(&admin_url).await.ok()?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()?;
+                let _ = admin.close().await;
+                Some(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("testkit: could not drop a test database");
+        }
+    }
+}
+
+/// Settings for a one-process test on the embedded defaults under `data_dir`: API on
+/// port 0, loopback pages allowed, short timeouts.
+pub fn embedded_settings(data_dir: &Path) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.data_dir = PathBuf::from(data_dir);
+    settings.server.port = 0;
+    settings.queue.backend = QueueBackendKind::Database;
+    settings.queue.poll_interval = Duration::from_millis(100);
+    settings.network.allow = vec!["127.0.0.0/8".into(), "::1".into()];
+    settings.worker.concurrency = 2;
+    settings.worker.shutdown_grace = Duration::from_secs(5);
+    settings.tasks.retry_base_delay = Duration::from_millis(200);
+    settings.tasks.retry_max_delay = Duration::from_secs(1);
+    settings.scheduler.reconcile_interval = Duration::from_secs(1);
+    settings.scheduler.reconcile_grace = Duration::from_secs(1);
+    settings
+}
+
+/// Settings for the distributed setup: PostgreSQL `database`, Redis under its own key
+/// prefix, S3 under its own key prefix.
+pub fn distributed_settings(database: &TestDatabase, isolation: &str) -> Settings {
+    let services = TestServices::from_env();
+    let mut settings = embedded_settings(Path::new("/nonexistent-data-dir"));
+    settings.database.url = Some(SecretString::from(database.url().to_owned()));
+    settings.database.max_connections = 8;
+    settings.redis.url = Some(SecretString::from(services.redis_url.clone()));
+    settings.redis.key_prefix = isolation.to_owned();
+    settings.queue.backend = QueueBackendKind::Redis;
+    settings.storage.url = Some(format!("s3://{}/{isolation}", services.s3_bucket));
+    settings.storage.endpoint = Some(services.s3_endpoint.clone());
+    settings.storage.access_key_id = Some(services.s3_access_key.clone());
+    settings.storage.secret_access_key = Some(SecretString::from(services.s3_secret_key.clone()));
+    settings.storage.allow_http = true;
+    settings.storage.path_style = true;
+    settings
+}
+
+/// A Redis key prefix of one test; its keys are deleted when the guard drops, also
+/// when the test panicked.
+pub struct RedisPrefix {
+    settings: crate::config::RedisSettings,
+}
+
+impl RedisPrefix {
+    pub fn new() -> Self {
+        Self {
+            settings: crate::config::RedisSettings {
+                url: Some(SecretString::from(TestServices::from_env().redis_url)),
+                key_prefix: unique_name("test"),
+                command_timeout: Duration::from_secs(5),
+            },
+        }
+    }
+
+    pub fn settings(&self) -> &crate::config::RedisSettings {
+        &self.settings
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.settings.key_prefix
+    }
+}
+
+impl Default for RedisPrefix {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let settings = self.settings.clone();
+        let purged = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let queue = crate::queue::redis::RedisQueue::connect(&settings)
+                    .await
+                    .ok()?;
+                queue.purge().await.ok()
+            })
+        })
+        .join();
+        if !matches!(purged, Ok(Some(()))) {
+            eprintln!("testkit: could not delete a test's Redis keys");
+        }
+    }
+}

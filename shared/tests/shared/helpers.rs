@@ -1,0 +1,62 @@
+//! Per-test backends on the real services.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use operator_shared::db::{self, TaskRepository};
+use operator_shared::queue::SharedQueue;
+use operator_shared::queue::database::DatabaseQueue;
+use operator_shared::queue::redis::RedisQueue;
+use operator_shared::testkit::{RedisPrefix, TestDatabase};
+
+/// A queue backend for one test, with the guards that clean up after it.
+pub struct QueueUnderTest {
+    queue: SharedQueue,
+    _redis: Option<RedisPrefix>,
+    _database: Option<TestDatabase>,
+}
+
+impl QueueUnderTest {
+    pub fn queue(&self) -> SharedQueue {
+        SharedQueue::clone(&self.queue)
+    }
+}
+
+pub async fn redis_queue() -> QueueUnderTest {
+    let prefix = RedisPrefix::new();
+    let redis = RedisQueue::connect(prefix.settings())
+        .await
+        .expect("Redis is reachable (run scripts/services.sh)");
+    QueueUnderTest {
+        queue: Arc::new(redis),
+        _redis: Some(prefix),
+        _database: None,
+    }
+}
+
+async fn database_queue(database: TestDatabase) -> QueueUnderTest {
+    let connection = db::connect_url(database.url(), 4, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    QueueUnderTest {
+        queue: Arc::new(DatabaseQueue::new(connection, Duration::from_millis(50))),
+        _redis: None,
+        _database: Some(database),
+    }
+}
+
+pub async fn database_queue_sqlite() -> QueueUnderTest {
+    database_queue(TestDatabase::sqlite().await).await
+}
+
+pub async fn database_queue_postgres() -> QueueUnderTest {
+    database_queue(TestDatabase::postgres().await).await
+}
+
+/// A repository on a fresh database; keep the `TestDatabase` alive for the test.
+pub async fn repository(database: &TestDatabase) -> TaskRepository {
+    let connection = db::connect_url(database.url(), 4, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    TaskRepository::new(connection)
+}

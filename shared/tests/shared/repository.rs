@@ -1,0 +1,360 @@
+//! The task repository on SQLite and PostgreSQL: guarded writes, one terminal state,
+//! pagination, tenant scoping.
+
+use chrono::{Duration as ChronoDuration, Utc};
+use operator_shared::db::{
+    CancelOutcome, FinishOutcome, LeaseRenewal, StartOutcome, TaskRepository,
+};
+use operator_shared::domain::{
+    LeaseToken, NewTask, Priority, TaskFilter, TaskKind, TaskOutcome, TaskSpec, TaskState, TenantId,
+};
+use operator_shared::error::{CodedError, ErrorCode};
+use operator_shared::testkit::TestDatabase;
+use serde_json::json;
+
+use crate::helpers::repository;
+
+fn new_task(tenant: &TenantId) -> NewTask {
+    NewTask {
+        tenant: tenant.clone(),
+        spec: TaskSpec::parse(
+            TaskKind::Screenshot,
+            &json!({"url": "https://example.test/"}),
+        )
+        .expect("valid"),
+        priority: Priority::Normal,
+        max_attempts: 3,
+        timeout_ms: 30_000,
+        idempotency_key: None,
+        webhook_url: None,
+        run_at: None,
+        trace_parent: None,
+    }
+}
+
+fn soon() -> chrono::DateTime<Utc> {
+    Utc::now() + ChronoDuration::seconds(30)
+}
+
+async fn pages_go_newest_first_by_cursor(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(repo.create(new_task(&tenant)).await.expect("create").id);
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = repo
+            .list(
+                &tenant,
+                &TaskFilter {
+                    before,
+                    limit: 2,
+                    ..TaskFilter::default()
+                },
+            )
+            .await
+            .expect("list");
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|task| task.id);
+        seen.extend(page.into_iter().map(|task| task.id));
+    }
+    assert_eq!(seen, ids);
+    let queued = repo
+        .list(
+            &tenant,
+            &TaskFilter {
+                state: Some(TaskState::Queued),
+                limit: 10,
+                ..TaskFilter::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(queued.len(), 5);
+    let pdfs = repo
+        .list(
+            &tenant,
+            &TaskFilter {
+                kind: Some(TaskKind::Pdf),
+                limit: 10,
+                ..TaskFilter::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert!(pdfs.is_empty());
+}
+
+async fn tenants_do_not_see_each_other(repo: TaskRepository) {
+    let acme = TenantId::parse("acme").expect("tenant");
+    let globex = TenantId::parse("globex").expect("tenant");
+    let task = repo.create(new_task(&acme)).await.expect("create");
+    assert!(repo.get(&acme, task.id).await.expect("get").is_some());
+    assert!(repo.get(&globex, task.id).await.expect("get").is_none());
+    assert!(matches!(
+        repo.cancel(&globex, task.id).await.expect("cancel"),
+        CancelOutcome::NotFound
+    ));
+    assert!(
+        repo.list(
+            &globex,
+            &TaskFilter {
+                limit: 10,
+                ..TaskFilter::default()
+            }
+        )
+        .await
+        .expect("list")
+        .is_empty()
+    );
+}
+
+async fn a_cancelled_task_never_starts(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let task = repo.create(new_task(&tenant)).await.expect("create");
+    let CancelOutcome::Cancelled(cancelled) = repo.cancel(&tenant, task.id).await.expect("cancel")
+    else {
+        panic!("a queued task is cancelled at once");
+    };
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    assert_eq!(cancelled.error.expect("error").code, ErrorCode::Cancelled);
+    assert!(matches!(
+        repo.cancel(&tenant, task.id).await.expect("cancel again"),
+        CancelOutcome::AlreadyFinished(_)
+    ));
+    let start = repo
+        .start_attempt(task.id, LeaseToken::new(), "worker", soon())
+        .await
+        .expect("start");
+    assert!(matches!(
+        start,
+        StartOutcome::Finished(TaskState::Cancelled)
+    ));
+    assert!(
+        repo.attempts(task.id).await.expect("attempts").is_empty(),
+        "it never ran"
+    );
+}
+
+async fn a_lost_lease_cannot_write_and_the_terminal_state_is_written_once(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let task = repo.create(new_task(&tenant)).await.expect("create");
+    let first = LeaseToken::new();
+    // A lease that is already over: its worker died.
+    let expired = Utc::now() - ChronoDuration::seconds(1);
+    assert!(matches!(
+        repo.start_attempt(task.id, first, "first", expired)
+            .await
+            .expect("start"),
+        StartOutcome::Started(_)
+    ));
+    let second = LeaseToken::new();
+    let StartOutcome::Started(running) = repo
+        .start_attempt(task.id, second, "second", soon())
+        .await
+        .expect("start")
+    else {
+        panic!("an expired lease lets another worker start the task");
+    };
+    assert_eq!(running.attempts, 2);
+    // The first worker comes back: nothing it writes lands.
+    assert_eq!(
+        repo.renew_lease(task.id, first, soon())
+            .await
+            .expect("renew"),
+        LeaseRenewal::Lost
+    );
+    let late = repo
+        .finish(
+            task.id,
+            first,
+            TaskOutcome::Failed {
+                error: CodedError::new(ErrorCode::BrowserError, "late"),
+            },
+        )
+        .await
+        .expect("finish");
+    assert!(matches!(late, FinishOutcome::LeaseLost));
+    // A third worker cannot start it while the second holds a live lease.
+    assert!(matches!(
+        repo.start_attempt(task.id, LeaseToken::new(), "third", soon())
+            .await
+            .expect("start"),
+        StartOutcome::Held(_)
+    ));
+    let done = repo
+        .finish(
+            task.id,
+            second,
+            TaskOutcome::Succeeded {
+                result: json!({"ok": true}),
+                artifacts: Vec::new(),
+            },
+        )
+        .await
+        .expect("finish");
+    let FinishOutcome::Recorded(done) = done else {
+        panic!("the owner records the outcome")
+    };
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.result, Some(json!({"ok": true})));
+    assert!(done.lease_token.is_none());
+    // Written once: the owner cannot write a second terminal state either.
+    let again = repo
+        .finish(task.id, second, TaskOutcome::Cancelled)
+        .await
+        .expect("finish");
+    assert!(matches!(again, FinishOutcome::LeaseLost));
+    let stored = repo
+        .get(&tenant, task.id)
+        .await
+        .expect("get")
+        .expect("task");
+    assert_eq!(stored.state, TaskState::Succeeded);
+    let attempts = repo.attempts(task.id).await.expect("attempts");
+    let outcomes: Vec<_> = attempts
+        .iter()
+        .map(|attempt| attempt.outcome.clone())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Some("lease_expired".to_owned()),
+            Some("succeeded".to_owned())
+        ]
+    );
+    assert_eq!(attempts[1].worker_id, "second");
+}
+
+async fn a_running_task_learns_of_its_cancellation_at_heartbeat(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let task = repo.create(new_task(&tenant)).await.expect("create");
+    let token = LeaseToken::new();
+    repo.start_attempt(task.id, token, "w", soon())
+        .await
+        .expect("start");
+    assert_eq!(
+        repo.renew_lease(task.id, token, soon())
+            .await
+            .expect("renew"),
+        LeaseRenewal::Held {
+            cancel_requested: false
+        }
+    );
+    let CancelOutcome::Requested(requested) = repo.cancel(&tenant, task.id).await.expect("cancel")
+    else {
+        panic!("a running task is asked to stop");
+    };
+    assert!(requested.cancel_requested);
+    assert_eq!(requested.state, TaskState::Running);
+    assert_eq!(
+        repo.renew_lease(task.id, token, soon())
+            .await
+            .expect("renew"),
+        LeaseRenewal::Held {
+            cancel_requested: true
+        }
+    );
+    let FinishOutcome::Recorded(cancelled) = repo
+        .finish(task.id, token, TaskOutcome::Cancelled)
+        .await
+        .expect("finish")
+    else {
+        panic!("recorded");
+    };
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+}
+
+async fn a_retry_goes_back_to_queued_with_its_run_time(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let task = repo.create(new_task(&tenant)).await.expect("create");
+    let token = LeaseToken::new();
+    repo.start_attempt(task.id, token, "w", soon())
+        .await
+        .expect("start");
+    let run_at = Utc::now() + ChronoDuration::seconds(5);
+    let outcome = TaskOutcome::Retry {
+        error: CodedError::new(ErrorCode::NavigationFailed, "refused"),
+        run_at,
+    };
+    let FinishOutcome::Recorded(retried) =
+        repo.finish(task.id, token, outcome).await.expect("finish")
+    else {
+        panic!("recorded");
+    };
+    assert_eq!(retried.state, TaskState::Queued);
+    assert!((retried.run_at - run_at).num_milliseconds().abs() <= 1);
+    assert_eq!(
+        retried.error.expect("last error").code,
+        ErrorCode::NavigationFailed
+    );
+    let events = repo.events(task.id, None).await.expect("events");
+    let states: Vec<_> = events
+        .iter()
+        .filter_map(|event| event.data.get("state").cloned())
+        .collect();
+    assert_eq!(
+        states,
+        vec![json!("queued"), json!("running"), json!("queued")]
+    );
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let database = operator_shared::testkit::TestDatabase::sqlite().await;
+                    super::$name(crate::helpers::repository(&database).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let database = operator_shared::testkit::TestDatabase::postgres().await;
+                    super::$name(crate::helpers::repository(&database).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    pages_go_newest_first_by_cursor,
+    tenants_do_not_see_each_other,
+    a_cancelled_task_never_starts,
+    a_lost_lease_cannot_write_and_the_terminal_state_is_written_once,
+    a_running_task_learns_of_its_cancellation_at_heartbeat,
+    a_retry_goes_back_to_queued_with_its_run_time,
+);
+
+#[tokio::test]
+async fn test_databases_are_isolated() {
+    let first = TestDatabase::postgres().await;
+    let second = TestDatabase::postgres().await;
+    assert_ne!(first.url(), second.url());
+    let repo = repository(&first).await;
+    repo.create(new_task(&TenantId::default_tenant()))
+        .await
+        .expect("create");
+    let other = repository(&second).await;
+    let listed = other
+        .list(
+            &TenantId::default_tenant(),
+            &TaskFilter {
+                limit: 10,
+                ..TaskFilter::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert!(listed.is_empty());
+}
