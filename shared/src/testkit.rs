@@ -80,6 +80,13 @@ impl TestDatabase {
     }
 
     pub async fn postgres() -> Self {
+        let database = Self::postgres_unmigrated().await;
+        database.migrate().await;
+        database
+    }
+
+    /// An empty PostgreSQL database (for testing `operator migrate` itself).
+    pub async fn postgres_unmigrated() -> Self {
         let services = TestServices::from_env();
         let name = unique_name("operator_test");
         let admin = Database::connect(&services.postgres_admin_url)
@@ -98,13 +105,11 @@ impl TestDatabase {
         let mut url =
             url::Url::parse(&services.postgres_admin_url).expect("TEST_DATABASE_URL is a URL");
         url.set_path(&name);
-        let database = Self {
+        Self {
             url: url.to_string(),
             postgres: Some((services.postgres_admin_url, name)),
             _directory: None,
-        };
-        database.migrate().await;
-        database
+        }
     }
 
     pub fn url(&self) -> &str {

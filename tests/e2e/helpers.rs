@@ -1,0 +1,288 @@
+//! End-to-end helpers: pages served on loopback, applications on port 0 (embedded or
+//! split into API and worker instances on PostgreSQL + Redis + S3), an HTTP client.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use operator::{Application, Roles};
+use operator_shared::config::Settings;
+use operator_shared::testkit::{
+    RedisPrefix, TestDatabase, distributed_settings, embedded_settings,
+};
+use poem::web::{Html, Path};
+use poem::{Endpoint, EndpointExt, Route, Server, get, handler};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// A tiny site on loopback that counts requests per path.
+pub struct PageServer {
+    pub base: String,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    stop: CancellationToken,
+}
+
+/// The background colour of the pages, checked in screenshots.
+pub const PAGE_RGB: [u8; 3] = [0x33, 0x66, 0xcc];
+
+#[handler]
+fn page(Path(name): Path<String>) -> Html<String> {
+    let height = if name.starts_with("tall") { 4000 } else { 200 };
+    Html(format!(
+        "<!doctype html><html><head><title>page {name}</title>\
+         <style>html,body{{margin:0;background:#3366cc}}</style></head>\
+         <body><h1 id=\"title\">Page {name}</h1><div style=\"height:{height}px\"></div></body></html>"
+    ))
+}
+
+impl PageServer {
+    pub async fn start() -> Self {
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let counter = Arc::clone(&hits);
+        let app = Route::new()
+            .at("/:name", get(page))
+            .around(move |endpoint, request| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    let path = request.uri().path().to_owned();
+                    *counter.lock().expect("lock").entry(path).or_default() += 1;
+                    endpoint.call(request).await
+                }
+            });
+        let acceptor = poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind(
+            "127.0.0.1:0",
+        ))
+        .await
+        .expect("bind the page server");
+        let port = poem::listener::Acceptor::local_addr(&acceptor)
+            .into_iter()
+            .find_map(|address| address.as_socket_addr().map(|socket| socket.port()))
+            .expect("port");
+        let stop = CancellationToken::new();
+        let stopped = stop.clone().cancelled_owned();
+        tokio::spawn(
+            Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, stopped, None),
+        );
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            hits,
+            stop,
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.base)
+    }
+
+    pub fn hits(&self, name: &str) -> usize {
+        self.hits
+            .lock()
+            .expect("lock")
+            .get(&format!("/{name}"))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Running application instances and a client for their API.
+pub struct TestApp {
+    pub url: String,
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    running: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _database: Option<TestDatabase>,
+    _redis: Option<RedisPrefix>,
+    _directory: tempfile::TempDir,
+}
+
+async fn start(
+    settings: Settings,
+    roles: Roles,
+    stop: &CancellationToken,
+) -> (Option<String>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let application = Application::build(settings, roles)
+        .await
+        .expect("build the application");
+    let url = application.public_url();
+    let stopped = stop.clone().cancelled_owned();
+    (url, tokio::spawn(application.run_until_stopped(stopped)))
+}
+
+impl TestApp {
+    /// `operator serve` on the embedded defaults: SQLite, the database queue, local files.
+    pub async fn embedded() -> Self {
+        operator_shared::install_crypto_provider();
+        let directory = tempfile::tempdir().expect("tempdir");
+        let settings = embedded_settings(directory.path());
+        let stop = CancellationToken::new();
+        let (url, running) = start(settings, Roles::SERVE, &stop).await;
+        Self {
+            url: url.expect("serve runs the API"),
+            client: reqwest::Client::new(),
+            stop,
+            running: vec![running],
+            _database: None,
+            _redis: None,
+            _directory: directory,
+        }
+    }
+
+    /// The distributed setup: an API instance, a separate worker instance and a
+    /// scheduler, sharing PostgreSQL, Redis and S3.
+    pub async fn distributed() -> Self {
+        operator_shared::install_crypto_provider();
+        let directory = tempfile::tempdir().expect("tempdir");
+        let database = TestDatabase::postgres().await;
+        let redis = RedisPrefix::new();
+        let settings = distributed_settings(&database, redis.prefix());
+        let stop = CancellationToken::new();
+        let (url, api) = start(settings.clone(), Roles::API, &stop).await;
+        let (_, worker) = start(settings.clone(), Roles::WORKER, &stop).await;
+        let (_, scheduler) = start(settings, Roles::SCHEDULER, &stop).await;
+        Self {
+            url: url.expect("the API role serves"),
+            client: reqwest::Client::new(),
+            stop,
+            running: vec![api, worker, scheduler],
+            _database: Some(database),
+            _redis: Some(redis),
+            _directory: directory,
+        }
+    }
+
+    pub async fn submit(&self, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/v1/tasks", self.url))
+            .json(body)
+            .send()
+            .await
+            .expect("submit");
+        read(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("get");
+        read(response).await
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("post");
+        read(response).await
+    }
+
+    /// Polls the task until it reaches one of `states` (panics after `timeout`).
+    pub async fn wait_for(&self, id: &str, states: &[&str], timeout: Duration) -> Value {
+        wait_for_task(&self.client, &self.url, id, states, timeout).await
+    }
+
+    /// Downloads an absolute URL; returns content type and bytes.
+    pub async fn download(&self, url: &str) -> (String, Vec<u8>) {
+        download(&self.client, url).await
+    }
+
+    /// Stops every instance and waits until they are down.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        for running in self.running.drain(..) {
+            running
+                .await
+                .expect("join")
+                .expect("a role ended with an error");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub async fn wait_for_task(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    states: &[&str],
+    timeout: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let response = client
+            .get(format!("{base}/v1/tasks/{id}"))
+            .send()
+            .await
+            .expect("get");
+        let (status, task) = read(response).await;
+        assert_eq!(status, 200, "{task}");
+        let state = task["state"].as_str().unwrap_or_default().to_owned();
+        if states.contains(&state.as_str()) {
+            return task;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} still {state} after {timeout:?}, expected one of {states:?}: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn download(client: &reqwest::Client, url: &str) -> (String, Vec<u8>) {
+    let response = client.get(url).send().await.expect("download");
+    assert_eq!(response.status().as_u16(), 200, "download {url}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (
+        content_type,
+        response.bytes().await.expect("bytes").to_vec(),
+    )
+}
+
+/// Decodes a PNG; returns width, height and the RGB of pixel (x, y).
+pub fn decode_png(bytes: &[u8], x: u32, y: u32) -> (u32, u32, [u8; 3]) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("a valid PNG header");
+    let mut buffer = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buffer).expect("a valid PNG image");
+    let channels = frame.color_type.samples();
+    let offset = (y as usize * frame.width as usize + x as usize) * channels;
+    let pixel = [buffer[offset], buffer[offset + 1], buffer[offset + 2]];
+    (frame.width, frame.height, pixel)
+}
+
+/// Counts the pages of a PDF (its `/Type /Page` objects).
+pub fn pdf_page_count(bytes: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(bytes);
+    text.match_indices("/Type /Page")
+        .filter(|(index, matched)| !text[index + matched.len()..].starts_with('s'))
+        .count()
+}

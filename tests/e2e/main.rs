@@ -1,0 +1,160 @@
+//! End to end: the real application over HTTP, real Chromium, pages served on loopback.
+//! Each scenario runs on the embedded defaults and on the distributed setup (separate
+//! API and worker instances on PostgreSQL, Redis and S3); `processes` runs the binary
+//! itself as separate OS processes.
+
+mod helpers;
+mod processes;
+
+use std::time::Duration;
+
+use helpers::{PAGE_RGB, PageServer, TestApp, decode_png, pdf_page_count};
+use serde_json::{Value, json};
+
+const TASK_DEADLINE: Duration = Duration::from_secs(90);
+
+async fn first_artifact(app: &TestApp, task: &Value) -> (Value, String, Vec<u8>) {
+    let artifact = task["artifacts"][0].clone();
+    assert!(artifact.is_object(), "the task lists its artifact: {task}");
+    let (content_type, bytes) = app.download(artifact["url"].as_str().expect("url")).await;
+    assert_eq!(
+        artifact["size_bytes"],
+        bytes.len(),
+        "recorded size matches the download"
+    );
+    (artifact, content_type, bytes)
+}
+
+/// Screenshot, full-page screenshot and PDF, submitted together.
+async fn renders_screenshots_and_pdfs(app: TestApp) {
+    let pages = PageServer::start().await;
+    let (status, screenshot) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("home"), "viewport": {"width": 640, "height": 480}}}))
+        .await;
+    assert_eq!(status, 202, "{screenshot}");
+    assert_eq!(screenshot["state"], "queued");
+    let (_, full_page) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("tall"), "viewport": {"width": 400, "height": 300}, "full_page": true}}))
+        .await;
+    let (_, pdf) = app
+        .submit(&json!({"kind": "pdf", "input": {"url": pages.url("tall-doc"), "format": "Letter", "margin": {"top": "1cm", "bottom": "1cm"}}}))
+        .await;
+
+    let done = app
+        .wait_for(
+            screenshot["id"].as_str().expect("id"),
+            &["succeeded", "failed", "dead", "timed_out"],
+            TASK_DEADLINE,
+        )
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["result"]["page"]["title"], "page home");
+    let (artifact, content_type, bytes) = first_artifact(&app, &done).await;
+    assert_eq!(content_type, "image/png");
+    assert_eq!(artifact["name"], "screenshot.png");
+    let (width, height, pixel) = decode_png(&bytes, 320, 400);
+    assert_eq!((width, height), (640, 480), "the requested viewport");
+    assert_eq!(pixel, PAGE_RGB, "the page itself was captured");
+
+    let done = app
+        .wait_for(
+            full_page["id"].as_str().expect("id"),
+            &["succeeded", "failed", "dead", "timed_out"],
+            TASK_DEADLINE,
+        )
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, _, bytes) = first_artifact(&app, &done).await;
+    let (width, height, _) = decode_png(&bytes, 0, 0);
+    assert_eq!(width, 400);
+    assert!(height > 4000, "the whole page, not the viewport: {height}");
+
+    let done = app
+        .wait_for(
+            pdf["id"].as_str().expect("id"),
+            &["succeeded", "failed", "dead", "timed_out"],
+            TASK_DEADLINE,
+        )
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (artifact, content_type, bytes) = first_artifact(&app, &done).await;
+    assert_eq!(content_type, "application/pdf");
+    assert_eq!(artifact["name"], "document.pdf");
+    assert!(bytes.starts_with(b"%PDF-"), "a PDF");
+    assert!(
+        pdf_page_count(&bytes) >= 2,
+        "a 4000 px page spans several Letter pages"
+    );
+
+    let (status, listed) = app
+        .get(&format!(
+            "/v1/tasks/{}/artifacts",
+            done["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["items"].as_array().expect("items").len(), 1);
+    app.shutdown().await;
+}
+
+/// A cancelled task never runs: scheduled a few seconds out, cancelled, then watched
+/// past its start time.
+async fn a_cancelled_queued_task_never_runs(app: TestApp) {
+    let pages = PageServer::start().await;
+    let run_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let (status, task) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("never")}, "run_at": run_at.to_rfc3339()}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    let id = task["id"].as_str().expect("id");
+    let (status, cancelled) = app.post(&format!("/v1/tasks/{id}/cancel")).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["state"], "cancelled");
+    // A task submitted after it runs, which proves the worker was up and claiming.
+    let (_, later) = app.submit(&json!({"kind": "screenshot", "input": {"url": pages.url("after")}, "run_at": (run_at + chrono::Duration::seconds(1)).to_rfc3339()})).await;
+    let done = app
+        .wait_for(
+            later["id"].as_str().expect("id"),
+            &["succeeded"],
+            TASK_DEADLINE,
+        )
+        .await;
+    assert_eq!(done["state"], "succeeded");
+    let (_, task) = app.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(task["state"], "cancelled");
+    assert!(task.get("started_at").is_none(), "never started: {task}");
+    let (_, attempts) = app.get(&format!("/v1/tasks/{id}/attempts")).await;
+    assert_eq!(attempts["items"], json!([]));
+    assert_eq!(pages.hits("never"), 0, "the browser never opened it");
+    assert_eq!(pages.hits("after"), 1);
+    app.shutdown().await;
+}
+
+mod embedded {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renders_screenshots_and_pdfs() {
+        super::renders_screenshots_and_pdfs(TestApp::embedded().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_queued_task_never_runs() {
+        super::a_cancelled_queued_task_never_runs(TestApp::embedded().await).await;
+    }
+}
+
+mod distributed {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renders_screenshots_and_pdfs() {
+        super::renders_screenshots_and_pdfs(TestApp::distributed().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_queued_task_never_runs() {
+        super::a_cancelled_queued_task_never_runs(TestApp::distributed().await).await;
+    }
+}

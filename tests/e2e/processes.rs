@@ -1,0 +1,195 @@
+//! The binary as a user runs it: `operator migrate`, then `operator api` and `operator
+//! worker` as separate processes on PostgreSQL, Redis and S3. A task submitted to the
+//! API process is run by the worker process; SIGTERM stops both cleanly and leaves no
+//! Chromium behind.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use operator_shared::testkit::{RedisPrefix, TestDatabase, TestServices, unique_name};
+use serde_json::json;
+
+use crate::helpers::{PageServer, decode_png, download, read, wait_for_task};
+
+fn operator() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_operator"))
+}
+
+fn configure(command: &mut Command, database: &TestDatabase, redis: &RedisPrefix, isolation: &str) {
+    let services = TestServices::from_env();
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database.url())
+        .env("REDIS_URL", &services.redis_url)
+        .env("OPERATOR_REDIS__KEY_PREFIX", redis.prefix())
+        .env(
+            "STORAGE_URL",
+            format!("s3://{}/{isolation}", services.s3_bucket),
+        )
+        .env("AWS_ENDPOINT_URL", &services.s3_endpoint)
+        .env("AWS_ACCESS_KEY_ID", &services.s3_access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &services.s3_secret_key)
+        .env("OPERATOR_STORAGE__ALLOW_HTTP", "true")
+        .env("OPERATOR_NETWORK__ALLOW", "127.0.0.0/8")
+        .env("OPERATOR_SERVER__PORT", "0")
+        .env("OPERATOR_TELEMETRY__LOG_FORMAT", "json");
+    if let Ok(chrome) = std::env::var("CHROME_PATH") {
+        command.env("CHROME_PATH", chrome);
+    }
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+fn terminate(child: &mut Child, name: &str) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "{name} exits cleanly on SIGTERM: {status}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not stop within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Chromium processes whose profile belongs to this worker process.
+fn chromium_processes_of(worker_pid: u32) -> usize {
+    let marker = format!("operator-chromium-{worker_pid}-");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|byte| byte.is_ascii_digit())
+        })
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&marker))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_worker_processes_run_a_task_together() {
+    operator_shared::install_crypto_provider();
+    let pages = PageServer::start().await;
+    let database = TestDatabase::postgres_unmigrated().await;
+    let redis = RedisPrefix::new();
+    let isolation = unique_name("processes");
+
+    // An API on an unmigrated database refuses to start, and says what to do.
+    let mut early = operator();
+    configure(&mut early, &database, &redis, &isolation);
+    let output = early.arg("api").output().expect("run operator api");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("operator migrate"),
+        "{output:?}"
+    );
+
+    let mut migrate = operator();
+    configure(&mut migrate, &database, &redis, &isolation);
+    let status = migrate
+        .arg("migrate")
+        .status()
+        .expect("run operator migrate");
+    assert!(status.success());
+
+    let mut api = operator();
+    configure(&mut api, &database, &redis, &isolation);
+    let mut api = api
+        .arg("api")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn api");
+    let stdout = api.stdout.take().expect("stdout");
+    let url = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.strip_prefix("OperatorNext API: ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_owned)
+            })
+    })
+    .await
+    .expect("join")
+    .expect("the API prints its address");
+
+    let mut worker = operator();
+    configure(&mut worker, &database, &redis, &isolation);
+    let mut worker = worker
+        .args(["worker"])
+        .env("OPERATOR_WORKER__ID", "process-worker-1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn worker");
+
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{url}/v1/tasks"))
+        .json(&json!({"kind": "screenshot", "input": {"url": pages.url("processes"), "viewport": {"width": 500, "height": 300}}}))
+        .send()
+        .await
+        .expect("submit");
+    let (status, task) = read(response).await;
+    assert_eq!(status, 202, "{task}");
+    let id = task["id"].as_str().expect("id").to_owned();
+    let done = wait_for_task(
+        &client,
+        &url,
+        &id,
+        &["succeeded", "failed", "dead"],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let response = client
+        .get(format!("{url}/v1/tasks/{id}/attempts"))
+        .send()
+        .await
+        .expect("attempts");
+    let (_, attempts) = read(response).await;
+    assert_eq!(
+        attempts["items"][0]["worker_id"], "process-worker-1",
+        "the worker process ran it"
+    );
+    let (content_type, bytes) =
+        download(&client, done["artifacts"][0]["url"].as_str().expect("url")).await;
+    assert_eq!(content_type, "image/png");
+    assert_eq!(decode_png(&bytes, 0, 0).0, 500);
+
+    let worker_pid = worker.id();
+    assert!(
+        chromium_processes_of(worker_pid) > 0,
+        "the worker keeps a warm browser"
+    );
+    terminate(&mut worker, "operator worker");
+    terminate(&mut api, "operator api");
+    // Chromium's helpers exit once their parent is gone; give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chromium_processes_of(worker_pid) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        chromium_processes_of(worker_pid),
+        0,
+        "no Chromium outlives its worker"
+    );
+}
