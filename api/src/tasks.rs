@@ -338,7 +338,7 @@ impl TasksApi {
         }
         let items = state
             .repo
-            .attempts(task_id)
+            .attempts(&state.tenant(), task_id)
             .await
             .map_err(ApiError::from)?
             .into_iter()

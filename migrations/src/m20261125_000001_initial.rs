@@ -39,6 +39,7 @@ enum Tasks {
 enum TaskAttempts {
     Table,
     TaskId,
+    TenantId,
     Attempt,
     WorkerId,
     LeaseToken,
@@ -216,6 +217,11 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(TaskAttempts::Table)
                     .col(ColumnDef::new(TaskAttempts::TaskId).uuid().not_null())
+                    .col(
+                        ColumnDef::new(TaskAttempts::TenantId)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(TaskAttempts::Attempt).integer().not_null())
                     .col(
                         ColumnDef::new(TaskAttempts::WorkerId)

@@ -381,6 +381,22 @@ const CONVENTIONAL_ENV: [(&str, &str); 8] = [
     ("AWS_REGION", "storage.region"),
 ];
 
+/// Top-level settings that are plain values (not sections), settable as `OPERATOR_<KEY>`.
+const TOP_LEVEL_SETTINGS: [&str; 1] = ["DATA_DIR"];
+
+/// Whether an environment variable is a setting: `OPERATOR_<SECTION>__<KEY>`, or a
+/// known top-level `OPERATOR_<KEY>`.
+///
+/// Other `OPERATOR_*` names are left alone rather than refused: Kubernetes injects
+/// `OPERATOR_PORT`, `OPERATOR_SERVICE_HOST`… into every pod when a Service is named
+/// `operator`, and those must not stop start-up. `OPERATOR_CONFIG_FILE` names the file.
+fn is_setting_variable(name: &str) -> bool {
+    match name.strip_prefix("OPERATOR_") {
+        Some(rest) => rest.contains("__") || TOP_LEVEL_SETTINGS.contains(&rest),
+        None => false,
+    }
+}
+
 /// Settings whose values are lists, split on commas in the environment.
 const LIST_SETTINGS: [&str; 2] = ["network.allow", "browser.extra_args"];
 
@@ -399,10 +415,9 @@ impl Settings {
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
 
-        // OPERATOR_CONFIG_FILE names the file; it is not a setting.
         let operator_env: HashMap<String, String> = env
             .iter()
-            .filter(|(key, _)| key.starts_with("OPERATOR_") && key.as_str() != CONFIG_FILE_ENV)
+            .filter(|(key, _)| is_setting_variable(key))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         let mut environment = config::Environment::with_prefix("OPERATOR")
@@ -677,5 +692,20 @@ mod tests {
         assert!(message(&[("OPERATOR_NETWORK__ALLOW", "10.0.0.0/99")]).contains("network.allow"));
         assert!(message(&[("OPERATOR_WORKER__CONCURENCY", "3")]).contains("concurency"));
         assert!(message(&[("DATABASE_URL", "mysql://x")]).contains("database.url"));
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_settings() {
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("OPERATOR_PORT", "tcp://10.0.0.7:8080"),
+                ("OPERATOR_SERVICE_HOST", "10.0.0.7"),
+                ("OPERATOR_PORT_8080_TCP_ADDR", "10.0.0.7"),
+                ("OPERATOR_CONFIG_FILE_UNUSED", "x"),
+            ]),
+        )
+        .expect("service-link variables are ignored");
+        assert_eq!(settings.server.port, 8080);
     }
 }

@@ -363,6 +363,7 @@ impl TaskRepository {
         task_attempt::Entity::insert(task_attempt::ActiveModel {
             task_id: Set(id.as_uuid()),
             attempt: Set(to_i32(record.attempts)),
+            tenant_id: Set(record.tenant.as_str().to_owned()),
             worker_id: Set(worker_id.to_owned()),
             lease_token: Set(token.as_uuid()),
             started_at: Set(now),
@@ -526,9 +527,14 @@ impl TaskRepository {
         Ok(FinishOutcome::Recorded(Box::new(record)))
     }
 
-    pub async fn attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, RepoError> {
+    pub async fn attempts(
+        &self,
+        tenant: &TenantId,
+        id: TaskId,
+    ) -> Result<Vec<AttemptRecord>, RepoError> {
         let rows = task_attempt::Entity::find()
             .filter(task_attempt::Column::TaskId.eq(id.as_uuid()))
+            .filter(task_attempt::Column::TenantId.eq(tenant.as_str()))
             .order_by_asc(task_attempt::Column::Attempt)
             .all(&self.db)
             .await?;

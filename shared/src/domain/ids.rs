@@ -154,6 +154,12 @@ impl Default for LeaseToken {
     }
 }
 
+impl From<Uuid> for LeaseToken {
+    fn from(value: Uuid) -> Self {
+        Self(value)
+    }
+}
+
 impl std::fmt::Display for LeaseToken {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(formatter)

@@ -136,7 +136,10 @@ async fn a_cancelled_task_never_starts(repo: TaskRepository) {
         StartOutcome::Finished(TaskState::Cancelled)
     ));
     assert!(
-        repo.attempts(task.id).await.expect("attempts").is_empty(),
+        repo.attempts(&tenant, task.id)
+            .await
+            .expect("attempts")
+            .is_empty(),
         "it never ran"
     );
 }
@@ -216,7 +219,7 @@ async fn a_lost_lease_cannot_write_and_the_terminal_state_is_written_once(repo: 
         .expect("get")
         .expect("task");
     assert_eq!(stored.state, TaskState::Succeeded);
-    let attempts = repo.attempts(task.id).await.expect("attempts");
+    let attempts = repo.attempts(&tenant, task.id).await.expect("attempts");
     let outcomes: Vec<_> = attempts
         .iter()
         .map(|attempt| attempt.outcome.clone())

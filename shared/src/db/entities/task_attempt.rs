@@ -7,6 +7,7 @@ pub struct Model {
     pub task_id: Uuid,
     #[sea_orm(primary_key, auto_increment = false)]
     pub attempt: i32,
+    pub tenant_id: String,
     pub worker_id: String,
     pub lease_token: Uuid,
     pub started_at: DateTimeUtc,
