@@ -249,3 +249,104 @@ impl Drop for RedisPrefix {
         }
     }
 }
+
+/// An HTTP client for the API under test: JSON in, `(status, JSON)` out.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    /// The API's base URL, e.g. `http://127.0.0.1:40123`.
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs a raw body as JSON to `/v1/tasks`.
+    pub async fn submit_raw(&self, body: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/tasks", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("submit");
+        read_json(response).await
+    }
+
+    pub async fn submit(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.submit_raw(&body.to_string()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("get");
+        read_json(response).await
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("post");
+        read_json(response).await
+    }
+
+    /// Polls the task until it reaches one of `states`; panics after `timeout`.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        states: &[&str],
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (status, task) = self.get(&format!("/v1/tasks/{id}")).await;
+            assert_eq!(status, 200, "{task}");
+            let state = task["state"].as_str().unwrap_or_default().to_owned();
+            if states.contains(&state.as_str()) {
+                return task;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} still {state} after {timeout:?}, expected one of {states:?}: {task}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Downloads an absolute URL (an artifact link); returns content type and bytes.
+    pub async fn download(&self, url: &str) -> (String, Vec<u8>) {
+        let response = self.http.get(url).send().await.expect("download");
+        assert_eq!(response.status().as_u16(), 200, "download {url}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (
+            content_type,
+            response.bytes().await.expect("bytes").to_vec(),
+        )
+    }
+}
+
+/// Status and body of a response; a body that is not JSON comes back as a string.
+pub async fn read_json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}

@@ -1,18 +1,16 @@
 //! End-to-end helpers: pages served on loopback, applications on port 0 (embedded or
-//! split into API and worker instances on PostgreSQL + Redis + S3), an HTTP client.
+//! split into API and worker instances on PostgreSQL + Redis + S3).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use operator::{Application, Roles};
 use operator_shared::config::Settings;
 use operator_shared::testkit::{
-    RedisPrefix, TestDatabase, distributed_settings, embedded_settings,
+    ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings,
 };
 use poem::web::{Html, Path};
 use poem::{Endpoint, EndpointExt, Route, Server, get, handler};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// A tiny site on loopback that counts requests per path.
@@ -92,8 +90,7 @@ impl Drop for PageServer {
 
 /// Running application instances and a client for their API.
 pub struct TestApp {
-    pub url: String,
-    pub client: reqwest::Client,
+    api: ApiClient,
     stop: CancellationToken,
     running: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _database: Option<TestDatabase>,
@@ -123,8 +120,7 @@ impl TestApp {
         let stop = CancellationToken::new();
         let (url, running) = start(settings, Roles::SERVE, &stop).await;
         Self {
-            url: url.expect("serve runs the API"),
-            client: reqwest::Client::new(),
+            api: ApiClient::new(url.expect("serve runs the API")),
             stop,
             running: vec![running],
             _database: None,
@@ -146,55 +142,13 @@ impl TestApp {
         let (_, worker) = start(settings.clone(), Roles::WORKER, &stop).await;
         let (_, scheduler) = start(settings, Roles::SCHEDULER, &stop).await;
         Self {
-            url: url.expect("the API role serves"),
-            client: reqwest::Client::new(),
+            api: ApiClient::new(url.expect("the API role serves")),
             stop,
             running: vec![api, worker, scheduler],
             _database: Some(database),
             _redis: Some(redis),
             _directory: directory,
         }
-    }
-
-    pub async fn submit(&self, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(format!("{}/v1/tasks", self.url))
-            .json(body)
-            .send()
-            .await
-            .expect("submit");
-        read(response).await
-    }
-
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("get");
-        read(response).await
-    }
-
-    pub async fn post(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("post");
-        read(response).await
-    }
-
-    /// Polls the task until it reaches one of `states` (panics after `timeout`).
-    pub async fn wait_for(&self, id: &str, states: &[&str], timeout: Duration) -> Value {
-        wait_for_task(&self.client, &self.url, id, states, timeout).await
-    }
-
-    /// Downloads an absolute URL; returns content type and bytes.
-    pub async fn download(&self, url: &str) -> (String, Vec<u8>) {
-        download(&self.client, url).await
     }
 
     /// Stops every instance and waits until they are down.
@@ -209,62 +163,18 @@ impl TestApp {
     }
 }
 
+impl std::ops::Deref for TestApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-pub async fn read(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-pub async fn wait_for_task(
-    client: &reqwest::Client,
-    base: &str,
-    id: &str,
-    states: &[&str],
-    timeout: Duration,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let response = client
-            .get(format!("{base}/v1/tasks/{id}"))
-            .send()
-            .await
-            .expect("get");
-        let (status, task) = read(response).await;
-        assert_eq!(status, 200, "{task}");
-        let state = task["state"].as_str().unwrap_or_default().to_owned();
-        if states.contains(&state.as_str()) {
-            return task;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "task {id} still {state} after {timeout:?}, expected one of {states:?}: {task}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub async fn download(client: &reqwest::Client, url: &str) -> (String, Vec<u8>) {
-    let response = client.get(url).send().await.expect("download");
-    assert_eq!(response.status().as_u16(), 200, "download {url}");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    (
-        content_type,
-        response.bytes().await.expect("bytes").to_vec(),
-    )
 }
 
 /// Decodes a PNG; returns width, height and the RGB of pixel (x, y).

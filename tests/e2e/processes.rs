@@ -7,10 +7,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use operator_shared::testkit::{RedisPrefix, TestDatabase, TestServices, unique_name};
+use operator_shared::testkit::{ApiClient, RedisPrefix, TestDatabase, TestServices, unique_name};
 use serde_json::json;
 
-use crate::helpers::{PageServer, decode_png, download, read, wait_for_task};
+use crate::helpers::{PageServer, decode_png};
 
 fn operator() -> Command {
     Command::new(env!("CARGO_BIN_EXE_operator"))
@@ -141,37 +141,28 @@ async fn api_and_worker_processes_run_a_task_together() {
         .spawn()
         .expect("spawn worker");
 
-    let client = reqwest::Client::new();
-    let response = client
-        .post(format!("{url}/v1/tasks"))
-        .json(&json!({"kind": "screenshot", "input": {"url": pages.url("processes"), "viewport": {"width": 500, "height": 300}}}))
-        .send()
-        .await
-        .expect("submit");
-    let (status, task) = read(response).await;
+    let api_client = ApiClient::new(url);
+    let (status, task) = api_client
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("processes"), "viewport": {"width": 500, "height": 300}}}))
+        .await;
     assert_eq!(status, 202, "{task}");
     let id = task["id"].as_str().expect("id").to_owned();
-    let done = wait_for_task(
-        &client,
-        &url,
-        &id,
-        &["succeeded", "failed", "dead"],
-        Duration::from_secs(90),
-    )
-    .await;
+    let done = api_client
+        .wait_for(
+            &id,
+            &["succeeded", "failed", "dead"],
+            Duration::from_secs(90),
+        )
+        .await;
     assert_eq!(done["state"], "succeeded", "{done}");
-    let response = client
-        .get(format!("{url}/v1/tasks/{id}/attempts"))
-        .send()
-        .await
-        .expect("attempts");
-    let (_, attempts) = read(response).await;
+    let (_, attempts) = api_client.get(&format!("/v1/tasks/{id}/attempts")).await;
     assert_eq!(
         attempts["items"][0]["worker_id"], "process-worker-1",
         "the worker process ran it"
     );
-    let (content_type, bytes) =
-        download(&client, done["artifacts"][0]["url"].as_str().expect("url")).await;
+    let (content_type, bytes) = api_client
+        .download(done["artifacts"][0]["url"].as_str().expect("url"))
+        .await;
     assert_eq!(content_type, "image/png");
     assert_eq!(decode_png(&bytes, 0, 0).0, 500);
 

@@ -9,13 +9,11 @@ use operator_shared::db::{self, TaskRepository};
 use operator_shared::queue::SharedQueue;
 use operator_shared::queue::database::DatabaseQueue;
 use operator_shared::storage::ArtifactStore;
-use operator_shared::testkit::{TestDatabase, embedded_settings};
-use serde_json::Value;
+use operator_shared::testkit::{ApiClient, TestDatabase, embedded_settings};
 use tokio::sync::oneshot;
 
 pub struct TestApi {
-    pub url: String,
-    pub client: reqwest::Client,
+    api: ApiClient,
     pub queue: SharedQueue,
     stop: Option<oneshot::Sender<()>>,
     _database: TestDatabase,
@@ -53,8 +51,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
         let _ = stopped.await;
     }));
     TestApi {
-        url,
-        client: reqwest::Client::new(),
+        api: ApiClient::new(url),
         queue,
         stop: Some(stop),
         _database: database,
@@ -62,42 +59,11 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
     }
 }
 
-impl TestApi {
-    /// POSTs a raw body as JSON; returns status and parsed body.
-    pub async fn submit_raw(&self, body: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .post(format!("{}/v1/tasks", self.url))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("request");
-        read(response).await
-    }
+impl std::ops::Deref for TestApi {
+    type Target = ApiClient;
 
-    pub async fn submit(&self, body: &Value) -> (u16, Value) {
-        self.submit_raw(&body.to_string()).await
-    }
-
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("request");
-        read(response).await
-    }
-
-    pub async fn post(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("request");
-        read(response).await
+    fn deref(&self) -> &ApiClient {
+        &self.api
     }
 }
 
@@ -107,11 +73,4 @@ impl Drop for TestApi {
             let _ = stop.send(());
         }
     }
-}
-
-pub async fn read(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body)
 }

@@ -4,6 +4,7 @@
 mod helpers;
 
 use helpers::{spawn_api, spawn_api_with};
+use operator_shared::testkit::read_json;
 use serde_json::json;
 
 #[tokio::test]
@@ -76,14 +77,14 @@ async fn errors_name_the_offending_field() {
 async fn a_form_body_is_refused_as_the_wrong_media_type() {
     let api = spawn_api().await;
     let response = api
-        .client
-        .post(format!("{}/v1/tasks", api.url))
+        .http
+        .post(format!("{}/v1/tasks", api.base))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("kind=screenshot")
         .send()
         .await
         .expect("request");
-    let (status, body) = helpers::read(response).await;
+    let (status, body) = read_json(response).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (415, Some("unsupported_media_type"))
@@ -107,8 +108,8 @@ async fn an_oversized_body_is_refused_before_it_is_read_whole() {
 async fn a_valid_task_is_stored_queued_and_dispatched() {
     let api = spawn_api().await;
     let response = api
-        .client
-        .post(format!("{}/v1/tasks", api.url))
+        .http
+        .post(format!("{}/v1/tasks", api.base))
         .json(&json!({"kind": "screenshot", "input": {"url": "https://example.com", "type": "jpeg", "quality": 70}, "priority": "high"}))
         .send()
         .await
@@ -120,7 +121,7 @@ async fn a_valid_task_is_stored_queued_and_dispatched() {
         .to_str()
         .expect("ascii")
         .to_owned();
-    let (status, task) = helpers::read(response).await;
+    let (status, task) = read_json(response).await;
     assert_eq!(status, 202);
     assert_eq!(task["state"], "queued");
     assert_eq!(task["priority"], "high");
@@ -130,7 +131,7 @@ async fn a_valid_task_is_stored_queued_and_dispatched() {
     );
     assert_eq!(task["input"]["url"], "https://example.com/");
     let id = task["id"].as_str().expect("id");
-    assert_eq!(location, format!("{}/v1/tasks/{id}", api.url));
+    assert_eq!(location, format!("{}/v1/tasks/{id}", api.base));
     let (status, fetched) = api.get(&format!("/v1/tasks/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(fetched["id"], task["id"]);
@@ -233,12 +234,12 @@ async fn missing_and_malformed_ids_and_routes_have_codes() {
     let (status, body) = api.get("/v2/nothing").await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
     let response = api
-        .client
-        .delete(format!("{}/v1/tasks", api.url))
+        .http
+        .delete(format!("{}/v1/tasks", api.base))
         .send()
         .await
         .expect("request");
-    let (status, body) = helpers::read(response).await;
+    let (status, body) = read_json(response).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (405, Some("method_not_allowed"))
@@ -287,8 +288,8 @@ async fn health_readiness_spec_and_docs_are_served() {
             .is_some()
     );
     let docs = api
-        .client
-        .get(format!("{}/docs/", api.url))
+        .http
+        .get(format!("{}/docs/", api.base))
         .send()
         .await
         .expect("request");
