@@ -64,7 +64,8 @@ fn terminate(child: &mut Child, name: &str) {
     }
 }
 
-/// Chromium processes whose profile belongs to this worker process.
+/// Chromium processes whose profile belongs to this worker process (the child runs
+/// with a cleared environment, so its profiles live under /tmp).
 fn chromium_processes_of(worker_pid: u32) -> usize {
     let marker = format!("operator-chromium-{worker_pid}-");
     std::fs::read_dir("/proc")
@@ -182,5 +183,20 @@ async fn api_and_worker_processes_run_a_task_together() {
         chromium_processes_of(worker_pid),
         0,
         "no Chromium outlives its worker"
+    );
+    let profile_prefix = format!("operator-chromium-{worker_pid}-");
+    let profiles: Vec<_> = std::fs::read_dir("/tmp")
+        .expect("/tmp")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&profile_prefix)
+        })
+        .collect();
+    assert!(
+        profiles.is_empty(),
+        "the worker removed its browser profile: {profiles:?}"
     );
 }

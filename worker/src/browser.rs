@@ -118,13 +118,47 @@ impl BrowserHandle {
     }
 }
 
+impl BrowserHandle {
+    /// Kills every process of this browser and waits until they are gone: the main
+    /// process, everything descended from it (zygotes, renderers, the network service),
+    /// and anything else carrying our profile path.
+    fn kill(&self) {
+        let marker = format!("--user-data-dir={}", self.profile_dir.display());
+        let mut processes = processes_with_argument(&marker);
+        if let Some(pid) = self.pid {
+            processes.push(pid);
+            processes.extend(descendants_of(pid));
+        }
+        processes.sort_unstable();
+        processes.dedup();
+        for pid in &processes {
+            kill_process(*pid);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while processes.iter().any(|pid| process_is_alive(*pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for BrowserHandle {
     fn drop(&mut self) {
-        kill_process(self.pid);
-        if let Err(error) = std::fs::remove_dir_all(&self.profile_dir)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(path = %self.profile_dir.display(), error = %error, "cannot remove a browser profile");
+        // The profile can only go once nothing writes into it any more.
+        self.kill();
+        let mut attempts_left = 5;
+        loop {
+            match std::fs::remove_dir_all(&self.profile_dir) {
+                Ok(()) => return,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+                Err(error) if attempts_left == 0 => {
+                    warn!(path = %self.profile_dir.display(), error = %error, "cannot remove a browser profile");
+                    return;
+                }
+                Err(_) => {
+                    attempts_left -= 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
         }
     }
 }
@@ -248,7 +282,7 @@ impl BrowserPool {
         }
         if let Some(old) = current.take() {
             warn!(pid = ?old.pid, "replacing a browser that died or stopped answering");
-            kill_process(old.pid);
+            old.kill();
         }
         let handle = Arc::new(self.launch()?);
         *current = Some(Arc::clone(&handle));
@@ -354,9 +388,7 @@ impl BrowserPool {
             .ok()
             .and_then(|mut current| current.take());
         if let Some(handle) = handle {
-            let pid = handle.pid;
-            drop(handle);
-            kill_process(pid);
+            handle.kill();
         }
     }
 }
@@ -419,9 +451,64 @@ fn process_is_alive(pid: u32) -> bool {
     }
 }
 
-/// Kills a browser process; its children exit when their parent's pipes close.
-fn kill_process(pid: Option<u32>) {
-    let Some(pid) = pid else { return };
+/// Processes whose command line contains `argument`.
+fn processes_with_argument(argument: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmdline| {
+                    cmdline
+                        .split(|byte| *byte == 0)
+                        .any(|part| part == argument.as_bytes())
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Every process below `root` in the process tree (from the parent ids in /proc).
+fn descendants_of(root: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the parenthesised command: state, then the parent id.
+            let parent = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, parent))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut index = 0;
+    while index < found.len() {
+        let parent = found[index];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        index += 1;
+    }
+    found.remove(0);
+    found
+}
+
+fn kill_process(pid: u32) {
     if process_is_alive(pid) {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
