@@ -151,6 +151,19 @@ impl TestApp {
         }
     }
 
+    /// Deletes every queue key of this deployment: what Redis losing its data (a flush,
+    /// a restart without persistence) does to it.
+    pub async fn lose_queue_data(&self) {
+        let prefix = self
+            ._redis
+            .as_ref()
+            .expect("a distributed app has a Redis prefix");
+        let queue = operator_shared::queue::redis::RedisQueue::connect(prefix.settings())
+            .await
+            .expect("connect to Redis");
+        queue.purge().await.expect("purge");
+    }
+
     /// Stops every instance and waits until they are down.
     pub async fn shutdown(mut self) {
         self.stop.cancel();

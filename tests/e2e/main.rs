@@ -148,6 +148,39 @@ mod embedded {
 mod distributed {
     use super::*;
 
+    /// Redis is only the dispatch path: when it loses the queue, the scheduler puts
+    /// back every task the database says is queued, and they all run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_survive_the_queue_losing_its_data() {
+        let app = TestApp::distributed().await;
+        let pages = PageServer::start().await;
+        let run_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+        let mut ids = Vec::new();
+        for index in 0..10 {
+            let (status, task) = app
+                .submit(&json!({"kind": "screenshot", "input": {"url": pages.url(&format!("lost-{index}")), "viewport": {"width": 320, "height": 240}}, "run_at": run_at}))
+                .await;
+            assert_eq!(status, 202, "{task}");
+            ids.push(task["id"].as_str().expect("id").to_owned());
+        }
+        app.lose_queue_data().await;
+        for id in &ids {
+            let done = app
+                .wait_for(id, &["succeeded", "failed", "dead"], TASK_DEADLINE)
+                .await;
+            assert_eq!(done["state"], "succeeded", "{done}");
+            assert_eq!(done["attempts"], 1, "run once, not twice: {done}");
+        }
+        for index in 0..10 {
+            assert_eq!(
+                pages.hits(&format!("lost-{index}")),
+                1,
+                "each page opened exactly once"
+            );
+        }
+        app.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn renders_screenshots_and_pdfs() {
         super::renders_screenshots_and_pdfs(TestApp::distributed().await).await;
