@@ -40,6 +40,56 @@ fn configure(command: &mut Command, database: &TestDatabase, redis: &RedisPrefix
     }
 }
 
+/// A child process that is killed (with any Chromium it started) if the test ends
+/// while it still runs, so a failing test leaves nothing behind.
+struct Spawned(Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let pid = self.0.id();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            for orphan in chromium_pids_of(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &orphan.to_string()])
+                    .status();
+            }
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while !chromium_pids_of(pid).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // The worker had no chance to remove its browser profile.
+            let profile_prefix = format!("operator-chromium-{pid}-");
+            if let Ok(entries) = std::fs::read_dir("/tmp") {
+                for entry in entries.filter_map(Result::ok) {
+                    if entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(&profile_prefix)
+                    {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Sends SIGTERM and waits for a clean exit.
 fn terminate(child: &mut Child, name: &str) {
     let status = Command::new("kill")
@@ -67,20 +117,20 @@ fn terminate(child: &mut Child, name: &str) {
 /// Chromium processes whose profile belongs to this worker process (the child runs
 /// with a cleared environment, so its profiles live under /tmp).
 fn chromium_processes_of(worker_pid: u32) -> usize {
+    chromium_pids_of(worker_pid).len()
+}
+
+fn chromium_pids_of(worker_pid: u32) -> Vec<u32> {
     let marker = format!("operator-chromium-{worker_pid}-");
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(Result::ok)
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|byte| byte.is_ascii_digit())
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&marker))
         })
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&marker))
-        .count()
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,6 +166,7 @@ async fn api_and_worker_processes_run_a_task_together() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Spawned)
         .expect("spawn api");
     let stdout = api.stdout.take().expect("stdout");
     let url = tokio::task::spawn_blocking(move || {
@@ -140,6 +191,7 @@ async fn api_and_worker_processes_run_a_task_together() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Spawned)
         .expect("spawn worker");
 
     let api_client = ApiClient::new(url);
