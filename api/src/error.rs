@@ -9,8 +9,8 @@ use operator_shared::db::RepoError;
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::queue::QueueError;
 use operator_shared::storage::StorageError;
+use poem::Response;
 use poem::http::StatusCode;
-use poem::{IntoResponse, Response};
 use poem_openapi::Object;
 use tracing::error;
 
@@ -153,31 +153,12 @@ pub async fn error_response(error: poem::Error) -> Response {
         return poem::error::ResponseError::as_response(api_error);
     }
     let status = error.status();
-    let message = error.to_string();
-    let code = if error.is::<poem_openapi::error::ParseRequestPayloadError>() {
-        ErrorCode::InvalidRequest
-    } else if error.is::<poem_openapi::error::ParseParamError>()
-        || error.is::<poem_openapi::error::ParsePathError>()
-    {
-        ErrorCode::InvalidParameter
-    } else if error.is::<poem_openapi::error::ContentTypeError>() {
-        ErrorCode::UnsupportedMediaType
-    } else {
-        match status {
-            StatusCode::NOT_FOUND => ErrorCode::NotFound,
-            StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
-            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
-            status if status.is_server_error() => ErrorCode::Internal,
-            _ => ErrorCode::InvalidRequest,
-        }
-    };
     if status.is_server_error() {
-        error!(status = status.as_u16(), error = %message, "request failed");
+        error!(status = status.as_u16(), error = %error, "request failed");
         let code = if status == StatusCode::SERVICE_UNAVAILABLE {
             ErrorCode::Unavailable
         } else {
-            code
+            ErrorCode::Internal
         };
         return json_error(
             status,
@@ -187,16 +168,27 @@ pub async fn error_response(error: poem::Error) -> Response {
             },
         );
     }
-    let status = match code {
-        ErrorCode::InvalidRequest | ErrorCode::InvalidParameter if status.is_success() => {
-            StatusCode::BAD_REQUEST
+    let (code, message) = if error.is::<poem_openapi::error::ParseRequestPayloadError>() {
+        (ErrorCode::InvalidRequest, error.to_string())
+    } else if error.is::<poem_openapi::error::ParseParamError>()
+        || error.is::<poem_openapi::error::ParsePathError>()
+    {
+        (ErrorCode::InvalidParameter, error.to_string())
+    } else if error.is::<poem_openapi::error::ContentTypeError>() {
+        (ErrorCode::UnsupportedMediaType, error.to_string())
+    } else {
+        match status {
+            StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route".to_owned()),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                ErrorCode::MethodNotAllowed,
+                "this route does not accept that method".to_owned(),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, error.to_string()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (ErrorCode::UnsupportedMediaType, error.to_string())
+            }
+            _ => (ErrorCode::InvalidRequest, error.to_string()),
         }
-        _ => status,
-    };
-    let message = match code {
-        ErrorCode::NotFound => "no such route".to_owned(),
-        ErrorCode::MethodNotAllowed => "this route does not accept that method".to_owned(),
-        _ => message,
     };
     json_error(
         status,
@@ -205,5 +197,4 @@ pub async fn error_response(error: poem::Error) -> Response {
             message,
         },
     )
-    .into_response()
 }

@@ -442,11 +442,6 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Settings for tests and the defaults shown in docs: no file, no environment.
-    pub fn defaults() -> Self {
-        Self::default()
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         let database_url = self.database_url();
         if !(database_url.starts_with("postgres://")

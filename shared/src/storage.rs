@@ -212,7 +212,7 @@ mod tests {
     #[tokio::test]
     async fn local_files_round_trip() {
         let directory = tempfile::tempdir().expect("tempdir");
-        let mut settings = Settings::defaults();
+        let mut settings = Settings::default();
         settings.storage.url = Some(format!("file://{}", directory.path().display()));
         let store = ArtifactStore::from_settings(&settings).expect("store");
         let receipt = store

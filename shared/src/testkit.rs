@@ -162,8 +162,10 @@ impl Drop for TestDatabase {
 /// Settings for a one-process test on the embedded defaults under `data_dir`: API on
 /// port 0, loopback pages allowed, short timeouts.
 pub fn embedded_settings(data_dir: &Path) -> Settings {
-    let mut settings = Settings::defaults();
-    settings.data_dir = PathBuf::from(data_dir);
+    let mut settings = Settings {
+        data_dir: PathBuf::from(data_dir),
+        ..Settings::default()
+    };
     settings.server.port = 0;
     settings.queue.backend = QueueBackendKind::Database;
     settings.queue.poll_interval = Duration::from_millis(100);

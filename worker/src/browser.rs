@@ -225,12 +225,6 @@ impl BrowserPool {
         self.launches.load(Ordering::SeqCst)
     }
 
-    /// The current browser's process id, if one runs.
-    pub fn current_pid(&self) -> Option<u32> {
-        let current = self.current.lock().ok()?;
-        current.as_ref().and_then(|handle| handle.pid)
-    }
-
     /// Starts the browser ahead of the first task.
     pub async fn warm_up(self: &Arc<Self>) -> Result<(), CodedError> {
         self.run_blocking(|handle| {

@@ -184,9 +184,7 @@ impl TaskRunner {
                 result = &mut work => break Ok(result),
                 () = &mut backstop => {
                     stop.stop();
-                    if let Some(handle_pid) = self.pool.current_pid() {
-                        warn!(pid = handle_pid, "browser call overran the task deadline");
-                    }
+                    warn!("a browser call overran the task deadline");
                     break Err(TaskOutcome::TimedOut {
                         error: CodedError::new(ErrorCode::TaskTimeout, format!("the task ran past its timeout of {} ms", record.timeout_ms)),
                     });

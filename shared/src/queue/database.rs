@@ -35,13 +35,14 @@ impl DatabaseQueue {
         }
     }
 
-    fn backend(&self) -> DbBackend {
+    /// The SQL dialect (not to be confused with `Queue::backend`, the queue's name).
+    fn db_backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
 
     /// Writes SQL with `?` placeholders; PostgreSQL gets `$1, $2, …`.
     fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
-        let backend = self.backend();
+        let backend = self.db_backend();
         let sql = if backend == DbBackend::Postgres {
             let mut numbered = String::with_capacity(sql.len() + 8);
             let mut index = 0;
@@ -65,7 +66,7 @@ impl DatabaseQueue {
         let lease_until =
             (now + chrono::Duration::from_std(lease).unwrap_or_default()).trunc_subsecs(6);
         let token = LeaseToken::new();
-        let skip_locked = if self.backend() == DbBackend::Postgres {
+        let skip_locked = if self.db_backend() == DbBackend::Postgres {
             " FOR UPDATE SKIP LOCKED"
         } else {
             ""
