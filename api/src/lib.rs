@@ -2,6 +2,7 @@
 //!
 //! - [`tasks`]: `/v1/tasks` — submit, get, list, cancel; a task's artifacts and attempts.
 //! - [`artifacts`]: `/v1/artifacts/{id}` — download.
+//! - [`queues`]: `/v1/queues/{name}` — statistics, pause and resume.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`submission`]: parsing and validating a task submission.
 //! - [`dto`]: wire types (their doc comments are the OpenAPI descriptions).
@@ -23,6 +24,7 @@ pub mod artifacts;
 pub mod dto;
 pub mod error;
 pub mod health;
+pub mod queues;
 pub mod state;
 pub mod submission;
 pub mod tasks;
@@ -43,6 +45,9 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
                 state: SharedState::clone(&state),
             },
             health::HealthApi {
+                state: SharedState::clone(&state),
+            },
+            queues::QueuesApi {
                 state: SharedState::clone(&state),
             },
         ),

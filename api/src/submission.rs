@@ -11,6 +11,7 @@ use operator_shared::config::Settings;
 use operator_shared::domain::{NewTask, Priority, TargetUrl, TaskKind, TaskSpec, TenantId};
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
+use operator_shared::storage::sha256_hex;
 use poem::{Request, RequestBody};
 use poem_openapi::payload::{ParsePayload, Payload};
 use poem_openapi::registry::{MetaSchemaRef, Registry};
@@ -36,7 +37,13 @@ struct RawSubmission {
     webhook_url: Option<String>,
     #[serde(default)]
     run_at: Option<DateTime<Utc>>,
+    /// Run after this long, e.g. `"90s"` or `"1h 30m"`; an alternative to `run_at`.
+    #[serde(default, with = "humantime_serde")]
+    delay: Option<std::time::Duration>,
 }
+
+/// The latest a task may be scheduled, from now.
+const MAX_SCHEDULE_AHEAD: chrono::TimeDelta = chrono::TimeDelta::days(365);
 
 /// The largest accepted body, in request data (from `server.max_body_bytes`).
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +188,28 @@ impl TaskSubmission {
             };
             ApiError::new(ErrorCode::InvalidRequest, message)
         })?;
+        let run_at = match (raw.run_at, raw.delay) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "run_at and delay: give one or the other",
+                ));
+            }
+            (Some(run_at), None) => Some(run_at),
+            (None, Some(delay)) => Some(
+                chrono::TimeDelta::from_std(delay)
+                    .ok()
+                    .and_then(|delay| Utc::now().checked_add_signed(delay))
+                    .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "delay: too long"))?,
+            ),
+            (None, None) => None,
+        };
+        if run_at.is_some_and(|at| at > Utc::now() + MAX_SCHEDULE_AHEAD) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "run_at: at most 365 days ahead",
+            ));
+        }
         let kind = TaskKind::parse(&raw.kind)?;
         let spec = TaskSpec::parse(kind, &raw.input)?;
         rules.policy.check_url_statically(spec.url().as_url())?;
@@ -221,6 +250,7 @@ impl TaskSubmission {
             }
             None => None,
         };
+        let request_hash = idempotency_key.as_ref().map(|_| request_hash(&self.body));
         Ok(NewTask {
             tenant,
             spec,
@@ -228,11 +258,36 @@ impl TaskSubmission {
             max_attempts,
             timeout_ms,
             idempotency_key,
+            request_hash,
             webhook_url,
-            run_at: raw.run_at,
+            run_at,
             trace_parent,
         })
     }
+}
+
+/// SHA-256 (hex) of the body in a canonical form (object keys sorted, no spaces), so the
+/// same request hashes the same whatever the client's key order or formatting.
+fn request_hash(body: &serde_json::Value) -> String {
+    fn canonical(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|left, right| left.0.cmp(right.0));
+                serde_json::Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(key, value)| (key.clone(), canonical(value)))
+                        .collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(canonical).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    sha256_hex(canonical(body).to_string().as_bytes())
 }
 
 fn millis(duration: std::time::Duration) -> u64 {

@@ -4,7 +4,7 @@
 // only add an allocation per request.
 #![allow(clippy::large_enum_variant)]
 
-use operator_shared::db::CancelOutcome;
+use operator_shared::db::{CancelOutcome, RedriveOutcome, Submitted};
 use operator_shared::domain::{TaskFilter, TaskId};
 use operator_shared::error::ErrorCode;
 use poem_openapi::param::{Header, Path, Query};
@@ -40,9 +40,16 @@ pub enum CreateTaskResponse {
     /// Accepted and queued; poll the task or wait for its webhook.
     #[oai(status = 202)]
     Accepted(Json<TaskView>, #[oai(header = "Location")] String),
+    /// The same request was sent before with this `Idempotency-Key`: the task it
+    /// created, as it is now. Nothing new was queued.
+    #[oai(status = 200)]
+    Replayed(Json<TaskView>, #[oai(header = "Location")] String),
     /// The body is not JSON (`invalid_json`) or a parameter is malformed.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// The `Idempotency-Key` was used for a different request (`idempotency_conflict`).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
     /// The task is invalid: `invalid_request`, `unknown_kind`, `invalid_input`,
     /// `invalid_url`, `url_scheme_not_allowed`, `url_not_allowed`.
     #[oai(status = 422)]
@@ -77,6 +84,22 @@ pub enum CancelTaskResponse {
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The task has already ended (`invalid_state`).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum RetryTaskResponse {
+    /// Queued again.
+    #[oai(status = 200)]
+    Ok(Json<TaskView>),
+    /// `attempts` is out of range (`invalid_parameter`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `task_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// Only `failed`, `timed_out` and `dead` tasks can be re-driven (`invalid_state`).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
 }
@@ -117,8 +140,8 @@ impl TasksApi {
     async fn create(
         &self,
         body: TaskSubmission,
-        /// Retries with the same key return the task created first (coming with the
-        /// queue issue); stored with the task.
+        /// Makes the submission safe to retry: the same key with the same body returns
+        /// the task created first (200); with a different body it is refused (409).
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
         /// W3C trace context; the worker's spans join this trace.
@@ -152,13 +175,36 @@ impl TasksApi {
             }
             Err(error) => return Ok(CreateTaskResponse::Unprocessable(Json(error.body()))),
         };
-        let task = state.repo.create(new_task).await.map_err(ApiError::from)?;
-        state.dispatch(&task).await;
-        let location = format!("{}/v1/tasks/{}", state.public_url, task.id);
-        Ok(CreateTaskResponse::Accepted(
-            Json(TaskView::from_record(task, Some(Vec::new()))),
-            location,
-        ))
+        let location = |task: &operator_shared::domain::TaskRecord| {
+            format!("{}/v1/tasks/{}", state.public_url, task.id)
+        };
+        match state.repo.submit(new_task).await.map_err(ApiError::from)? {
+            Submitted::Created(task) => {
+                state.dispatch(&task).await;
+                let location = location(&task);
+                Ok(CreateTaskResponse::Accepted(
+                    Json(TaskView::from_record(task, Some(Vec::new()))),
+                    location,
+                ))
+            }
+            Submitted::Replayed(task) => {
+                let location = location(&task);
+                Ok(CreateTaskResponse::Replayed(
+                    Json(TaskView::from_record(task, None)),
+                    location,
+                ))
+            }
+            Submitted::KeyReused(task) => Ok(CreateTaskResponse::Conflict(Json(
+                ApiError::new(
+                    ErrorCode::IdempotencyConflict,
+                    format!(
+                        "this Idempotency-Key was used for a different request (task {}); use a new key",
+                        task.id
+                    ),
+                )
+                .body(),
+            ))),
+        }
     }
 
     /// Get a task, with its artifacts.
@@ -289,6 +335,59 @@ impl TasksApi {
                 .body(),
             ))),
             CancelOutcome::NotFound => Ok(CancelTaskResponse::NotFound(not_found(id.0))),
+        }
+    }
+
+    /// Re-drive a task that failed, timed out or is dead.
+    ///
+    /// The task is queued again with `attempts` more attempts (default: the configured
+    /// `tasks.default_max_attempts`); attempt numbers continue, and the earlier attempts,
+    /// events and artifacts stay on the task.
+    #[oai(path = "/v1/tasks/:id/retry", method = "post")]
+    async fn retry(
+        &self,
+        id: Path<Uuid>,
+        /// How many more attempts it gets, 1 to `tasks.max_attempts_limit`.
+        attempts: Query<Option<u32>>,
+    ) -> poem::Result<RetryTaskResponse> {
+        let state = &self.state;
+        let tasks = &state.settings.tasks;
+        let attempts = attempts.0.unwrap_or(tasks.default_max_attempts);
+        if !(1..=tasks.max_attempts_limit).contains(&attempts) {
+            return Ok(RetryTaskResponse::BadRequest(Json(
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    format!(
+                        "attempts: must be between 1 and {}",
+                        tasks.max_attempts_limit
+                    ),
+                )
+                .body(),
+            )));
+        }
+        match state
+            .repo
+            .redrive(&state.tenant(), TaskId::from(id.0), attempts)
+            .await
+            .map_err(ApiError::from)?
+        {
+            RedriveOutcome::Redriven(task) => {
+                state.dispatch(&task).await;
+                Ok(RetryTaskResponse::Ok(Json(TaskView::from_record(
+                    task, None,
+                ))))
+            }
+            RedriveOutcome::NotRedrivable(task) => Ok(RetryTaskResponse::Conflict(Json(
+                ApiError::new(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "task {} is {}; only failed, timed_out and dead tasks can be retried",
+                        task.id, task.state
+                    ),
+                )
+                .body(),
+            ))),
+            RedriveOutcome::NotFound => Ok(RetryTaskResponse::NotFound(not_found(id.0))),
         }
     }
 

@@ -175,6 +175,10 @@ pub struct QueueSettings {
     /// task stays committed and the reconciler dispatches it later.
     #[serde(with = "humantime_serde")]
     pub dispatch_timeout: Duration,
+    /// Most tasks of one tenant running at once across all workers; 0 = no limit.
+    pub tenant_concurrency: u32,
+    /// Most tasks running at once across all workers and tenants; 0 = no limit.
+    pub global_concurrency: u32,
 }
 
 impl Default for QueueSettings {
@@ -184,6 +188,8 @@ impl Default for QueueSettings {
             lease_ttl: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             dispatch_timeout: Duration::from_secs(1),
+            tenant_concurrency: 0,
+            global_concurrency: 0,
         }
     }
 }

@@ -42,6 +42,10 @@ pub enum ErrorCode {
     ArtifactNotFound,
     /// The task is in a state that does not allow the operation.
     InvalidState,
+    /// The `Idempotency-Key` was already used for a different request.
+    IdempotencyConflict,
+    /// No queue with this name.
+    QueueNotFound,
 
     // --- task outcomes (worker) ---
     /// Navigation failed (DNS, connection refused, TLS, HTTP error page).
@@ -85,6 +89,8 @@ impl ErrorCode {
             Self::TaskNotFound => "task_not_found",
             Self::ArtifactNotFound => "artifact_not_found",
             Self::InvalidState => "invalid_state",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::QueueNotFound => "queue_not_found",
             Self::NavigationFailed => "navigation_failed",
             Self::WaitTimeout => "wait_timeout",
             Self::TaskTimeout => "task_timeout",

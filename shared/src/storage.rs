@@ -129,7 +129,7 @@ impl ArtifactStore {
         bytes: Bytes,
         content_type: &str,
     ) -> Result<PutReceipt, StorageError> {
-        let sha256 = hex_digest(&bytes);
+        let sha256 = sha256_hex(&bytes);
         let size_bytes = bytes.len() as u64;
         let mut options = PutOptions::default();
         // Local files and memory keep no attributes (the database has the content type);
@@ -188,7 +188,8 @@ impl ArtifactStore {
     }
 }
 
-fn hex_digest(bytes: &[u8]) -> String {
+/// SHA-256 of `bytes`, as lowercase hex: artifact checksums, request fingerprints.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|byte| format!("{byte:02x}"))

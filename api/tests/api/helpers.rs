@@ -15,6 +15,8 @@ use tokio::sync::oneshot;
 pub struct TestApi {
     api: ApiClient,
     pub queue: SharedQueue,
+    /// The API's own repository, for putting tasks into states only workers reach.
+    pub repo: TaskRepository,
     stop: Option<oneshot::Sender<()>>,
     _database: TestDatabase,
     _directory: tempfile::TempDir,
@@ -41,7 +43,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
     let state = Arc::new(AppState {
         policy: settings.network_policy().expect("policy"),
         public_url: url.clone(),
-        repo: TaskRepository::new(connection),
+        repo: TaskRepository::new(connection.clone()),
         queue: SharedQueue::clone(&queue),
         storage: ArtifactStore::from_settings(&settings).expect("storage"),
         settings,
@@ -53,6 +55,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
     TestApi {
         api: ApiClient::new(url),
         queue,
+        repo: TaskRepository::new(connection),
         stop: Some(stop),
         _database: database,
         _directory: directory,

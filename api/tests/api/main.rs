@@ -2,6 +2,7 @@
 //! reading, listing, cancelling, health and the OpenAPI document.
 
 mod helpers;
+mod queue;
 
 use helpers::{spawn_api, spawn_api_with};
 use operator_shared::testkit::read_json;
@@ -137,7 +138,7 @@ async fn a_valid_task_is_stored_queued_and_dispatched() {
     assert_eq!(fetched["id"], task["id"]);
     assert_eq!(fetched["artifacts"], json!([]));
     let stats = api.queue.stats().await.expect("stats");
-    assert_eq!(stats.ready, 1, "dispatched to the queue");
+    assert_eq!(stats.ready(), 1, "dispatched to the queue");
 }
 
 #[tokio::test]
@@ -192,7 +193,7 @@ async fn cancelling_a_queued_task_takes_it_off_the_queue() {
     assert_eq!(status, 200);
     assert_eq!(cancelled["state"], "cancelled");
     assert_eq!(cancelled["error"]["code"], "cancelled");
-    assert_eq!(api.queue.stats().await.expect("stats").ready, 0);
+    assert_eq!(api.queue.stats().await.expect("stats").ready(), 0);
     let (status, again) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
     assert_eq!(
         (status, again["code"].as_str()),

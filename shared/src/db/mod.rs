@@ -11,8 +11,8 @@ pub mod entities;
 mod repo;
 
 pub use repo::{
-    CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, RepoError, StartOutcome,
-    TaskEvent, TaskRepository, now,
+    CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, RedriveOutcome, RepoError,
+    StartOutcome, Submitted, TaskEvent, TaskRepository, now,
 };
 
 /// Opens the database named by the settings.

@@ -18,7 +18,7 @@ use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::entities::{artifact, task, task_attempt, task_event};
+use super::entities::{artifact, queue, task, task_attempt, task_event};
 use crate::domain::{
     ArtifactId, ArtifactRecord, AttemptRecord, LeaseToken, NewTask, Priority, TaskFilter, TaskId,
     TaskKind, TaskOutcome, TaskRecord, TaskState, TenantId,
@@ -49,6 +49,27 @@ pub enum CancelOutcome {
     Requested(TaskRecord),
     /// It has already ended.
     AlreadyFinished(TaskRecord),
+    NotFound,
+}
+
+/// What a submission led to.
+#[derive(Debug, Clone)]
+pub enum Submitted {
+    /// A new task.
+    Created(TaskRecord),
+    /// The same request came with the same idempotency key before: its task.
+    Replayed(TaskRecord),
+    /// The idempotency key belongs to a different request: nothing was written.
+    KeyReused(TaskRecord),
+}
+
+/// What happened when a client asked to re-drive a task.
+#[derive(Debug, Clone)]
+pub enum RedriveOutcome {
+    /// Queued again with more attempts.
+    Redriven(TaskRecord),
+    /// It is not in a state that can be re-driven (it succeeded, runs, or waits).
+    NotRedrivable(TaskRecord),
     NotFound,
 }
 
@@ -136,6 +157,7 @@ impl TaskRepository {
             max_attempts: Set(to_i32(new.max_attempts)),
             timeout_ms: Set(to_i64(new.timeout_ms)),
             idempotency_key: Set(new.idempotency_key),
+            request_hash: Set(new.request_hash),
             webhook_url: Set(new.webhook_url),
             progress: Set(None),
             result: Set(None),
@@ -168,6 +190,169 @@ impl TaskRepository {
         let stored = find_task(&transaction, id).await?;
         transaction.commit().await?;
         stored.ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished after insert")))
+    }
+
+    /// Stores a new task unless its idempotency key was used before: then the earlier
+    /// task is returned when the request is the same, and refused when it differs.
+    pub async fn submit(&self, new: NewTask) -> Result<Submitted, RepoError> {
+        let Some(key) = new.idempotency_key.clone() else {
+            return Ok(Submitted::Created(self.create(new).await?));
+        };
+        let tenant = new.tenant.clone();
+        let request_hash = new.request_hash.clone();
+        if let Some(earlier) = self.find_by_idempotency_key(&tenant, &key).await? {
+            return Ok(replay_or_refuse(earlier, request_hash.as_deref()));
+        }
+        match self.create(new).await {
+            Ok(record) => Ok(Submitted::Created(record)),
+            // Two requests with one key raced and the other committed first.
+            Err(RepoError::Database(error))
+                if matches!(
+                    error.sql_err(),
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                ) =>
+            {
+                let earlier = self
+                    .find_by_idempotency_key(&tenant, &key)
+                    .await?
+                    .ok_or(RepoError::Database(error))?;
+                Ok(replay_or_refuse(earlier, request_hash.as_deref()))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+    ) -> Result<Option<(TaskRecord, Option<String>)>, RepoError> {
+        let Some(row) = task::Entity::find()
+            .filter(task::Column::TenantId.eq(tenant.as_str()))
+            .filter(task::Column::IdempotencyKey.eq(key))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let request_hash = row.request_hash.clone();
+        Ok(Some((to_record(row)?, request_hash)))
+    }
+
+    /// Queues a task that ended without success again, with `extra_attempts` more
+    /// attempts. Its history (attempts, events, artifacts) stays; its error is cleared.
+    #[instrument(skip_all, fields(task_id = %id))]
+    pub async fn redrive(
+        &self,
+        tenant: &TenantId,
+        id: TaskId,
+        extra_attempts: u32,
+    ) -> Result<RedriveOutcome, RepoError> {
+        let now = now();
+        let redrivable: Vec<&str> = TaskState::ALL
+            .into_iter()
+            .filter(|state| state.is_redrivable())
+            .map(TaskState::as_str)
+            .collect();
+        let transaction = self.db.begin().await?;
+        let Some(current) = task::Entity::find_by_id(id.as_uuid())
+            .filter(task::Column::TenantId.eq(tenant.as_str()))
+            .one(&transaction)
+            .await?
+        else {
+            return Ok(RedriveOutcome::NotFound);
+        };
+        let updated = task::Entity::update_many()
+            .col_expr(task::Column::State, Expr::value(TaskState::Queued.as_str()))
+            .col_expr(
+                task::Column::MaxAttempts,
+                Expr::value(current.attempts.saturating_add(to_i32(extra_attempts))),
+            )
+            .col_expr(task::Column::ErrorCode, Expr::value(Option::<String>::None))
+            .col_expr(
+                task::Column::ErrorMessage,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                task::Column::FinishedAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(task::Column::CancelRequested, Expr::value(false))
+            .col_expr(task::Column::RunAt, Expr::value(now))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(task::Column::State.is_in(redrivable))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if updated == 0 {
+            transaction.commit().await?;
+            return Ok(RedriveOutcome::NotRedrivable(to_record(current)?));
+        }
+        insert_event(
+            &transaction,
+            id,
+            tenant,
+            "state",
+            json!({"state": TaskState::Queued, "redriven_from": current.state, "extra_attempts": extra_attempts}),
+            now,
+        )
+        .await?;
+        let record = find_task(&transaction, id)
+            .await?
+            .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?;
+        transaction.commit().await?;
+        Ok(RedriveOutcome::Redriven(record))
+    }
+
+    /// How many of a tenant's tasks are in each state.
+    pub async fn count_by_state(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(TaskState, u64)>, RepoError> {
+        let rows: Vec<(String, i64)> = task::Entity::find()
+            .select_only()
+            .column(task::Column::State)
+            .column_as(task::Column::Id.count(), "count")
+            .filter(task::Column::TenantId.eq(tenant.as_str()))
+            .group_by(task::Column::State)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(|(state, count)| {
+                let state = TaskState::parse(&state)
+                    .map_err(|error| RepoError::Corrupt(error.to_string()))?;
+                Ok((state, u64::try_from(count).unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    /// Records whether a queue is paused: the database keeps it, so a queue backend
+    /// that loses its data (Redis) gets it back from the reconciler.
+    pub async fn set_queue_paused(&self, name: &str, paused: bool) -> Result<(), RepoError> {
+        let row = queue::ActiveModel {
+            name: Set(name.to_owned()),
+            paused: Set(paused),
+            updated_at: Set(now()),
+        };
+        queue::Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(queue::Column::Name)
+                    .update_columns([queue::Column::Paused, queue::Column::UpdatedAt])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a queue was paused through the API.
+    pub async fn queue_paused(&self, name: &str) -> Result<bool, RepoError> {
+        Ok(queue::Entity::find_by_id(name.to_owned())
+            .one(&self.db)
+            .await?
+            .is_some_and(|row| row.paused))
     }
 
     /// A tenant's task.
@@ -681,6 +866,17 @@ async fn insert_event(
     .exec_without_returning(transaction)
     .await?;
     Ok(())
+}
+
+fn replay_or_refuse(
+    (earlier, earlier_hash): (TaskRecord, Option<String>),
+    request_hash: Option<&str>,
+) -> Submitted {
+    if earlier_hash.as_deref() == request_hash {
+        Submitted::Replayed(earlier)
+    } else {
+        Submitted::KeyReused(earlier)
+    }
 }
 
 fn to_record(row: task::Model) -> Result<TaskRecord, RepoError> {

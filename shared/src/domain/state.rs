@@ -109,6 +109,13 @@ impl TaskState {
         }
     }
 
+    /// Whether a client may re-drive the task (`POST /v1/tasks/{id}/retry`): it ended
+    /// without success for a reason running it again might fix. Re-driving reopens a
+    /// terminal task on purpose, so it is not a transition of the run's life cycle.
+    pub fn is_redrivable(self) -> bool {
+        matches!(self, Self::Failed | Self::TimedOut | Self::Dead)
+    }
+
     /// The states from which `next` may be entered: the `WHERE state IN (…)` of a guarded update.
     pub fn predecessors(next: TaskState) -> Vec<TaskState> {
         Self::ALL

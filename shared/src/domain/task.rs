@@ -18,6 +18,9 @@ pub struct NewTask {
     pub max_attempts: u32,
     pub timeout_ms: u64,
     pub idempotency_key: Option<String>,
+    /// SHA-256 (hex) of the submission, stored with an idempotency key so a repeat of
+    /// the same request can be told from a different request under the same key.
+    pub request_hash: Option<String>,
     pub webhook_url: Option<String>,
     pub run_at: Option<DateTime<Utc>>,
     /// W3C `traceparent` of the request that created the task, so the worker's spans join its trace.

@@ -1,8 +1,12 @@
 //! The embedded queue: a table (`queue_jobs`) in the task database.
 //!
-//! A claim is one guarded `UPDATE … RETURNING`: it takes the highest-priority, oldest
-//! row that is due and not under a live lease, so two claimers can never both win (on
-//! PostgreSQL the inner select also skips rows another claimer has locked). Workers in
+//! A claim is one guarded `UPDATE … RETURNING`: it takes the highest-priority row that
+//! is due and not under a live lease, from the tenant served longest ago (`queue_tenants`
+//! keeps each tenant's last turn), oldest first, so two claimers can never both win (on
+//! PostgreSQL the inner select also skips rows another claimer has locked). The
+//! concurrency limits are checked inside the same statement; on PostgreSQL two claimers
+//! racing for a tenant's last slot can both pass, so there a limit may be exceeded by the
+//! number of simultaneous claimers (the Redis backend is exact). Workers in
 //! this process are woken by a [`Notify`] the moment a task is enqueued; work written by
 //! other processes is found by polling every `poll_interval`. That makes it the right
 //! queue for one process (`operator serve`) and a working, slower one for several.
@@ -14,7 +18,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{Claim, Dispatch, Queue, QueueError, QueueStats};
+use super::{
+    Claim, DEFAULT_QUEUE, Dispatch, PriorityCounts, Queue, QueueError, QueueLimits, QueueStats,
+};
 use crate::domain::{LeaseToken, Priority, TaskId, TenantId};
 
 pub struct DatabaseQueue {
@@ -24,7 +30,11 @@ pub struct DatabaseQueue {
     /// is not missed.
     wakeup: Notify,
     poll_interval: Duration,
+    limits: QueueLimits,
 }
+
+/// Rows per multi-row insert: 5 parameters each stays far below every database's limit.
+const INSERT_CHUNK: usize = 500;
 
 impl DatabaseQueue {
     pub fn new(db: DatabaseConnection, poll_interval: Duration) -> Self {
@@ -32,7 +42,14 @@ impl DatabaseQueue {
             db,
             wakeup: Notify::new(),
             poll_interval,
+            limits: QueueLimits::default(),
         }
+    }
+
+    /// Applies per-tenant and global concurrency limits to claims.
+    pub fn with_limits(mut self, limits: QueueLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The SQL dialect (not to be confused with `Queue::backend`, the queue's name).
@@ -67,18 +84,28 @@ impl DatabaseQueue {
             (now + chrono::Duration::from_std(lease).unwrap_or_default()).trunc_subsecs(6);
         let token = LeaseToken::new();
         let skip_locked = if self.db_backend() == DbBackend::Postgres {
-            " FOR UPDATE SKIP LOCKED"
+            " FOR UPDATE OF job SKIP LOCKED"
         } else {
             ""
         };
         let sql = format!(
             "UPDATE queue_jobs SET lease_token = ?, lease_expires_at = ? \
-             WHERE task_id = (SELECT task_id FROM queue_jobs \
-                 WHERE available_at <= ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?) \
-                 ORDER BY priority DESC, available_at ASC, task_id ASC LIMIT 1{skip_locked}) \
+             WHERE task_id = (SELECT job.task_id FROM queue_jobs job \
+                 LEFT JOIN queue_tenants turn ON turn.tenant_id = job.tenant_id \
+                 WHERE job.available_at <= ? \
+                 AND (job.lease_expires_at IS NULL OR job.lease_expires_at <= ?) \
+                 AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ? AND paused = ?) \
+                 AND (? = 0 OR (SELECT COUNT(*) FROM queue_jobs leased \
+                     WHERE leased.lease_expires_at > ?) < ?) \
+                 AND (? = 0 OR (SELECT COUNT(*) FROM queue_jobs leased \
+                     WHERE leased.tenant_id = job.tenant_id AND leased.lease_expires_at > ?) < ?) \
+                 ORDER BY job.priority DESC, COALESCE(turn.served_seq, 0) ASC, \
+                     job.available_at ASC, job.task_id ASC LIMIT 1{skip_locked}) \
              AND (lease_expires_at IS NULL OR lease_expires_at <= ?) \
              RETURNING task_id, tenant_id, priority"
         );
+        let global = i64::from(self.limits.global_concurrency);
+        let per_tenant = i64::from(self.limits.tenant_concurrency);
         let statement = self.statement(
             &sql,
             vec![
@@ -86,6 +113,14 @@ impl DatabaseQueue {
                 lease_until.into(),
                 now.into(),
                 now.into(),
+                DEFAULT_QUEUE.into(),
+                true.into(),
+                global.into(),
+                now.into(),
+                global.into(),
+                per_tenant.into(),
+                now.into(),
+                per_tenant.into(),
                 now.into(),
             ],
         );
@@ -95,6 +130,14 @@ impl DatabaseQueue {
         let task_id: Uuid = row.try_get("", "task_id")?;
         let tenant: String = row.try_get("", "tenant_id")?;
         let priority: i16 = row.try_get("", "priority")?;
+        // The tenant's turn: it goes behind every tenant served before it.
+        self.execute(
+            "INSERT INTO queue_tenants (tenant_id, served_seq) \
+             VALUES (?, (SELECT COALESCE(MAX(served_seq), 0) + 1 FROM queue_tenants)) \
+             ON CONFLICT (tenant_id) DO UPDATE SET served_seq = excluded.served_seq",
+            vec![tenant.as_str().into()],
+        )
+        .await?;
         Ok(Some(Claim {
             task_id: TaskId::from(task_id),
             tenant: TenantId::parse(&tenant)
@@ -118,29 +161,47 @@ impl Queue for DatabaseQueue {
     }
 
     async fn enqueue(&self, dispatch: &Dispatch) -> Result<bool, QueueError> {
+        Ok(self.enqueue_many(std::slice::from_ref(dispatch)).await? == 1)
+    }
+
+    /// Multi-row inserts of up to [`INSERT_CHUNK`] rows: one statement per chunk.
+    async fn enqueue_many(&self, batch: &[Dispatch]) -> Result<usize, QueueError> {
         let now = Utc::now().trunc_subsecs(6);
-        let available_at = dispatch
-            .not_before
-            .map(|at| at.trunc_subsecs(6))
-            .unwrap_or(now)
-            .max(now);
-        let inserted = self
-            .execute(
-                "INSERT INTO queue_jobs (task_id, tenant_id, priority, available_at, enqueued_at) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO NOTHING",
-                vec![
+        let mut inserted = 0;
+        for chunk in batch.chunks(INSERT_CHUNK) {
+            let mut values = Vec::with_capacity(chunk.len() * 5);
+            for dispatch in chunk {
+                let available_at = dispatch
+                    .not_before
+                    .map(|at| at.trunc_subsecs(6))
+                    .unwrap_or(now)
+                    .max(now);
+                values.extend([
                     dispatch.task_id.as_uuid().into(),
                     dispatch.tenant.as_str().into(),
                     dispatch.priority.rank().into(),
                     available_at.into(),
                     now.into(),
-                ],
-            )
-            .await?;
-        if inserted == 1 {
+                ]);
+            }
+            let rows = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            inserted += self
+                .execute(
+                    &format!(
+                        "INSERT INTO queue_jobs (task_id, tenant_id, priority, available_at, enqueued_at) \
+                         VALUES {rows} ON CONFLICT (task_id) DO NOTHING"
+                    ),
+                    values,
+                )
+                .await?;
+        }
+        if inserted > 1 {
+            self.wakeup.notify_waiters();
+        }
+        if inserted > 0 {
             self.wakeup.notify_one();
         }
-        Ok(inserted == 1)
+        Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
     }
 
     async fn claim(
@@ -235,15 +296,50 @@ impl Queue for DatabaseQueue {
         Ok(removed == 1)
     }
 
+    async fn set_paused(&self, paused: bool) -> Result<(), QueueError> {
+        self.execute(
+            "INSERT INTO queues (name, paused, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+            vec![DEFAULT_QUEUE.into(), paused.into(), Utc::now().into()],
+        )
+        .await?;
+        if !paused {
+            self.wakeup.notify_waiters();
+            self.wakeup.notify_one();
+        }
+        Ok(())
+    }
+
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let now = Utc::now().trunc_subsecs(6);
+        let free = "(lease_expires_at IS NULL OR lease_expires_at <= ?)";
         let statement = self.statement(
-            "SELECT \
-               COALESCE(SUM(CASE WHEN (lease_expires_at IS NULL OR lease_expires_at <= ?) AND available_at <= ? THEN 1 ELSE 0 END), 0) AS ready, \
-               COALESCE(SUM(CASE WHEN (lease_expires_at IS NULL OR lease_expires_at <= ?) AND available_at > ? THEN 1 ELSE 0 END), 0) AS delayed, \
-               COALESCE(SUM(CASE WHEN lease_expires_at > ? THEN 1 ELSE 0 END), 0) AS leased \
-             FROM queue_jobs",
-            vec![now.into(), now.into(), now.into(), now.into(), now.into()],
+            &format!(
+                "SELECT \
+                   COALESCE(SUM(CASE WHEN {free} AND available_at <= ? AND priority = 2 THEN 1 ELSE 0 END), 0) AS high, \
+                   COALESCE(SUM(CASE WHEN {free} AND available_at <= ? AND priority = 1 THEN 1 ELSE 0 END), 0) AS normal, \
+                   COALESCE(SUM(CASE WHEN {free} AND available_at <= ? AND priority = 0 THEN 1 ELSE 0 END), 0) AS low, \
+                   COALESCE(SUM(CASE WHEN {free} AND available_at > ? THEN 1 ELSE 0 END), 0) AS delayed, \
+                   COALESCE(SUM(CASE WHEN lease_expires_at > ? THEN 1 ELSE 0 END), 0) AS leased, \
+                   MIN(CASE WHEN {free} AND available_at <= ? THEN available_at END) AS oldest, \
+                   (SELECT COUNT(*) FROM queues WHERE name = ? AND paused = ?) AS paused \
+                 FROM queue_jobs"
+            ),
+            vec![
+                now.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+                DEFAULT_QUEUE.into(),
+                true.into(),
+            ],
         );
         let row = self
             .db
@@ -255,9 +351,15 @@ impl Queue for DatabaseQueue {
             Ok(u64::try_from(value).unwrap_or_default())
         };
         Ok(QueueStats {
-            ready: count("ready")?,
+            ready_by_priority: PriorityCounts {
+                high: count("high")?,
+                normal: count("normal")?,
+                low: count("low")?,
+            },
             delayed: count("delayed")?,
             leased: count("leased")?,
+            paused: count("paused")? > 0,
+            oldest_ready_at: row.try_get("", "oldest")?,
         })
     }
 

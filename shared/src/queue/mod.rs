@@ -6,6 +6,10 @@
 //! happened to the worker. Operations on a claim are guarded by its token, so a worker
 //! whose lease expired cannot acknowledge or requeue what another worker now owns.
 //!
+//! Claims are fair across tenants (they take turns; within a tenant the highest
+//! priority, then the oldest, goes first), a higher priority goes first across tenants,
+//! and optional per-tenant and global concurrency limits hold claims back.
+//!
 //! Backends:
 //! - [`redis::RedisQueue`]: Redis via fred; every multi-key step is one Lua script.
 //! - [`database::DatabaseQueue`]: the embedded queue, a table in the task database.
@@ -31,6 +35,9 @@ pub enum QueueError {
     Protocol(String),
 }
 
+/// The queue every task goes to; the API names queues so more can follow.
+pub const DEFAULT_QUEUE: &str = "default";
+
 /// A task to put on the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispatch {
@@ -52,15 +59,53 @@ pub struct Claim {
     pub lease_until: DateTime<Utc>,
 }
 
-/// Counts for dashboards and readiness.
+/// Ready tasks by priority.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PriorityCounts {
+    pub high: u64,
+    pub normal: u64,
+    pub low: u64,
+}
+
+/// What the queue holds, for the stats endpoint and dashboards.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
-    /// Ready to run now.
-    pub ready: u64,
+    /// Ready to run now, by priority.
+    pub ready_by_priority: PriorityCounts,
     /// Waiting for their time (delays, retries).
     pub delayed: u64,
     /// Claimed by a worker.
     pub leased: u64,
+    /// A paused queue keeps its tasks but hands none out.
+    pub paused: bool,
+    /// When the task that has waited longest became ready.
+    pub oldest_ready_at: Option<DateTime<Utc>>,
+}
+
+impl QueueStats {
+    /// Ready to run now, all priorities.
+    pub fn ready(&self) -> u64 {
+        let counts = self.ready_by_priority;
+        counts.high + counts.normal + counts.low
+    }
+}
+
+/// Concurrency limits a claim respects; 0 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most tasks of one tenant leased at once, across all workers.
+    pub tenant_concurrency: u32,
+    /// Most tasks leased at once, across all workers and tenants.
+    pub global_concurrency: u32,
+}
+
+impl QueueLimits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            tenant_concurrency: settings.queue.tenant_concurrency,
+            global_concurrency: settings.queue.global_concurrency,
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -112,6 +157,10 @@ pub trait Queue: Send + Sync + 'static {
     /// finds out from the database.
     async fn remove(&self, task_id: TaskId) -> Result<bool, QueueError>;
 
+    /// Stops (or resumes) handing out tasks. Waiting tasks stay queued; leased ones
+    /// run to their end.
+    async fn set_paused(&self, paused: bool) -> Result<(), QueueError>;
+
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 
     /// Checks the backend answers, for readiness probes.
@@ -127,11 +176,14 @@ pub async fn connect(
 ) -> Result<SharedQueue, QueueError> {
     match settings.queue_backend() {
         QueueBackendKind::Redis => {
-            let queue = redis::RedisQueue::connect(&settings.redis).await?;
+            let queue = redis::RedisQueue::connect(&settings.redis)
+                .await?
+                .with_limits(QueueLimits::from_settings(settings));
             Ok(Arc::new(queue))
         }
         QueueBackendKind::Database | QueueBackendKind::Auto => Ok(Arc::new(
-            database::DatabaseQueue::new(db, settings.queue.poll_interval),
+            database::DatabaseQueue::new(db, settings.queue.poll_interval)
+                .with_limits(QueueLimits::from_settings(settings)),
         )),
     }
 }

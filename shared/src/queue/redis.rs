@@ -1,19 +1,29 @@
 //! The Redis queue backend (fred).
 //!
-//! Keys, all under one hash tag so the scripts also run on a cluster:
-//! - `{p}:ready`   sorted set of task ids; score = priority band + enqueue time (ms), so
-//!   `ZPOPMIN` gives the highest priority, oldest first;
+//! Keys, all under one hash tag `{p}` so the scripts also run on a cluster:
+//! - `{p}:ready:<tenant>` one sorted set of ready task ids per tenant; score = priority
+//!   band + the time the task became ready (ms), so `ZPOPMIN` gives the tenant's highest
+//!   priority, oldest task;
+//! - `{p}:tenants` the dispatch ring: tenants that have ready tasks, scored by the
+//!   priority band of their best task, then by their turn (a counter drawn from
+//!   `{p}:seq` each time the tenant is served). A claim serves the first tenant in
+//!   the ring that is under its concurrency limit, so tenants take turns and one
+//!   tenant's flood cannot starve another tenant's single task;
+//! - `{p}:running` hash tenant → number of leased tasks (the per-tenant limit);
 //! - `{p}:delayed` sorted set of task ids scored by the time they become due;
 //! - `{p}:leases`  sorted set of claimed task ids scored by lease deadline;
 //! - `{p}:tokens`  hash task id → lease token of the current owner;
 //! - `{p}:jobs`    hash task id → `tenant|priority`, the routing data;
+//! - `{p}:paused`  present while the queue is paused: nothing is claimed;
 //! - `{p}:signal`  list; each enqueue pushes one element, and an idle worker blocks on
 //!   `BLPOP` of it, so a new task wakes one worker at once instead of being polled for.
 //!
 //! Every step that touches more than one key is one Lua script (atomic, loaded once and
-//! run by `EVALSHA`). Times come from the Redis server's clock (`TIME`), one clock for all
-//! workers. The claim script also moves due delayed tasks and expired leases back to
-//! `ready`, so recovery needs no separate sweeper.
+//! run by `EVALSHA`). The scripts get the key base as their first argument and derive
+//! the per-tenant keys from it; the first declared key carries the hash tag, so the
+//! script is routed to the slot every one of its keys lives in. Times come from the
+//! Redis server's clock (`TIME`), one clock for all workers. The claim script also moves
+//! due delayed tasks and expired leases back to ready, so recovery needs no sweeper.
 
 use std::time::Duration;
 
@@ -24,158 +34,247 @@ use fred::types::{ClusterHash, CustomCommand};
 use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
-use super::{Claim, Dispatch, Queue, QueueError, QueueStats};
+use super::{Claim, Dispatch, PriorityCounts, Queue, QueueError, QueueLimits, QueueStats};
 use crate::config::RedisSettings;
 use crate::domain::{LeaseToken, Priority, TaskId, TenantId};
 
-/// Priority bands are this many milliseconds apart: above any enqueue time until the
-/// year 2286, so a higher band always sorts first.
+/// Priority bands of the ready sets are this many milliseconds apart: above any time
+/// until the year 2286, so a higher band always sorts first.
 const PRIORITY_BAND_MS: i64 = 10_000_000_000_000;
+/// Priority bands of the dispatch ring are this many turns apart. Scores are doubles,
+/// exact up to 2^53, so three bands of 10^12 turns each stay exact.
+const TURN_BAND: i64 = 1_000_000_000_000;
 const HIGHEST_RANK: i16 = 2;
+/// How many tenants a claim looks at before giving up when all of them are at their
+/// limit; the rest of the ring waits for the next claim.
+const RING_SCAN: usize = 64;
 
-/// Shared Lua prelude: the server's time in milliseconds and the ready-set score.
+/// Shared Lua prelude. `ARGV[1]` of every script is the key base `{prefix}`.
 const LUA_PRELUDE: &str = r#"
+local base = ARGV[1]
+local function key(name) return base .. ':' .. name end
+local function ready_key(tenant) return base .. ':ready:' .. tenant end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function ready_score(job, at)
-  local rank = 1
-  if job then rank = tonumber(string.match(job, '|(%-?%d+)$')) or 1 end
-  return (HIGHEST_RANK - rank) * PRIORITY_BAND + at
+local function job_tenant(job) return string.match(job, '^(.*)|') or job end
+local function job_rank(job) return tonumber(string.match(job, '|(%-?%d+)$')) or 1 end
+local function signal(count)
+  for _ = 1, math.min(count, 1024) do redis.call('LPUSH', key('signal'), '1') end
+  redis.call('LTRIM', key('signal'), 0, 1023)
 end
-local function signal(key)
-  redis.call('LPUSH', key, '1')
-  redis.call('LTRIM', key, 0, 1023)
+-- Places the tenant in the dispatch ring by the band of its best ready task. `served`
+-- sends it to the back of its band (it just had a turn); otherwise it keeps its turn,
+-- or joins at the back when it was not in the ring.
+local function touch_tenant(tenant, served)
+  local head = redis.call('ZRANGE', ready_key(tenant), 0, 0, 'WITHSCORES')
+  if #head == 0 then
+    redis.call('ZREM', key('tenants'), tenant)
+    return
+  end
+  local band = math.floor(tonumber(head[2]) / PRIORITY_BAND)
+  local current = redis.call('ZSCORE', key('tenants'), tenant)
+  local turn
+  if served or not current then
+    turn = redis.call('INCR', key('seq'))
+  else
+    turn = tonumber(current) % TURN_BAND
+  end
+  redis.call('ZADD', key('tenants'), band * TURN_BAND + turn, tenant)
+end
+local function make_ready(id, job, at)
+  local tenant = job_tenant(job)
+  local score = (HIGHEST_RANK - job_rank(job)) * PRIORITY_BAND + at
+  redis.call('ZADD', ready_key(tenant), 'NX', score, id)
+  touch_tenant(tenant, false)
+end
+local function release_slot(job)
+  local tenant = job_tenant(job)
+  if redis.call('HINCRBY', key('running'), tenant, -1) <= 0 then
+    redis.call('HDEL', key('running'), tenant)
+  end
+end
+-- Drops the lease of `id` if `token` owns it; false when it does not.
+local function drop_lease(id, token)
+  if redis.call('HGET', key('tokens'), id) ~= token then return false end
+  redis.call('HDEL', key('tokens'), id)
+  redis.call('ZREM', key('leases'), id)
+  local job = redis.call('HGET', key('jobs'), id)
+  if job then release_slot(job) end
+  return true
 end
 "#;
 
-/// KEYS: ready, delayed, jobs, tokens, signal. ARGV: id, tenant|priority, not_before_ms.
+/// ARGV: base, id, tenant|priority, not_before_ms. 1 when added, 0 when already held.
 const ENQUEUE: &str = r#"
-local id = ARGV[1]
-if redis.call('HEXISTS', KEYS[4], id) == 1 then return 0 end
-if redis.call('ZSCORE', KEYS[1], id) or redis.call('ZSCORE', KEYS[2], id) then return 0 end
+local id, job = ARGV[2], ARGV[3]
+if redis.call('HEXISTS', key('tokens'), id) == 1 then return 0 end
+if redis.call('ZSCORE', key('delayed'), id) then return 0 end
+if redis.call('ZSCORE', ready_key(job_tenant(job)), id) then return 0 end
+redis.call('HSET', key('jobs'), id, job)
 local now = now_ms()
-redis.call('HSET', KEYS[3], id, ARGV[2])
-local at = tonumber(ARGV[3])
+local at = tonumber(ARGV[4])
 if at > now then
-  redis.call('ZADD', KEYS[2], at, id)
+  redis.call('ZADD', key('delayed'), at, id)
 else
-  redis.call('ZADD', KEYS[1], ready_score(ARGV[2], now), id)
-  signal(KEYS[5])
+  make_ready(id, job, now)
+  signal(1)
 end
 return 1
 "#;
 
-/// KEYS: ready, delayed, jobs, tokens, leases. ARGV: token, ttl_ms.
-/// Returns {id, job, deadline_ms} or {'', wait_hint_ms} when nothing is ready.
+/// ARGV: base, token, ttl_ms, tenant_limit, global_limit (0 = none).
+/// Returns {id, job, deadline_ms}, or {'', wait_hint_ms} when nothing may be claimed.
 const CLAIM: &str = r#"
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 512)
+local due = redis.call('ZRANGEBYSCORE', key('delayed'), '-inf', now, 'LIMIT', 0, 512)
 for _, id in ipairs(due) do
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZADD', KEYS[1], 'NX', ready_score(redis.call('HGET', KEYS[3], id), now), id)
+  redis.call('ZREM', key('delayed'), id)
+  local job = redis.call('HGET', key('jobs'), id)
+  if job then make_ready(id, job, now) end
 end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 512)
+local expired = redis.call('ZRANGEBYSCORE', key('leases'), '-inf', now, 'LIMIT', 0, 512)
 for _, id in ipairs(expired) do
-  redis.call('ZREM', KEYS[5], id)
-  redis.call('HDEL', KEYS[4], id)
-  redis.call('ZADD', KEYS[1], 'NX', ready_score(redis.call('HGET', KEYS[3], id), now), id)
+  redis.call('ZREM', key('leases'), id)
+  redis.call('HDEL', key('tokens'), id)
+  local job = redis.call('HGET', key('jobs'), id)
+  if job then
+    release_slot(job)
+    make_ready(id, job, now)
+  end
 end
-local popped = redis.call('ZPOPMIN', KEYS[1])
-if #popped == 0 then
+local function wait_hint()
   local hint = -1
-  local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  local next_due = redis.call('ZRANGE', key('delayed'), 0, 0, 'WITHSCORES')
   if #next_due > 0 then hint = tonumber(next_due[2]) - now end
-  local next_expiry = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+  local next_expiry = redis.call('ZRANGE', key('leases'), 0, 0, 'WITHSCORES')
   if #next_expiry > 0 then
     local until_expiry = tonumber(next_expiry[2]) - now
     if hint < 0 or until_expiry < hint then hint = until_expiry end
   end
   return {'', hint}
 end
-local id = popped[1]
-local deadline = now + tonumber(ARGV[2])
-redis.call('ZADD', KEYS[5], deadline, id)
-redis.call('HSET', KEYS[4], id, ARGV[1])
-local job = redis.call('HGET', KEYS[3], id) or ''
-return {id, job, deadline}
+if redis.call('EXISTS', key('paused')) == 1 then return wait_hint() end
+local global_limit = tonumber(ARGV[5])
+if global_limit > 0 and redis.call('ZCARD', key('leases')) >= global_limit then
+  return wait_hint()
+end
+local tenant_limit = tonumber(ARGV[4])
+local ring = redis.call('ZRANGE', key('tenants'), 0, RING_SCAN - 1)
+for _, tenant in ipairs(ring) do
+  local running = tonumber(redis.call('HGET', key('running'), tenant) or '0')
+  if tenant_limit == 0 or running < tenant_limit then
+    local popped = redis.call('ZPOPMIN', ready_key(tenant))
+    touch_tenant(tenant, true)
+    if #popped > 0 then
+      local id = popped[1]
+      local deadline = now + tonumber(ARGV[3])
+      redis.call('ZADD', key('leases'), deadline, id)
+      redis.call('HSET', key('tokens'), id, ARGV[2])
+      redis.call('HINCRBY', key('running'), tenant, 1)
+      local job = redis.call('HGET', key('jobs'), id) or (tenant .. '|1')
+      return {id, job, deadline}
+    end
+  end
+end
+return wait_hint()
 "#;
 
-/// KEYS: tokens, leases. ARGV: id, token, ttl_ms. Returns the new deadline, or 0.
+/// ARGV: base, id, token, ttl_ms. Returns the new deadline, or 0 when the lease is lost.
 const RENEW: &str = r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-local deadline = now_ms() + tonumber(ARGV[3])
-redis.call('ZADD', KEYS[2], 'XX', deadline, ARGV[1])
+if redis.call('HGET', key('tokens'), ARGV[2]) ~= ARGV[3] then return 0 end
+local deadline = now_ms() + tonumber(ARGV[4])
+redis.call('ZADD', key('leases'), 'XX', deadline, ARGV[2])
 return deadline
 "#;
 
-/// KEYS: tokens, leases, jobs. ARGV: id, token.
+/// ARGV: base, id, token. Wakes a worker when others wait, since a slot under a
+/// concurrency limit may have opened.
 const ACK: &str = r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
+if not drop_lease(ARGV[2], ARGV[3]) then return 0 end
+redis.call('HDEL', key('jobs'), ARGV[2])
+if redis.call('EXISTS', key('tenants')) == 1 then signal(1) end
 return 1
 "#;
 
-/// KEYS: tokens, leases, jobs, ready, delayed, signal. ARGV: id, token, not_before_ms.
+/// ARGV: base, id, token, not_before_ms.
 const REQUEUE: &str = r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+local id = ARGV[2]
+if not drop_lease(id, ARGV[3]) then return 0 end
+local job = redis.call('HGET', key('jobs'), id)
+if not job then return 1 end
 local now = now_ms()
-local at = tonumber(ARGV[3])
+local at = tonumber(ARGV[4])
 if at > now then
-  redis.call('ZADD', KEYS[5], at, ARGV[1])
+  redis.call('ZADD', key('delayed'), at, id)
 else
-  redis.call('ZADD', KEYS[4], ready_score(redis.call('HGET', KEYS[3], ARGV[1]), now), ARGV[1])
-  signal(KEYS[6])
+  make_ready(id, job, now)
+end
+signal(1)
+return 1
+"#;
+
+/// ARGV: base, id.
+const REMOVE: &str = r#"
+local id = ARGV[2]
+if redis.call('HEXISTS', key('tokens'), id) == 1 then return 0 end
+local job = redis.call('HGET', key('jobs'), id)
+local removed = redis.call('ZREM', key('delayed'), id)
+if job then
+  local tenant = job_tenant(job)
+  removed = removed + redis.call('ZREM', ready_key(tenant), id)
+  redis.call('HDEL', key('jobs'), id)
+  touch_tenant(tenant, false)
+end
+return removed
+"#;
+
+/// ARGV: base, paused (1|0). Resuming wakes as many idle workers as there is work.
+const SET_PAUSED: &str = r#"
+if ARGV[2] == '1' then
+  redis.call('SET', key('paused'), '1')
+elseif redis.call('DEL', key('paused')) == 1 then
+  local ready = 0
+  for _, tenant in ipairs(redis.call('ZRANGE', key('tenants'), 0, 1023)) do
+    ready = ready + redis.call('ZCARD', ready_key(tenant))
+  end
+  signal(ready)
 end
 return 1
 "#;
 
-/// KEYS: ready, delayed, jobs, tokens. ARGV: id.
-const REMOVE: &str = r#"
-if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return 0 end
-local removed = redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return removed
+/// ARGV: base. Returns {high, normal, low, delayed, leased, paused, oldest_ready_ms, now}.
+const STATS: &str = r#"
+local counts = {0, 0, 0}
+local oldest = -1
+for _, tenant in ipairs(redis.call('ZRANGE', key('tenants'), 0, -1)) do
+  for band = 0, 2 do
+    local low, high = band * PRIORITY_BAND, (band + 1) * PRIORITY_BAND
+    local count = redis.call('ZCOUNT', ready_key(tenant), low, '(' .. high)
+    if count > 0 then
+      counts[band + 1] = counts[band + 1] + count
+      local first = redis.call('ZRANGEBYSCORE', ready_key(tenant), low, '(' .. high, 'WITHSCORES', 'LIMIT', 0, 1)
+      local at = tonumber(first[2]) - low
+      if oldest < 0 or at < oldest then oldest = at end
+    end
+  end
+end
+return {counts[1], counts[2], counts[3], redis.call('ZCARD', key('delayed')),
+  redis.call('ZCARD', key('leases')), redis.call('EXISTS', key('paused')), oldest, now_ms()}
 "#;
 
-struct Keys {
-    ready: String,
-    delayed: String,
-    leases: String,
-    tokens: String,
-    jobs: String,
-    signal: String,
-}
-
-impl Keys {
-    fn new(prefix: &str) -> Self {
-        let key = |name: &str| format!("{{{prefix}}}:{name}");
-        Self {
-            ready: key("ready"),
-            delayed: key("delayed"),
-            leases: key("leases"),
-            tokens: key("tokens"),
-            jobs: key("jobs"),
-            signal: key("signal"),
-        }
-    }
-
-    fn all(&self) -> [&str; 6] {
-        [
-            &self.ready,
-            &self.delayed,
-            &self.leases,
-            &self.tokens,
-            &self.jobs,
-            &self.signal,
-        ]
-    }
-}
+/// ARGV: base. Deletes every key under the base.
+const PURGE: &str = r#"
+local cursor = '0'
+local deleted = 0
+repeat
+  local reply = redis.call('SCAN', cursor, 'MATCH', base .. ':*', 'COUNT', 1000)
+  cursor = reply[1]
+  for _, name in ipairs(reply[2]) do deleted = deleted + redis.call('DEL', name) end
+until cursor == '0'
+return deleted
+"#;
 
 struct Scripts {
     enqueue: Script,
@@ -184,13 +283,20 @@ struct Scripts {
     ack: Script,
     requeue: Script,
     remove: Script,
+    set_paused: Script,
+    stats: Script,
+    purge: Script,
 }
 
 impl Scripts {
     fn new() -> Self {
+        let prelude = LUA_PRELUDE
+            .replace("HIGHEST_RANK", &HIGHEST_RANK.to_string())
+            .replace("PRIORITY_BAND", &PRIORITY_BAND_MS.to_string())
+            .replace("TURN_BAND", &TURN_BAND.to_string());
         let with_prelude = |body: &str| {
-            let prelude = LUA_PRELUDE
-                .replace("HIGHEST_RANK", &HIGHEST_RANK.to_string())
+            let body = body
+                .replace("RING_SCAN", &RING_SCAN.to_string())
                 .replace("PRIORITY_BAND", &PRIORITY_BAND_MS.to_string());
             Script::from_lua(format!("{prelude}\n{body}"))
         };
@@ -201,6 +307,9 @@ impl Scripts {
             ack: with_prelude(ACK),
             requeue: with_prelude(REQUEUE),
             remove: with_prelude(REMOVE),
+            set_paused: with_prelude(SET_PAUSED),
+            stats: with_prelude(STATS),
+            purge: with_prelude(PURGE),
         }
     }
 }
@@ -211,8 +320,14 @@ pub struct RedisQueue {
     /// Behind an async mutex because one waiter per process is enough (the worker runtime
     /// claims one task at a time) and a second would only steal the first one's wake-up.
     waiter: Mutex<Client>,
-    keys: Keys,
+    /// `{prefix}`: the hash-tagged base of every key.
+    base: String,
+    /// Declared to Redis as each script's key, so a cluster routes it to the slot of
+    /// the hash tag.
+    routing_key: String,
+    signal_key: String,
     scripts: Scripts,
+    limits: QueueLimits,
     command_timeout: Duration,
 }
 
@@ -231,19 +346,28 @@ impl RedisQueue {
         for connection in [&client, &waiter] {
             connection.init().await?;
         }
+        let base = format!("{{{}}}", settings.key_prefix);
         Ok(Self {
             client,
             waiter: Mutex::new(waiter),
-            keys: Keys::new(&settings.key_prefix),
+            routing_key: format!("{base}:jobs"),
+            signal_key: format!("{base}:signal"),
+            base,
             scripts: Scripts::new(),
+            limits: QueueLimits::default(),
             command_timeout: settings.command_timeout,
         })
     }
 
+    /// Applies per-tenant and global concurrency limits to this process's claims.
+    pub fn with_limits(mut self, limits: QueueLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Deletes every key of this queue (tests and `operator` maintenance).
     pub async fn purge(&self) -> Result<(), QueueError> {
-        let keys: Vec<String> = self.keys.all().iter().map(|key| key.to_string()).collect();
-        let _: i64 = self.client.del(keys).await?;
+        let _: i64 = self.run(&self.scripts.purge, Vec::new()).await?;
         Ok(())
     }
 
@@ -251,14 +375,14 @@ impl RedisQueue {
         &self.client
     }
 
-    async fn run<R: FromValue>(
-        &self,
-        script: &Script,
-        keys: Vec<&str>,
-        args: Vec<Value>,
-    ) -> Result<R, QueueError> {
-        let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
-        Ok(script.evalsha_with_reload(&self.client, keys, args).await?)
+    /// Runs `script` with the key base as its first argument, then `args`.
+    async fn run<R: FromValue>(&self, script: &Script, args: Vec<Value>) -> Result<R, QueueError> {
+        let mut arguments: Vec<Value> = Vec::with_capacity(args.len() + 1);
+        arguments.push(self.base.as_str().into());
+        arguments.extend(args);
+        Ok(script
+            .evalsha_with_reload(&self.client, vec![self.routing_key.as_str()], arguments)
+            .await?)
     }
 
     /// One claim attempt: the claim, or how long until something may become claimable.
@@ -267,18 +391,15 @@ impl RedisQueue {
         token: LeaseToken,
         lease: Duration,
     ) -> Result<Result<Claim, Option<Duration>>, QueueError> {
-        let keys = &self.keys;
         let reply: Vec<Value> = self
             .run(
                 &self.scripts.claim,
                 vec![
-                    &keys.ready,
-                    &keys.delayed,
-                    &keys.jobs,
-                    &keys.tokens,
-                    &keys.leases,
+                    token.to_string().into(),
+                    millis(lease).into(),
+                    i64::from(self.limits.tenant_concurrency).into(),
+                    i64::from(self.limits.global_concurrency).into(),
                 ],
-                vec![token.to_string().into(), millis(lease).into()],
             )
             .await?;
         let id = reply.first().and_then(Value::as_string).unwrap_or_default();
@@ -301,6 +422,18 @@ impl RedisQueue {
             token,
             lease_until: from_millis(deadline),
         }))
+    }
+
+    fn enqueue_arguments(dispatch: &Dispatch) -> Vec<Value> {
+        let not_before = dispatch
+            .not_before
+            .map(|at| at.timestamp_millis())
+            .unwrap_or(0);
+        vec![
+            dispatch.task_id.to_string().into(),
+            job_value(&dispatch.tenant, dispatch.priority).into(),
+            not_before.into(),
+        ]
     }
 }
 
@@ -340,6 +473,14 @@ fn parse_job(job: &str) -> (TenantId, Priority) {
     (tenant, Priority::from_rank(rank.parse().unwrap_or(1)))
 }
 
+fn count(reply: &[Value], index: usize) -> u64 {
+    reply
+        .get(index)
+        .and_then(Value::as_i64)
+        .and_then(|value| u64::try_from(value).ok())
+        .unwrap_or_default()
+}
+
 #[async_trait::async_trait]
 impl Queue for RedisQueue {
     fn backend(&self) -> &'static str {
@@ -347,27 +488,8 @@ impl Queue for RedisQueue {
     }
 
     async fn enqueue(&self, dispatch: &Dispatch) -> Result<bool, QueueError> {
-        let keys = &self.keys;
-        let not_before = dispatch
-            .not_before
-            .map(|at| at.timestamp_millis())
-            .unwrap_or(0);
         let added: i64 = self
-            .run(
-                &self.scripts.enqueue,
-                vec![
-                    &keys.ready,
-                    &keys.delayed,
-                    &keys.jobs,
-                    &keys.tokens,
-                    &keys.signal,
-                ],
-                vec![
-                    dispatch.task_id.to_string().into(),
-                    job_value(&dispatch.tenant, dispatch.priority).into(),
-                    not_before.into(),
-                ],
-            )
+            .run(&self.scripts.enqueue, Self::enqueue_arguments(dispatch))
             .await?;
         Ok(added == 1)
     }
@@ -378,28 +500,18 @@ impl Queue for RedisQueue {
         }
         // Load once, then pipeline EVALSHA: one round trip for the whole batch.
         self.scripts.enqueue.load(&self.client).await?;
-        let keys = &self.keys;
         let pipeline = self.client.pipeline();
         // fred's pipelines have no Lua interface, so EVALSHA goes as a raw command whose
         // cluster slot comes from its first key (argument 2, after the sha and key count).
         let evalsha = CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false);
         for dispatch in batch {
-            let not_before = dispatch
-                .not_before
-                .map(|at| at.timestamp_millis())
-                .unwrap_or(0);
-            let arguments: Vec<Value> = vec![
+            let mut arguments: Vec<Value> = vec![
                 self.scripts.enqueue.sha1().clone().into(),
-                5.into(),
-                keys.ready.as_str().into(),
-                keys.delayed.as_str().into(),
-                keys.jobs.as_str().into(),
-                keys.tokens.as_str().into(),
-                keys.signal.as_str().into(),
-                dispatch.task_id.to_string().into(),
-                job_value(&dispatch.tenant, dispatch.priority).into(),
-                not_before.into(),
+                1.into(),
+                self.routing_key.as_str().into(),
+                self.base.as_str().into(),
             ];
+            arguments.extend(Self::enqueue_arguments(dispatch));
             let _: () = pipeline.custom(evalsha.clone(), arguments).await?;
         }
         let results: Vec<i64> = pipeline.all().await?;
@@ -437,7 +549,7 @@ impl Queue for RedisQueue {
             };
             let woken: Result<Option<(String, String)>, _> = waiter
                 .with_options(&options)
-                .blpop(self.keys.signal.as_str(), seconds)
+                .blpop(self.signal_key.as_str(), seconds)
                 .await;
             match woken {
                 Ok(_) => {}
@@ -453,11 +565,9 @@ impl Queue for RedisQueue {
         claim: &Claim,
         lease: Duration,
     ) -> Result<Option<DateTime<Utc>>, QueueError> {
-        let keys = &self.keys;
         let deadline: i64 = self
             .run(
                 &self.scripts.renew,
-                vec![&keys.tokens, &keys.leases],
                 vec![
                     claim.task_id.to_string().into(),
                     claim.token.to_string().into(),
@@ -469,11 +579,9 @@ impl Queue for RedisQueue {
     }
 
     async fn ack(&self, claim: &Claim) -> Result<bool, QueueError> {
-        let keys = &self.keys;
         let acked: i64 = self
             .run(
                 &self.scripts.ack,
-                vec![&keys.tokens, &keys.leases, &keys.jobs],
                 vec![
                     claim.task_id.to_string().into(),
                     claim.token.to_string().into(),
@@ -488,19 +596,10 @@ impl Queue for RedisQueue {
         claim: &Claim,
         not_before: Option<DateTime<Utc>>,
     ) -> Result<bool, QueueError> {
-        let keys = &self.keys;
         let at = not_before.map(|at| at.timestamp_millis()).unwrap_or(0);
         let requeued: i64 = self
             .run(
                 &self.scripts.requeue,
-                vec![
-                    &keys.tokens,
-                    &keys.leases,
-                    &keys.jobs,
-                    &keys.ready,
-                    &keys.delayed,
-                    &keys.signal,
-                ],
                 vec![
                     claim.task_id.to_string().into(),
                     claim.token.to_string().into(),
@@ -512,27 +611,33 @@ impl Queue for RedisQueue {
     }
 
     async fn remove(&self, task_id: TaskId) -> Result<bool, QueueError> {
-        let keys = &self.keys;
         let removed: i64 = self
-            .run(
-                &self.scripts.remove,
-                vec![&keys.ready, &keys.delayed, &keys.jobs, &keys.tokens],
-                vec![task_id.to_string().into()],
-            )
+            .run(&self.scripts.remove, vec![task_id.to_string().into()])
             .await?;
         Ok(removed > 0)
     }
 
+    async fn set_paused(&self, paused: bool) -> Result<(), QueueError> {
+        let flag = if paused { "1" } else { "0" };
+        let _: i64 = self
+            .run(&self.scripts.set_paused, vec![flag.into()])
+            .await?;
+        Ok(())
+    }
+
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let pipeline = self.client.pipeline();
-        let _: () = pipeline.zcard(self.keys.ready.as_str()).await?;
-        let _: () = pipeline.zcard(self.keys.delayed.as_str()).await?;
-        let _: () = pipeline.zcard(self.keys.leases.as_str()).await?;
-        let (ready, delayed, leased): (u64, u64, u64) = pipeline.all().await?;
+        let reply: Vec<Value> = self.run(&self.scripts.stats, Vec::new()).await?;
+        let oldest = reply.get(6).and_then(Value::as_i64).unwrap_or(-1);
         Ok(QueueStats {
-            ready,
-            delayed,
-            leased,
+            ready_by_priority: PriorityCounts {
+                high: count(&reply, 0),
+                normal: count(&reply, 1),
+                low: count(&reply, 2),
+            },
+            delayed: count(&reply, 3),
+            leased: count(&reply, 4),
+            paused: count(&reply, 5) == 1,
+            oldest_ready_at: (oldest >= 0).then(|| from_millis(oldest)),
         })
     }
 

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use operator_shared::db::{self, TaskRepository};
-use operator_shared::queue::SharedQueue;
 use operator_shared::queue::database::DatabaseQueue;
 use operator_shared::queue::redis::RedisQueue;
+use operator_shared::queue::{QueueLimits, SharedQueue};
 use operator_shared::testkit::{RedisPrefix, TestDatabase};
 
 /// A queue backend for one test, with the guards that clean up after it.
@@ -22,11 +22,12 @@ impl QueueUnderTest {
     }
 }
 
-pub async fn redis_queue() -> QueueUnderTest {
+pub async fn redis_queue(limits: QueueLimits) -> QueueUnderTest {
     let prefix = RedisPrefix::new();
     let redis = RedisQueue::connect(prefix.settings())
         .await
-        .expect("Redis is reachable (run scripts/services.sh)");
+        .expect("Redis is reachable (run scripts/services.sh)")
+        .with_limits(limits);
     QueueUnderTest {
         queue: Arc::new(redis),
         _redis: Some(prefix),
@@ -34,23 +35,25 @@ pub async fn redis_queue() -> QueueUnderTest {
     }
 }
 
-async fn database_queue(database: TestDatabase) -> QueueUnderTest {
+async fn database_queue(database: TestDatabase, limits: QueueLimits) -> QueueUnderTest {
     let connection = db::connect_url(database.url(), 4, Duration::from_secs(10))
         .await
         .expect("connect");
     QueueUnderTest {
-        queue: Arc::new(DatabaseQueue::new(connection, Duration::from_millis(50))),
+        queue: Arc::new(
+            DatabaseQueue::new(connection, Duration::from_millis(50)).with_limits(limits),
+        ),
         _redis: None,
         _database: Some(database),
     }
 }
 
-pub async fn database_queue_sqlite() -> QueueUnderTest {
-    database_queue(TestDatabase::sqlite().await).await
+pub async fn database_queue_sqlite(limits: QueueLimits) -> QueueUnderTest {
+    database_queue(TestDatabase::sqlite().await, limits).await
 }
 
-pub async fn database_queue_postgres() -> QueueUnderTest {
-    database_queue(TestDatabase::postgres().await).await
+pub async fn database_queue_postgres(limits: QueueLimits) -> QueueUnderTest {
+    database_queue(TestDatabase::postgres().await, limits).await
 }
 
 /// A repository on a fresh database; keep the `TestDatabase` alive for the test.

@@ -11,12 +11,24 @@ const LEASE: Duration = Duration::from_secs(30);
 const NO_WAIT: Duration = Duration::ZERO;
 
 fn dispatch(priority: Priority) -> Dispatch {
+    dispatch_for(TenantId::default_tenant(), priority)
+}
+
+fn dispatch_for(tenant: TenantId, priority: Priority) -> Dispatch {
     Dispatch {
         task_id: TaskId::new(),
-        tenant: TenantId::default_tenant(),
+        tenant,
         priority,
         not_before: None,
     }
+}
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::parse(name).expect("tenant id")
+}
+
+async fn claim_now(queue: &SharedQueue) -> Option<operator_shared::queue::Claim> {
+    queue.claim("w", LEASE, NO_WAIT).await.expect("claim")
 }
 
 async fn claims_highest_priority_first_then_oldest(queue: SharedQueue) {
@@ -255,16 +267,140 @@ async fn enqueue_many_reports_what_was_new(queue: SharedQueue) {
     let jobs: Vec<Dispatch> = (0..20).map(|_| dispatch(Priority::Normal)).collect();
     queue.enqueue(&jobs[0]).await.expect("enqueue");
     assert_eq!(queue.enqueue_many(&jobs).await.expect("enqueue many"), 19);
-    assert_eq!(queue.stats().await.expect("stats").ready, 20);
+    assert_eq!(queue.stats().await.expect("stats").ready(), 20);
+}
+
+async fn a_high_task_behind_ten_thousand_normal_ones_starts_next(queue: SharedQueue) {
+    let backlog: Vec<Dispatch> = (0..10_000).map(|_| dispatch(Priority::Normal)).collect();
+    assert_eq!(
+        queue.enqueue_many(&backlog).await.expect("enqueue many"),
+        10_000
+    );
+    let urgent = dispatch(Priority::High);
+    queue.enqueue(&urgent).await.expect("enqueue");
+    let claim = claim_now(&queue).await.expect("a task");
+    assert_eq!(claim.task_id, urgent.task_id);
+    assert_eq!(claim.priority, Priority::High);
+    let next = claim_now(&queue).await.expect("a task");
+    assert_eq!(
+        next.task_id, backlog[0].task_id,
+        "then the oldest normal one"
+    );
+}
+
+async fn tenants_take_turns(queue: SharedQueue) {
+    let flood: Vec<Dispatch> = (0..2_000)
+        .map(|_| dispatch_for(tenant("flooder"), Priority::Normal))
+        .collect();
+    queue.enqueue_many(&flood).await.expect("enqueue many");
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let single = dispatch_for(tenant("quiet"), Priority::Normal);
+    queue.enqueue(&single).await.expect("enqueue");
+    let mut claimed = Vec::new();
+    for _ in 0..2 {
+        claimed.push(claim_now(&queue).await.expect("a task"));
+    }
+    assert!(
+        claimed.iter().any(|claim| claim.task_id == single.task_id),
+        "the quiet tenant's one task runs within the first two claims, not after 2,000"
+    );
+    // Two tenants with backlogs alternate.
+    let more: Vec<Dispatch> = (0..10)
+        .map(|_| dispatch_for(tenant("quiet"), Priority::Normal))
+        .collect();
+    queue.enqueue_many(&more).await.expect("enqueue many");
+    let mut tenants = Vec::new();
+    for _ in 0..6 {
+        tenants.push(claim_now(&queue).await.expect("a task").tenant);
+    }
+    let flooder_turns = tenants
+        .iter()
+        .filter(|tenant| tenant.as_str() == "flooder")
+        .count();
+    assert_eq!(flooder_turns, 3, "turns alternate: {tenants:?}");
+}
+
+async fn a_higher_priority_goes_first_across_tenants(queue: SharedQueue) {
+    let normal: Vec<Dispatch> = (0..50)
+        .map(|_| dispatch_for(tenant("busy"), Priority::Normal))
+        .collect();
+    queue.enqueue_many(&normal).await.expect("enqueue many");
+    let low = dispatch_for(tenant("other"), Priority::Low);
+    let high = dispatch_for(tenant("other"), Priority::High);
+    queue.enqueue(&low).await.expect("enqueue");
+    queue.enqueue(&high).await.expect("enqueue");
+    assert_eq!(
+        claim_now(&queue).await.expect("a task").task_id,
+        high.task_id
+    );
+}
+
+async fn a_paused_queue_hands_out_nothing_until_resumed(queue: SharedQueue) {
+    let job = dispatch(Priority::Normal);
+    queue.enqueue(&job).await.expect("enqueue");
+    queue.set_paused(true).await.expect("pause");
+    assert!(claim_now(&queue).await.is_none(), "paused");
+    let stats = queue.stats().await.expect("stats");
+    assert!(stats.paused);
+    assert_eq!(stats.ready(), 1, "the task stays queued");
+    let waiter = {
+        let queue = SharedQueue::clone(&queue);
+        tokio::spawn(async move {
+            let claim = queue.claim("w", LEASE, Duration::from_secs(10)).await;
+            (claim, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resumed_at = Instant::now();
+    queue.set_paused(false).await.expect("resume");
+    let (claim, claimed_at) = waiter.await.expect("join");
+    assert_eq!(claim.expect("claim").expect("a task").task_id, job.task_id);
+    assert!(
+        claimed_at.duration_since(resumed_at) < Duration::from_secs(2),
+        "an idle worker wakes on resume"
+    );
+    assert!(!queue.stats().await.expect("stats").paused);
+}
+
+async fn stats_count_by_priority_and_age(queue: SharedQueue) {
+    let started = Utc::now();
+    for priority in [
+        Priority::High,
+        Priority::Normal,
+        Priority::Normal,
+        Priority::Low,
+    ] {
+        queue.enqueue(&dispatch(priority)).await.expect("enqueue");
+    }
+    let mut later = dispatch(Priority::High);
+    later.not_before = Some(Utc::now() + chrono::Duration::seconds(60));
+    queue.enqueue(&later).await.expect("enqueue");
+    let claim = claim_now(&queue).await.expect("a task");
+    assert_eq!(claim.priority, Priority::High);
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!(
+        (
+            stats.ready_by_priority.high,
+            stats.ready_by_priority.normal,
+            stats.ready_by_priority.low
+        ),
+        (0, 2, 1)
+    );
+    assert_eq!((stats.delayed, stats.leased), (1, 1));
+    let oldest = stats.oldest_ready_at.expect("something waits");
+    assert!(
+        oldest >= started - chrono::Duration::seconds(1) && oldest <= Utc::now(),
+        "oldest ready at {oldest}, test started at {started}"
+    );
 }
 
 macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
+    ($limits:expr; $($name:ident),* $(,)?) => {
         mod redis_backend {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let queue = crate::helpers::redis_queue().await;
+                    let queue = crate::helpers::redis_queue($limits).await;
                     super::$name(queue.queue()).await;
                 }
             )*
@@ -273,7 +409,7 @@ macro_rules! contract {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let queue = crate::helpers::database_queue_sqlite().await;
+                    let queue = crate::helpers::database_queue_sqlite($limits).await;
                     super::$name(queue.queue()).await;
                 }
             )*
@@ -282,7 +418,7 @@ macro_rules! contract {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let queue = crate::helpers::database_queue_postgres().await;
+                    let queue = crate::helpers::database_queue_postgres($limits).await;
                     super::$name(queue.queue()).await;
                 }
             )*
@@ -291,6 +427,7 @@ macro_rules! contract {
 }
 
 contract!(
+    operator_shared::queue::QueueLimits::default();
     claims_highest_priority_first_then_oldest,
     enqueue_is_idempotent,
     an_expired_lease_moves_to_a_new_owner_and_the_old_token_is_refused,
@@ -300,4 +437,71 @@ contract!(
     remove_takes_off_waiting_tasks_but_not_leased_ones,
     an_idle_claim_wakes_when_work_arrives,
     enqueue_many_reports_what_was_new,
+    a_high_task_behind_ten_thousand_normal_ones_starts_next,
+    tenants_take_turns,
+    a_higher_priority_goes_first_across_tenants,
+    a_paused_queue_hands_out_nothing_until_resumed,
+    stats_count_by_priority_and_age,
 );
+
+/// Contract tests that need limits build their queue with them.
+mod limited {
+    use super::*;
+
+    async fn a_tenant_never_runs_more_than_its_limit(queue: SharedQueue) {
+        let busy: Vec<Dispatch> = (0..5)
+            .map(|_| dispatch_for(tenant("busy"), Priority::Normal))
+            .collect();
+        queue.enqueue_many(&busy).await.expect("enqueue many");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let other = dispatch_for(tenant("other"), Priority::Normal);
+        queue.enqueue(&other).await.expect("enqueue");
+        let mut held = Vec::new();
+        while let Some(claim) = claim_now(&queue).await {
+            held.push(claim);
+        }
+        let busy_held: Vec<_> = held
+            .iter()
+            .filter(|claim| claim.tenant.as_str() == "busy")
+            .collect();
+        assert_eq!(busy_held.len(), 2, "limit 2 per tenant");
+        assert!(held.iter().any(|claim| claim.task_id == other.task_id));
+        assert!(queue.ack(busy_held[0]).await.expect("ack"));
+        let next = claim_now(&queue).await.expect("a slot opened");
+        assert_eq!(next.tenant.as_str(), "busy");
+        assert!(claim_now(&queue).await.is_none(), "back at the limit");
+    }
+
+    async fn the_global_cap_holds_claims_back(queue: SharedQueue) {
+        for index in 0..4 {
+            let name = format!("tenant-{index}");
+            queue
+                .enqueue(&dispatch_for(tenant(&name), Priority::Normal))
+                .await
+                .expect("enqueue");
+        }
+        let first = claim_now(&queue).await.expect("a task");
+        let second = claim_now(&queue).await.expect("a task");
+        assert_ne!(first.task_id, second.task_id);
+        // Four tenants with one task each: only the global cap can stop the third.
+        assert!(claim_now(&queue).await.is_none(), "global cap of 2 reached");
+        assert!(queue.requeue(&first, None).await.expect("requeue"));
+        assert!(claim_now(&queue).await.is_some(), "a slot opened");
+    }
+
+    mod per_tenant {
+        use super::*;
+        contract!(
+            operator_shared::queue::QueueLimits { tenant_concurrency: 2, global_concurrency: 0 };
+            a_tenant_never_runs_more_than_its_limit,
+        );
+    }
+
+    mod global {
+        use super::*;
+        contract!(
+            operator_shared::queue::QueueLimits { tenant_concurrency: 0, global_concurrency: 2 };
+            the_global_cap_holds_claims_back,
+        );
+    }
+}

@@ -26,6 +26,7 @@ fn new_task(tenant: &TenantId) -> NewTask {
         max_attempts: 3,
         timeout_ms: 30_000,
         idempotency_key: None,
+        request_hash: None,
         webhook_url: None,
         run_at: None,
         trace_parent: None,

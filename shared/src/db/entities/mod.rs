@@ -2,6 +2,7 @@
 //! converts them into domain records at its edge.
 
 pub mod artifact;
+pub mod queue;
 pub mod task;
 pub mod task_attempt;
 pub mod task_event;

@@ -14,6 +14,8 @@ pub struct Model {
     pub max_attempts: i32,
     pub timeout_ms: i64,
     pub idempotency_key: Option<String>,
+    /// SHA-256 (hex) of the submission, to tell a replay from a reused key.
+    pub request_hash: Option<String>,
     pub webhook_url: Option<String>,
     pub progress: Option<Json>,
     pub result: Option<Json>,
