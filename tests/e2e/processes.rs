@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use operator_shared::testkit::{ApiClient, RedisPrefix, TestDatabase, TestServices, unique_name};
 use serde_json::json;
 
+use crate::fault_pages::FaultPages;
 use crate::helpers::{PageServer, decode_png};
 
 fn operator() -> Command {
@@ -58,36 +59,118 @@ impl std::ops::DerefMut for Spawned {
     }
 }
 
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let pid = self.0.id();
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            for orphan in chromium_pids_of(pid) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &orphan.to_string()])
-                    .status();
-            }
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while !chromium_pids_of(pid).is_empty() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            // The worker had no chance to remove its browser profile.
-            let profile_prefix = format!("operator-chromium-{pid}-");
-            if let Ok(entries) = std::fs::read_dir("/tmp") {
-                for entry in entries.filter_map(Result::ok) {
-                    if entry
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with(&profile_prefix)
-                    {
-                        let _ = std::fs::remove_dir_all(entry.path());
-                    }
+impl Spawned {
+    /// SIGKILL: the process gets no chance to clean up. Its orphaned Chromium (a killed
+    /// worker cannot stop it) and browser profile are removed here.
+    fn kill_hard(&mut self) {
+        let pid = self.0.id();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        for orphan in chromium_pids_of(pid) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &orphan.to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !chromium_pids_of(pid).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile_prefix = format!("operator-chromium-{pid}-");
+        if let Ok(entries) = std::fs::read_dir("/tmp") {
+            for entry in entries.filter_map(Result::ok) {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&profile_prefix)
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
         }
     }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.kill_hard();
+        }
+    }
+}
+
+/// A migrated PostgreSQL database, a Redis prefix and an S3 prefix that API and
+/// worker processes share.
+struct Deployment {
+    database: TestDatabase,
+    redis: RedisPrefix,
+    isolation: String,
+}
+
+impl Deployment {
+    async fn migrated() -> Self {
+        let deployment = Self {
+            database: TestDatabase::postgres().await,
+            redis: RedisPrefix::new(),
+            isolation: unique_name("processes"),
+        };
+        let mut migrate = deployment.command();
+        assert!(
+            migrate
+                .arg("migrate")
+                .status()
+                .expect("run operator migrate")
+                .success()
+        );
+        deployment
+    }
+
+    fn command(&self) -> Command {
+        let mut command = operator();
+        configure(&mut command, &self.database, &self.redis, &self.isolation);
+        command
+    }
+
+    /// `operator api`; returns the process and a client for the address it printed.
+    async fn api(&self) -> (Spawned, ApiClient) {
+        spawn_api(self.command()).await
+    }
+
+    /// `operator worker` with its id and any extra settings.
+    fn worker(&self, id: &str, settings: &[(&str, &str)]) -> Spawned {
+        let mut command = self.command();
+        command
+            .arg("worker")
+            .env("OPERATOR_WORKER__ID", id)
+            .envs(settings.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command.spawn().map(Spawned).expect("spawn worker")
+    }
+}
+
+async fn spawn_api(mut command: Command) -> (Spawned, ApiClient) {
+    let mut api = command
+        .arg("api")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Spawned)
+        .expect("spawn api");
+    let stdout = api.stdout.take().expect("stdout");
+    let url = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.strip_prefix("OperatorNext API: ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_owned)
+            })
+    })
+    .await
+    .expect("join")
+    .expect("the API prints its address");
+    (api, ApiClient::new(url))
 }
 
 /// Sends SIGTERM and waits for a clean exit.
@@ -161,27 +244,7 @@ async fn api_and_worker_processes_run_a_task_together() {
 
     let mut api = operator();
     configure(&mut api, &database, &redis, &isolation);
-    let mut api = api
-        .arg("api")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Spawned)
-        .expect("spawn api");
-    let stdout = api.stdout.take().expect("stdout");
-    let url = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.strip_prefix("OperatorNext API: ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .map(str::to_owned)
-            })
-    })
-    .await
-    .expect("join")
-    .expect("the API prints its address");
+    let (mut api, api_client) = spawn_api(api).await;
 
     let mut worker = operator();
     configure(&mut worker, &database, &redis, &isolation);
@@ -194,7 +257,6 @@ async fn api_and_worker_processes_run_a_task_together() {
         .map(Spawned)
         .expect("spawn worker");
 
-    let api_client = ApiClient::new(url);
     let (status, task) = api_client
         .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("processes"), "viewport": {"width": 500, "height": 300}}}))
         .await;
@@ -250,5 +312,155 @@ async fn api_and_worker_processes_run_a_task_together() {
     assert!(
         profiles.is_empty(),
         "the worker removed its browser profile: {profiles:?}"
+    );
+}
+
+/// Polls the task until `ready` says so.
+async fn wait_until(
+    api: &ApiClient,
+    id: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, task) = api.get(&format!("/v1/tasks/{id}")).await;
+        if ready(&task) {
+            return task;
+        }
+        assert!(Instant::now() < deadline, "waited 60 s for {what}: {task}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn attempts_of(api: &ApiClient, id: &str) -> Vec<(String, String)> {
+    let (_, attempts) = api.get(&format!("/v1/tasks/{id}/attempts")).await;
+    attempts["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|attempt| {
+            (
+                attempt["worker_id"].as_str().unwrap_or_default().to_owned(),
+                attempt["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn started_at(attempts: &serde_json::Value, index: usize) -> chrono::DateTime<chrono::Utc> {
+    attempts["items"][index]["started_at"]
+        .as_str()
+        .and_then(|at| at.parse().ok())
+        .expect("started_at")
+}
+
+/// kill -9 of the worker running a task: its lease expires, another worker claims the
+/// task and finishes it. One terminal state; the attempts show both workers; the page
+/// was loaded twice, once per attempt, and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_loses_it_to_another_worker_after_its_lease() {
+    operator_shared::install_crypto_provider();
+    let pages = FaultPages::start(Duration::from_secs(4), 0).await;
+    let deployment = Deployment::migrated().await;
+    let (_api_process, api) = deployment.api().await;
+    let short_lease = [("OPERATOR_QUEUE__LEASE_TTL", "3s")];
+    let mut doomed = deployment.worker("doomed-worker", &short_lease);
+
+    let (status, task) = api
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("slow", "killed"), "viewport": {"width": 320, "height": 200}}}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    let id = task["id"].as_str().expect("id").to_owned();
+    wait_until(&api, &id, "the doomed worker to start it", |task| {
+        task["state"] == "running"
+    })
+    .await;
+    // Killed while its browser waits for the slow page.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pages.hits("slow", "killed") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the browser never asked for the page"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill_hard();
+    let killed_at = chrono::Utc::now();
+
+    let _survivor = deployment.worker("survivor-worker", &short_lease);
+    let done = wait_until(&api, &id, "the task to end", |task| {
+        ["succeeded", "failed", "dead", "timed_out"].contains(&task["state"].as_str().unwrap_or(""))
+    })
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(
+        attempts_of(&api, &id).await,
+        vec![
+            ("doomed-worker".to_owned(), "lease_expired".to_owned()),
+            ("survivor-worker".to_owned(), "succeeded".to_owned()),
+        ]
+    );
+    let (_, attempts) = api.get(&format!("/v1/tasks/{id}/attempts")).await;
+    let taken_after = started_at(&attempts, 1) - killed_at;
+    assert!(
+        taken_after < chrono::Duration::seconds(15),
+        "taken over {taken_after} after the kill, with a 3 s lease"
+    );
+    assert_eq!(pages.hits("slow", "killed"), 2, "one page load per attempt");
+}
+
+/// SIGTERM while a task runs past the shutdown grace: the worker hands the lease back,
+/// and another worker starts the task at once, long before the lease would expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_hands_its_task_back_at_once() {
+    operator_shared::install_crypto_provider();
+    let pages = FaultPages::start(Duration::from_secs(6), 0).await;
+    let deployment = Deployment::migrated().await;
+    let (_api_process, api) = deployment.api().await;
+    // The default 30 s lease: a take-over within seconds can only be a hand-back.
+    let mut leaving = deployment.worker(
+        "leaving-worker",
+        &[("OPERATOR_WORKER__SHUTDOWN_GRACE", "1s")],
+    );
+
+    let (_, task) = api
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("slow", "handed-back"), "viewport": {"width": 320, "height": 200}}}))
+        .await;
+    let id = task["id"].as_str().expect("id").to_owned();
+    wait_until(&api, &id, "the leaving worker to start it", |task| {
+        task["state"] == "running"
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pages.hits("slow", "handed-back") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the browser never asked for the page"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _staying = deployment.worker("staying-worker", &[]);
+    let stopped_at = chrono::Utc::now();
+    terminate(&mut leaving, "the leaving worker");
+
+    let done = wait_until(&api, &id, "the task to end", |task| {
+        ["succeeded", "failed", "dead", "timed_out"].contains(&task["state"].as_str().unwrap_or(""))
+    })
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        attempts_of(&api, &id).await,
+        vec![
+            ("leaving-worker".to_owned(), "released".to_owned()),
+            ("staying-worker".to_owned(), "succeeded".to_owned()),
+        ]
+    );
+    let (_, attempts) = api.get(&format!("/v1/tasks/{id}/attempts")).await;
+    let taken_after = started_at(&attempts, 1) - stopped_at;
+    assert!(
+        taken_after < chrono::Duration::seconds(10),
+        "taken over {taken_after} after SIGTERM; the lease had 30 s left"
     );
 }
