@@ -6,9 +6,11 @@
 mod fault_pages;
 mod helpers;
 mod processes;
+mod redis_faults;
 
 use std::time::Duration;
 
+use fault_pages::FaultPages;
 use helpers::{PAGE_RGB, PageServer, TestApp, decode_png, pdf_page_count};
 use serde_json::{Value, json};
 
@@ -132,8 +134,93 @@ async fn a_cancelled_queued_task_never_runs(app: TestApp) {
     app.shutdown().await;
 }
 
+fn timestamp(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    value
+        .as_str()
+        .and_then(|at| at.parse().ok())
+        .unwrap_or_else(|| panic!("a timestamp: {value}"))
+}
+
+/// A page that fails twice: retried with backoff until it loads. With too few attempts
+/// the task ends `dead`, and a re-drive runs it to success. A delayed task starts
+/// within a second of its time.
+async fn retries_back_off_dead_tasks_redrive_and_delays_are_kept(app: TestApp) {
+    let pages = FaultPages::start(Duration::ZERO, 2).await;
+    let (_, patient) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("flaky", "patient")}, "max_attempts": 3}))
+        .await;
+    let (_, hasty) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("flaky", "hasty")}, "max_attempts": 2}))
+        .await;
+    let (_, delayed) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("flaky", "delayed-but-fine")}, "delay": "3s", "max_attempts": 3}))
+        .await;
+    let patient_id = patient["id"].as_str().expect("id");
+    let done = app
+        .wait_for(patient_id, &["succeeded", "dead", "failed"], TASK_DEADLINE)
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, attempts) = app.get(&format!("/v1/tasks/{patient_id}/attempts")).await;
+    let items = attempts["items"].as_array().expect("items");
+    let outcomes: Vec<_> = items
+        .iter()
+        .map(|attempt| attempt["outcome"].clone())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![json!("retrying"), json!("retrying"), json!("succeeded")]
+    );
+    assert_eq!(items[0]["error"]["code"], "navigation_failed");
+    // Backoff: base 200 ms doubling, capped at 1 s (test settings), full jitter; plus
+    // the pick-up of the embedded queue.
+    for pair in items.windows(2) {
+        let gap = timestamp(&pair[1]["started_at"]) - timestamp(&pair[0]["finished_at"]);
+        assert!(
+            gap >= chrono::Duration::zero() && gap < chrono::Duration::milliseconds(2_500),
+            "retried {gap} after the failure"
+        );
+    }
+    assert_eq!(pages.hits("flaky", "patient"), 3, "one load per attempt");
+
+    let hasty_id = hasty["id"].as_str().expect("id");
+    let dead = app
+        .wait_for(hasty_id, &["succeeded", "dead", "failed"], TASK_DEADLINE)
+        .await;
+    assert_eq!(dead["state"], "dead", "{dead}");
+    assert_eq!(dead["error"]["code"], "navigation_failed");
+    let (status, redriven) = app
+        .post(&format!("/v1/tasks/{hasty_id}/retry?attempts=1"))
+        .await;
+    assert_eq!(status, 200, "{redriven}");
+    let done = app
+        .wait_for(hasty_id, &["succeeded", "dead", "failed"], TASK_DEADLINE)
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 3);
+    assert_eq!(pages.hits("flaky", "hasty"), 3);
+
+    let delayed_id = delayed["id"].as_str().expect("id");
+    let done = app
+        .wait_for(delayed_id, &["succeeded", "dead", "failed"], TASK_DEADLINE)
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, attempts) = app.get(&format!("/v1/tasks/{delayed_id}/attempts")).await;
+    let late_by = timestamp(&attempts["items"][0]["started_at"]) - timestamp(&delayed["run_at"]);
+    assert!(
+        late_by >= chrono::Duration::zero() && late_by < chrono::Duration::seconds(1),
+        "a delayed task starts within 1 s of its time, not {late_by} after"
+    );
+    app.shutdown().await;
+}
+
 mod embedded {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_back_off_dead_tasks_redrive_and_delays_are_kept() {
+        super::retries_back_off_dead_tasks_redrive_and_delays_are_kept(TestApp::embedded().await)
+            .await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn renders_screenshots_and_pdfs() {
@@ -148,6 +235,14 @@ mod embedded {
 
 mod distributed {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_back_off_dead_tasks_redrive_and_delays_are_kept() {
+        super::retries_back_off_dead_tasks_redrive_and_delays_are_kept(
+            TestApp::distributed().await,
+        )
+        .await;
+    }
 
     /// Redis is only the dispatch path: when it loses the queue, the scheduler puts
     /// back every task the database says is queued, and they all run.

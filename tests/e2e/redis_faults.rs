@@ -1,0 +1,321 @@
+//! Redis is the dispatch path, not the truth: a flush or a crash of Redis loses no task.
+//!
+//! Each test runs its own `redis-server` (so it can flush and kill it without touching
+//! other tests), the real API and scheduler roles on PostgreSQL, and consumers that do
+//! to the records exactly what a worker does (claim, start the attempt, finish it,
+//! acknowledge) without opening a browser: the subject here is the queue, and hundreds
+//! of tasks must run in seconds.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use operator::{Application, Roles};
+use operator_shared::db::{self, StartOutcome, TaskRepository};
+use operator_shared::domain::{TaskOutcome, TaskState, TenantId};
+use operator_shared::queue::SharedQueue;
+use operator_shared::queue::redis::RedisQueue;
+use operator_shared::testkit::{ApiClient, TestDatabase, distributed_settings, unique_name};
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A `redis-server` of this test's own, on a free port, without persistence (a restart
+/// loses everything, like a crashed cache node).
+struct OwnRedis {
+    port: u16,
+    process: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port");
+        let mut redis = Self {
+            port,
+            process: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it answers.
+    fn restart(&mut self) {
+        let process = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh installs it)");
+        self.process = Some(process);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the server and all it held are gone.
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The API and scheduler roles on PostgreSQL and the test's own Redis.
+struct Deployment {
+    api: ApiClient,
+    settings: operator_shared::config::Settings,
+    repo: TaskRepository,
+    stop: CancellationToken,
+    roles: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _database: TestDatabase,
+}
+
+impl Deployment {
+    async fn start(redis: &OwnRedis) -> Self {
+        operator_shared::install_crypto_provider();
+        let database = TestDatabase::postgres().await;
+        let mut settings = distributed_settings(&database, &unique_name("redis-faults"));
+        settings.redis.url = Some(redis.url().into());
+        settings.redis.command_timeout = Duration::from_secs(1);
+        settings.queue.dispatch_timeout = Duration::from_millis(500);
+        let roles = Roles {
+            api: true,
+            worker: false,
+            scheduler: true,
+            migrate: false,
+        };
+        let application = Application::build(settings.clone(), roles)
+            .await
+            .expect("build");
+        let url = application.public_url().expect("the API role serves");
+        let repo = TaskRepository::new(
+            db::connect(&settings)
+                .await
+                .expect("connect to the database"),
+        );
+        let stop = CancellationToken::new();
+        let roles = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
+        Self {
+            api: ApiClient::new(url),
+            settings,
+            repo,
+            stop,
+            roles,
+            _database: database,
+        }
+    }
+
+    async fn queue(&self) -> SharedQueue {
+        Arc::new(
+            RedisQueue::connect(&self.settings.redis)
+                .await
+                .expect("connect to Redis"),
+        )
+    }
+
+    /// Submits `count` tasks, 16 at a time; every submission must be accepted.
+    async fn submit(&self, count: usize) -> usize {
+        let mut accepted = 0;
+        for chunk in (0..count).collect::<Vec<_>>().chunks(16) {
+            let submissions = chunk.iter().map(|index| async move {
+                let task = json!({"kind": "screenshot", "input": {"url": format!("https://example.test/{index}")}});
+                self.api.submit(&task).await
+            });
+            for (status, body) in futures::future::join_all(submissions).await {
+                assert_eq!(status, 202, "{body}");
+                accepted += 1;
+            }
+        }
+        accepted
+    }
+
+    async fn succeeded(&self) -> u64 {
+        self.repo
+            .count_by_state(&TenantId::default_tenant())
+            .await
+            .expect("count")
+            .into_iter()
+            .find(|(state, _)| *state == TaskState::Succeeded)
+            .map_or(0, |(_, count)| count)
+    }
+
+    async fn wait_for_succeeded(&self, expected: u64) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let succeeded = self.succeeded().await;
+            if succeeded == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{succeeded} of {expected} tasks succeeded after 90 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Rows in a table, straight from the database.
+    async fn count_rows(&self, sql: &str) -> i64 {
+        let connection = self.repo.connection();
+        let row = connection
+            .query_one_raw(Statement::from_string(
+                connection.get_database_backend(),
+                sql,
+            ))
+            .await
+            .expect("query")
+            .expect("a row");
+        row.try_get_by_index(0).expect("a count")
+    }
+
+    async fn shutdown(self) {
+        self.stop.cancel();
+        self.roles.await.expect("join").expect("roles stop cleanly");
+    }
+}
+
+/// Claims, starts, finishes and acknowledges tasks until stopped, riding out Redis
+/// errors the way the worker does (a failed call is retried after a pause).
+fn spawn_consumer(
+    name: String,
+    queue: SharedQueue,
+    repo: TaskRepository,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let claim = match queue.claim(&name, LEASE, Duration::from_millis(200)).await {
+                Ok(Some(claim)) => claim,
+                Ok(None) => continue,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let started = repo
+                .start_attempt(claim.task_id, claim.token, &name, claim.lease_until)
+                .await;
+            if let Ok(StartOutcome::Started(_)) = started {
+                let outcome = TaskOutcome::Succeeded {
+                    result: json!({"by": name}),
+                    artifacts: Vec::new(),
+                };
+                repo.finish(claim.task_id, claim.token, outcome)
+                    .await
+                    .expect("record the result");
+            }
+            // Redis may be down now; an unacknowledged claim is reclaimed after its
+            // lease, and the database refuses to start a finished task again.
+            let _ = queue.ack(&claim).await;
+        }
+    })
+}
+
+async fn flush(redis: &OwnRedis) {
+    let client = Client::new(
+        Config::from_url(&redis.url()).expect("url"),
+        None,
+        None,
+        None,
+    );
+    client.init().await.expect("connect");
+    let _: () = client.flushall(false).await.expect("FLUSHALL");
+    client.quit().await.expect("quit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_redis_loses_none_of_500_queued_tasks() {
+    let redis = OwnRedis::start();
+    let deployment = Deployment::start(&redis).await;
+    let queue = deployment.queue().await;
+    assert_eq!(deployment.submit(500).await, 500);
+    assert_eq!(queue.stats().await.expect("stats").ready(), 500);
+
+    flush(&redis).await;
+    assert_eq!(queue.stats().await.expect("stats").ready(), 0, "all gone");
+
+    let stop = CancellationToken::new();
+    let consumers: Vec<_> = (0..4)
+        .map(|index| {
+            spawn_consumer(
+                format!("consumer-{index}"),
+                SharedQueue::clone(&queue),
+                deployment.repo.clone(),
+                stop.clone(),
+            )
+        })
+        .collect();
+    deployment.wait_for_succeeded(500).await;
+    stop.cancel();
+    for consumer in consumers {
+        consumer.await.expect("consumer");
+    }
+    assert_eq!(
+        deployment
+            .count_rows("SELECT COUNT(*) FROM task_attempts")
+            .await,
+        500,
+        "each task ran exactly once"
+    );
+    deployment.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_crash_under_load_loses_no_task_and_submissions_go_on() {
+    let mut redis = OwnRedis::start();
+    let deployment = Deployment::start(&redis).await;
+    let stop = CancellationToken::new();
+    let mut consumers = Vec::new();
+    for index in 0..4 {
+        consumers.push(spawn_consumer(
+            format!("consumer-{index}"),
+            deployment.queue().await,
+            deployment.repo.clone(),
+            stop.clone(),
+        ));
+    }
+    let mut submitted = deployment.submit(150).await;
+
+    redis.kill();
+    // Submitting while Redis is down still succeeds: the row is committed and the
+    // reconciler dispatches it once Redis is back.
+    submitted += deployment.submit(20).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart();
+    submitted += deployment.submit(150).await;
+
+    deployment.wait_for_succeeded(submitted as u64).await;
+    stop.cancel();
+    for consumer in consumers {
+        consumer.await.expect("consumer");
+    }
+    assert_eq!(submitted, 320);
+    assert_eq!(
+        deployment
+            .count_rows("SELECT COUNT(*) FROM task_attempts")
+            .await,
+        320,
+        "each task ran exactly once: no lease expired, so nothing ran twice"
+    );
+    deployment.shutdown().await;
+}
