@@ -333,6 +333,18 @@ async fn wait_until(
     }
 }
 
+/// Waits until the browser has asked for the slow page `name`: the task is mid-flight.
+async fn wait_for_first_load(pages: &FaultPages, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pages.hits("slow", name) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the browser never asked for the page"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn attempts_of(api: &ApiClient, id: &str) -> Vec<(String, String)> {
     let (_, attempts) = api.get(&format!("/v1/tasks/{id}/attempts")).await;
     attempts["items"]
@@ -377,22 +389,18 @@ async fn a_worker_killed_mid_task_loses_it_to_another_worker_after_its_lease() {
     })
     .await;
     // Killed while its browser waits for the slow page.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pages.hits("slow", "killed") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the browser never asked for the page"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_first_load(&pages, "killed").await;
     doomed.kill_hard();
     let killed_at = chrono::Utc::now();
 
     let _survivor = deployment.worker("survivor-worker", &short_lease);
-    let done = wait_until(&api, &id, "the task to end", |task| {
-        ["succeeded", "failed", "dead", "timed_out"].contains(&task["state"].as_str().unwrap_or(""))
-    })
-    .await;
+    let done = api
+        .wait_for(
+            &id,
+            &["succeeded", "failed", "dead", "timed_out"],
+            Duration::from_secs(60),
+        )
+        .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);
     assert_eq!(
@@ -433,22 +441,18 @@ async fn a_stopping_worker_hands_its_task_back_at_once() {
         task["state"] == "running"
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pages.hits("slow", "handed-back") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the browser never asked for the page"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_first_load(&pages, "handed-back").await;
     let _staying = deployment.worker("staying-worker", &[]);
     let stopped_at = chrono::Utc::now();
     terminate(&mut leaving, "the leaving worker");
 
-    let done = wait_until(&api, &id, "the task to end", |task| {
-        ["succeeded", "failed", "dead", "timed_out"].contains(&task["state"].as_str().unwrap_or(""))
-    })
-    .await;
+    let done = api
+        .wait_for(
+            &id,
+            &["succeeded", "failed", "dead", "timed_out"],
+            Duration::from_secs(60),
+        )
+        .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(
         attempts_of(&api, &id).await,

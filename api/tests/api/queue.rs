@@ -1,9 +1,12 @@
 //! Queue features over HTTP: idempotent submission, delays, re-driving, queue stats and
 //! pausing.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use operator_shared::domain::{LeaseToken, TaskId, TaskOutcome};
 use operator_shared::error::{CodedError, ErrorCode};
+use operator_shared::queue::Claim;
 use operator_shared::testkit::read_json;
 use serde_json::{Value, json};
 
@@ -118,6 +121,14 @@ async fn a_delay_schedules_the_task_and_is_checked() {
     }
 }
 
+/// Claims what the queue hands out now, as a worker would.
+async fn claim_now(api: &crate::helpers::TestApi) -> Option<Claim> {
+    api.queue
+        .claim("test-worker", Duration::from_secs(30), Duration::ZERO)
+        .await
+        .expect("claim")
+}
+
 /// Runs the task through one attempt that ends the way `outcome` says.
 async fn run_once(api: &crate::helpers::TestApi, id: TaskId, outcome: TaskOutcome) {
     let token = LeaseToken::new();
@@ -143,16 +154,7 @@ async fn a_dead_task_is_redriven_with_more_attempts_and_keeps_its_history() {
     assert_eq!(refused["code"], "invalid_state");
 
     // The queue's copy is taken by the "worker" below; clear it as a worker would.
-    let claim = api
-        .queue
-        .claim(
-            "test-worker",
-            std::time::Duration::from_secs(30),
-            std::time::Duration::ZERO,
-        )
-        .await
-        .expect("claim")
-        .expect("dispatched");
+    let claim = claim_now(&api).await.expect("dispatched");
     api.queue.ack(&claim).await.expect("ack");
     run_once(
         &api,
@@ -245,15 +247,7 @@ async fn queue_stats_pause_and_resume() {
     let (status, paused) = api.post("/v1/queues/default/pause").await;
     assert_eq!((status, &paused["paused"]), (200, &json!(true)));
     assert!(
-        api.queue
-            .claim(
-                "w",
-                std::time::Duration::from_secs(30),
-                std::time::Duration::ZERO
-            )
-            .await
-            .expect("claim")
-            .is_none(),
+        claim_now(&api).await.is_none(),
         "a paused queue hands out nothing"
     );
     assert!(
@@ -262,17 +256,7 @@ async fn queue_stats_pause_and_resume() {
     );
     let (status, resumed) = api.post("/v1/queues/default/resume").await;
     assert_eq!((status, &resumed["paused"]), (200, &json!(false)));
-    assert!(
-        api.queue
-            .claim(
-                "w",
-                std::time::Duration::from_secs(30),
-                std::time::Duration::ZERO
-            )
-            .await
-            .expect("claim")
-            .is_some()
-    );
+    assert!(claim_now(&api).await.is_some());
     let (status, missing) = api.get("/v1/queues/nope").await;
     assert_eq!(
         (status, missing["code"].as_str()),

@@ -27,6 +27,20 @@ fn tenant(name: &str) -> TenantId {
     TenantId::parse(name).expect("tenant id")
 }
 
+/// A claim that waits up to 10 s for work; yields the claim and when it returned.
+fn spawn_idle_claim(
+    queue: &SharedQueue,
+) -> tokio::task::JoinHandle<(
+    Result<Option<operator_shared::queue::Claim>, operator_shared::queue::QueueError>,
+    Instant,
+)> {
+    let queue = SharedQueue::clone(queue);
+    tokio::spawn(async move {
+        let claim = queue.claim("w", LEASE, Duration::from_secs(10)).await;
+        (claim, Instant::now())
+    })
+}
+
 async fn claim_now(queue: &SharedQueue) -> Option<operator_shared::queue::Claim> {
     queue.claim("w", LEASE, NO_WAIT).await.expect("claim")
 }
@@ -246,13 +260,7 @@ async fn remove_takes_off_waiting_tasks_but_not_leased_ones(queue: SharedQueue) 
 }
 
 async fn an_idle_claim_wakes_when_work_arrives(queue: SharedQueue) {
-    let waiter = {
-        let queue = SharedQueue::clone(&queue);
-        tokio::spawn(async move {
-            let claim = queue.claim("w", LEASE, Duration::from_secs(10)).await;
-            (claim, Instant::now())
-        })
-    };
+    let waiter = spawn_idle_claim(&queue);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let job = dispatch(Priority::Normal);
     let enqueued_at = Instant::now();
@@ -343,13 +351,7 @@ async fn a_paused_queue_hands_out_nothing_until_resumed(queue: SharedQueue) {
     let stats = queue.stats().await.expect("stats");
     assert!(stats.paused);
     assert_eq!(stats.ready(), 1, "the task stays queued");
-    let waiter = {
-        let queue = SharedQueue::clone(&queue);
-        tokio::spawn(async move {
-            let claim = queue.claim("w", LEASE, Duration::from_secs(10)).await;
-            (claim, Instant::now())
-        })
-    };
+    let waiter = spawn_idle_claim(&queue);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resumed_at = Instant::now();
     queue.set_paused(false).await.expect("resume");
