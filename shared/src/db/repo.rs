@@ -175,8 +175,8 @@ impl TaskRepository {
             finished_at: Set(None),
         };
         let transaction = self.db.begin().await?;
-        task::Entity::insert(model)
-            .exec_without_returning(&transaction)
+        let stored = task::Entity::insert(model)
+            .exec_with_returning(&transaction)
             .await?;
         insert_event(
             &transaction,
@@ -187,9 +187,8 @@ impl TaskRepository {
             now,
         )
         .await?;
-        let stored = find_task(&transaction, id).await?;
         transaction.commit().await?;
-        stored.ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished after insert")))
+        to_record(stored)
     }
 
     /// Stores a new task unless its idempotency key was used before: then the earlier
@@ -515,10 +514,9 @@ impl TaskRepository {
             .col_expr(task::Column::UpdatedAt, Expr::value(now))
             .filter(task::Column::Id.eq(id.as_uuid()))
             .filter(claimable)
-            .exec(&transaction)
-            .await?
-            .rows_affected;
-        if started == 0 {
+            .exec_with_returning(&transaction)
+            .await?;
+        let Some(started) = started.into_iter().next() else {
             let current = find_task(&transaction, id).await?;
             transaction.commit().await?;
             return Ok(match current {
@@ -530,21 +528,22 @@ impl TaskRepository {
                     _ => StartOutcome::Finished(record.state),
                 },
             });
+        };
+        let record = to_record(started)?;
+        // Close an attempt whose worker vanished without a word; a first attempt has
+        // none before it.
+        if record.attempts > 1 {
+            task_attempt::Entity::update_many()
+                .col_expr(task_attempt::Column::FinishedAt, Expr::value(now))
+                .col_expr(
+                    task_attempt::Column::Outcome,
+                    Expr::value(crate::domain::AttemptOutcome::LeaseExpired.as_str()),
+                )
+                .filter(task_attempt::Column::TaskId.eq(id.as_uuid()))
+                .filter(task_attempt::Column::FinishedAt.is_null())
+                .exec(&transaction)
+                .await?;
         }
-        // Close an attempt whose worker vanished without a word.
-        task_attempt::Entity::update_many()
-            .col_expr(task_attempt::Column::FinishedAt, Expr::value(now))
-            .col_expr(
-                task_attempt::Column::Outcome,
-                Expr::value(crate::domain::AttemptOutcome::LeaseExpired.as_str()),
-            )
-            .filter(task_attempt::Column::TaskId.eq(id.as_uuid()))
-            .filter(task_attempt::Column::FinishedAt.is_null())
-            .exec(&transaction)
-            .await?;
-        let record = find_task(&transaction, id)
-            .await?
-            .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?;
         task_attempt::Entity::insert(task_attempt::ActiveModel {
             task_id: Set(id.as_uuid()),
             attempt: Set(to_i32(record.attempts)),
@@ -588,19 +587,12 @@ impl TaskRepository {
             .filter(task::Column::Id.eq(id.as_uuid()))
             .filter(task::Column::LeaseToken.eq(token.as_uuid()))
             .filter(task::Column::State.eq(TaskState::Running.as_str()))
-            .exec(&self.db)
-            .await?
-            .rows_affected;
-        if renewed == 0 {
+            .exec_with_returning(&self.db)
+            .await?;
+        let Some(renewed) = renewed.into_iter().next() else {
             return Ok(LeaseRenewal::Lost);
-        }
-        let cancel_requested = task::Entity::find_by_id(id.as_uuid())
-            .select_only()
-            .column(task::Column::CancelRequested)
-            .into_tuple::<bool>()
-            .one(&self.db)
-            .await?
-            .unwrap_or(false);
+        };
+        let cancel_requested = renewed.cancel_requested;
         Ok(LeaseRenewal::Held { cancel_requested })
     }
 
