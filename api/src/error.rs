@@ -45,9 +45,11 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::UrlNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ErrorCode::NotFound | ErrorCode::TaskNotFound | ErrorCode::ArtifactNotFound => {
-            StatusCode::NOT_FOUND
-        }
+        ErrorCode::NotFound
+        | ErrorCode::TaskNotFound
+        | ErrorCode::ArtifactNotFound
+        | ErrorCode::WebhookNotFound
+        | ErrorCode::DeliveryNotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InvalidState => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -3,6 +3,7 @@
 //! - [`tasks`]: `/v1/tasks` — submit, get, list, cancel; a task's artifacts and attempts.
 //! - [`artifacts`]: `/v1/artifacts/{id}` — download.
 //! - [`health`]: `/healthz`, `/readyz`.
+//! - [`webhooks`]: `/v1/webhooks` — endpoints, deliveries, redelivery, signing keys.
 //! - [`submission`]: parsing and validating a task submission.
 //! - [`dto`]: wire types (their doc comments are the OpenAPI descriptions).
 //! - [`error`]: error bodies, and the only mapping from error codes to HTTP statuses.
@@ -26,6 +27,7 @@ pub mod health;
 pub mod state;
 pub mod submission;
 pub mod tasks;
+pub mod webhooks;
 
 pub use state::{AppState, SharedState};
 
@@ -43,6 +45,9 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
                 state: SharedState::clone(&state),
             },
             health::HealthApi {
+                state: SharedState::clone(&state),
+            },
+            webhooks::WebhooksApi {
                 state: SharedState::clone(&state),
             },
         ),

@@ -4,16 +4,22 @@
 //!
 //! - `m20261125_000001_initial`: tasks, attempts, artifacts, task events, and the
 //!   embedded queue's table.
+//! - `m20261125_000010_webhooks`: webhook endpoints, tenant signing keys, the delivery
+//!   outbox and delivery attempts.
 
 use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_initial;
+mod m20261125_000010_webhooks;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261125_000001_initial::Migration)]
+        vec![
+            Box::new(m20261125_000001_initial::Migration),
+            Box::new(m20261125_000010_webhooks::Migration),
+        ]
     }
 }

@@ -42,6 +42,10 @@ pub enum ErrorCode {
     ArtifactNotFound,
     /// The task is in a state that does not allow the operation.
     InvalidState,
+    /// No webhook endpoint with this id for this tenant.
+    WebhookNotFound,
+    /// No webhook delivery with this id for this endpoint.
+    DeliveryNotFound,
 
     // --- task outcomes (worker) ---
     /// Navigation failed (DNS, connection refused, TLS, HTTP error page).
@@ -58,6 +62,16 @@ pub enum ErrorCode {
     Cancelled,
     /// Storing an artifact failed.
     StorageError,
+
+    // --- webhook delivery attempts ---
+    /// The receiver did not answer within the delivery timeout.
+    WebhookTimeout,
+    /// The receiver could not be reached (DNS, connection, TLS).
+    WebhookConnectionFailed,
+    /// The receiver answered with a status other than 2xx.
+    WebhookRejected,
+    /// The endpoint is disabled (or deleted): the delivery is not sent.
+    WebhookEndpointDisabled,
 
     // --- infrastructure (5xx) ---
     /// A dependency (database, queue, storage) is unreachable.
@@ -85,6 +99,8 @@ impl ErrorCode {
             Self::TaskNotFound => "task_not_found",
             Self::ArtifactNotFound => "artifact_not_found",
             Self::InvalidState => "invalid_state",
+            Self::WebhookNotFound => "webhook_not_found",
+            Self::DeliveryNotFound => "delivery_not_found",
             Self::NavigationFailed => "navigation_failed",
             Self::WaitTimeout => "wait_timeout",
             Self::TaskTimeout => "task_timeout",
@@ -92,6 +108,10 @@ impl ErrorCode {
             Self::BrowserCrashed => "browser_crashed",
             Self::Cancelled => "cancelled",
             Self::StorageError => "storage_error",
+            Self::WebhookTimeout => "webhook_timeout",
+            Self::WebhookConnectionFailed => "webhook_connection_failed",
+            Self::WebhookRejected => "webhook_rejected",
+            Self::WebhookEndpointDisabled => "webhook_endpoint_disabled",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }

@@ -8,6 +8,8 @@
 //! - [`storage`]: artifact storage over object_store (local files, S3, memory).
 //! - [`network`]: the policy deciding which addresses browsers may reach.
 //! - [`telemetry`]: logging and OpenTelemetry trace export.
+//! - [`webhooks`]: event types, signing secrets and Standard Webhooks signatures, the
+//!   retry schedule, payloads.
 //! - `testkit` (feature): isolated real services for tests.
 
 pub mod config;
@@ -20,6 +22,7 @@ pub mod storage;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod webhooks;
 
 /// Installs the process-wide TLS crypto provider.
 ///

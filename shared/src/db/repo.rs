@@ -4,7 +4,8 @@
 //! states the state machine allows the change from and, for a worker, the lease token it
 //! holds. A write whose guard no longer holds changes nothing, and the caller learns it
 //! (`LeaseLost`, `NotCancellable`) instead of overwriting someone else's result. Each
-//! state change and its event row commit in one transaction.
+//! state change and its event row commit in one transaction; a terminal state also
+//! commits its webhook outbox rows in that transaction (`webhooks::write_outbox`).
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -19,6 +20,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::entities::{artifact, task, task_attempt, task_event};
+use super::webhooks::write_outbox;
 use crate::domain::{
     ArtifactId, ArtifactRecord, AttemptRecord, LeaseToken, NewTask, Priority, TaskFilter, TaskId,
     TaskKind, TaskOutcome, TaskRecord, TaskState, TenantId,
@@ -256,11 +258,13 @@ impl TaskRepository {
                 now,
             )
             .await?;
-            let record = find_task(&transaction, id).await?;
+            let record = find_task(&transaction, id)
+                .await?
+                .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?;
+            // Invariant 3: the outbox rows commit with the terminal state.
+            write_outbox(&transaction, &record, Vec::new(), now).await?;
             transaction.commit().await?;
-            return record
-                .map(CancelOutcome::Cancelled)
-                .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")));
+            return Ok(CancelOutcome::Cancelled(record));
         }
         let requested = task::Entity::update_many()
             .col_expr(task::Column::CancelRequested, Expr::value(true))
@@ -523,6 +527,25 @@ impl TaskRepository {
             data["error"] = json!(error);
         }
         insert_event(&transaction, id, &record.tenant, "state", data, now).await?;
+        if next_state.is_terminal() {
+            let artifacts = match &outcome {
+                TaskOutcome::Succeeded { artifacts, .. } => artifacts
+                    .iter()
+                    .map(|artifact| {
+                        json!({
+                            "id": artifact.id,
+                            "name": artifact.name,
+                            "content_type": artifact.content_type,
+                            "size_bytes": artifact.size_bytes,
+                            "sha256": artifact.sha256,
+                        })
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            // Invariant 3: the outbox rows commit with the terminal state.
+            write_outbox(&transaction, &record, artifacts, now).await?;
+        }
         transaction.commit().await?;
         Ok(FinishOutcome::Recorded(Box::new(record)))
     }

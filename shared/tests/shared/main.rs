@@ -2,6 +2,7 @@
 //! S3-compatible server (`scripts/services.sh` starts them).
 
 mod helpers;
+mod outbox;
 mod queue;
 mod repository;
 mod storage;
