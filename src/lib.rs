@@ -151,9 +151,15 @@ impl Application {
             None
         };
         let worker = if roles.worker {
+            // Webhook payloads link artifacts through the API; when this process serves
+            // the API, its bound address is the one to use (port 0 is only known now).
+            let mut worker_settings = settings.clone();
+            if let Some((_, state)) = &api {
+                worker_settings.server.public_url = Some(state.public_url.clone());
+            }
             Some(
                 Worker::build(
-                    &settings,
+                    &worker_settings,
                     services.repo.clone(),
                     SharedQueue::clone(&services.queue),
                     services.storage.clone(),

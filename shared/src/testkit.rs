@@ -176,6 +176,11 @@ pub fn embedded_settings(data_dir: &Path) -> Settings {
     settings.tasks.retry_max_delay = Duration::from_secs(1);
     settings.scheduler.reconcile_interval = Duration::from_secs(1);
     settings.scheduler.reconcile_grace = Duration::from_secs(1);
+    settings.webhooks.retry_schedule = [200, 500, 1000, 1000, 1000, 1000, 1000]
+        .into_iter()
+        .map(|millis| Duration::from_millis(millis).into())
+        .collect();
+    settings.webhooks.poll_interval = Duration::from_millis(100);
     settings
 }
 

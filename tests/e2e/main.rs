@@ -5,6 +5,7 @@
 
 mod helpers;
 mod processes;
+mod webhooks;
 
 use std::time::Duration;
 

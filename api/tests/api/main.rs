@@ -2,6 +2,7 @@
 //! reading, listing, cancelling, health and the OpenAPI document.
 
 mod helpers;
+mod webhooks;
 
 use helpers::{spawn_api, spawn_api_with};
 use operator_shared::testkit::read_json;
