@@ -14,6 +14,7 @@ use operator_migrations::Migrator;
 use operator_scheduler::Scheduler;
 use operator_shared::config::Settings;
 use operator_shared::db::{self, TaskRepository};
+use operator_shared::events::EventBus;
 use operator_shared::queue::{self, SharedQueue};
 use operator_shared::storage::ArtifactStore;
 use operator_worker::Worker;
@@ -81,9 +82,12 @@ impl Services {
             .context("cannot connect to the queue")?;
         let storage =
             ArtifactStore::from_settings(settings).context("cannot open artifact storage")?;
+        let events = EventBus::connect(&settings.redis)
+            .await
+            .context("cannot connect the event bus to Redis")?;
         Ok(Self {
             settings: settings.clone(),
-            repo: TaskRepository::new(connection),
+            repo: TaskRepository::new(connection).with_event_bus(events),
             queue,
             storage,
         })

@@ -2,6 +2,7 @@
 //!
 //! - [`tasks`]: `/v1/tasks` — submit, get, list, cancel; a task's artifacts and attempts.
 //! - [`artifacts`]: `/v1/artifacts/{id}` — download.
+//! - [`events`]: `/v1/tasks/{id}/events` — live events (Server-Sent Events).
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`webhooks`]: `/v1/webhooks` — endpoints, deliveries, redelivery, signing keys.
 //! - [`submission`]: parsing and validating a task submission.
@@ -23,6 +24,7 @@ use poem_openapi::OpenApiService;
 pub mod artifacts;
 pub mod dto;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod state;
 pub mod submission;
@@ -63,6 +65,10 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
     let docs = api.swagger_ui();
     let max_body_bytes = state.settings.server.max_body_bytes;
     Route::new()
+        .at(
+            "/v1/tasks/:id/events",
+            poem::get(events::sse).data(SharedState::clone(&state)),
+        )
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)

@@ -61,6 +61,7 @@ pub struct Settings {
     pub tasks: TaskSettings,
     pub network: NetworkSettings,
     pub webhooks: WebhookSettings,
+    pub events: EventSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -79,6 +80,7 @@ impl Default for Settings {
             tasks: TaskSettings::default(),
             network: NetworkSettings::default(),
             webhooks: WebhookSettings::default(),
+            events: EventSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -404,6 +406,28 @@ impl WebhookSettings {
     /// The retry schedule as plain durations.
     pub fn retry_delays(&self) -> Vec<Duration> {
         self.retry_schedule.iter().map(|delay| **delay).collect()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// How often a live-event stream re-reads the task's events even without a notice:
+    /// the bound on latency when a notice is lost (Redis pub/sub does not retry) or when
+    /// processes share no bus (separate processes without Redis).
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
+    /// How often an idle stream sends a keep-alive, so proxies do not close it.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            resync_interval: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(15),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`config`]: the typed settings tree and its layered loader (defaults → file → env).
 //! - [`domain`]: ids, task kinds and validated inputs, the task state machine, records.
 //! - [`error`]: stable machine-readable error codes.
+//! - [`events`]: the live-event bus (in-process, Redis pub/sub) and task event streams.
 //! - [`db`]: database connection, sea-orm entities and the task repository.
 //! - [`queue`]: the dispatch queue trait with its Redis and embedded (database) backends.
 //! - [`storage`]: artifact storage over object_store (local files, S3, memory).
@@ -16,6 +17,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod network;
 pub mod queue;
 pub mod storage;

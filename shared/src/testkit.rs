@@ -514,3 +514,49 @@ async fn serve_one(
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// Reads a whole SSE response until the server closes it.
+pub async fn read_sse(response: reqwest::Response) -> Vec<SseEvent> {
+    use futures::StreamExt;
+    let mut bytes = response.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(20), bytes.next())
+        .await
+        .expect("the stream goes on or ends in time")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+    }
+    text.replace("\r\n", "\n")
+        .split("\n\n")
+        .filter_map(|block| {
+            let mut event = SseEvent {
+                id: None,
+                event: None,
+                data: serde_json::Value::Null,
+            };
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("id:") {
+                    event.id = Some(value.trim().to_owned());
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event.event = Some(value.trim().to_owned());
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.trim());
+                }
+            }
+            if data.is_empty() {
+                return None;
+            }
+            event.data = serde_json::from_str(&data).expect("JSON data");
+            Some(event)
+        })
+        .collect()
+}

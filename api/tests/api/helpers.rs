@@ -6,6 +6,7 @@ use std::time::Duration;
 use operator_api::{ApiServer, AppState};
 use operator_shared::config::Settings;
 use operator_shared::db::{self, TaskRepository};
+use operator_shared::events::EventBus;
 use operator_shared::queue::SharedQueue;
 use operator_shared::queue::database::DatabaseQueue;
 use operator_shared::storage::ArtifactStore;
@@ -41,7 +42,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
     let state = Arc::new(AppState {
         policy: settings.network_policy().expect("policy"),
         public_url: url.clone(),
-        repo: TaskRepository::new(connection),
+        repo: TaskRepository::new(connection).with_event_bus(EventBus::in_process()),
         queue: SharedQueue::clone(&queue),
         storage: ArtifactStore::from_settings(&settings).expect("storage"),
         settings,

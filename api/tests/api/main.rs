@@ -1,6 +1,7 @@
 //! The API over HTTP: validation with machine-readable codes, nothing half-written,
 //! reading, listing, cancelling, health and the OpenAPI document.
 
+mod events;
 mod helpers;
 mod webhooks;
 

@@ -26,6 +26,7 @@ use crate::domain::{
     TaskKind, TaskOutcome, TaskRecord, TaskState, TenantId,
 };
 use crate::error::{CodedError, ErrorCode};
+use crate::events::{EventBus, EventNotice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -102,11 +103,70 @@ pub struct DispatchCandidate {
 #[derive(Clone, Debug)]
 pub struct TaskRepository {
     db: DatabaseConnection,
+    /// Told after each commit that writes events, so live readers learn of them at
+    /// once; without one, readers find new events by re-reading periodically.
+    events: Option<EventBus>,
 }
 
 impl TaskRepository {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, events: None }
+    }
+
+    /// Announces every committed event on `bus`.
+    pub fn with_event_bus(self, bus: EventBus) -> Self {
+        Self {
+            events: Some(bus),
+            ..self
+        }
+    }
+
+    pub fn event_bus(&self) -> Option<&EventBus> {
+        self.events.as_ref()
+    }
+
+    fn announce(&self, tenant: &TenantId, task_id: TaskId) {
+        if let Some(bus) = &self.events {
+            bus.publish(EventNotice {
+                tenant: tenant.clone(),
+                task_id,
+            });
+        }
+    }
+
+    /// Records a progress event (`progress`, `log`, `step`…) for a task the worker
+    /// holding `token` runs; `false` (nothing written) when the lease is gone.
+    #[instrument(skip_all, fields(task_id = %id, kind = kind))]
+    pub async fn append_event(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<bool, RepoError> {
+        let now = now();
+        let transaction = self.db.begin().await?;
+        // Touching the row takes its lock: event ids then grow in commit order per task.
+        let held = task::Entity::update_many()
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
+            .filter(task::Column::State.eq(TaskState::Running.as_str()))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if held == 0 {
+            transaction.rollback().await?;
+            return Ok(false);
+        }
+        let tenant = find_task(&transaction, id)
+            .await?
+            .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?
+            .tenant;
+        insert_event(&transaction, id, &tenant, kind, data, now).await?;
+        transaction.commit().await?;
+        self.announce(&tenant, id);
+        Ok(true)
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -169,6 +229,7 @@ impl TaskRepository {
         .await?;
         let stored = find_task(&transaction, id).await?;
         transaction.commit().await?;
+        self.announce(&new.tenant, id);
         stored.ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished after insert")))
     }
 
@@ -264,6 +325,7 @@ impl TaskRepository {
             // Invariant 3: the outbox rows commit with the terminal state.
             write_outbox(&transaction, &record, Vec::new(), now).await?;
             transaction.commit().await?;
+            self.announce(tenant, id);
             return Ok(CancelOutcome::Cancelled(record));
         }
         let requested = task::Entity::update_many()
@@ -285,6 +347,9 @@ impl TaskRepository {
             .map(to_record)
             .transpose()?;
         transaction.commit().await?;
+        if requested == 1 {
+            self.announce(tenant, id);
+        }
         Ok(match record {
             None => CancelOutcome::NotFound,
             Some(record) if requested == 1 => CancelOutcome::Requested(record),
@@ -388,6 +453,7 @@ impl TaskRepository {
         )
         .await?;
         transaction.commit().await?;
+        self.announce(&record.tenant, id);
         Ok(StartOutcome::Started(Box::new(record)))
     }
 
@@ -521,6 +587,17 @@ impl TaskRepository {
             artifact::Entity::insert_many(rows)
                 .exec_without_returning(&transaction)
                 .await?;
+            for new in artifacts {
+                insert_event(
+                    &transaction,
+                    id,
+                    &record.tenant,
+                    "artifact",
+                    json!({"id": new.id, "name": new.name, "content_type": new.content_type, "size_bytes": new.size_bytes}),
+                    now,
+                )
+                .await?;
+            }
         }
         let mut data = json!({"state": next_state, "attempt": record.attempts});
         if let Some(error) = &error {
@@ -547,6 +624,7 @@ impl TaskRepository {
             write_outbox(&transaction, &record, artifacts, now).await?;
         }
         transaction.commit().await?;
+        self.announce(&record.tenant, id);
         Ok(FinishOutcome::Recorded(Box::new(record)))
     }
 
