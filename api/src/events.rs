@@ -1,4 +1,6 @@
-//! Live task events: `GET /v1/tasks/{id}/events` (Server-Sent Events).
+//! Live task events: `GET /v1/tasks/{id}/events` (Server-Sent Events) and
+//! `GET /v1/tasks/{id}/ws` (WebSocket, one JSON text message per event; resume with the
+//! `last_event_id` query parameter, since browsers cannot set headers on a WebSocket).
 //!
 //! The stream sends what is stored (after `Last-Event-ID`, or the `last_event_id` query
 //! parameter, when given), then each new event as it is committed, and closes after
@@ -8,12 +10,13 @@
 //! event as JSON. These are plain poem handlers rather than OpenAPI operations:
 //! poem-openapi's event-stream payload cannot set event ids.
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use operator_shared::db::TaskEvent;
 use operator_shared::domain::TaskId;
 use operator_shared::error::ErrorCode;
 use operator_shared::events::task_events;
 use poem::web::sse::{Event, SSE};
+use poem::web::websocket::{CloseCode, Message, WebSocket};
 use poem::web::{Data, Path};
 use poem::{IntoResponse, Request, Response, handler};
 use serde_json::json;
@@ -105,5 +108,53 @@ pub async fn sse(
     });
     Ok(SSE::new(events)
         .keep_alive(state.settings.events.keep_alive)
+        .into_response())
+}
+
+/// `GET /v1/tasks/{id}/ws`: the same events as the SSE stream, one text message each;
+/// the server closes the socket (normal closure) after the terminal event.
+#[handler]
+pub async fn websocket(
+    request: &Request,
+    Path(id): Path<String>,
+    Data(state): Data<&SharedState>,
+    socket: WebSocket,
+) -> poem::Result<Response> {
+    let (task_id, after) = open_stream(state, request, &id).await?;
+    let repo = state.repo.clone();
+    let resync = state.settings.events.resync_interval;
+    Ok(socket
+        .on_upgrade(move |mut socket| async move {
+            let events = task_events(repo, task_id, after, resync);
+            futures::pin_mut!(events);
+            let reason = loop {
+                tokio::select! {
+                    next = events.next() => match next {
+                        Some(Ok(event)) => {
+                            if socket.send(Message::text(event_json(&event))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(error)) => {
+                            warn!(error = %error, "reading task events failed; closing the socket");
+                            let _ = socket
+                                .send(Message::close_with(CloseCode::Again, "the event store is unavailable; reconnect with last_event_id"))
+                                .await;
+                            return;
+                        }
+                        None => break "the task has ended",
+                    },
+                    incoming = socket.next() => match incoming {
+                        // The client went away.
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                        // Clients have nothing to say; pings are answered by the codec.
+                        Some(Ok(_)) => {}
+                    },
+                }
+            };
+            let _ = socket
+                .send(Message::close_with(CloseCode::Normal, reason))
+                .await;
+        })
         .into_response())
 }

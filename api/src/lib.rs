@@ -2,7 +2,7 @@
 //!
 //! - [`tasks`]: `/v1/tasks` — submit, get, list, cancel; a task's artifacts and attempts.
 //! - [`artifacts`]: `/v1/artifacts/{id}` — download.
-//! - [`events`]: `/v1/tasks/{id}/events` — live events (Server-Sent Events).
+//! - [`events`]: `/v1/tasks/{id}/events` and `/v1/tasks/{id}/ws` — live events (SSE, WebSocket).
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`webhooks`]: `/v1/webhooks` — endpoints, deliveries, redelivery, signing keys.
 //! - [`submission`]: parsing and validating a task submission.
@@ -68,6 +68,10 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
         .at(
             "/v1/tasks/:id/events",
             poem::get(events::sse).data(SharedState::clone(&state)),
+        )
+        .at(
+            "/v1/tasks/:id/ws",
+            poem::get(events::websocket).data(SharedState::clone(&state)),
         )
         .nest("/", api)
         .at("/openapi.json", spec)

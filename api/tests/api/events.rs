@@ -130,3 +130,74 @@ async fn event_streams_refuse_bad_requests_with_codes() {
         );
     }
 }
+
+/// Reads text messages until the server closes the socket; returns them and the close code.
+async fn read_socket(
+    mut socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> (Vec<serde_json::Value>, Option<u16>) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut messages = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("a message or the end in time");
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                messages.push(serde_json::from_str(text.as_str()).expect("JSON"))
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return (messages, frame.map(|frame| u16::from(frame.code)));
+            }
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return (messages, None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_carries_the_same_events_and_closes_normally() {
+    let api = spawn_api().await;
+    let id = queued_task(&api).await;
+    let ws_base = api.base.replace("http://", "ws://");
+    let (socket, _) = tokio_tungstenite::connect_async(format!("{ws_base}/v1/tasks/{id}/ws"))
+        .await
+        .expect("upgrade");
+    let reading = tokio::spawn(read_socket(socket));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
+    assert_eq!(status, 200);
+    let (messages, close) = reading.await.expect("join");
+    let kinds: Vec<_> = messages
+        .iter()
+        .map(|message| message["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("created"), json!("state")]);
+    assert_eq!(messages[1]["data"]["state"], "cancelled");
+    assert_eq!(
+        close,
+        Some(1000),
+        "a normal closure after the terminal event"
+    );
+
+    let first_id = &messages[0]["id"];
+    let (socket, _) = tokio_tungstenite::connect_async(format!(
+        "{ws_base}/v1/tasks/{id}/ws?last_event_id={first_id}"
+    ))
+    .await
+    .expect("upgrade");
+    let (resumed, _) = read_socket(socket).await;
+    assert_eq!(resumed, messages[1..]);
+
+    let missing = "00000000-0000-7000-8000-000000000000";
+    let refused =
+        tokio_tungstenite::connect_async(format!("{ws_base}/v1/tasks/{missing}/ws")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 404)
+        }
+        other => panic!("an unknown task is refused before the upgrade: {other:?}"),
+    }
+}
