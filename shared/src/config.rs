@@ -371,6 +371,10 @@ pub struct WebhookSettings {
     /// How long a rotated-out secret keeps signing, unless the rotation says otherwise.
     #[serde(with = "humantime_serde")]
     pub rotation_overlap: Duration,
+    /// How long the presigned S3 `download_url`s in payloads stay valid (at most 7
+    /// days, S3's limit); zero leaves them out.
+    #[serde(with = "humantime_serde")]
+    pub artifact_url_ttl: Duration,
 }
 
 impl Default for WebhookSettings {
@@ -398,6 +402,7 @@ impl Default for WebhookSettings {
             poll_interval: Duration::from_secs(1),
             concurrency: 8,
             rotation_overlap: hours(24),
+            artifact_url_ttl: hours(24),
         }
     }
 }
@@ -631,6 +636,12 @@ impl Settings {
             return Err(invalid(
                 "webhooks.lease_ttl",
                 "must be longer than webhooks.request_timeout",
+            ));
+        }
+        if self.webhooks.artifact_url_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(invalid(
+                "webhooks.artifact_url_ttl",
+                "must be at most 7 days (the longest S3 presigned URL)",
             ));
         }
         if self.webhooks.concurrency == 0 {

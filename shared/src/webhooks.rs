@@ -188,22 +188,51 @@ pub fn outbox_payload(
     })
 }
 
-/// The body sent: the stored payload with each artifact's download link
-/// (`{public_url}/v1/artifacts/{id}`). The same payload and URL give the same bytes,
-/// so every retry of a delivery sends the same body.
-pub fn render_body(payload: &Value, public_url: &str) -> Vec<u8> {
+/// The storage keys of a stored payload's artifacts, by artifact id (for presigning).
+pub fn artifact_keys(payload: &Value) -> Vec<(String, String)> {
+    payload
+        .pointer("/data/artifacts")
+        .and_then(Value::as_array)
+        .map(|artifacts| {
+            artifacts
+                .iter()
+                .filter_map(|artifact| {
+                    Some((
+                        artifact.get("id")?.as_str()?.to_owned(),
+                        artifact.get("storage_key")?.as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The body sent: the stored payload with each artifact's API link
+/// (`{public_url}/v1/artifacts/{id}`) as `url` and, when the store can presign, a
+/// time-limited direct link as `download_url` (from `signed`, by artifact id). The
+/// internal storage key is removed.
+pub fn render_body(
+    payload: &Value,
+    public_url: &str,
+    signed: &std::collections::HashMap<String, String>,
+) -> Vec<u8> {
     let mut payload = payload.clone();
     if let Some(artifacts) = payload
         .pointer_mut("/data/artifacts")
         .and_then(Value::as_array_mut)
     {
         for artifact in artifacts {
-            let link = artifact
-                .get("id")
-                .and_then(Value::as_str)
-                .map(|id| format!("{}/v1/artifacts/{id}", public_url.trim_end_matches('/')));
-            if let (Some(link), Some(object)) = (link, artifact.as_object_mut()) {
-                object.insert("url".to_owned(), Value::String(link));
+            let Some(object) = artifact.as_object_mut() else {
+                continue;
+            };
+            object.remove("storage_key");
+            let Some(id) = object.get("id").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            let link = format!("{}/v1/artifacts/{id}", public_url.trim_end_matches('/'));
+            object.insert("url".to_owned(), Value::String(link));
+            if let Some(download) = signed.get(&id) {
+                object.insert("download_url".to_owned(), Value::String(download.clone()));
             }
         }
     }
@@ -261,12 +290,22 @@ mod tests {
 
     #[test]
     fn the_body_links_artifacts() {
-        let payload = json!({"type": "task.succeeded", "data": {"artifacts": [{"id": "a1"}]}});
-        let body: Value =
-            serde_json::from_slice(&render_body(&payload, "https://ops.example/")).expect("json");
+        let payload = json!({"type": "task.succeeded", "data": {"artifacts": [{"id": "a1", "storage_key": "t/k/a1.png"}]}});
         assert_eq!(
-            body["data"]["artifacts"][0]["url"],
-            "https://ops.example/v1/artifacts/a1"
+            artifact_keys(&payload),
+            vec![("a1".to_owned(), "t/k/a1.png".to_owned())]
+        );
+        let signed =
+            std::collections::HashMap::from([("a1".to_owned(), "https://s3/signed".to_owned())]);
+        let body: Value =
+            serde_json::from_slice(&render_body(&payload, "https://ops.example/", &signed))
+                .expect("json");
+        let artifact = &body["data"]["artifacts"][0];
+        assert_eq!(artifact["url"], "https://ops.example/v1/artifacts/a1");
+        assert_eq!(artifact["download_url"], "https://s3/signed");
+        assert!(
+            artifact.get("storage_key").is_none(),
+            "internal keys stay inside"
         );
     }
 }

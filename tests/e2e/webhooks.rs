@@ -26,8 +26,17 @@ fn verify(request: &ReceivedRequest, secret: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_finished_task_is_delivered_signed_to_its_webhooks() {
-    let app = TestApp::embedded().await;
+async fn a_finished_task_is_delivered_signed_to_its_webhooks_embedded() {
+    a_finished_task_is_delivered_signed_to_its_webhooks(TestApp::embedded().await, false).await;
+}
+
+/// On S3, payloads also carry a presigned direct `download_url` (s3s-fs checks it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_task_is_delivered_signed_to_its_webhooks_distributed() {
+    a_finished_task_is_delivered_signed_to_its_webhooks(TestApp::distributed().await, true).await;
+}
+
+async fn a_finished_task_is_delivered_signed_to_its_webhooks(app: TestApp, presigned: bool) {
     let pages = PageServer::start().await;
     let receiver = WebhookReceiver::start(Vec::new()).await;
     let own_url = receiver.url.replace("/hook", "/own");
@@ -76,6 +85,20 @@ async fn a_finished_task_is_delivered_signed_to_its_webhooks() {
         let (content_type, bytes) = app.download(link).await;
         assert_eq!(content_type, "image/png");
         assert!(!bytes.is_empty());
+        let artifact = &body["data"]["artifacts"][0];
+        assert!(artifact.get("storage_key").is_none(), "{artifact}");
+        match artifact["download_url"].as_str() {
+            Some(direct) => {
+                assert!(presigned, "no presigned link without S3: {direct}");
+                assert!(direct.contains("X-Amz-Signature"), "{direct}");
+                let (_, direct_bytes) = app.download(direct).await;
+                assert_eq!(
+                    direct_bytes, bytes,
+                    "the presigned link serves the same file"
+                );
+            }
+            None => assert!(!presigned, "S3 artifacts get a presigned link: {artifact}"),
+        }
     }
     let mut paths: Vec<&str> = requests
         .iter()

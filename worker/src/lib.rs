@@ -73,6 +73,7 @@ impl Worker {
                 policy.clone(),
                 settings.webhooks.clone(),
                 settings.public_url(settings.server.port),
+                Some(storage.clone()),
             ))
         });
         let runner = TaskRunner {

@@ -22,7 +22,8 @@ use operator_shared::db::{
 };
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
-use operator_shared::webhooks::{SigningKeys, next_delay, render_body};
+use operator_shared::storage::ArtifactStore;
+use operator_shared::webhooks::{SigningKeys, artifact_keys, next_delay, render_body};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use url::{Host, Url};
@@ -36,6 +37,8 @@ pub struct Dispatcher {
     settings: WebhookSettings,
     /// Base of the artifact links in payloads.
     public_url: String,
+    /// Presigns direct download links when artifacts live on S3.
+    storage: Option<ArtifactStore>,
 }
 
 /// The result of one send, before it is recorded.
@@ -50,13 +53,43 @@ impl Dispatcher {
         policy: NetworkPolicy,
         settings: WebhookSettings,
         public_url: String,
+        storage: Option<ArtifactStore>,
     ) -> Self {
         Self {
             repo,
             policy,
             settings,
             public_url,
+            storage,
         }
+    }
+
+    /// Presigned download URLs of the payload's artifacts, by artifact id (empty when
+    /// the store cannot presign or the TTL is zero; a failure only loses the links).
+    async fn signed_links(
+        &self,
+        payload: &serde_json::Value,
+    ) -> std::collections::HashMap<String, String> {
+        let mut links = std::collections::HashMap::new();
+        let Some(storage) = &self.storage else {
+            return links;
+        };
+        if self.settings.artifact_url_ttl.is_zero() {
+            return links;
+        }
+        for (id, key) in artifact_keys(payload) {
+            match storage
+                .signed_get_url(&key, self.settings.artifact_url_ttl)
+                .await
+            {
+                Ok(Some(url)) => {
+                    links.insert(id, url);
+                }
+                Ok(None) => return links,
+                Err(error) => warn!(error = %error, "presigning an artifact link failed"),
+            }
+        }
+        links
     }
 
     /// Claims and sends due deliveries until `stop` fires; a batch in flight finishes
@@ -199,7 +232,8 @@ impl Dispatcher {
                 return finish(Some(error), None, None, retry_or_fail());
             }
         };
-        let body = render_body(&delivery.payload, &self.public_url);
+        let signed = self.signed_links(&delivery.payload).await;
+        let body = render_body(&delivery.payload, &self.public_url, &signed);
         let message_id = delivery.id.to_string();
         let timestamp = Utc::now().timestamp();
         let signature = keys.signature_header(&message_id, timestamp, &body);

@@ -615,6 +615,8 @@ impl TaskRepository {
                             "content_type": artifact.content_type,
                             "size_bytes": artifact.size_bytes,
                             "sha256": artifact.sha256,
+                            // Internal: lets the dispatcher presign a download; never sent.
+                            "storage_key": artifact.storage_key,
                         })
                     })
                     .collect(),

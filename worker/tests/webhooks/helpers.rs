@@ -60,6 +60,7 @@ pub fn dispatcher(
         policy,
         settings,
         "https://operator.example".to_owned(),
+        None,
     )
 }
 
