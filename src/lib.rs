@@ -14,6 +14,7 @@ use operator_migrations::Migrator;
 use operator_scheduler::Scheduler;
 use operator_shared::config::Settings;
 use operator_shared::db::{self, TaskRepository};
+use operator_shared::events::EventBus;
 use operator_shared::queue::{self, SharedQueue};
 use operator_shared::storage::ArtifactStore;
 use operator_worker::Worker;
@@ -81,9 +82,12 @@ impl Services {
             .context("cannot connect to the queue")?;
         let storage =
             ArtifactStore::from_settings(settings).context("cannot open artifact storage")?;
+        let events = EventBus::connect(&settings.redis)
+            .await
+            .context("cannot connect the event bus to Redis")?;
         Ok(Self {
             settings: settings.clone(),
-            repo: TaskRepository::new(connection),
+            repo: TaskRepository::new(connection).with_event_bus(events),
             queue,
             storage,
         })
@@ -151,9 +155,15 @@ impl Application {
             None
         };
         let worker = if roles.worker {
+            // Webhook payloads link artifacts through the API; when this process serves
+            // the API, its bound address is the one to use (port 0 is only known now).
+            let mut worker_settings = settings.clone();
+            if let Some((_, state)) = &api {
+                worker_settings.server.public_url = Some(state.public_url.clone());
+            }
             Some(
                 Worker::build(
-                    &settings,
+                    &worker_settings,
                     services.repo.clone(),
                     SharedQueue::clone(&services.queue),
                     services.storage.clone(),

@@ -48,7 +48,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound
         | ErrorCode::TaskNotFound
         | ErrorCode::ArtifactNotFound
-        | ErrorCode::QueueNotFound => StatusCode::NOT_FOUND,
+        | ErrorCode::QueueNotFound
+        | ErrorCode::WebhookNotFound
+        | ErrorCode::DeliveryNotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InvalidState | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

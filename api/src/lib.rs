@@ -3,7 +3,9 @@
 //! - [`tasks`]: `/v1/tasks` — submit, get, list, cancel; a task's artifacts and attempts.
 //! - [`artifacts`]: `/v1/artifacts/{id}` — download.
 //! - [`queues`]: `/v1/queues/{name}` — statistics, pause and resume.
+//! - [`events`]: `/v1/tasks/{id}/events` and `/v1/tasks/{id}/ws` — live events (SSE, WebSocket).
 //! - [`health`]: `/healthz`, `/readyz`.
+//! - [`webhooks`]: `/v1/webhooks` — endpoints, deliveries, redelivery, signing keys.
 //! - [`submission`]: parsing and validating a task submission.
 //! - [`dto`]: wire types (their doc comments are the OpenAPI descriptions).
 //! - [`error`]: error bodies, and the only mapping from error codes to HTTP statuses.
@@ -23,11 +25,13 @@ use poem_openapi::OpenApiService;
 pub mod artifacts;
 pub mod dto;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod queues;
 pub mod state;
 pub mod submission;
 pub mod tasks;
+pub mod webhooks;
 
 pub use state::{AppState, SharedState};
 
@@ -50,6 +54,9 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
             queues::QueuesApi {
                 state: SharedState::clone(&state),
             },
+            webhooks::WebhooksApi {
+                state: SharedState::clone(&state),
+            },
         ),
         "OperatorNext",
         env!("CARGO_PKG_VERSION"),
@@ -63,6 +70,14 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
     let docs = api.swagger_ui();
     let max_body_bytes = state.settings.server.max_body_bytes;
     Route::new()
+        .at(
+            "/v1/tasks/:id/events",
+            poem::get(events::sse).data(SharedState::clone(&state)),
+        )
+        .at(
+            "/v1/tasks/:id/ws",
+            poem::get(events::websocket).data(SharedState::clone(&state)),
+        )
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)

@@ -6,11 +6,14 @@
 //!   embedded queue's table.
 //! - `m20261125_000002_queue_controls`: idempotency request hashes, paused queues and
 //!   the embedded queue's per-tenant round-robin state.
+//! - `m20261125_000010_webhooks`: webhook endpoints, tenant signing keys, the delivery
+//!   outbox and delivery attempts.
 
 use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_initial;
 mod m20261125_000002_queue_controls;
+mod m20261125_000010_webhooks;
 
 pub struct Migrator;
 
@@ -20,6 +23,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261125_000002_queue_controls::Migration),
+            Box::new(m20261125_000010_webhooks::Migration),
         ]
     }
 }

@@ -60,6 +60,8 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     pub tasks: TaskSettings,
     pub network: NetworkSettings,
+    pub webhooks: WebhookSettings,
+    pub events: EventSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -77,6 +79,8 @@ impl Default for Settings {
             scheduler: SchedulerSettings::default(),
             tasks: TaskSettings::default(),
             network: NetworkSettings::default(),
+            webhooks: WebhookSettings::default(),
+            events: EventSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -345,6 +349,99 @@ pub struct NetworkSettings {
     pub allow_private: bool,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Whether worker processes run the webhook dispatcher.
+    pub dispatcher: bool,
+    /// Delays before the 2nd, 3rd… attempt of a delivery (each jittered by ±20%); after
+    /// the last one the delivery has failed. The default spans about a day and a half.
+    pub retry_schedule: Vec<humantime_serde::Serde<Duration>>,
+    /// How long a receiver may take to answer one attempt.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How much of a receiver's answer is kept with the attempt.
+    pub response_excerpt_bytes: usize,
+    /// An endpoint whose every delivery has failed for this long is disabled.
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+    /// How long a dispatcher holds a claimed delivery; if it dies, another dispatcher
+    /// sends the delivery after at most this long. Longer than `request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often an idle dispatcher looks for due deliveries.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Deliveries one dispatcher sends at once.
+    pub concurrency: usize,
+    /// How long a rotated-out secret keeps signing, unless the rotation says otherwise.
+    #[serde(with = "humantime_serde")]
+    pub rotation_overlap: Duration,
+    /// How long the presigned S3 `download_url`s in payloads stay valid (at most 7
+    /// days, S3's limit); zero leaves them out.
+    #[serde(with = "humantime_serde")]
+    pub artifact_url_ttl: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let minutes = |count: u64| Duration::from_secs(count * 60);
+        let hours = |count: u64| Duration::from_secs(count * 3600);
+        Self {
+            dispatcher: true,
+            retry_schedule: [
+                Duration::from_secs(5),
+                minutes(5),
+                minutes(30),
+                hours(2),
+                hours(5),
+                hours(10),
+                hours(14),
+            ]
+            .into_iter()
+            .map(humantime_serde::Serde::from)
+            .collect(),
+            request_timeout: Duration::from_secs(10),
+            response_excerpt_bytes: 1024,
+            disable_after: hours(5 * 24),
+            lease_ttl: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            concurrency: 8,
+            rotation_overlap: hours(24),
+            artifact_url_ttl: hours(24),
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The retry schedule as plain durations.
+    pub fn retry_delays(&self) -> Vec<Duration> {
+        self.retry_schedule.iter().map(|delay| **delay).collect()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// How often a live-event stream re-reads the task's events even without a notice:
+    /// the bound on latency when a notice is lost (Redis pub/sub does not retry) or when
+    /// processes share no bus (separate processes without Redis).
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
+    /// How often an idle stream sends a keep-alive, so proxies do not close it.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            resync_interval: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -404,7 +501,11 @@ fn is_setting_variable(name: &str) -> bool {
 }
 
 /// Settings whose values are lists, split on commas in the environment.
-const LIST_SETTINGS: [&str; 2] = ["network.allow", "browser.extra_args"];
+const LIST_SETTINGS: [&str; 3] = [
+    "network.allow",
+    "browser.extra_args",
+    "webhooks.retry_schedule",
+];
 
 impl Settings {
     /// Loads settings from the optional file and the given environment, then validates them.
@@ -537,6 +638,21 @@ impl Settings {
         }
         self.network_policy()
             .map_err(|error: PolicyParseError| invalid("network.allow", error.to_string()))?;
+        if self.webhooks.lease_ttl <= self.webhooks.request_timeout {
+            return Err(invalid(
+                "webhooks.lease_ttl",
+                "must be longer than webhooks.request_timeout",
+            ));
+        }
+        if self.webhooks.artifact_url_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(invalid(
+                "webhooks.artifact_url_ttl",
+                "must be at most 7 days (the longest S3 presigned URL)",
+            ));
+        }
+        if self.webhooks.concurrency == 0 {
+            return Err(invalid("webhooks.concurrency", "must be at least 1"));
+        }
         if self
             .telemetry
             .log_filter
@@ -641,6 +757,25 @@ mod tests {
             vec!["10.0.0.0/8", "intranet.example"]
         );
         assert_eq!(settings.storage_url(), "file:///var/lib/operator/artifacts");
+    }
+
+    #[test]
+    fn the_webhook_retry_schedule_is_a_list_of_durations() {
+        let defaults = Settings::load(None, &HashMap::new()).expect("defaults");
+        assert_eq!(defaults.webhooks.retry_delays().len(), 7);
+        let settings = Settings::load(
+            None,
+            &env(&[("OPERATOR_WEBHOOKS__RETRY_SCHEDULE", "100ms,1s,2m")]),
+        )
+        .expect("valid");
+        assert_eq!(
+            settings.webhooks.retry_delays(),
+            vec![
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+                Duration::from_secs(120)
+            ]
+        );
     }
 
     #[test]

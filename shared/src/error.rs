@@ -46,6 +46,10 @@ pub enum ErrorCode {
     IdempotencyConflict,
     /// No queue with this name.
     QueueNotFound,
+    /// No webhook endpoint with this id for this tenant.
+    WebhookNotFound,
+    /// No webhook delivery with this id for this endpoint.
+    DeliveryNotFound,
 
     // --- task outcomes (worker) ---
     /// Navigation failed (DNS, connection refused, TLS, HTTP error page).
@@ -62,6 +66,16 @@ pub enum ErrorCode {
     Cancelled,
     /// Storing an artifact failed.
     StorageError,
+
+    // --- webhook delivery attempts ---
+    /// The receiver did not answer within the delivery timeout.
+    WebhookTimeout,
+    /// The receiver could not be reached (DNS, connection, TLS).
+    WebhookConnectionFailed,
+    /// The receiver answered with a status other than 2xx.
+    WebhookRejected,
+    /// The endpoint is disabled (or deleted): the delivery is not sent.
+    WebhookEndpointDisabled,
 
     // --- infrastructure (5xx) ---
     /// A dependency (database, queue, storage) is unreachable.
@@ -91,6 +105,8 @@ impl ErrorCode {
             Self::InvalidState => "invalid_state",
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::QueueNotFound => "queue_not_found",
+            Self::WebhookNotFound => "webhook_not_found",
+            Self::DeliveryNotFound => "delivery_not_found",
             Self::NavigationFailed => "navigation_failed",
             Self::WaitTimeout => "wait_timeout",
             Self::TaskTimeout => "task_timeout",
@@ -98,6 +114,10 @@ impl ErrorCode {
             Self::BrowserCrashed => "browser_crashed",
             Self::Cancelled => "cancelled",
             Self::StorageError => "storage_error",
+            Self::WebhookTimeout => "webhook_timeout",
+            Self::WebhookConnectionFailed => "webhook_connection_failed",
+            Self::WebhookRejected => "webhook_rejected",
+            Self::WebhookEndpointDisabled => "webhook_endpoint_disabled",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }

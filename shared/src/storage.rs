@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::signer::{Method, Signer};
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
@@ -56,6 +57,8 @@ pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
     prefix: Option<String>,
     kind: StoreKind,
+    /// The S3 store again, as a URL signer (presigned GETs for webhook payloads).
+    signer: Option<Arc<AmazonS3>>,
 }
 
 impl ArtifactStore {
@@ -71,6 +74,7 @@ impl ArtifactStore {
                 store: Arc::new(store),
                 prefix: None,
                 kind: StoreKind::Local,
+                signer: None,
             });
         }
         if url.starts_with("memory://") {
@@ -78,6 +82,7 @@ impl ArtifactStore {
                 store: Arc::new(InMemory::new()),
                 prefix: None,
                 kind: StoreKind::Memory,
+                signer: None,
             });
         }
         let Some(rest) = url.strip_prefix("s3://") else {
@@ -103,11 +108,29 @@ impl ArtifactStore {
                 .with_access_key_id(key)
                 .with_secret_access_key(secret.expose_secret());
         }
+        let s3 = Arc::new(builder.build()?);
         Ok(Self {
-            store: Arc::new(builder.build()?),
+            store: Arc::clone(&s3) as Arc<dyn ObjectStore>,
             prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
             kind: StoreKind::S3,
+            signer: Some(s3),
         })
+    }
+
+    /// A presigned GET URL for `key`, valid for `expires_in` (S3 only: `None` for local
+    /// and in-memory stores). Signing is local computation, no request is made.
+    pub async fn signed_get_url(
+        &self,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<String>, StorageError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(Method::GET, &self.path(key), expires_in)
+            .await?;
+        Ok(Some(url.to_string()))
     }
 
     /// The key of a task's artifact.

@@ -176,6 +176,11 @@ pub fn embedded_settings(data_dir: &Path) -> Settings {
     settings.tasks.retry_max_delay = Duration::from_secs(1);
     settings.scheduler.reconcile_interval = Duration::from_secs(1);
     settings.scheduler.reconcile_grace = Duration::from_secs(1);
+    settings.webhooks.retry_schedule = [200, 500, 1000, 1000, 1000, 1000, 1000]
+        .into_iter()
+        .map(|millis| Duration::from_millis(millis).into())
+        .collect();
+    settings.webhooks.poll_interval = Duration::from_millis(100);
     settings
 }
 
@@ -351,4 +356,207 @@ pub async fn read_json(response: reqwest::Response) -> (u16, serde_json::Value) 
     let text = response.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, body)
+}
+
+/// One request a [`WebhookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl ReceivedRequest {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// A real HTTP receiver on loopback for webhook tests: it answers the scripted statuses
+/// in order, then 200, and keeps every request it got. A small HTTP/1.1 server of its
+/// own (one request per connection), so tests need no web framework.
+pub struct WebhookReceiver {
+    pub url: String,
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<ReceivedRequest>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// A loopback port that was free a moment ago (for a receiver that starts later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+impl WebhookReceiver {
+    pub async fn start(script: Vec<u16>) -> Self {
+        Self::start_on(0, script).await
+    }
+
+    pub async fn start_on(port: u16, script: Vec<u16>) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind the webhook receiver");
+        let port = listener.local_addr().expect("address").port();
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<ReceivedRequest>>> = Default::default();
+        let script = std::sync::Arc::new(std::sync::Mutex::new(
+            script
+                .into_iter()
+                .collect::<std::collections::VecDeque<u16>>(),
+        ));
+        let recorded = std::sync::Arc::clone(&requests);
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let recorded = std::sync::Arc::clone(&recorded);
+                let script = std::sync::Arc::clone(&script);
+                tokio::spawn(async move {
+                    let _ = serve_one(stream, recorded, script).await;
+                });
+            }
+        });
+        Self {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            port,
+            requests,
+            server,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.requests.lock().expect("lock").clone()
+    }
+
+    /// Waits until at least `count` requests arrived; panics after `timeout`.
+    pub async fn wait_for_requests(&self, count: usize, timeout: Duration) -> Vec<ReceivedRequest> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let requests = self.requests();
+            if requests.len() >= count {
+                return requests;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the receiver got {} requests after {timeout:?}, expected {count}",
+                requests.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn serve_one(
+    mut stream: tokio::net::TcpStream,
+    recorded: std::sync::Arc<std::sync::Mutex<Vec<ReceivedRequest>>>,
+    script: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let header_end = loop {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some(position) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break position;
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let path = request_line.next().unwrap_or_default().to_owned();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    let mut body = buffer[header_end + 4..].to_vec();
+    while body.len() < length {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..read]);
+    }
+    let status = script.lock().expect("lock").pop_front().unwrap_or(200);
+    recorded.lock().expect("lock").push(ReceivedRequest {
+        method,
+        path,
+        headers,
+        body,
+    });
+    let answer = format!("answered {status}");
+    let response = format!(
+        "HTTP/1.1 {status} Scripted\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// Reads a whole SSE response until the server closes it.
+pub async fn read_sse(response: reqwest::Response) -> Vec<SseEvent> {
+    use futures::StreamExt;
+    let mut bytes = response.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(20), bytes.next())
+        .await
+        .expect("the stream goes on or ends in time")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+    }
+    text.replace("\r\n", "\n")
+        .split("\n\n")
+        .filter_map(|block| {
+            let mut event = SseEvent {
+                id: None,
+                event: None,
+                data: serde_json::Value::Null,
+            };
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("id:") {
+                    event.id = Some(value.trim().to_owned());
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event.event = Some(value.trim().to_owned());
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.trim());
+                }
+            }
+            if data.is_empty() {
+                return None;
+            }
+            event.data = serde_json::from_str(&data).expect("JSON data");
+            Some(event)
+        })
+        .collect()
 }

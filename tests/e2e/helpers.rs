@@ -139,6 +139,10 @@ impl TestApp {
         let settings = distributed_settings(&database, redis.prefix());
         let stop = CancellationToken::new();
         let (url, api) = start(settings.clone(), Roles::API, &stop).await;
+        // As in a real deployment, the other roles know the API's public address (for
+        // artifact links in webhook payloads).
+        let mut settings = settings;
+        settings.server.public_url = url.clone();
         let (_, worker) = start(settings.clone(), Roles::WORKER, &stop).await;
         let (_, scheduler) = start(settings, Roles::SCHEDULER, &stop).await;
         Self {

@@ -3,10 +3,12 @@
 //! API and worker instances on PostgreSQL, Redis and S3); `processes` runs the binary
 //! itself as separate OS processes.
 
+mod events;
 mod fault_pages;
 mod helpers;
 mod processes;
 mod redis_faults;
+mod webhooks;
 
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 //! - [`render`]: what happens in a page (navigate, wait, screenshot or PDF).
 //! - [`runner`]: one task from claim to recorded outcome (leases, retries, artifacts).
 //! - [`source`]: the apalis backend that feeds workers from our queue.
+//! - [`webhooks`]: the webhook dispatcher (drains the delivery outbox, signs, retries).
 //!
 //! apalis is the runtime: a monitor with one worker whose concurrency layer bounds the
 //! tasks in flight, and whose graceful shutdown stops claiming and drains running tasks.
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use operator_shared::config::Settings;
-use operator_shared::db::TaskRepository;
+use operator_shared::db::{TaskRepository, WebhookRepository};
 use operator_shared::error::CodedError;
 use operator_shared::queue::{Claim, SharedQueue};
 use operator_shared::storage::ArtifactStore;
@@ -24,10 +25,12 @@ pub mod browser;
 pub mod render;
 pub mod runner;
 pub mod source;
+pub mod webhooks;
 
 use browser::BrowserPool;
 use runner::{RetryPolicy, TaskRunner};
 use source::ClaimSource;
+use webhooks::Dispatcher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -44,6 +47,8 @@ pub struct Worker {
     runner: Arc<TaskRunner>,
     concurrency: usize,
     shutdown_grace: Duration,
+    /// The webhook dispatcher, unless `webhooks.dispatcher` turned it off.
+    dispatcher: Option<Arc<Dispatcher>>,
 }
 
 impl Worker {
@@ -62,6 +67,15 @@ impl Worker {
             .network_policy()
             .map_err(|error| WorkerError::Policy(error.to_string()))?;
         let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
+        let dispatcher = settings.webhooks.dispatcher.then(|| {
+            Arc::new(Dispatcher::new(
+                WebhookRepository::new(repo.connection().clone()),
+                policy.clone(),
+                settings.webhooks.clone(),
+                settings.public_url(settings.server.port),
+                Some(storage.clone()),
+            ))
+        });
         let runner = TaskRunner {
             worker_id,
             repo,
@@ -80,6 +94,7 @@ impl Worker {
             runner: Arc::new(runner),
             concurrency,
             shutdown_grace: settings.worker.shutdown_grace,
+            dispatcher,
         })
     }
 
@@ -102,8 +117,15 @@ impl Worker {
         let worker_name = runner.worker_id.clone();
         let hard_stop = runner.hard_stop.clone();
         let grace = self.shutdown_grace;
+        let dispatcher_stop = CancellationToken::new();
+        let dispatcher = self
+            .dispatcher
+            .clone()
+            .map(|dispatcher| tokio::spawn(dispatcher.run_until_stopped(dispatcher_stop.clone())));
+        let stop_dispatcher = dispatcher_stop.clone();
         let signal = async move {
             shutdown.await;
+            stop_dispatcher.cancel();
             info!(
                 grace_secs = grace.as_secs(),
                 "worker stopping: no new claims, draining running tasks"
@@ -128,6 +150,14 @@ impl Worker {
         });
         info!(worker = %self.runner.worker_id, concurrency, "worker running");
         let result = monitor.run_with_signal(signal).await;
+        dispatcher_stop.cancel();
+        if let Some(dispatcher) = dispatcher
+            && tokio::time::timeout(webhooks::DRAIN_TIMEOUT, dispatcher)
+                .await
+                .is_err()
+        {
+            warn!("the webhook dispatcher did not stop in time; its leases will expire");
+        }
         self.runner.pool.shutdown();
         result.map_err(|error| WorkerError::Runtime(error.to_string()))
     }

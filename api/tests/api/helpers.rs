@@ -6,6 +6,7 @@ use std::time::Duration;
 use operator_api::{ApiServer, AppState};
 use operator_shared::config::Settings;
 use operator_shared::db::{self, TaskRepository};
+use operator_shared::events::EventBus;
 use operator_shared::queue::SharedQueue;
 use operator_shared::queue::database::DatabaseQueue;
 use operator_shared::storage::ArtifactStore;
@@ -38,12 +39,13 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
         connection.clone(),
         Duration::from_millis(50),
     ));
+    let repo = TaskRepository::new(connection).with_event_bus(EventBus::in_process());
     let server = ApiServer::bind("127.0.0.1", 0).await.expect("bind");
     let url = settings.public_url(server.port());
     let state = Arc::new(AppState {
         policy: settings.network_policy().expect("policy"),
         public_url: url.clone(),
-        repo: TaskRepository::new(connection.clone()),
+        repo: repo.clone(),
         queue: SharedQueue::clone(&queue),
         storage: ArtifactStore::from_settings(&settings).expect("storage"),
         settings,
@@ -55,7 +57,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
     TestApi {
         api: ApiClient::new(url),
         queue,
-        repo: TaskRepository::new(connection),
+        repo,
         stop: Some(stop),
         _database: database,
         _directory: directory,

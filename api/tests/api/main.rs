@@ -1,8 +1,10 @@
 //! The API over HTTP: validation with machine-readable codes, nothing half-written,
 //! reading, listing, cancelling, health and the OpenAPI document.
 
+mod events;
 mod helpers;
 mod queue;
+mod webhooks;
 
 use helpers::{spawn_api, spawn_api_with};
 use operator_shared::testkit::read_json;

@@ -1,5 +1,6 @@
-//! Persistence: the connection, the sea-orm entities, and the task repository (the only
-//! code that reads or writes task rows).
+//! Persistence: the connection, the sea-orm entities, the task repository (the only
+//! code that reads or writes task rows) and the webhook repository (endpoints, signing
+//! keys, the delivery outbox).
 
 use std::time::Duration;
 
@@ -9,10 +10,15 @@ use crate::config::Settings;
 
 pub mod entities;
 mod repo;
+mod webhooks;
 
 pub use repo::{
     CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, RedriveOutcome, RepoError,
     StartOutcome, Submitted, TaskEvent, TaskRepository, now,
+};
+pub use webhooks::{
+    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryState, EndpointUpdate, NewEndpoint,
+    RecordOutcome, TenantSigningKey, Verdict, WebhookEndpoint, WebhookRepository,
 };
 
 /// Opens the database named by the settings.

@@ -4,7 +4,8 @@
 //! states the state machine allows the change from and, for a worker, the lease token it
 //! holds. A write whose guard no longer holds changes nothing, and the caller learns it
 //! (`LeaseLost`, `NotCancellable`) instead of overwriting someone else's result. Each
-//! state change and its event row commit in one transaction.
+//! state change and its event row commit in one transaction; a terminal state also
+//! commits its webhook outbox rows in that transaction (`webhooks::write_outbox`).
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -19,11 +20,13 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::entities::{artifact, queue, task, task_attempt, task_event};
+use super::webhooks::write_outbox;
 use crate::domain::{
     ArtifactId, ArtifactRecord, AttemptRecord, LeaseToken, NewTask, Priority, TaskFilter, TaskId,
     TaskKind, TaskOutcome, TaskRecord, TaskState, TenantId,
 };
 use crate::error::{CodedError, ErrorCode};
+use crate::events::{EventBus, EventNotice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -121,11 +124,70 @@ pub struct DispatchCandidate {
 #[derive(Clone, Debug)]
 pub struct TaskRepository {
     db: DatabaseConnection,
+    /// Told after each commit that writes events, so live readers learn of them at
+    /// once; without one, readers find new events by re-reading periodically.
+    events: Option<EventBus>,
 }
 
 impl TaskRepository {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, events: None }
+    }
+
+    /// Announces every committed event on `bus`.
+    pub fn with_event_bus(self, bus: EventBus) -> Self {
+        Self {
+            events: Some(bus),
+            ..self
+        }
+    }
+
+    pub fn event_bus(&self) -> Option<&EventBus> {
+        self.events.as_ref()
+    }
+
+    fn announce(&self, tenant: &TenantId, task_id: TaskId) {
+        if let Some(bus) = &self.events {
+            bus.publish(EventNotice {
+                tenant: tenant.clone(),
+                task_id,
+            });
+        }
+    }
+
+    /// Records a progress event (`progress`, `log`, `step`…) for a task the worker
+    /// holding `token` runs; `false` (nothing written) when the lease is gone.
+    #[instrument(skip_all, fields(task_id = %id, kind = kind))]
+    pub async fn append_event(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<bool, RepoError> {
+        let now = now();
+        let transaction = self.db.begin().await?;
+        // Touching the row takes its lock: event ids then grow in commit order per task.
+        let held = task::Entity::update_many()
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
+            .filter(task::Column::State.eq(TaskState::Running.as_str()))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        if held == 0 {
+            transaction.rollback().await?;
+            return Ok(false);
+        }
+        let tenant = find_task(&transaction, id)
+            .await?
+            .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?
+            .tenant;
+        insert_event(&transaction, id, &tenant, kind, data, now).await?;
+        transaction.commit().await?;
+        self.announce(&tenant, id);
+        Ok(true)
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -188,6 +250,7 @@ impl TaskRepository {
         )
         .await?;
         transaction.commit().await?;
+        self.announce(&new.tenant, id);
         to_record(stored)
     }
 
@@ -301,6 +364,7 @@ impl TaskRepository {
             .await?
             .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?;
         transaction.commit().await?;
+        self.announce(tenant, id);
         Ok(RedriveOutcome::Redriven(record))
     }
 
@@ -440,11 +504,14 @@ impl TaskRepository {
                 now,
             )
             .await?;
-            let record = find_task(&transaction, id).await?;
+            let record = find_task(&transaction, id)
+                .await?
+                .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?;
+            // Invariant 3: the outbox rows commit with the terminal state.
+            write_outbox(&transaction, &record, Vec::new(), now).await?;
             transaction.commit().await?;
-            return record
-                .map(CancelOutcome::Cancelled)
-                .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")));
+            self.announce(tenant, id);
+            return Ok(CancelOutcome::Cancelled(record));
         }
         let requested = task::Entity::update_many()
             .col_expr(task::Column::CancelRequested, Expr::value(true))
@@ -465,6 +532,9 @@ impl TaskRepository {
             .map(to_record)
             .transpose()?;
         transaction.commit().await?;
+        if requested == 1 {
+            self.announce(tenant, id);
+        }
         Ok(match record {
             None => CancelOutcome::NotFound,
             Some(record) if requested == 1 => CancelOutcome::Requested(record),
@@ -568,6 +638,7 @@ impl TaskRepository {
         )
         .await?;
         transaction.commit().await?;
+        self.announce(&record.tenant, id);
         Ok(StartOutcome::Started(Box::new(record)))
     }
 
@@ -694,13 +765,46 @@ impl TaskRepository {
             artifact::Entity::insert_many(rows)
                 .exec_without_returning(&transaction)
                 .await?;
+            for new in artifacts {
+                insert_event(
+                    &transaction,
+                    id,
+                    &record.tenant,
+                    "artifact",
+                    json!({"id": new.id, "name": new.name, "content_type": new.content_type, "size_bytes": new.size_bytes}),
+                    now,
+                )
+                .await?;
+            }
         }
         let mut data = json!({"state": next_state, "attempt": record.attempts});
         if let Some(error) = &error {
             data["error"] = json!(error);
         }
         insert_event(&transaction, id, &record.tenant, "state", data, now).await?;
+        if next_state.is_terminal() {
+            let artifacts = match &outcome {
+                TaskOutcome::Succeeded { artifacts, .. } => artifacts
+                    .iter()
+                    .map(|artifact| {
+                        json!({
+                            "id": artifact.id,
+                            "name": artifact.name,
+                            "content_type": artifact.content_type,
+                            "size_bytes": artifact.size_bytes,
+                            "sha256": artifact.sha256,
+                            // Internal: lets the dispatcher presign a download; never sent.
+                            "storage_key": artifact.storage_key,
+                        })
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            // Invariant 3: the outbox rows commit with the terminal state.
+            write_outbox(&transaction, &record, artifacts, now).await?;
+        }
         transaction.commit().await?;
+        self.announce(&record.tenant, id);
         Ok(FinishOutcome::Recorded(Box::new(record)))
     }
 

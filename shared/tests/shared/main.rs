@@ -1,7 +1,9 @@
 //! Integration tests of the shared crate against real PostgreSQL, Redis and an
 //! S3-compatible server (`scripts/services.sh` starts them).
 
+mod events;
 mod helpers;
+mod outbox;
 mod queue;
 mod repository;
 mod storage;

@@ -6,3 +6,7 @@ pub mod queue;
 pub mod task;
 pub mod task_attempt;
 pub mod task_event;
+pub mod webhook_attempt;
+pub mod webhook_delivery;
+pub mod webhook_endpoint;
+pub mod webhook_signing_key;

@@ -1,0 +1,701 @@
+//! `/v1/webhooks`: a tenant's webhook endpoints (create, list, update, delete, rotate
+//! the secret), their deliveries and redelivery; `/v1/webhook-signing-key`: the
+//! tenant's default signing key, which signs deliveries to per-task `webhook_url`s;
+//! `/v1/tasks/{id}/webhook-deliveries`: every delivery of one task.
+
+// Response enums are built once and returned at once.
+#![allow(clippy::large_enum_variant)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use operator_shared::db::{
+    Delivery, DeliveryAttempt, EndpointUpdate, NewEndpoint, TenantSigningKey, WebhookEndpoint,
+    WebhookRepository,
+};
+use operator_shared::domain::{TargetUrl, TaskId};
+use operator_shared::error::{CodedError, ErrorCode};
+use operator_shared::webhooks::EVENT_TYPES;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::state::SharedState;
+
+#[derive(Tags)]
+pub enum WebhookTags {
+    /// Signed notifications when tasks end.
+    Webhooks,
+}
+
+const MAX_DESCRIPTION_LENGTH: usize = 1000;
+const DEFAULT_DELIVERY_PAGE: u32 = 50;
+const MAX_DELIVERY_PAGE: u32 = 200;
+/// The longest overlap a rotation may ask for: a week.
+const MAX_OVERLAP_SECONDS: u64 = 7 * 24 * 3600;
+
+/// A new endpoint.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "CreateWebhook")]
+pub struct CreateWebhookRequest {
+    /// Where to POST (http or https; the network policy applies).
+    pub url: String,
+    pub description: Option<String>,
+    /// Event types to receive (`task.succeeded`, `task.failed`, `task.cancelled`,
+    /// `task.timed_out`, `task.dead`); empty or absent for all.
+    pub event_types: Option<Vec<String>>,
+    /// Default true.
+    pub enabled: Option<bool>,
+}
+
+/// Changes to an endpoint; absent fields stay as they are.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "UpdateWebhook")]
+pub struct UpdateWebhookRequest {
+    pub url: Option<String>,
+    /// `null` clears it.
+    pub description: MaybeUndefined<String>,
+    pub event_types: Option<Vec<String>>,
+    /// Re-enabling an endpoint clears the reason it was disabled.
+    pub enabled: Option<bool>,
+}
+
+/// A secret rotation (send `{}` for the default overlap).
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "RotateSecret")]
+pub struct RotateSecretRequest {
+    /// How long the previous secret keeps signing (both signatures are sent), in seconds;
+    /// default `webhooks.rotation_overlap` (24 h), at most a week; 0 ends it at once.
+    pub overlap_seconds: Option<u64>,
+}
+
+/// A webhook endpoint.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Webhook")]
+pub struct WebhookView {
+    pub id: Uuid,
+    pub url: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Empty: every event type.
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    /// Why it is disabled: by its tenant, a `410 Gone`, or failing for too long.
+    #[oai(skip_serializing_if_is_none)]
+    pub disabled_reason: Option<String>,
+    /// Since when every delivery has failed.
+    #[oai(skip_serializing_if_is_none)]
+    pub failing_since: Option<DateTime<Utc>>,
+    /// `whsec_…`: only in the answers to creation and rotation.
+    #[oai(skip_serializing_if_is_none)]
+    pub secret: Option<String>,
+    /// Until when the previous secret still signs too.
+    #[oai(skip_serializing_if_is_none)]
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WebhookView {
+    fn from_endpoint(endpoint: WebhookEndpoint, show_secret: bool) -> Self {
+        let now = Utc::now();
+        Self {
+            id: endpoint.id,
+            secret: show_secret.then(|| endpoint.secret.expose().to_owned()),
+            previous_secret_expires_at: endpoint
+                .previous_secret_expires_at
+                .filter(|until| *until > now),
+            url: endpoint.url,
+            description: endpoint.description,
+            event_types: endpoint.event_types,
+            enabled: endpoint.enabled,
+            disabled_reason: endpoint.disabled_reason,
+            failing_since: endpoint.failing_since,
+            created_at: endpoint.created_at,
+            updated_at: endpoint.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "WebhookList")]
+pub struct WebhookList {
+    pub items: Vec<WebhookView>,
+}
+
+/// The tenant's default signing key.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "SigningKey")]
+pub struct SigningKeyView {
+    /// `whsec_…`; signs deliveries to per-task `webhook_url`s.
+    pub secret: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<TenantSigningKey> for SigningKeyView {
+    fn from(key: TenantSigningKey) -> Self {
+        let now = Utc::now();
+        Self {
+            secret: key.secret.expose().to_owned(),
+            previous_secret_expires_at: key.previous_secret_expires_at.filter(|until| *until > now),
+            updated_at: key.updated_at,
+        }
+    }
+}
+
+/// One attempt to send a delivery.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "DeliveryAttempt")]
+pub struct DeliveryAttemptView {
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    /// The receiver's status, when it answered.
+    #[oai(skip_serializing_if_is_none)]
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    /// `webhook_timeout`, `webhook_connection_failed`, `webhook_rejected`,
+    /// `webhook_endpoint_disabled`, `url_not_allowed` (refused by the network policy; final)…
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<ErrorBody>,
+    /// The beginning of the receiver's answer.
+    #[oai(skip_serializing_if_is_none)]
+    pub response_excerpt: Option<String>,
+}
+
+impl From<DeliveryAttempt> for DeliveryAttemptView {
+    fn from(attempt: DeliveryAttempt) -> Self {
+        Self {
+            attempt: attempt.attempt,
+            started_at: attempt.started_at,
+            status_code: attempt.status_code,
+            latency_ms: attempt.latency_ms,
+            error: attempt.error.map(ErrorBody::from),
+            response_excerpt: attempt.response_excerpt,
+        }
+    }
+}
+
+/// One message to one destination; its id is the `webhook-id` header of every attempt.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Delivery")]
+pub struct DeliveryView {
+    pub id: Uuid,
+    pub task_id: Uuid,
+    /// Absent for the task's own `webhook_url`.
+    #[oai(skip_serializing_if_is_none)]
+    pub endpoint_id: Option<Uuid>,
+    pub url: String,
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: u32,
+    /// When the next attempt is due (pending deliveries).
+    #[oai(skip_serializing_if_is_none)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[oai(skip_serializing_if_is_none)]
+    pub last_status: Option<u16>,
+    #[oai(skip_serializing_if_is_none)]
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[oai(skip_serializing_if_is_none)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Every attempt, oldest first.
+    pub attempt_log: Vec<DeliveryAttemptView>,
+}
+
+impl DeliveryView {
+    fn new(delivery: Delivery, attempts: Vec<DeliveryAttempt>) -> Self {
+        let pending = delivery.state == operator_shared::db::DeliveryState::Pending;
+        Self {
+            id: delivery.id,
+            task_id: delivery.task_id.as_uuid(),
+            endpoint_id: delivery.endpoint_id,
+            url: delivery.url,
+            event_type: delivery.event_type,
+            state: delivery.state.as_str().to_owned(),
+            attempts: delivery.attempts,
+            next_attempt_at: pending.then_some(delivery.next_attempt_at),
+            last_status: delivery.last_status,
+            last_error: delivery.last_error,
+            created_at: delivery.created_at,
+            finished_at: delivery.finished_at,
+            attempt_log: attempts.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "DeliveryList")]
+pub struct DeliveryList {
+    pub items: Vec<DeliveryView>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreateWebhookResponse {
+    /// Created; the answer carries its secret.
+    #[oai(status = 201)]
+    Created(Json<WebhookView>),
+    /// `invalid_request` (a malformed body).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `invalid_request`, `invalid_url`, `url_scheme_not_allowed`, `url_not_allowed`.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum WebhookResponse {
+    #[oai(status = 200)]
+    Ok(Json<WebhookView>),
+    /// `webhook_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `invalid_request`, `invalid_url`, `url_scheme_not_allowed`, `url_not_allowed`.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListWebhooksResponse {
+    #[oai(status = 200)]
+    Ok(Json<WebhookList>),
+}
+
+#[derive(ApiResponse)]
+pub enum DeleteWebhookResponse {
+    /// Deleted, with its deliveries.
+    #[oai(status = 204)]
+    Deleted,
+    /// `webhook_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListDeliveriesResponse {
+    #[oai(status = 200)]
+    Ok(Json<DeliveryList>),
+    /// `invalid_parameter`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `webhook_not_found` or `task_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum RedeliverResponse {
+    /// Queued for one more attempt, now.
+    #[oai(status = 202)]
+    Accepted(Json<DeliveryView>),
+    /// `webhook_not_found` or `delivery_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// It is still pending (`invalid_state`).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum SigningKeyResponse {
+    #[oai(status = 200)]
+    Ok(Json<SigningKeyView>),
+    /// `invalid_request`.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+}
+
+pub struct WebhooksApi {
+    pub state: SharedState,
+}
+
+fn webhook_not_found(id: Uuid) -> Json<ErrorBody> {
+    Json(ApiError::new(ErrorCode::WebhookNotFound, format!("no webhook {id}")).body())
+}
+
+fn unprocessable(error: CodedError) -> Json<ErrorBody> {
+    Json(ErrorBody::from(error))
+}
+
+impl WebhooksApi {
+    fn repo(&self) -> WebhookRepository {
+        WebhookRepository::new(self.state.repo.connection().clone())
+    }
+
+    fn validate_url(&self, url: &str) -> Result<String, CodedError> {
+        let parsed = TargetUrl::parse(url)
+            .map_err(|error| CodedError::new(error.code, format!("url: {}", error.message)))?;
+        self.state
+            .policy
+            .check_url_statically(parsed.as_url())
+            .map_err(|error| CodedError::new(error.code, format!("url: {}", error.message)))?;
+        Ok(parsed.as_str().to_owned())
+    }
+
+    fn overlap(&self, request: Json<RotateSecretRequest>) -> Result<Duration, CodedError> {
+        match request.0.overlap_seconds {
+            None => Ok(self.state.settings.webhooks.rotation_overlap),
+            Some(seconds) if seconds <= MAX_OVERLAP_SECONDS => Ok(Duration::from_secs(seconds)),
+            Some(_) => Err(CodedError::new(
+                ErrorCode::InvalidRequest,
+                format!("overlap_seconds: must be at most {MAX_OVERLAP_SECONDS}"),
+            )),
+        }
+    }
+
+    async fn delivery_views(&self, deliveries: Vec<Delivery>) -> poem::Result<Vec<DeliveryView>> {
+        let repo = self.repo();
+        let tenant = self.state.tenant();
+        let mut views = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let attempts = repo
+                .delivery_attempts(&tenant, delivery.id)
+                .await
+                .map_err(ApiError::from)?;
+            views.push(DeliveryView::new(delivery, attempts));
+        }
+        Ok(views)
+    }
+}
+
+fn validate_event_types(event_types: &[String]) -> Result<(), CodedError> {
+    match event_types
+        .iter()
+        .find(|event_type| !EVENT_TYPES.contains(&event_type.as_str()))
+    {
+        Some(unknown) => Err(CodedError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "event_types: {unknown:?} is not one of {}",
+                EVENT_TYPES.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn validate_description(description: Option<&String>) -> Result<(), CodedError> {
+    if description.is_some_and(|text| text.len() > MAX_DESCRIPTION_LENGTH) {
+        return Err(CodedError::new(
+            ErrorCode::InvalidRequest,
+            format!("description: longer than {MAX_DESCRIPTION_LENGTH} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u64, Json<ErrorBody>> {
+    let limit = limit.unwrap_or(DEFAULT_DELIVERY_PAGE);
+    if !(1..=MAX_DELIVERY_PAGE).contains(&limit) {
+        return Err(Json(
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!("limit: must be between 1 and {MAX_DELIVERY_PAGE}"),
+            )
+            .body(),
+        ));
+    }
+    Ok(u64::from(limit))
+}
+
+#[OpenApi(tag = "WebhookTags::Webhooks")]
+impl WebhooksApi {
+    /// Register an endpoint.
+    ///
+    /// The answer carries the endpoint's secret (`whsec_…`), which signs every delivery
+    /// to it (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    #[oai(path = "/v1/webhooks", method = "post")]
+    async fn create(
+        &self,
+        body: Json<CreateWebhookRequest>,
+    ) -> poem::Result<CreateWebhookResponse> {
+        let Json(request) = body;
+        let url = match self.validate_url(&request.url) {
+            Ok(url) => url,
+            Err(error) => return Ok(CreateWebhookResponse::Unprocessable(unprocessable(error))),
+        };
+        let event_types = request.event_types.unwrap_or_default();
+        if let Err(error) = validate_event_types(&event_types)
+            .and_then(|()| validate_description(request.description.as_ref()))
+        {
+            return Ok(CreateWebhookResponse::Unprocessable(unprocessable(error)));
+        }
+        let endpoint = self
+            .repo()
+            .create_endpoint(NewEndpoint {
+                tenant: self.state.tenant(),
+                url,
+                description: request.description,
+                event_types,
+                enabled: request.enabled.unwrap_or(true),
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(CreateWebhookResponse::Created(Json(
+            WebhookView::from_endpoint(endpoint, true),
+        )))
+    }
+
+    /// List the tenant's endpoints.
+    #[oai(path = "/v1/webhooks", method = "get")]
+    async fn list(&self) -> poem::Result<ListWebhooksResponse> {
+        let items = self
+            .repo()
+            .endpoints(&self.state.tenant())
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|endpoint| WebhookView::from_endpoint(endpoint, false))
+            .collect();
+        Ok(ListWebhooksResponse::Ok(Json(WebhookList { items })))
+    }
+
+    /// Get an endpoint (without its secret).
+    #[oai(path = "/v1/webhooks/:id", method = "get")]
+    async fn get(&self, id: Path<Uuid>) -> poem::Result<WebhookResponse> {
+        match self
+            .repo()
+            .endpoint(&self.state.tenant(), id.0)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Some(endpoint) => Ok(WebhookResponse::Ok(Json(WebhookView::from_endpoint(
+                endpoint, false,
+            )))),
+            None => Ok(WebhookResponse::NotFound(webhook_not_found(id.0))),
+        }
+    }
+
+    /// Change an endpoint: its URL, description, event filter, or enable/disable it.
+    #[oai(path = "/v1/webhooks/:id", method = "patch")]
+    async fn update(
+        &self,
+        id: Path<Uuid>,
+        body: Json<UpdateWebhookRequest>,
+    ) -> poem::Result<WebhookResponse> {
+        let Json(request) = body;
+        let url = match request.url.as_deref().map(|url| self.validate_url(url)) {
+            Some(Err(error)) => return Ok(WebhookResponse::Unprocessable(unprocessable(error))),
+            Some(Ok(url)) => Some(url),
+            None => None,
+        };
+        if let Err(error) = validate_event_types(request.event_types.as_deref().unwrap_or_default())
+            .and_then(|()| validate_description(request.description.value()))
+        {
+            return Ok(WebhookResponse::Unprocessable(unprocessable(error)));
+        }
+        let description = match request.description {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(text) => Some(Some(text)),
+        };
+        let update = EndpointUpdate {
+            url,
+            description,
+            event_types: request.event_types,
+            enabled: request.enabled,
+        };
+        match self
+            .repo()
+            .update_endpoint(&self.state.tenant(), id.0, update)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Some(endpoint) => Ok(WebhookResponse::Ok(Json(WebhookView::from_endpoint(
+                endpoint, false,
+            )))),
+            None => Ok(WebhookResponse::NotFound(webhook_not_found(id.0))),
+        }
+    }
+
+    /// Delete an endpoint and its deliveries.
+    #[oai(path = "/v1/webhooks/:id", method = "delete")]
+    async fn delete(&self, id: Path<Uuid>) -> poem::Result<DeleteWebhookResponse> {
+        if self
+            .repo()
+            .delete_endpoint(&self.state.tenant(), id.0)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Ok(DeleteWebhookResponse::Deleted)
+        } else {
+            Ok(DeleteWebhookResponse::NotFound(webhook_not_found(id.0)))
+        }
+    }
+
+    /// Rotate an endpoint's secret.
+    ///
+    /// The answer carries the new secret. During the overlap every delivery is signed
+    /// with both secrets, so the receiver can switch at its own pace.
+    #[oai(path = "/v1/webhooks/:id/rotate-secret", method = "post")]
+    async fn rotate(
+        &self,
+        id: Path<Uuid>,
+        body: Json<RotateSecretRequest>,
+    ) -> poem::Result<WebhookResponse> {
+        let overlap = match self.overlap(body) {
+            Ok(overlap) => overlap,
+            Err(error) => return Ok(WebhookResponse::Unprocessable(unprocessable(error))),
+        };
+        match self
+            .repo()
+            .rotate_endpoint_secret(&self.state.tenant(), id.0, overlap)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Some(endpoint) => Ok(WebhookResponse::Ok(Json(WebhookView::from_endpoint(
+                endpoint, true,
+            )))),
+            None => Ok(WebhookResponse::NotFound(webhook_not_found(id.0))),
+        }
+    }
+
+    /// An endpoint's deliveries, newest first, each with its attempts.
+    #[oai(path = "/v1/webhooks/:id/deliveries", method = "get")]
+    async fn deliveries(
+        &self,
+        id: Path<Uuid>,
+        /// Page size, 1-200 (default 50).
+        limit: Query<Option<u32>>,
+    ) -> poem::Result<ListDeliveriesResponse> {
+        let limit = match page_limit(limit.0) {
+            Ok(limit) => limit,
+            Err(body) => return Ok(ListDeliveriesResponse::BadRequest(body)),
+        };
+        let tenant = self.state.tenant();
+        let repo = self.repo();
+        if repo
+            .endpoint(&tenant, id.0)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Ok(ListDeliveriesResponse::NotFound(webhook_not_found(id.0)));
+        }
+        let deliveries = repo
+            .deliveries(&tenant, Some(id.0), None, limit)
+            .await
+            .map_err(ApiError::from)?;
+        let items = self.delivery_views(deliveries).await?;
+        Ok(ListDeliveriesResponse::Ok(Json(DeliveryList { items })))
+    }
+
+    /// Send a finished delivery once more, now (same `webhook-id`).
+    #[oai(
+        path = "/v1/webhooks/:id/deliveries/:delivery_id/redeliver",
+        method = "post"
+    )]
+    async fn redeliver(
+        &self,
+        id: Path<Uuid>,
+        delivery_id: Path<Uuid>,
+    ) -> poem::Result<RedeliverResponse> {
+        let tenant = self.state.tenant();
+        let repo = self.repo();
+        let not_found = || {
+            RedeliverResponse::NotFound(Json(
+                ApiError::new(
+                    ErrorCode::DeliveryNotFound,
+                    format!("no delivery {} for webhook {}", delivery_id.0, id.0),
+                )
+                .body(),
+            ))
+        };
+        match repo
+            .delivery(&tenant, delivery_id.0)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Some(delivery) if delivery.endpoint_id == Some(id.0) => {}
+            _ => return Ok(not_found()),
+        }
+        match repo
+            .redeliver(&tenant, delivery_id.0)
+            .await
+            .map_err(ApiError::from)?
+        {
+            None => Ok(not_found()),
+            Some(false) => Ok(RedeliverResponse::Conflict(Json(
+                ApiError::new(
+                    ErrorCode::InvalidState,
+                    "the delivery is still pending; it is sent on its schedule",
+                )
+                .body(),
+            ))),
+            Some(true) => {
+                let delivery = repo
+                    .delivery(&tenant, delivery_id.0)
+                    .await
+                    .map_err(ApiError::from)?
+                    .ok_or_else(|| ApiError::internal(&"a redelivered delivery vanished"))?;
+                let mut views = self.delivery_views(vec![delivery]).await?;
+                let view = views
+                    .pop()
+                    .ok_or_else(|| ApiError::internal(&"no view for a delivery"))?;
+                Ok(RedeliverResponse::Accepted(Json(view)))
+            }
+        }
+    }
+
+    /// Every webhook delivery of one task (its own `webhook_url` and the endpoints').
+    #[oai(path = "/v1/tasks/:id/webhook-deliveries", method = "get")]
+    async fn task_deliveries(&self, id: Path<Uuid>) -> poem::Result<ListDeliveriesResponse> {
+        let tenant = self.state.tenant();
+        let task_id = TaskId::from(id.0);
+        if self
+            .state
+            .repo
+            .get(&tenant, task_id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Ok(ListDeliveriesResponse::NotFound(Json(
+                ApiError::new(ErrorCode::TaskNotFound, format!("no task {}", id.0)).body(),
+            )));
+        }
+        let deliveries = self
+            .repo()
+            .deliveries(&tenant, None, Some(task_id), u64::from(MAX_DELIVERY_PAGE))
+            .await
+            .map_err(ApiError::from)?;
+        let items = self.delivery_views(deliveries).await?;
+        Ok(ListDeliveriesResponse::Ok(Json(DeliveryList { items })))
+    }
+
+    /// The tenant's default signing key (created on first use): it signs deliveries to
+    /// per-task `webhook_url`s.
+    #[oai(path = "/v1/webhook-signing-key", method = "get")]
+    async fn signing_key(&self) -> poem::Result<SigningKeyResponse> {
+        let key = self
+            .repo()
+            .signing_key(&self.state.tenant())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(SigningKeyResponse::Ok(Json(key.into())))
+    }
+
+    /// Rotate the tenant's default signing key; the previous one keeps signing during
+    /// the overlap.
+    #[oai(path = "/v1/webhook-signing-key/rotate", method = "post")]
+    async fn rotate_signing_key(
+        &self,
+        body: Json<RotateSecretRequest>,
+    ) -> poem::Result<SigningKeyResponse> {
+        let overlap = match self.overlap(body) {
+            Ok(overlap) => overlap,
+            Err(error) => return Ok(SigningKeyResponse::Unprocessable(unprocessable(error))),
+        };
+        let key = self
+            .repo()
+            .rotate_signing_key(&self.state.tenant(), overlap)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(SigningKeyResponse::Ok(Json(key.into())))
+    }
+}

@@ -1,0 +1,349 @@
+//! Webhooks: per-tenant endpoints, the tenant's default signing key (for per-task
+//! `webhook_url`s), the delivery outbox and every delivery attempt.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum WebhookEndpoints {
+    Table,
+    Id,
+    TenantId,
+    Url,
+    Description,
+    EventTypes,
+    Enabled,
+    DisabledReason,
+    Secret,
+    PreviousSecret,
+    PreviousSecretExpiresAt,
+    FailingSince,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum WebhookSigningKeys {
+    Table,
+    TenantId,
+    Secret,
+    PreviousSecret,
+    PreviousSecretExpiresAt,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum WebhookDeliveries {
+    Table,
+    Id,
+    TenantId,
+    TaskId,
+    EndpointId,
+    Url,
+    EventType,
+    Payload,
+    State,
+    Attempts,
+    NextAttemptAt,
+    LeaseToken,
+    LeaseExpiresAt,
+    LastStatus,
+    LastError,
+    CreatedAt,
+    UpdatedAt,
+    FinishedAt,
+}
+
+#[derive(DeriveIden)]
+enum WebhookAttempts {
+    Table,
+    Id,
+    DeliveryId,
+    TenantId,
+    Attempt,
+    StartedAt,
+    StatusCode,
+    LatencyMs,
+    ErrorCode,
+    ErrorMessage,
+    ResponseExcerpt,
+}
+
+fn timestamp<T: IntoIden>(column: T) -> ColumnDef {
+    ColumnDef::new(column)
+        .timestamp_with_time_zone()
+        .not_null()
+        .to_owned()
+}
+
+fn nullable_timestamp<T: IntoIden>(column: T) -> ColumnDef {
+    ColumnDef::new(column)
+        .timestamp_with_time_zone()
+        .null()
+        .to_owned()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(WebhookEndpoints::Table)
+                    .col(
+                        ColumnDef::new(WebhookEndpoints::Id)
+                            .uuid()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookEndpoints::TenantId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(WebhookEndpoints::Url).text().not_null())
+                    .col(ColumnDef::new(WebhookEndpoints::Description).text().null())
+                    .col(
+                        ColumnDef::new(WebhookEndpoints::EventTypes)
+                            .json_binary()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookEndpoints::Enabled)
+                            .boolean()
+                            .not_null()
+                            .default(true),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookEndpoints::DisabledReason)
+                            .text()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookEndpoints::Secret)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookEndpoints::PreviousSecret)
+                            .string_len(128)
+                            .null(),
+                    )
+                    .col(nullable_timestamp(
+                        WebhookEndpoints::PreviousSecretExpiresAt,
+                    ))
+                    .col(nullable_timestamp(WebhookEndpoints::FailingSince))
+                    .col(timestamp(WebhookEndpoints::CreatedAt))
+                    .col(timestamp(WebhookEndpoints::UpdatedAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("webhook_endpoints_tenant")
+                    .table(WebhookEndpoints::Table)
+                    .col(WebhookEndpoints::TenantId)
+                    .col(WebhookEndpoints::Id)
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(WebhookSigningKeys::Table)
+                    .col(
+                        ColumnDef::new(WebhookSigningKeys::TenantId)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookSigningKeys::Secret)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookSigningKeys::PreviousSecret)
+                            .string_len(128)
+                            .null(),
+                    )
+                    .col(nullable_timestamp(
+                        WebhookSigningKeys::PreviousSecretExpiresAt,
+                    ))
+                    .col(timestamp(WebhookSigningKeys::CreatedAt))
+                    .col(timestamp(WebhookSigningKeys::UpdatedAt))
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(WebhookDeliveries::Table)
+                    .col(
+                        ColumnDef::new(WebhookDeliveries::Id)
+                            .uuid()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveries::TenantId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(WebhookDeliveries::TaskId).uuid().not_null())
+                    // Null for a task's own `webhook_url`.
+                    .col(ColumnDef::new(WebhookDeliveries::EndpointId).uuid().null())
+                    .col(ColumnDef::new(WebhookDeliveries::Url).text().not_null())
+                    .col(
+                        ColumnDef::new(WebhookDeliveries::EventType)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveries::Payload)
+                            .json_binary()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveries::State)
+                            .string_len(16)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveries::Attempts)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .col(timestamp(WebhookDeliveries::NextAttemptAt))
+                    .col(ColumnDef::new(WebhookDeliveries::LeaseToken).uuid().null())
+                    .col(nullable_timestamp(WebhookDeliveries::LeaseExpiresAt))
+                    .col(
+                        ColumnDef::new(WebhookDeliveries::LastStatus)
+                            .integer()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(WebhookDeliveries::LastError).text().null())
+                    .col(timestamp(WebhookDeliveries::CreatedAt))
+                    .col(timestamp(WebhookDeliveries::UpdatedAt))
+                    .col(nullable_timestamp(WebhookDeliveries::FinishedAt))
+                    .to_owned(),
+            )
+            .await?;
+        // The dispatcher's claim: pending rows that are due.
+        manager
+            .create_index(
+                Index::create()
+                    .name("webhook_deliveries_due")
+                    .table(WebhookDeliveries::Table)
+                    .col(WebhookDeliveries::State)
+                    .col(WebhookDeliveries::NextAttemptAt)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("webhook_deliveries_endpoint")
+                    .table(WebhookDeliveries::Table)
+                    .col(WebhookDeliveries::EndpointId)
+                    .col(WebhookDeliveries::Id)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("webhook_deliveries_task")
+                    .table(WebhookDeliveries::Table)
+                    .col(WebhookDeliveries::TaskId)
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(WebhookAttempts::Table)
+                    .col(
+                        ColumnDef::new(WebhookAttempts::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookAttempts::DeliveryId)
+                            .uuid()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookAttempts::TenantId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookAttempts::Attempt)
+                            .integer()
+                            .not_null(),
+                    )
+                    .col(timestamp(WebhookAttempts::StartedAt))
+                    .col(ColumnDef::new(WebhookAttempts::StatusCode).integer().null())
+                    .col(
+                        ColumnDef::new(WebhookAttempts::LatencyMs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookAttempts::ErrorCode)
+                            .string_len(64)
+                            .null(),
+                    )
+                    .col(ColumnDef::new(WebhookAttempts::ErrorMessage).text().null())
+                    .col(
+                        ColumnDef::new(WebhookAttempts::ResponseExcerpt)
+                            .text()
+                            .null(),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(WebhookAttempts::Table, WebhookAttempts::DeliveryId)
+                            .to(WebhookDeliveries::Table, WebhookDeliveries::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("webhook_attempts_delivery")
+                    .table(WebhookAttempts::Table)
+                    .col(WebhookAttempts::DeliveryId)
+                    .col(WebhookAttempts::Id)
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            WebhookAttempts::Table.into_iden(),
+            WebhookDeliveries::Table.into_iden(),
+            WebhookSigningKeys::Table.into_iden(),
+            WebhookEndpoints::Table.into_iden(),
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,389 @@
+//! The webhook dispatcher against real databases and a real receiver on loopback:
+//! retries with the same `webhook-id` and valid signatures, a receiver that comes back,
+//! a dispatcher that dies holding a lease, `410 Gone`, and refused destinations.
+
+mod helpers;
+
+use std::time::Duration;
+
+use helpers::{Fixture, dispatcher, fixture, loopback_policy, quick_settings};
+use operator_shared::db::DeliveryState;
+use operator_shared::domain::TaskState;
+use operator_shared::error::ErrorCode;
+use operator_shared::network::NetworkPolicy;
+use operator_shared::testkit::{ReceivedRequest, TestDatabase, WebhookReceiver, free_port};
+use operator_shared::webhooks::SigningSecret;
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn assert_signed(request: &ReceivedRequest, secret: &SigningSecret) {
+    let timestamp: i64 = request
+        .header("webhook-timestamp")
+        .parse()
+        .expect("a numeric webhook-timestamp");
+    assert!(
+        secret.verify(
+            request.header("webhook-signature"),
+            request.header("webhook-id"),
+            timestamp,
+            &request.body,
+        ),
+        "the signature verifies with the secret: {}",
+        request.header("webhook-signature")
+    );
+}
+
+async fn retries_until_the_receiver_accepts(fixture: Fixture) {
+    let receiver = WebhookReceiver::start(vec![500, 503, 500]).await;
+    let endpoint = fixture.endpoint(&receiver.url).await;
+    let task = fixture.finished_task(None).await;
+    let dispatcher = dispatcher(&fixture, loopback_policy(), quick_settings());
+    fixture
+        .dispatch_until(&dispatcher, DEADLINE, async || {
+            receiver.requests().len() >= 4
+        })
+        .await;
+    // Let the last attempt be recorded.
+    let deliveries = loop {
+        let deliveries = fixture.task_deliveries(&task).await;
+        if deliveries[0].state != DeliveryState::Pending {
+            break deliveries;
+        }
+        dispatcher.run_once().await.expect("dispatch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 4, "three failures, then the success");
+    let webhook_id = requests[0].header("webhook-id").to_owned();
+    for request in &requests {
+        assert_eq!(request.method, "POST");
+        assert_eq!(
+            request.header("webhook-id"),
+            webhook_id,
+            "stable across retries"
+        );
+        assert_eq!(request.header("content-type"), "application/json");
+        assert_signed(request, &endpoint.secret);
+    }
+    let body: Value = serde_json::from_slice(&requests[3].body).expect("a JSON body");
+    assert_eq!(body["type"], "task.succeeded");
+    assert_eq!(body["data"]["task"]["id"], task.id.to_string());
+    assert_eq!(body["data"]["task"]["state"], "succeeded");
+    assert_eq!(body["data"]["result"]["page"]["title"], "done");
+
+    assert_eq!(deliveries.len(), 1);
+    let delivery = &deliveries[0];
+    assert_eq!(
+        delivery.id.to_string(),
+        webhook_id,
+        "the delivery id is the webhook-id"
+    );
+    assert_eq!(delivery.state, DeliveryState::Delivered);
+    assert_eq!(delivery.attempts, 4);
+    let attempts = fixture
+        .webhooks
+        .delivery_attempts(&fixture.tenant, delivery.id)
+        .await
+        .expect("attempts");
+    let statuses: Vec<Option<u16>> = attempts.iter().map(|attempt| attempt.status_code).collect();
+    assert_eq!(statuses, [Some(500), Some(503), Some(500), Some(200)]);
+    assert_eq!(
+        attempts[0].error.as_ref().map(|error| error.code),
+        Some(ErrorCode::WebhookRejected)
+    );
+    assert!(attempts[3].error.is_none());
+    assert_eq!(
+        attempts[0].response_excerpt.as_deref(),
+        Some("answered 500")
+    );
+
+    let stored = fixture
+        .tasks
+        .get_any(task.id)
+        .await
+        .expect("get")
+        .expect("task");
+    assert_eq!(
+        stored.state,
+        TaskState::Succeeded,
+        "webhook failures never touch the task"
+    );
+    let endpoint = fixture
+        .webhooks
+        .endpoint(&fixture.tenant, endpoint.id)
+        .await
+        .expect("get")
+        .expect("endpoint");
+    assert!(endpoint.enabled);
+    assert_eq!(
+        endpoint.failing_since, None,
+        "a success clears the failure streak"
+    );
+}
+
+#[tokio::test]
+async fn retries_until_the_receiver_accepts_sqlite() {
+    retries_until_the_receiver_accepts(fixture(TestDatabase::sqlite().await).await).await;
+}
+
+#[tokio::test]
+async fn retries_until_the_receiver_accepts_postgres() {
+    retries_until_the_receiver_accepts(fixture(TestDatabase::postgres().await).await).await;
+}
+
+/// The receiver is down when the task ends and comes up later: the delivery (to the
+/// task's own `webhook_url`, signed with the tenant's key) still arrives.
+async fn a_receiver_that_comes_back_gets_the_delivery(fixture: Fixture) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let task = fixture.finished_task(Some(&url)).await;
+    let mut settings = quick_settings();
+    settings.retry_schedule = vec![Duration::from_millis(200).into(); 7];
+    let dispatcher = dispatcher(&fixture, loopback_policy(), settings);
+    fixture
+        .dispatch_until(&dispatcher, DEADLINE, async || {
+            fixture.task_deliveries(&task).await[0].attempts >= 1
+        })
+        .await;
+    let first = fixture.task_deliveries(&task).await.remove(0);
+    assert_eq!(
+        first.state,
+        DeliveryState::Pending,
+        "a refused connection is retried"
+    );
+
+    let receiver = WebhookReceiver::start_on(port, Vec::new()).await;
+    fixture
+        .dispatch_until(&dispatcher, DEADLINE, async || {
+            fixture.task_deliveries(&task).await[0].state == DeliveryState::Delivered
+        })
+        .await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    let key = fixture
+        .webhooks
+        .signing_key(&fixture.tenant)
+        .await
+        .expect("the tenant's signing key");
+    assert_signed(&requests[0], &key.secret);
+    let attempts = fixture
+        .webhooks
+        .delivery_attempts(&fixture.tenant, first.id)
+        .await
+        .expect("attempts");
+    assert!(attempts.len() >= 2);
+    assert_eq!(
+        attempts[0].error.as_ref().map(|error| error.code),
+        Some(ErrorCode::WebhookConnectionFailed)
+    );
+    assert_eq!(
+        attempts.last().and_then(|attempt| attempt.status_code),
+        Some(200)
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_comes_back_gets_the_delivery_sqlite() {
+    a_receiver_that_comes_back_gets_the_delivery(fixture(TestDatabase::sqlite().await).await).await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_comes_back_gets_the_delivery_postgres() {
+    a_receiver_that_comes_back_gets_the_delivery(fixture(TestDatabase::postgres().await).await)
+        .await;
+}
+
+/// A dispatcher claims the delivery and dies before sending it (its lease is all that
+/// is left of it); another dispatcher leaves the row alone while the lease holds and
+/// sends it once the lease has expired.
+async fn a_dead_dispatchers_delivery_is_sent_by_another(fixture: Fixture) {
+    let receiver = WebhookReceiver::start(Vec::new()).await;
+    let task = fixture.finished_task(Some(&receiver.url)).await;
+    let lease = Duration::from_secs(2);
+    let claimed = fixture.webhooks.claim(10, lease).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "the first dispatcher holds the delivery");
+    drop(claimed); // killed: it never sends nor records anything
+
+    let survivor = dispatcher(&fixture, loopback_policy(), quick_settings());
+    assert_eq!(
+        survivor.run_once().await.expect("dispatch"),
+        0,
+        "a held lease keeps other dispatchers off"
+    );
+    assert!(receiver.requests().is_empty());
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    assert_eq!(survivor.run_once().await.expect("dispatch"), 1);
+    let requests = receiver.wait_for_requests(1, DEADLINE).await;
+    assert_eq!(requests.len(), 1);
+    let delivery = fixture.task_deliveries(&task).await.remove(0);
+    assert_eq!(delivery.state, DeliveryState::Delivered);
+    assert_eq!(requests[0].header("webhook-id"), delivery.id.to_string());
+}
+
+#[tokio::test]
+async fn a_dead_dispatchers_delivery_is_sent_by_another_sqlite() {
+    a_dead_dispatchers_delivery_is_sent_by_another(fixture(TestDatabase::sqlite().await).await)
+        .await;
+}
+
+#[tokio::test]
+async fn a_dead_dispatchers_delivery_is_sent_by_another_postgres() {
+    a_dead_dispatchers_delivery_is_sent_by_another(fixture(TestDatabase::postgres().await).await)
+        .await;
+}
+
+/// Two dispatchers claiming at the same time never get the same row.
+#[tokio::test]
+async fn concurrent_claims_do_not_overlap_postgres() {
+    let fixture = fixture(TestDatabase::postgres().await).await;
+    for _ in 0..20 {
+        fixture
+            .finished_task(Some("https://receiver.example/hook"))
+            .await;
+    }
+    let lease = Duration::from_secs(30);
+    let (first, second) = tokio::join!(
+        fixture.webhooks.claim(15, lease),
+        fixture.webhooks.claim(15, lease)
+    );
+    let mut ids: Vec<_> = first
+        .expect("claim")
+        .into_iter()
+        .chain(second.expect("claim"))
+        .map(|claimed| claimed.delivery.id)
+        .collect();
+    let claimed = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), claimed, "no delivery claimed twice");
+    assert_eq!(claimed, 20, "between them they claimed every delivery");
+}
+
+async fn gone_disables_the_endpoint(fixture: Fixture) {
+    let receiver = WebhookReceiver::start(vec![410]).await;
+    let endpoint = fixture.endpoint(&receiver.url).await;
+    let task = fixture.finished_task(None).await;
+    let dispatcher = dispatcher(&fixture, loopback_policy(), quick_settings());
+    fixture
+        .dispatch_until(&dispatcher, DEADLINE, async || {
+            fixture.task_deliveries(&task).await[0].state != DeliveryState::Pending
+        })
+        .await;
+    let delivery = fixture.task_deliveries(&task).await.remove(0);
+    assert_eq!(delivery.state, DeliveryState::Failed);
+    assert_eq!(delivery.attempts, 1, "410 is not retried");
+    let endpoint = fixture
+        .webhooks
+        .endpoint(&fixture.tenant, endpoint.id)
+        .await
+        .expect("get")
+        .expect("endpoint");
+    assert!(!endpoint.enabled);
+    assert!(
+        endpoint
+            .disabled_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("410"),
+        "{:?}",
+        endpoint.disabled_reason
+    );
+    // The next task's end writes no delivery for the disabled endpoint.
+    let next = fixture.finished_task(None).await;
+    assert!(fixture.task_deliveries(&next).await.is_empty());
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_sqlite() {
+    gone_disables_the_endpoint(fixture(TestDatabase::sqlite().await).await).await;
+}
+
+/// An endpoint whose deliveries keep failing past `disable_after` is disabled, and the
+/// reason says why.
+#[tokio::test]
+async fn an_endpoint_failing_for_too_long_is_disabled_sqlite() {
+    let fixture = fixture(TestDatabase::sqlite().await).await;
+    let receiver = WebhookReceiver::start(vec![500; 20]).await;
+    let endpoint = fixture.endpoint(&receiver.url).await;
+    let task = fixture.finished_task(None).await;
+    let mut settings = quick_settings();
+    settings.disable_after = Duration::ZERO;
+    let dispatcher = dispatcher(&fixture, loopback_policy(), settings);
+    fixture
+        .dispatch_until(&dispatcher, DEADLINE, async || {
+            !fixture
+                .webhooks
+                .endpoint(&fixture.tenant, endpoint.id)
+                .await
+                .expect("get")
+                .expect("endpoint")
+                .enabled
+        })
+        .await;
+    let endpoint = fixture
+        .webhooks
+        .endpoint(&fixture.tenant, endpoint.id)
+        .await
+        .expect("get")
+        .expect("endpoint");
+    let reason = endpoint.disabled_reason.unwrap_or_default();
+    assert!(reason.contains("failed since"), "{reason}");
+    assert!(reason.contains("500"), "the last error is named: {reason}");
+    // Its pending delivery is not sent any more.
+    fixture
+        .dispatch_until(&dispatcher, DEADLINE, async || {
+            fixture.task_deliveries(&task).await[0].state == DeliveryState::Failed
+        })
+        .await;
+}
+
+/// Under the default policy, loopback and cloud-metadata destinations are refused, and
+/// the refusal is recorded as a final error: nothing is sent, nothing retried.
+async fn refused_destinations_are_recorded_and_not_retried(fixture: Fixture) {
+    let receiver = WebhookReceiver::start(Vec::new()).await;
+    let loopback = fixture.finished_task(Some(&receiver.url)).await;
+    let metadata = fixture
+        .finished_task(Some("http://169.254.169.254/latest/meta-data/"))
+        .await;
+    let default_policy = NetworkPolicy::parse(&[], false).expect("policy");
+    let dispatcher = dispatcher(&fixture, default_policy, quick_settings());
+    fixture
+        .dispatch_until(&dispatcher, DEADLINE, async || {
+            fixture.task_deliveries(&loopback).await[0].state != DeliveryState::Pending
+                && fixture.task_deliveries(&metadata).await[0].state != DeliveryState::Pending
+        })
+        .await;
+    for task in [&loopback, &metadata] {
+        let delivery = fixture.task_deliveries(task).await.remove(0);
+        assert_eq!(delivery.state, DeliveryState::Failed);
+        assert_eq!(delivery.attempts, 1, "a refusal is final");
+        let attempts = fixture
+            .webhooks
+            .delivery_attempts(&fixture.tenant, delivery.id)
+            .await
+            .expect("attempts");
+        let error = attempts[0].error.clone().expect("an error");
+        assert_eq!(error.code, ErrorCode::UrlNotAllowed, "{}", error.message);
+        assert_eq!(attempts[0].status_code, None);
+    }
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing reached the loopback receiver"
+    );
+}
+
+#[tokio::test]
+async fn refused_destinations_are_recorded_and_not_retried_sqlite() {
+    refused_destinations_are_recorded_and_not_retried(fixture(TestDatabase::sqlite().await).await)
+        .await;
+}
+
+#[tokio::test]
+async fn refused_destinations_are_recorded_and_not_retried_postgres() {
+    refused_destinations_are_recorded_and_not_retried(
+        fixture(TestDatabase::postgres().await).await,
+    )
+    .await;
+}
