@@ -9,8 +9,9 @@ use operator_shared::config::Settings;
 use operator_shared::testkit::{
     ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings,
 };
-use poem::web::{Html, Path};
-use poem::{Endpoint, EndpointExt, Route, Server, get, handler};
+use poem::http::StatusCode;
+use poem::web::{Html, Path, Query};
+use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler};
 use tokio_util::sync::CancellationToken;
 
 /// A tiny site on loopback that counts requests per path.
@@ -33,11 +34,37 @@ fn page(Path(name): Path<String>) -> Html<String> {
     ))
 }
 
+#[derive(serde::Deserialize)]
+struct Target {
+    to: String,
+}
+
+/// `/redirect?to=URL`: a 302 to anywhere.
+#[handler]
+fn redirect(Query(target): Query<Target>) -> Response {
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header("location", target.to)
+        .finish()
+}
+
+/// `/embed?to=URL`: a page showing an image from anywhere.
+#[handler]
+fn embed(Query(target): Query<Target>) -> impl IntoResponse {
+    let source = target.to.replace('"', "&quot;");
+    Html(format!(
+        "<!doctype html><html><head><title>embed</title></head>\
+         <body><img id=\"picture\" src=\"{source}\" width=\"10\" height=\"10\"></body></html>"
+    ))
+}
+
 impl PageServer {
     pub async fn start() -> Self {
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let counter = Arc::clone(&hits);
         let app = Route::new()
+            .at("/redirect", get(redirect))
+            .at("/embed", get(embed))
             .at("/:name", get(page))
             .around(move |endpoint, request| {
                 let counter = Arc::clone(&counter);
@@ -70,6 +97,11 @@ impl PageServer {
 
     pub fn url(&self, name: &str) -> String {
         format!("{}/{name}", self.base)
+    }
+
+    /// The same page, addressed by the name `localhost` instead of the address.
+    pub fn localhost_url(&self, name: &str) -> String {
+        self.url(name).replace("127.0.0.1", "localhost")
     }
 
     pub fn hits(&self, name: &str) -> usize {
@@ -114,9 +146,15 @@ async fn start(
 impl TestApp {
     /// `operator serve` on the embedded defaults: SQLite, the database queue, local files.
     pub async fn embedded() -> Self {
+        Self::embedded_with(|_| {}).await
+    }
+
+    /// [`TestApp::embedded`] with its settings adjusted first.
+    pub async fn embedded_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         operator_shared::install_crypto_provider();
         let directory = tempfile::tempdir().expect("tempdir");
-        let settings = embedded_settings(directory.path());
+        let mut settings = embedded_settings(directory.path());
+        adjust(&mut settings);
         let stop = CancellationToken::new();
         let (url, running) = start(settings, Roles::SERVE, &stop).await;
         Self {

@@ -4,6 +4,7 @@
 //! itself as separate OS processes.
 
 mod helpers;
+mod network_guard;
 mod processes;
 
 use std::time::Duration;

@@ -31,7 +31,15 @@ use tracing::{info, warn};
 
 /// Flags for a quiet, reproducible headless browser on a server (see NOTES.md: without
 /// the network ones Chromium keeps trying to reach Google's services).
-const CHROMIUM_FLAGS: [&str; 8] = [
+///
+/// Site isolation is off so that a cross-site iframe stays in its page's renderer and
+/// its requests are paused by the page's request interception (the network guard); an
+/// out-of-process iframe would be a separate target whose requests the guard never sees.
+/// The feature list replaces headless_chrome's default `--disable-features` flag (see
+/// [`REPLACED_DEFAULT_FLAGS`]), keeping what that one disabled.
+const CHROMIUM_FLAGS: [&str; 10] = [
+    "--disable-features=TranslateUI,BlinkGenPropertyTrees,IsolateOrigins,site-per-process",
+    "--disable-site-isolation-trials",
     "--disable-gpu",
     "--disable-component-update",
     "--disable-domain-reliability",
@@ -41,6 +49,10 @@ const CHROMIUM_FLAGS: [&str; 8] = [
     "--no-default-browser-check",
     "--no-pings",
 ];
+
+/// headless_chrome default flags replaced by ours (Chromium reads only the last
+/// `--disable-features`).
+const REPLACED_DEFAULT_FLAGS: [&str; 1] = ["--disable-features=TranslateUI,BlinkGenPropertyTrees"];
 
 /// A launched browser and its control connection.
 pub struct BrowserHandle {
@@ -288,6 +300,10 @@ impl BrowserPool {
         let mut flags: Vec<OsString> = CHROMIUM_FLAGS.iter().map(OsString::from).collect();
         flags.extend(self.settings.extra_args.iter().map(OsString::from));
         let flag_refs: Vec<&std::ffi::OsStr> = flags.iter().map(OsString::as_os_str).collect();
+        let replaced: Vec<&std::ffi::OsStr> = REPLACED_DEFAULT_FLAGS
+            .iter()
+            .map(std::ffi::OsStr::new)
+            .collect();
         let sandbox = match self.settings.sandbox {
             SandboxMode::On => true,
             SandboxMode::Off => false,
@@ -309,6 +325,10 @@ impl BrowserPool {
             .enable_gpu(false)
             .window_size(Some((1280, 800)))
             .args(flag_refs)
+            .ignore_default_args(replaced)
+            // headless_chrome accepts any certificate by default; a browser fetching
+            // other people's pages must not.
+            .ignore_certificate_errors(false)
             .idle_browser_timeout(self.settings.call_timeout)
             .build()
             .map_err(|error| {

@@ -1,6 +1,7 @@
 //! The worker role: claims tasks from the queue and runs them in Chromium.
 //!
 //! - [`browser`]: the Chromium pool (warm browser, isolated contexts, blocking pool).
+//! - [`guard`]: the network policy applied to every request a page makes.
 //! - [`render`]: what happens in a page (navigate, wait, screenshot or PDF).
 //! - [`runner`]: one task from claim to recorded outcome (leases, retries, artifacts).
 //! - [`source`]: the apalis backend that feeds workers from our queue.
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub mod browser;
+pub mod guard;
 pub mod render;
 pub mod runner;
 pub mod source;

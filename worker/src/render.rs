@@ -21,6 +21,8 @@ use operator_shared::domain::{
 use operator_shared::error::{CodedError, ErrorCode};
 
 use crate::browser::BrowserHandle;
+use crate::guard::RequestGuard;
+use operator_shared::network::NetworkPolicy;
 
 /// A file the task produced, before upload.
 #[derive(Debug, Clone)]
@@ -58,6 +60,7 @@ impl StopSignal {
 pub fn render(
     handle: &Arc<BrowserHandle>,
     spec: &TaskSpec,
+    policy: &NetworkPolicy,
     deadline: Instant,
     stop: &StopSignal,
 ) -> Result<Rendered, CodedError> {
@@ -79,9 +82,18 @@ pub fn render(
             hidden: None,
         })
         .map_err(|error| handle.classify(&error, "cannot open a page"))?;
+    // The guard is in place before the page loads anything.
+    let guard = Arc::new(RequestGuard::new(
+        policy.clone(),
+        tab.get_target_id().clone(),
+    ));
+    guard
+        .install(&tab)
+        .map_err(|error| handle.classify(&error, "cannot watch the page's requests"))?;
     let session = Session {
         handle,
         tab: &tab,
+        guard: &guard,
         deadline,
         stop,
     };
@@ -97,6 +109,7 @@ pub fn render(
 struct Session<'a> {
     handle: &'a Arc<BrowserHandle>,
     tab: &'a Arc<Tab>,
+    guard: &'a RequestGuard,
     deadline: Instant,
     stop: &'a StopSignal,
 }
@@ -274,6 +287,7 @@ impl Session<'_> {
                 referrer_policy: None,
             })
             .map_err(|error| self.handle.classify(&error, "navigation failed"))?;
+        self.check_document_allowed()?;
         if let Some(error_text) = navigation.error_text.filter(|text| !text.is_empty()) {
             return Err(CodedError::new(
                 ErrorCode::NavigationFailed,
@@ -286,6 +300,7 @@ impl Session<'_> {
         };
         loop {
             self.check_stop()?;
+            self.check_document_allowed()?;
             let remaining = self.remaining()?;
             match events.recv_timeout(remaining.min(Duration::from_millis(100))) {
                 Ok((event_loader, name)) if event_loader == loader_id && name == milestone => {
@@ -370,7 +385,23 @@ impl Session<'_> {
             .map_err(|error| self.handle.classify(&error, "cannot read the page address"))?
             .value
             .unwrap_or(serde_json::Value::Null);
-        Ok(serde_json::json!({"url": url, "title": title}))
+        self.check_document_allowed()?;
+        let (refused, refused_total) = self.guard.refusals();
+        let mut facts = serde_json::json!({"url": url, "title": title});
+        if refused_total > 0 {
+            facts["blocked_requests"] =
+                serde_json::json!({"total": refused_total, "requests": refused});
+        }
+        Ok(facts)
+    }
+
+    /// Fails the task when the network policy refused the page's own document (the
+    /// navigation itself or a redirect of it).
+    fn check_document_allowed(&self) -> Result<(), CodedError> {
+        match self.guard.document_refusal() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     fn check_stop(&self) -> Result<(), CodedError> {

@@ -255,9 +255,10 @@ impl TaskRunner {
         stop: StopSignal,
     ) -> Result<(serde_json::Value, Vec<NewArtifact>), CodedError> {
         self.policy.check_url(spec.url().as_url()).await?;
+        let policy = self.policy.clone();
         let rendered: Rendered = self
             .pool
-            .run_blocking(move |handle| render::render(&handle, &spec, deadline, &stop))
+            .run_blocking(move |handle| render::render(&handle, &spec, &policy, deadline, &stop))
             .await?;
         let mut artifacts = Vec::with_capacity(rendered.files.len());
         for file in rendered.files {
