@@ -183,7 +183,9 @@ impl TaskSubmission {
         })?;
         let kind = TaskKind::parse(&raw.kind)?;
         let spec = TaskSpec::parse(kind, &raw.input)?;
-        rules.policy.check_url_statically(spec.url().as_url())?;
+        for url in spec.urls() {
+            rules.policy.check_url_statically(url.as_url())?;
+        }
 
         let tasks = &rules.settings.tasks;
         let max_timeout_ms = millis(tasks.max_timeout);

@@ -10,8 +10,11 @@ use operator_shared::testkit::{
     ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings,
 };
 use poem::http::StatusCode;
+use poem::web::Form;
 use poem::web::{Html, Path, Query};
-use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler};
+use poem::{
+    Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server, get, handler, post,
+};
 use tokio_util::sync::CancellationToken;
 
 /// A tiny site on loopback that counts requests per path.
@@ -58,6 +61,90 @@ fn embed(Query(target): Query<Target>) -> impl IntoResponse {
     ))
 }
 
+/// `/login`: a form that posts to `/welcome`.
+#[handler]
+fn login_form() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>login</title></head><body>\
+         <form method=\"post\" action=\"/welcome\">\
+         <input id=\"user\" name=\"user\"><input id=\"password\" name=\"password\" type=\"password\">\
+         <select id=\"plan\" name=\"plan\"><option value=\"free\">Free</option><option value=\"pro\">Pro</option></select>\
+         <button id=\"submit\" type=\"submit\">Sign in</button></form></body></html>",
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Login {
+    user: String,
+    password: String,
+    plan: String,
+}
+
+/// `/welcome`: greets a user whose password is `secret`.
+#[handler]
+fn welcome(Form(login): Form<Login>) -> Html<String> {
+    let greeting = if login.password == "secret" {
+        format!("Welcome, {} ({})", login.user, login.plan)
+    } else {
+        "Wrong password".to_owned()
+    };
+    Html(format!(
+        "<!doctype html><html><head><title>welcome</title></head><body><h1 id=\"greeting\">{greeting}</h1></body></html>"
+    ))
+}
+
+/// `/list`: a product list to scrape.
+#[handler]
+fn list() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>list</title></head><body><ul id=\"products\">\
+         <li class=\"item\"><a class=\"name\" href=\"/p/1\">Apple</a><span class=\"price\">1.20</span></li>\
+         <li class=\"item\"><a class=\"name\" href=\"/p/2\">Banana</a><span class=\"price\">0.50</span></li>\
+         <li class=\"item\"><a class=\"name\" href=\"/p/3\">Cherry</a><span class=\"price\">3.00</span></li>\
+         </ul><script>document.getElementById('products').insertAdjacentHTML('beforeend', \
+         '<li class=\"item\"><a class=\"name\" href=\"/p/4\">Date</a><span class=\"price\">2.25</span></li>');</script></body></html>",
+    )
+}
+
+/// `/card`: one 240×120 element below the fold.
+#[handler]
+fn card() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>card</title><style>body{margin:0}</style></head><body>\
+         <div style=\"height:1500px\"></div>\
+         <div id=\"card\" style=\"width:240px;height:120px;background:#3366cc\"></div></body></html>",
+    )
+}
+
+/// `/hang`: never answers (within any test's patience).
+#[handler]
+async fn hang() -> &'static str {
+    tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+    "late"
+}
+
+/// `/never-loads`: its image never arrives, so `load` never fires.
+#[handler]
+fn never_loads() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>never</title></head><body><img src=\"/hang\"></body></html>",
+    )
+}
+
+/// `/cookies`: shows the request's cookies.
+#[handler]
+fn cookies(request: &Request) -> Html<String> {
+    let cookies = request
+        .headers()
+        .get("cookie")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .replace('<', "&lt;");
+    Html(format!(
+        "<!doctype html><html><head><title>cookies</title></head><body><p id=\"cookies\">{cookies}</p></body></html>"
+    ))
+}
+
 impl PageServer {
     pub async fn start() -> Self {
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
@@ -65,6 +152,13 @@ impl PageServer {
         let app = Route::new()
             .at("/redirect", get(redirect))
             .at("/embed", get(embed))
+            .at("/login", get(login_form))
+            .at("/welcome", post(welcome))
+            .at("/list", get(list))
+            .at("/card", get(card))
+            .at("/hang", get(hang))
+            .at("/never-loads", get(never_loads))
+            .at("/cookies", get(cookies))
             .at("/:name", get(page))
             .around(move |endpoint, request| {
                 let counter = Arc::clone(&counter);

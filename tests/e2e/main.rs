@@ -6,6 +6,7 @@
 mod helpers;
 mod network_guard;
 mod processes;
+mod steps;
 
 use std::time::Duration;
 
@@ -95,7 +96,13 @@ async fn renders_screenshots_and_pdfs(app: TestApp) {
         ))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(listed["items"].as_array().expect("items").len(), 1);
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item["name"].as_str())
+        .collect();
+    assert_eq!(names, ["document.pdf", "network.json", "console.json"]);
     app.shutdown().await;
 }
 
