@@ -2,6 +2,8 @@
 //!
 //! - [`tasks`]: `/v1/tasks` — submit, get, list, cancel; a task's artifacts and attempts.
 //! - [`artifacts`]: `/v1/artifacts/{id}` — download.
+//! - [`oneshot`]: `/v1/screenshot`, `/v1/pdf`, `/v1/content`, `/v1/scrape` — create a task
+//!   and answer with what it produced.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`submission`]: parsing and validating a task submission.
 //! - [`dto`]: wire types (their doc comments are the OpenAPI descriptions).
@@ -23,6 +25,7 @@ pub mod artifacts;
 pub mod dto;
 pub mod error;
 pub mod health;
+pub mod oneshot;
 pub mod state;
 pub mod submission;
 pub mod tasks;
@@ -40,6 +43,9 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
                 state: SharedState::clone(&state),
             },
             artifacts::ArtifactsApi {
+                state: SharedState::clone(&state),
+            },
+            oneshot::OneShotApi {
                 state: SharedState::clone(&state),
             },
             health::HealthApi {

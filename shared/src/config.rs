@@ -94,6 +94,11 @@ pub struct ServerSettings {
     pub public_url: Option<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long the one-call endpoints (`POST /v1/screenshot`, ...) wait for their task
+    /// before answering `202` with the task instead. Bounded so a slow queue cannot hold
+    /// connections open indefinitely.
+    #[serde(with = "humantime_serde")]
+    pub sync_wait: Duration,
 }
 
 impl Default for ServerSettings {
@@ -103,6 +108,7 @@ impl Default for ServerSettings {
             port: 8080,
             public_url: None,
             max_body_bytes: 256 * 1024,
+            sync_wait: Duration::from_secs(30),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod helpers;
 mod network_guard;
+mod oneshot;
 mod processes;
 mod steps;
 

@@ -370,6 +370,15 @@ impl Run<'_, '_> {
             if found > 0 || extraction.optional {
                 return Ok(answer.get("value").cloned().unwrap_or(Value::Null));
             }
+            if Instant::now() >= deadline && !session.deadline_passed() {
+                return Err(CodedError::new(
+                    ErrorCode::SelectorNotFound,
+                    format!(
+                        "no element matches {:?} within the step's timeout",
+                        extraction.selector
+                    ),
+                ));
+            }
             session.wait_a_little(deadline, || {
                 format!("no element matches {:?}", extraction.selector)
             })?;
