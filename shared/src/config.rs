@@ -240,6 +240,9 @@ pub struct BrowserSettings {
     pub call_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub launch_timeout: Duration,
+    /// A browser is replaced after this many tasks (0: never), so that leaks in a
+    /// long-lived Chromium (memory, handles) cannot accumulate.
+    pub recycle_after: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -258,6 +261,7 @@ impl Default for BrowserSettings {
             extra_args: Vec::new(),
             call_timeout: Duration::from_secs(30),
             launch_timeout: Duration::from_secs(20),
+            recycle_after: 200,
         }
     }
 }

@@ -6,6 +6,7 @@
 mod helpers;
 mod network_guard;
 mod oneshot;
+mod pool;
 mod processes;
 mod steps;
 

@@ -66,6 +66,8 @@ pub struct BrowserHandle {
     /// task gets a new browser.
     broken: AtomicBool,
     pub tasks_started: AtomicU64,
+    /// headless_chrome's per-call timeout: a call that takes longer means a hung browser.
+    call_timeout: Duration,
 }
 
 impl BrowserHandle {
@@ -79,6 +81,24 @@ impl BrowserHandle {
 
     pub fn mark_broken(&self) {
         self.broken.store(true, Ordering::SeqCst);
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// Fails with a retryable `browser_crashed` when the browser process is gone or the
+    /// browser was found hung; checked while a task waits, so a killed browser ends the
+    /// task's attempt at once instead of at its deadline.
+    pub fn check_alive(&self) -> Result<(), CodedError> {
+        if self.is_usable() {
+            return Ok(());
+        }
+        self.mark_broken();
+        Err(CodedError::new(
+            ErrorCode::BrowserCrashed,
+            "the browser died or stopped answering",
+        ))
     }
 
     fn is_usable(&self) -> bool {
@@ -105,9 +125,14 @@ impl BrowserHandle {
     /// Turns a headless_chrome error (its API speaks `anyhow`) into a task error, marking
     /// the browser broken when the error says it is gone.
     pub fn classify(&self, error: &anyhow::Error, what: &str) -> CodedError {
+        // A call that timed out means the browser (or its renderer) hangs: it is
+        // replaced, like one that died.
         let crashed = error
             .downcast_ref::<headless_chrome::browser::transport::ConnectionClosed>()
             .is_some()
+            || error
+                .downcast_ref::<headless_chrome::util::Timeout>()
+                .is_some()
             || !self.pid.is_none_or(process_is_alive);
         if crashed {
             self.mark_broken();
@@ -284,7 +309,14 @@ impl BrowserPool {
         if let Some(handle) = current.as_ref()
             && handle.is_usable()
         {
-            return Ok(Arc::clone(handle));
+            let recycle_after = self.settings.recycle_after;
+            if recycle_after == 0 || handle.tasks_started.load(Ordering::Relaxed) < recycle_after {
+                return Ok(Arc::clone(handle));
+            }
+            // Healthy but due: tasks still running keep it alive; it is killed (whole
+            // process tree, profile removed) when the last of them drops it.
+            info!(pid = ?handle.pid, tasks = recycle_after, "recycling the browser");
+            current.take();
         }
         if let Some(old) = current.take() {
             warn!(pid = ?old.pid, "replacing a browser that died or stopped answering");
@@ -363,6 +395,7 @@ impl BrowserPool {
             profile_dir,
             broken: AtomicBool::new(false),
             tasks_started: AtomicU64::new(0),
+            call_timeout: self.settings.call_timeout,
         })
     }
 

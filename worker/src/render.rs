@@ -529,6 +529,7 @@ impl Session<'_> {
     }
 
     pub(crate) fn check_stop(&self) -> Result<(), CodedError> {
+        self.handle.check_alive()?;
         if self.stop.is_stopped() {
             Err(CodedError::new(ErrorCode::Cancelled, "stopped"))
         } else {

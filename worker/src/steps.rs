@@ -632,8 +632,15 @@ impl Session<'_> {
         expression: &str,
         deadline: Instant,
     ) -> Result<Value, CodedError> {
+        // Bounded below the browser's call timeout too: a call that outlasts it counts as
+        // a hung browser.
         let budget = deadline
             .saturating_duration_since(Instant::now())
+            .min(
+                self.handle
+                    .call_timeout()
+                    .saturating_sub(Duration::from_secs(2)),
+            )
             .max(Duration::from_millis(1));
         let wrapped = format!(
             "Promise.race([{expression}, new Promise((_, reject) => setTimeout(() => reject(new Error('the expression did not settle within the step\\'s timeout')), {}))])",
