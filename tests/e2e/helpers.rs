@@ -61,6 +61,16 @@ fn embed(Query(target): Query<Target>) -> impl IntoResponse {
     ))
 }
 
+/// `/popup?to=URL`: opens a new window at URL as it loads.
+#[handler]
+fn popup(Query(target): Query<Target>) -> impl IntoResponse {
+    let target = serde_json::to_string(&target.to).unwrap_or_default();
+    Html(format!(
+        "<!doctype html><html><head><title>popup</title></head>\
+         <body><script>window.open({target}, '_blank');</script></body></html>"
+    ))
+}
+
 /// `/login`: a form that posts to `/welcome`.
 #[handler]
 fn login_form() -> Html<&'static str> {
@@ -152,6 +162,7 @@ impl PageServer {
         let app = Route::new()
             .at("/redirect", get(redirect))
             .at("/embed", get(embed))
+            .at("/popup", get(popup))
             .at("/login", get(login_form))
             .at("/welcome", post(welcome))
             .at("/list", get(list))

@@ -74,6 +74,43 @@ async fn a_redirect_to_a_refused_address_fails_the_task_for_good() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_popup_cannot_reach_a_refused_address() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let refused = PageServer::start().await;
+    let url = format!(
+        "{}?to={}",
+        pages.localhost_url("popup"),
+        refused.url("opened")
+    );
+    let (status, task) = app
+        .submit(&json!({"kind": "script", "input": {"url": url, "steps": [
+            {"action": "wait_for", "delay_ms": 1000}
+        ]}}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    let done = app
+        .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        refused.hits("opened"),
+        0,
+        "the popup never reached it: {done}"
+    );
+    // The browser still serves the next task.
+    let (_, next) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.localhost_url("next")}}))
+        .await;
+    let next = app
+        .wait_for(next["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .await;
+    assert_eq!(next["state"], "succeeded", "{next}");
+    assert_eq!(next["attempts"], 1, "{next}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sub_request_to_a_refused_address_is_blocked() {
     let app = allowing_localhost_by_name().await;
     let pages = PageServer::start().await;

@@ -51,8 +51,13 @@ const CHROMIUM_FLAGS: [&str; 10] = [
 ];
 
 /// headless_chrome default flags replaced by ours (Chromium reads only the last
-/// `--disable-features`).
-const REPLACED_DEFAULT_FLAGS: [&str; 1] = ["--disable-features=TranslateUI,BlinkGenPropertyTrees"];
+/// `--disable-features`), or dropped: with `--disable-popup-blocking` a page could open
+/// new windows on its own, and a new window is a target outside its page's request
+/// interception.
+const REPLACED_DEFAULT_FLAGS: [&str; 2] = [
+    "--disable-features=TranslateUI,BlinkGenPropertyTrees",
+    "--disable-popup-blocking",
+];
 
 /// A launched browser and its control connection.
 pub struct BrowserHandle {

@@ -11,8 +11,9 @@
 //! of one), the task fails with a final `url_not_allowed`.
 //!
 //! What this does not cover (see the README): WebSocket and WebRTC connections (CDP
-//! does not pause them), and a DNS answer that changes between this check and
-//! Chromium's own lookup.
+//! does not pause them), windows opened by a user gesture (a `click` step; the popup
+//! blocker stops the others), service workers' own requests, and a DNS answer that
+//! changes between this check and Chromium's own lookup.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};

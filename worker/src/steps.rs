@@ -599,7 +599,8 @@ impl Session<'_> {
                 context_id: None,
                 return_by_value: Some(true),
                 generate_preview: None,
-                user_gesture: Some(true),
+                // Not a user gesture: Chromium's popup blocker stays in force.
+                user_gesture: Some(false),
                 await_promise: Some(true),
                 throw_on_side_effect: None,
                 timeout: None,
