@@ -16,11 +16,11 @@ use crate::tasks::ApiTags;
 
 /// An artifact's bytes, streamed from storage with its own content type.
 pub struct ArtifactBody {
-    content_type: String,
-    size: u64,
-    sha256: String,
-    file_name: String,
-    body: Body,
+    pub(crate) content_type: String,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
+    pub(crate) file_name: String,
+    pub(crate) body: Body,
 }
 
 impl Payload for ArtifactBody {

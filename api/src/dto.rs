@@ -17,6 +17,14 @@ pub enum TaskKindDto {
     Screenshot,
     /// Print a page to PDF.
     Pdf,
+    /// The page's HTML after its scripts ran.
+    Content,
+    /// Data taken from the page by CSS selectors, as JSON.
+    Scrape,
+    /// A list of steps: goto, click, type, press, select, hover, scroll, wait_for,
+    /// screenshot, pdf, extract, evaluate, set_viewport, set_user_agent,
+    /// set_extra_headers, set_cookies.
+    Script,
 }
 
 impl From<TaskKind> for TaskKindDto {
@@ -24,6 +32,9 @@ impl From<TaskKind> for TaskKindDto {
         match kind {
             TaskKind::Screenshot => Self::Screenshot,
             TaskKind::Pdf => Self::Pdf,
+            TaskKind::Content => Self::Content,
+            TaskKind::Scrape => Self::Scrape,
+            TaskKind::Script => Self::Script,
         }
     }
 }
@@ -33,6 +44,9 @@ impl From<TaskKindDto> for TaskKind {
         match kind {
             TaskKindDto::Screenshot => Self::Screenshot,
             TaskKindDto::Pdf => Self::Pdf,
+            TaskKindDto::Content => Self::Content,
+            TaskKindDto::Scrape => Self::Scrape,
+            TaskKindDto::Script => Self::Script,
         }
     }
 }
@@ -119,6 +133,14 @@ impl From<Priority> for PriorityDto {
 ///   default A4), `width` / `height` (CSS lengths overriding the format), `landscape`,
 ///   `margin` (`{top, right, bottom, left}`, CSS lengths like `"1cm"`), `print_background`
 ///   (default true), `scale` (0.1-2), `page_ranges` (`"1-3, 5"`), and the same wait fields.
+/// - `script`: `steps` (a list, each tagged by `action`; see the README), an optional
+///   starting `url`, and page options: `viewport`, `user_agent`, `locale`, `timezone`,
+///   `extra_headers`, `cookies`, `storage_state`, `block_resources` (`image`, `font`,
+///   `media`, `stylesheet`), `block_urls` (`*` patterns), `save_html`.
+/// - `content`: `url`, the wait fields and page options (optionally `steps` to run first);
+///   the result is the HTML after scripts ran.
+/// - `scrape`: like `content` plus `extract` (a list of `{name, selector, what, attribute,
+///   all, fields}`); the result's `data` holds the values.
 #[derive(Debug, Clone, Object)]
 #[oai(rename = "CreateTask")]
 pub struct CreateTaskRequest {

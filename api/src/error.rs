@@ -53,6 +53,13 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::DeliveryNotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InvalidState | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
+        // How a task failed, when a one-call endpoint answers with it: the page did not
+        // have what the steps asked for (422), the task was cancelled (409), the target
+        // site failed (502) or did not answer in time (504).
+        ErrorCode::SelectorNotFound | ErrorCode::StepFailed => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Cancelled => StatusCode::CONFLICT,
+        ErrorCode::NavigationFailed => StatusCode::BAD_GATEWAY,
+        ErrorCode::WaitTimeout | ErrorCode::TaskTimeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

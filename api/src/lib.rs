@@ -4,6 +4,8 @@
 //! - [`artifacts`]: `/v1/artifacts/{id}` — download.
 //! - [`queues`]: `/v1/queues/{name}` — statistics, pause and resume.
 //! - [`events`]: `/v1/tasks/{id}/events` and `/v1/tasks/{id}/ws` — live events (SSE, WebSocket).
+//! - [`oneshot`]: `/v1/screenshot`, `/v1/pdf`, `/v1/content`, `/v1/scrape` — create a task
+//!   and answer with what it produced.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`webhooks`]: `/v1/webhooks` — endpoints, deliveries, redelivery, signing keys.
 //! - [`submission`]: parsing and validating a task submission.
@@ -27,6 +29,7 @@ pub mod dto;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod oneshot;
 pub mod queues;
 pub mod state;
 pub mod submission;
@@ -46,6 +49,9 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
                 state: SharedState::clone(&state),
             },
             artifacts::ArtifactsApi {
+                state: SharedState::clone(&state),
+            },
+            oneshot::OneShotApi {
                 state: SharedState::clone(&state),
             },
             health::HealthApi {

@@ -164,6 +164,20 @@ pub struct SubmissionRules<'a> {
 }
 
 impl TaskSubmission {
+    /// A submission of `kind` whose body was only the task's input (the one-call
+    /// endpoints); task options come from the query.
+    pub fn from_input(kind: TaskKind, input: TaskSubmission, options: serde_json::Value) -> Self {
+        let mut body = match options {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        body.insert("kind".to_owned(), serde_json::Value::from(kind.as_str()));
+        body.insert("input".to_owned(), input.body);
+        Self {
+            body: serde_json::Value::Object(body),
+        }
+    }
+
     /// Validates the submission into a task to store.
     pub fn validate(
         self,
@@ -212,7 +226,9 @@ impl TaskSubmission {
         }
         let kind = TaskKind::parse(&raw.kind)?;
         let spec = TaskSpec::parse(kind, &raw.input)?;
-        rules.policy.check_url_statically(spec.url().as_url())?;
+        for url in spec.urls() {
+            rules.policy.check_url_statically(url.as_url())?;
+        }
 
         let tasks = &rules.settings.tasks;
         let max_timeout_ms = millis(tasks.max_timeout);

@@ -98,6 +98,11 @@ pub struct ServerSettings {
     pub public_url: Option<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long the one-call endpoints (`POST /v1/screenshot`, ...) wait for their task
+    /// before answering `202` with the task instead. Bounded so a slow queue cannot hold
+    /// connections open indefinitely.
+    #[serde(with = "humantime_serde")]
+    pub sync_wait: Duration,
 }
 
 impl Default for ServerSettings {
@@ -107,6 +112,7 @@ impl Default for ServerSettings {
             port: 8080,
             public_url: None,
             max_body_bytes: 256 * 1024,
+            sync_wait: Duration::from_secs(30),
         }
     }
 }
@@ -244,6 +250,9 @@ pub struct BrowserSettings {
     pub call_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub launch_timeout: Duration,
+    /// A browser is replaced after this many tasks (0: never), so that leaks in a
+    /// long-lived Chromium (memory, handles) cannot accumulate.
+    pub recycle_after: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -262,6 +271,7 @@ impl Default for BrowserSettings {
             extra_args: Vec::new(),
             call_timeout: Duration::from_secs(30),
             launch_timeout: Duration::from_secs(20),
+            recycle_after: 200,
         }
     }
 }

@@ -56,6 +56,10 @@ pub enum ErrorCode {
     NavigationFailed,
     /// A wait condition (selector, load state) was not met in time.
     WaitTimeout,
+    /// A step's selector matched no element within the step's timeout.
+    SelectorNotFound,
+    /// A step could not do what it asks (a script threw, an option does not exist).
+    StepFailed,
     /// The task ran past its timeout.
     TaskTimeout,
     /// The browser failed while running the task.
@@ -109,6 +113,8 @@ impl ErrorCode {
             Self::DeliveryNotFound => "delivery_not_found",
             Self::NavigationFailed => "navigation_failed",
             Self::WaitTimeout => "wait_timeout",
+            Self::SelectorNotFound => "selector_not_found",
+            Self::StepFailed => "step_failed",
             Self::TaskTimeout => "task_timeout",
             Self::BrowserError => "browser_error",
             Self::BrowserCrashed => "browser_crashed",
@@ -186,6 +192,8 @@ mod tests {
         assert!(!ErrorCode::InvalidInput.is_retryable());
         assert!(!ErrorCode::UrlNotAllowed.is_retryable());
         assert!(!ErrorCode::TaskTimeout.is_retryable());
+        assert!(!ErrorCode::SelectorNotFound.is_retryable());
+        assert!(!ErrorCode::StepFailed.is_retryable());
         assert!(ErrorCode::BrowserCrashed.is_retryable());
         assert!(ErrorCode::NavigationFailed.is_retryable());
     }

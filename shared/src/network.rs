@@ -73,6 +73,12 @@ impl NetworkPolicy {
         }
     }
 
+    /// Whether the host is allow-listed by name (`intranet.example`, `*.corp.example`):
+    /// such a host may be reached whatever it resolves to.
+    pub fn allows_host(&self, host: &str) -> bool {
+        self.host_is_allowed(host)
+    }
+
     fn host_is_allowed(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.hosts.iter().any(|pattern| match pattern {

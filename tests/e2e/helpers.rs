@@ -9,8 +9,12 @@ use operator_shared::config::Settings;
 use operator_shared::testkit::{
     ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings,
 };
-use poem::web::{Html, Path};
-use poem::{Endpoint, EndpointExt, Route, Server, get, handler};
+use poem::http::StatusCode;
+use poem::web::Form;
+use poem::web::{Html, Path, Query};
+use poem::{
+    Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server, get, handler, post,
+};
 use tokio_util::sync::CancellationToken;
 
 /// A tiny site on loopback that counts requests per path.
@@ -33,11 +37,139 @@ fn page(Path(name): Path<String>) -> Html<String> {
     ))
 }
 
+#[derive(serde::Deserialize)]
+struct Target {
+    to: String,
+}
+
+/// `/redirect?to=URL`: a 302 to anywhere.
+#[handler]
+fn redirect(Query(target): Query<Target>) -> Response {
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header("location", target.to)
+        .finish()
+}
+
+/// `/embed?to=URL`: a page showing an image from anywhere.
+#[handler]
+fn embed(Query(target): Query<Target>) -> impl IntoResponse {
+    let source = target.to.replace('"', "&quot;");
+    Html(format!(
+        "<!doctype html><html><head><title>embed</title></head>\
+         <body><img id=\"picture\" src=\"{source}\" width=\"10\" height=\"10\"></body></html>"
+    ))
+}
+
+/// `/popup?to=URL`: opens a new window at URL as it loads.
+#[handler]
+fn popup(Query(target): Query<Target>) -> impl IntoResponse {
+    let target = serde_json::to_string(&target.to).unwrap_or_default();
+    Html(format!(
+        "<!doctype html><html><head><title>popup</title></head>\
+         <body><script>window.open({target}, '_blank');</script></body></html>"
+    ))
+}
+
+/// `/login`: a form that posts to `/welcome`.
+#[handler]
+fn login_form() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>login</title></head><body>\
+         <form method=\"post\" action=\"/welcome\">\
+         <input id=\"user\" name=\"user\"><input id=\"password\" name=\"password\" type=\"password\">\
+         <select id=\"plan\" name=\"plan\"><option value=\"free\">Free</option><option value=\"pro\">Pro</option></select>\
+         <button id=\"submit\" type=\"submit\">Sign in</button></form></body></html>",
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Login {
+    user: String,
+    password: String,
+    plan: String,
+}
+
+/// `/welcome`: greets a user whose password is `secret`.
+#[handler]
+fn welcome(Form(login): Form<Login>) -> Html<String> {
+    let greeting = if login.password == "secret" {
+        format!("Welcome, {} ({})", login.user, login.plan)
+    } else {
+        "Wrong password".to_owned()
+    };
+    Html(format!(
+        "<!doctype html><html><head><title>welcome</title></head><body><h1 id=\"greeting\">{greeting}</h1></body></html>"
+    ))
+}
+
+/// `/list`: a product list to scrape.
+#[handler]
+fn list() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>list</title></head><body><ul id=\"products\">\
+         <li class=\"item\"><a class=\"name\" href=\"/p/1\">Apple</a><span class=\"price\">1.20</span></li>\
+         <li class=\"item\"><a class=\"name\" href=\"/p/2\">Banana</a><span class=\"price\">0.50</span></li>\
+         <li class=\"item\"><a class=\"name\" href=\"/p/3\">Cherry</a><span class=\"price\">3.00</span></li>\
+         </ul><script>document.getElementById('products').insertAdjacentHTML('beforeend', \
+         '<li class=\"item\"><a class=\"name\" href=\"/p/4\">Date</a><span class=\"price\">2.25</span></li>');</script></body></html>",
+    )
+}
+
+/// `/card`: one 240×120 element below the fold.
+#[handler]
+fn card() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>card</title><style>body{margin:0}</style></head><body>\
+         <div style=\"height:1500px\"></div>\
+         <div id=\"card\" style=\"width:240px;height:120px;background:#3366cc\"></div></body></html>",
+    )
+}
+
+/// `/hang`: never answers (within any test's patience).
+#[handler]
+async fn hang() -> &'static str {
+    tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+    "late"
+}
+
+/// `/never-loads`: its image never arrives, so `load` never fires.
+#[handler]
+fn never_loads() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>never</title></head><body><img src=\"/hang\"></body></html>",
+    )
+}
+
+/// `/cookies`: shows the request's cookies.
+#[handler]
+fn cookies(request: &Request) -> Html<String> {
+    let cookies = request
+        .headers()
+        .get("cookie")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .replace('<', "&lt;");
+    Html(format!(
+        "<!doctype html><html><head><title>cookies</title></head><body><p id=\"cookies\">{cookies}</p></body></html>"
+    ))
+}
+
 impl PageServer {
     pub async fn start() -> Self {
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let counter = Arc::clone(&hits);
         let app = Route::new()
+            .at("/redirect", get(redirect))
+            .at("/embed", get(embed))
+            .at("/popup", get(popup))
+            .at("/login", get(login_form))
+            .at("/welcome", post(welcome))
+            .at("/list", get(list))
+            .at("/card", get(card))
+            .at("/hang", get(hang))
+            .at("/never-loads", get(never_loads))
+            .at("/cookies", get(cookies))
             .at("/:name", get(page))
             .around(move |endpoint, request| {
                 let counter = Arc::clone(&counter);
@@ -70,6 +202,11 @@ impl PageServer {
 
     pub fn url(&self, name: &str) -> String {
         format!("{}/{name}", self.base)
+    }
+
+    /// The same page, addressed by the name `localhost` instead of the address.
+    pub fn localhost_url(&self, name: &str) -> String {
+        self.url(name).replace("127.0.0.1", "localhost")
     }
 
     pub fn hits(&self, name: &str) -> usize {
@@ -114,9 +251,15 @@ async fn start(
 impl TestApp {
     /// `operator serve` on the embedded defaults: SQLite, the database queue, local files.
     pub async fn embedded() -> Self {
+        Self::embedded_with(|_| {}).await
+    }
+
+    /// [`TestApp::embedded`] with its settings adjusted first.
+    pub async fn embedded_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         operator_shared::install_crypto_provider();
         let directory = tempfile::tempdir().expect("tempdir");
-        let settings = embedded_settings(directory.path());
+        let mut settings = embedded_settings(directory.path());
+        adjust(&mut settings);
         let stop = CancellationToken::new();
         let (url, running) = start(settings, Roles::SERVE, &stop).await;
         Self {

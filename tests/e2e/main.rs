@@ -6,8 +6,12 @@
 mod events;
 mod fault_pages;
 mod helpers;
+mod network_guard;
+mod oneshot;
+mod pool;
 mod processes;
 mod redis_faults;
+mod steps;
 mod webhooks;
 
 use std::time::Duration;
@@ -99,7 +103,13 @@ async fn renders_screenshots_and_pdfs(app: TestApp) {
         ))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(listed["items"].as_array().expect("items").len(), 1);
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item["name"].as_str())
+        .collect();
+    assert_eq!(names, ["document.pdf", "network.json", "console.json"]);
     app.shutdown().await;
 }
 

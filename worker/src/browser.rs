@@ -31,7 +31,15 @@ use tracing::{info, warn};
 
 /// Flags for a quiet, reproducible headless browser on a server (see NOTES.md: without
 /// the network ones Chromium keeps trying to reach Google's services).
-const CHROMIUM_FLAGS: [&str; 8] = [
+///
+/// Site isolation is off so that a cross-site iframe stays in its page's renderer and
+/// its requests are paused by the page's request interception (the network guard); an
+/// out-of-process iframe would be a separate target whose requests the guard never sees.
+/// The feature list replaces headless_chrome's default `--disable-features` flag (see
+/// [`REPLACED_DEFAULT_FLAGS`]), keeping what that one disabled.
+const CHROMIUM_FLAGS: [&str; 10] = [
+    "--disable-features=TranslateUI,BlinkGenPropertyTrees,IsolateOrigins,site-per-process",
+    "--disable-site-isolation-trials",
     "--disable-gpu",
     "--disable-component-update",
     "--disable-domain-reliability",
@@ -40,6 +48,15 @@ const CHROMIUM_FLAGS: [&str; 8] = [
     "--mute-audio",
     "--no-default-browser-check",
     "--no-pings",
+];
+
+/// headless_chrome default flags replaced by ours (Chromium reads only the last
+/// `--disable-features`), or dropped: with `--disable-popup-blocking` a page could open
+/// new windows on its own, and a new window is a target outside its page's request
+/// interception.
+const REPLACED_DEFAULT_FLAGS: [&str; 2] = [
+    "--disable-features=TranslateUI,BlinkGenPropertyTrees",
+    "--disable-popup-blocking",
 ];
 
 /// A launched browser and its control connection.
@@ -54,6 +71,8 @@ pub struct BrowserHandle {
     /// task gets a new browser.
     broken: AtomicBool,
     pub tasks_started: AtomicU64,
+    /// headless_chrome's per-call timeout: a call that takes longer means a hung browser.
+    call_timeout: Duration,
 }
 
 impl BrowserHandle {
@@ -67,6 +86,24 @@ impl BrowserHandle {
 
     pub fn mark_broken(&self) {
         self.broken.store(true, Ordering::SeqCst);
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// Fails with a retryable `browser_crashed` when the browser process is gone or the
+    /// browser was found hung; checked while a task waits, so a killed browser ends the
+    /// task's attempt at once instead of at its deadline.
+    pub fn check_alive(&self) -> Result<(), CodedError> {
+        if self.is_usable() {
+            return Ok(());
+        }
+        self.mark_broken();
+        Err(CodedError::new(
+            ErrorCode::BrowserCrashed,
+            "the browser died or stopped answering",
+        ))
     }
 
     fn is_usable(&self) -> bool {
@@ -93,9 +130,14 @@ impl BrowserHandle {
     /// Turns a headless_chrome error (its API speaks `anyhow`) into a task error, marking
     /// the browser broken when the error says it is gone.
     pub fn classify(&self, error: &anyhow::Error, what: &str) -> CodedError {
+        // A call that timed out means the browser (or its renderer) hangs: it is
+        // replaced, like one that died.
         let crashed = error
             .downcast_ref::<headless_chrome::browser::transport::ConnectionClosed>()
             .is_some()
+            || error
+                .downcast_ref::<headless_chrome::util::Timeout>()
+                .is_some()
             || !self.pid.is_none_or(process_is_alive);
         if crashed {
             self.mark_broken();
@@ -272,7 +314,14 @@ impl BrowserPool {
         if let Some(handle) = current.as_ref()
             && handle.is_usable()
         {
-            return Ok(Arc::clone(handle));
+            let recycle_after = self.settings.recycle_after;
+            if recycle_after == 0 || handle.tasks_started.load(Ordering::Relaxed) < recycle_after {
+                return Ok(Arc::clone(handle));
+            }
+            // Healthy but due: tasks still running keep it alive; it is killed (whole
+            // process tree, profile removed) when the last of them drops it.
+            info!(pid = ?handle.pid, tasks = recycle_after, "recycling the browser");
+            current.take();
         }
         if let Some(old) = current.take() {
             warn!(pid = ?old.pid, "replacing a browser that died or stopped answering");
@@ -288,6 +337,10 @@ impl BrowserPool {
         let mut flags: Vec<OsString> = CHROMIUM_FLAGS.iter().map(OsString::from).collect();
         flags.extend(self.settings.extra_args.iter().map(OsString::from));
         let flag_refs: Vec<&std::ffi::OsStr> = flags.iter().map(OsString::as_os_str).collect();
+        let replaced: Vec<&std::ffi::OsStr> = REPLACED_DEFAULT_FLAGS
+            .iter()
+            .map(std::ffi::OsStr::new)
+            .collect();
         let sandbox = match self.settings.sandbox {
             SandboxMode::On => true,
             SandboxMode::Off => false,
@@ -309,6 +362,10 @@ impl BrowserPool {
             .enable_gpu(false)
             .window_size(Some((1280, 800)))
             .args(flag_refs)
+            .ignore_default_args(replaced)
+            // headless_chrome accepts any certificate by default; a browser fetching
+            // other people's pages must not.
+            .ignore_certificate_errors(false)
             .idle_browser_timeout(self.settings.call_timeout)
             .build()
             .map_err(|error| {
@@ -343,6 +400,7 @@ impl BrowserPool {
             profile_dir,
             broken: AtomicBool::new(false),
             tasks_started: AtomicU64::new(0),
+            call_timeout: self.settings.call_timeout,
         })
     }
 

@@ -1,6 +1,9 @@
 //! The worker role: claims tasks from the queue and runs them in Chromium.
 //!
 //! - [`browser`]: the Chromium pool (warm browser, isolated contexts, blocking pool).
+//! - [`guard`]: the network policy applied to every request a page makes.
+//! - [`events`]: what a page did (lifecycle, network and console logs).
+//! - [`steps`]: the step executor for `script`, `content` and `scrape` tasks.
 //! - [`render`]: what happens in a page (navigate, wait, screenshot or PDF).
 //! - [`runner`]: one task from claim to recorded outcome (leases, retries, artifacts).
 //! - [`source`]: the apalis backend that feeds workers from our queue.
@@ -22,9 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub mod browser;
+pub mod events;
+pub mod guard;
 pub mod render;
 pub mod runner;
 pub mod source;
+pub mod steps;
 pub mod webhooks;
 
 use browser::BrowserPool;

@@ -13,14 +13,19 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use headless_chrome::Tab;
 use headless_chrome::protocol::cdp::types::Event;
-use headless_chrome::protocol::cdp::{Emulation, Page, Target};
+use headless_chrome::protocol::cdp::{Emulation, Network, Page, Runtime, Target};
 use headless_chrome::types::PrintToPdfOptions;
 use operator_shared::domain::{
-    ImageFormat, PdfInput, ScreenshotInput, TaskSpec, Viewport, WaitSpec, WaitUntil,
+    BlockableResource, ImageFormat, PaperFormat, PdfInput, ScreenshotInput, TaskSpec, Viewport,
+    WaitSpec, WaitUntil,
 };
 use operator_shared::error::{CodedError, ErrorCode};
+use operator_shared::network::NetworkPolicy;
 
 use crate::browser::BrowserHandle;
+use crate::events::PageEvents;
+use crate::guard::RequestGuard;
+use crate::steps::{self, ProgressSink};
 
 /// A file the task produced, before upload.
 #[derive(Debug, Clone)]
@@ -36,6 +41,8 @@ pub struct Rendered {
     pub files: Vec<RenderedFile>,
     /// Facts about the page for the task's result.
     pub page: serde_json::Value,
+    /// More top-level keys of the task's result (`data`, `steps`, `storage_state`).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a render stops early, checked between steps and while waiting.
@@ -58,8 +65,10 @@ impl StopSignal {
 pub fn render(
     handle: &Arc<BrowserHandle>,
     spec: &TaskSpec,
+    policy: &NetworkPolicy,
     deadline: Instant,
     stop: &StopSignal,
+    progress: ProgressSink<'_>,
 ) -> Result<Rendered, CodedError> {
     let context = handle.new_context()?;
     let tab = handle
@@ -79,26 +88,85 @@ pub fn render(
             hidden: None,
         })
         .map_err(|error| handle.classify(&error, "cannot open a page"))?;
+    // The guard and the event log are in place before the page loads anything.
+    let mut guard = RequestGuard::new(policy.clone(), tab.get_target_id().clone());
+    if let TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) = spec {
+        guard = guard.blocking(
+            input
+                .block_resources
+                .iter()
+                .map(|resource| match resource {
+                    BlockableResource::Image => "Image",
+                    BlockableResource::Font => "Font",
+                    BlockableResource::Media => "Media",
+                    BlockableResource::Stylesheet => "Stylesheet",
+                })
+                .collect(),
+            input.block_urls.clone(),
+        );
+    }
+    let guard = Arc::new(guard);
+    guard
+        .install(&tab)
+        .map_err(|error| handle.classify(&error, "cannot watch the page's requests"))?;
+    let events = Arc::new(PageEvents::new(tab.get_target_id().clone()));
+    events
+        .install(&tab)
+        .map_err(|error| handle.classify(&error, "cannot watch the page"))?;
+    tab.call_method(Network::Enable {
+        max_total_buffer_size: None,
+        max_resource_buffer_size: None,
+        max_post_data_size: None,
+        report_direct_socket_traffic: None,
+        enable_durable_messages: None,
+    })
+    .and_then(|_| tab.call_method(Runtime::Enable(None)))
+    .map_err(|error| handle.classify(&error, "cannot watch the page"))?;
     let session = Session {
         handle,
         tab: &tab,
+        guard: &guard,
+        events: &events,
         deadline,
         stop,
     };
     let result = match spec {
         TaskSpec::Screenshot(input) => session.screenshot(input),
         TaskSpec::Pdf(input) => session.pdf(input),
+        TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) => {
+            steps::browse(&session, spec.kind(), input, progress)
+        }
     };
+    let result = result.map(|mut rendered| {
+        rendered
+            .files
+            .push(json_file("network.json", &events.network_log()));
+        rendered
+            .files
+            .push(json_file("console.json", &events.console_log()));
+        rendered
+    });
     // The context (and the tab in it) is disposed when `context` drops, after the capture.
     drop(context);
     result
 }
 
-struct Session<'a> {
-    handle: &'a Arc<BrowserHandle>,
-    tab: &'a Arc<Tab>,
-    deadline: Instant,
-    stop: &'a StopSignal,
+fn json_file(name: &str, value: &serde_json::Value) -> RenderedFile {
+    RenderedFile {
+        name: name.to_owned(),
+        content_type: "application/json".to_owned(),
+        bytes: serde_json::to_vec_pretty(value).unwrap_or_default(),
+    }
+}
+
+/// One task's page and what watches it.
+pub(crate) struct Session<'a> {
+    pub(crate) handle: &'a Arc<BrowserHandle>,
+    pub(crate) tab: &'a Arc<Tab>,
+    pub(crate) guard: &'a RequestGuard,
+    pub(crate) events: &'a PageEvents,
+    pub(crate) deadline: Instant,
+    pub(crate) stop: &'a StopSignal,
 }
 
 impl Session<'_> {
@@ -108,7 +176,27 @@ impl Session<'_> {
             input.url.as_str(),
             &TaskSpec::Screenshot(input.clone()).wait(),
         )?;
-        let clip = if input.full_page {
+        let bytes = self.capture(input.image_type, input.quality, input.full_page, None)?;
+        Ok(Rendered {
+            files: vec![RenderedFile {
+                name: format!("screenshot.{}", input.image_type.extension()),
+                content_type: input.image_type.content_type().to_owned(),
+                bytes,
+            }],
+            page: self.facts()?,
+            extra: serde_json::Map::new(),
+        })
+    }
+
+    /// Captures the viewport, the whole page, or `clip` (page coordinates).
+    pub(crate) fn capture(
+        &self,
+        image_type: ImageFormat,
+        quality: Option<u8>,
+        full_page: bool,
+        clip: Option<Page::Viewport>,
+    ) -> Result<Vec<u8>, CodedError> {
+        let clip = if full_page {
             let metrics = self
                 .tab
                 .call_method(Page::GetLayoutMetrics(None))
@@ -122,40 +210,65 @@ impl Session<'_> {
                 scale: 1.0,
             })
         } else {
-            None
+            clip
         };
-        let format = match input.image_type {
+        let format = match image_type {
             ImageFormat::Png => Page::CaptureScreenshotFormatOption::Png,
             ImageFormat::Jpeg => Page::CaptureScreenshotFormatOption::Jpeg,
             ImageFormat::Webp => Page::CaptureScreenshotFormatOption::Webp,
         };
+        let beyond_viewport = full_page || clip.is_some();
         let capture = self
             .tab
             .call_method(Page::CaptureScreenshot {
                 format: Some(format),
-                quality: input.quality.map(u32::from),
+                quality: quality.map(u32::from),
                 clip,
                 from_surface: Some(true),
-                capture_beyond_viewport: Some(input.full_page),
+                capture_beyond_viewport: Some(beyond_viewport),
                 optimize_for_speed: None,
             })
             .map_err(|error| self.handle.classify(&error, "screenshot failed"))?;
-        let bytes = base64::engine::general_purpose::STANDARD
+        base64::engine::general_purpose::STANDARD
             .decode(capture.data)
             .map_err(|error| {
                 CodedError::new(
                     ErrorCode::BrowserError,
                     format!("screenshot was not base64: {error}"),
                 )
-            })?;
-        Ok(Rendered {
-            files: vec![RenderedFile {
-                name: format!("screenshot.{}", input.image_type.extension()),
-                content_type: input.image_type.content_type().to_owned(),
-                bytes,
-            }],
-            page: self.facts()?,
-        })
+            })
+    }
+
+    /// Prints the page to PDF with default margins (the `pdf` step).
+    pub(crate) fn print(
+        &self,
+        format: PaperFormat,
+        landscape: bool,
+        print_background: bool,
+    ) -> Result<Vec<u8>, CodedError> {
+        let (width, height) = format.size_inches();
+        self.tab
+            .print_to_pdf(Some(PrintToPdfOptions {
+                landscape: Some(landscape),
+                display_header_footer: Some(false),
+                print_background: Some(print_background),
+                scale: None,
+                paper_width: Some(width),
+                paper_height: Some(height),
+                margin_top: None,
+                margin_bottom: None,
+                margin_left: None,
+                margin_right: None,
+                page_ranges: None,
+                ignore_invalid_page_ranges: None,
+                header_template: None,
+                footer_template: None,
+                prefer_css_page_size: Some(false),
+                transfer_mode: None,
+                generate_document_outline: None,
+                generate_tagged_pdf: None,
+            }))
+            .map_err(|error| self.handle.classify(&error, "printing to PDF failed"))
     }
 
     fn pdf(&self, input: &PdfInput) -> Result<Rendered, CodedError> {
@@ -202,10 +315,11 @@ impl Session<'_> {
                 bytes,
             }],
             page: self.facts()?,
+            extra: serde_json::Map::new(),
         })
     }
 
-    fn set_viewport(&self, viewport: &Viewport) -> Result<(), CodedError> {
+    pub(crate) fn set_viewport(&self, viewport: &Viewport) -> Result<(), CodedError> {
         self.tab
             .call_method(Emulation::SetDeviceMetricsOverride {
                 width: viewport.width,
@@ -228,7 +342,18 @@ impl Session<'_> {
     }
 
     /// Navigates and waits for the requested milestone, selector and delay.
-    fn open(&self, url: &str, wait: &WaitSpec) -> Result<(), CodedError> {
+    pub(crate) fn open(&self, url: &str, wait: &WaitSpec) -> Result<(), CodedError> {
+        self.open_until(url, wait, self.deadline)
+    }
+
+    /// [`Session::open`] that gives up at `deadline` (a step's) with `wait_timeout`, or
+    /// at the task's deadline with `task_timeout`.
+    pub(crate) fn open_until(
+        &self,
+        url: &str,
+        wait: &WaitSpec,
+        deadline: Instant,
+    ) -> Result<(), CodedError> {
         let milestone = match wait.wait_until {
             WaitUntil::DomContentLoaded => "DOMContentLoaded",
             WaitUntil::Load => "load",
@@ -246,7 +371,7 @@ impl Session<'_> {
                 }
             }))
             .map_err(|error| self.handle.classify(&error, "cannot watch the page"))?;
-        let outcome = self.navigate_and_wait(url, milestone, &receiver);
+        let outcome = self.navigate_and_wait(url, milestone, &receiver, deadline);
         let _already_removed = self.tab.remove_event_listener(&listener);
         outcome?;
         if let Some(selector) = &wait.wait_for_selector {
@@ -263,6 +388,7 @@ impl Session<'_> {
         url: &str,
         milestone: &str,
         events: &mpsc::Receiver<(String, String)>,
+        deadline: Instant,
     ) -> Result<(), CodedError> {
         let navigation = self
             .tab
@@ -274,6 +400,7 @@ impl Session<'_> {
                 referrer_policy: None,
             })
             .map_err(|error| self.handle.classify(&error, "navigation failed"))?;
+        self.check_document_allowed()?;
         if let Some(error_text) = navigation.error_text.filter(|text| !text.is_empty()) {
             return Err(CodedError::new(
                 ErrorCode::NavigationFailed,
@@ -286,8 +413,20 @@ impl Session<'_> {
         };
         loop {
             self.check_stop()?;
+            self.check_document_allowed()?;
             let remaining = self.remaining()?;
-            match events.recv_timeout(remaining.min(Duration::from_millis(100))) {
+            let step_remaining = deadline.saturating_duration_since(Instant::now());
+            if step_remaining.is_zero() {
+                return Err(CodedError::new(
+                    ErrorCode::WaitTimeout,
+                    format!("{url} did not reach {milestone} within the step's timeout"),
+                ));
+            }
+            match events.recv_timeout(
+                remaining
+                    .min(step_remaining)
+                    .min(Duration::from_millis(100)),
+            ) {
                 Ok((event_loader, name)) if event_loader == loader_id && name == milestone => {
                     return Ok(());
                 }
@@ -357,7 +496,7 @@ impl Session<'_> {
     }
 
     /// The final URL and title, for the task's result.
-    fn facts(&self) -> Result<serde_json::Value, CodedError> {
+    pub(crate) fn facts(&self) -> Result<serde_json::Value, CodedError> {
         let title = self
             .tab
             .evaluate("document.title", false)
@@ -370,10 +509,27 @@ impl Session<'_> {
             .map_err(|error| self.handle.classify(&error, "cannot read the page address"))?
             .value
             .unwrap_or(serde_json::Value::Null);
-        Ok(serde_json::json!({"url": url, "title": title}))
+        self.check_document_allowed()?;
+        let (refused, refused_total) = self.guard.refusals();
+        let mut facts = serde_json::json!({"url": url, "title": title});
+        if refused_total > 0 {
+            facts["blocked_requests"] =
+                serde_json::json!({"total": refused_total, "requests": refused});
+        }
+        Ok(facts)
     }
 
-    fn check_stop(&self) -> Result<(), CodedError> {
+    /// Fails the task when the network policy refused the page's own document (the
+    /// navigation itself or a redirect of it).
+    pub(crate) fn check_document_allowed(&self) -> Result<(), CodedError> {
+        match self.guard.document_refusal() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_stop(&self) -> Result<(), CodedError> {
+        self.handle.check_alive()?;
         if self.stop.is_stopped() {
             Err(CodedError::new(ErrorCode::Cancelled, "stopped"))
         } else {
@@ -381,7 +537,7 @@ impl Session<'_> {
         }
     }
 
-    fn remaining(&self) -> Result<Duration, CodedError> {
+    pub(crate) fn remaining(&self) -> Result<Duration, CodedError> {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             Err(CodedError::new(

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 use operator_shared::db::{FinishOutcome, LeaseRenewal, StartOutcome, TaskRepository};
-use operator_shared::domain::{ArtifactId, NewArtifact, TaskOutcome, TaskRecord, TaskSpec};
+use operator_shared::domain::{
+    ArtifactId, LeaseToken, NewArtifact, TaskId, TaskOutcome, TaskRecord, TaskSpec,
+};
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
 use operator_shared::queue::{Claim, SharedQueue};
@@ -214,8 +216,8 @@ impl TaskRunner {
         };
         let outcome = match result {
             Err(outcome) => outcome,
-            Ok(Ok((rendered_page, artifacts))) => TaskOutcome::Succeeded {
-                result: json!({
+            Ok(Ok((rendered_page, extra, artifacts))) => {
+                let mut result = json!({
                     "page": rendered_page,
                     "artifacts": artifacts.iter().map(|artifact| json!({
                         "id": artifact.id,
@@ -223,9 +225,12 @@ impl TaskRunner {
                         "content_type": artifact.content_type,
                         "size_bytes": artifact.size_bytes,
                     })).collect::<Vec<_>>(),
-                }),
-                artifacts,
-            },
+                });
+                if let Some(object) = result.as_object_mut() {
+                    object.extend(extra);
+                }
+                TaskOutcome::Succeeded { result, artifacts }
+            }
             Ok(Err(error)) => self.classify_failure(record, error),
         };
         Some(outcome)
@@ -253,12 +258,45 @@ impl TaskRunner {
         spec: TaskSpec,
         deadline: Instant,
         stop: StopSignal,
-    ) -> Result<(serde_json::Value, Vec<NewArtifact>), CodedError> {
-        self.policy.check_url(spec.url().as_url()).await?;
-        let rendered: Rendered = self
+    ) -> Result<
+        (
+            serde_json::Value,
+            serde_json::Map<String, serde_json::Value>,
+            Vec<NewArtifact>,
+        ),
+        CodedError,
+    > {
+        if let Some(url) = spec.start_url() {
+            self.policy.check_url(url.as_url()).await?;
+        }
+        let policy = self.policy.clone();
+        // Step outcomes go from the browser thread to a writer task that records the
+        // latest as the task's progress, guarded by the lease token.
+        let (progress_sender, progress_receiver) =
+            watch::channel::<Option<serde_json::Value>>(None);
+        let writer = record.lease_token.map(|token| {
+            tokio::spawn(write_progress(
+                self.repo.clone(),
+                record.id,
+                token,
+                progress_receiver,
+            ))
+        });
+        let rendered = self
             .pool
-            .run_blocking(move |handle| render::render(&handle, &spec, deadline, &stop))
-            .await?;
+            .run_blocking(move |handle| {
+                let sink = move |progress: serde_json::Value| {
+                    let _receiver_gone = progress_sender.send(Some(progress));
+                };
+                render::render(&handle, &spec, &policy, deadline, &stop, &sink)
+            })
+            .await;
+        // The sender went with the closure: the writer stores the last value and ends,
+        // before the outcome is recorded.
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+        let rendered: Rendered = rendered?;
         let mut artifacts = Vec::with_capacity(rendered.files.len());
         for file in rendered.files {
             // The attempt is part of the key: a stale attempt still uploading cannot
@@ -287,7 +325,7 @@ impl TaskRunner {
                 sha256: receipt.sha256,
             });
         }
-        Ok((rendered.page, artifacts))
+        Ok((rendered.page, rendered.extra, artifacts))
     }
 
     async fn settle_claim(&self, claim: &Claim) {
@@ -305,6 +343,30 @@ impl TaskRunner {
             Err(error) => {
                 warn!(error = %error, "requeue failed; the reconciler will dispatch the task")
             }
+        }
+    }
+}
+
+/// Records the latest progress each time it changes, until the sender is dropped; then
+/// records the last value if it was not written yet.
+async fn write_progress(
+    repo: TaskRepository,
+    task_id: TaskId,
+    token: LeaseToken,
+    mut progress: watch::Receiver<Option<serde_json::Value>>,
+) {
+    loop {
+        let ended = progress.changed().await.is_err();
+        let latest = progress.borrow_and_update().clone();
+        if let Some(latest) = latest {
+            match repo.record_progress(task_id, token, &latest).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => warn!(error = %error, "recording progress failed"),
+            }
+        }
+        if ended {
+            return;
         }
     }
 }

@@ -667,6 +667,26 @@ impl TaskRepository {
         Ok(LeaseRenewal::Held { cancel_requested })
     }
 
+    /// Records a running task's progress (its steps so far), guarded by the lease token
+    /// like every write of a running task. Returns whether the lease was still held.
+    pub async fn record_progress(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        progress: &serde_json::Value,
+    ) -> Result<bool, RepoError> {
+        let updated = task::Entity::update_many()
+            .col_expr(task::Column::Progress, Expr::value(progress.clone()))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now()))
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
+            .filter(task::Column::State.eq(TaskState::Running.as_str()))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(updated > 0)
+    }
+
     /// Records how the worker holding `token` finished the task: its state, result or
     /// error, artifacts, the attempt's outcome and the event, in one transaction.
     #[instrument(skip_all, fields(task_id = %id, state = %outcome.next_state()))]

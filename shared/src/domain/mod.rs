@@ -4,6 +4,7 @@
 mod ids;
 mod spec;
 mod state;
+mod steps;
 mod task;
 
 pub use ids::{ArtifactId, DEFAULT_TENANT, InvalidTenantId, LeaseToken, TaskId, TenantId};
@@ -12,6 +13,10 @@ pub use spec::{
     Priority, ScreenshotInput, TargetUrl, TaskKind, TaskSpec, Viewport, WaitSpec, WaitUntil,
 };
 pub use state::{InvalidTransition, TaskState, UnknownState};
+pub use steps::{
+    BlockableResource, BrowseInput, CookieSpec, DEFAULT_STEP_TIMEOUT_MS, ElementState, ExtractWhat,
+    Extraction, FieldDetail, FieldSpec, PageEvent, Step,
+};
 pub use task::{
     ArtifactRecord, AttemptOutcome, AttemptRecord, NewArtifact, NewTask, TaskFilter, TaskOutcome,
     TaskRecord,

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::steps::{BrowseInput, parse_browse_input};
 use crate::error::{CodedError, ErrorCode};
 
 /// What kind of work a task is.
@@ -15,15 +16,30 @@ use crate::error::{CodedError, ErrorCode};
 pub enum TaskKind {
     Screenshot,
     Pdf,
+    /// The page's HTML after its scripts ran.
+    Content,
+    /// Data taken from the page by CSS selectors, as JSON.
+    Scrape,
+    /// A list of steps (goto, click, type, extract, screenshot, ...).
+    Script,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 2] = [Self::Screenshot, Self::Pdf];
+    pub const ALL: [TaskKind; 5] = [
+        Self::Screenshot,
+        Self::Pdf,
+        Self::Content,
+        Self::Scrape,
+        Self::Script,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Screenshot => "screenshot",
             Self::Pdf => "pdf",
+            Self::Content => "content",
+            Self::Scrape => "scrape",
+            Self::Script => "script",
         }
     }
 
@@ -188,7 +204,7 @@ impl Default for Viewport {
 pub const MAX_VIEWPORT_SIDE: u32 = 8192;
 
 impl Viewport {
-    fn validate(&self, field: &str) -> Result<(), CodedError> {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), CodedError> {
         check_range(&format!("{field}.width"), self.width, 1, MAX_VIEWPORT_SIDE)?;
         check_range(
             &format!("{field}.height"),
@@ -490,6 +506,9 @@ impl PdfInput {
 pub enum TaskSpec {
     Screenshot(ScreenshotInput),
     Pdf(PdfInput),
+    Content(BrowseInput),
+    Scrape(BrowseInput),
+    Script(BrowseInput),
 }
 
 impl TaskSpec {
@@ -498,6 +517,9 @@ impl TaskSpec {
         let spec = match kind {
             TaskKind::Screenshot => Self::Screenshot(parse_input(input)?),
             TaskKind::Pdf => Self::Pdf(parse_input(input)?),
+            TaskKind::Content => Self::Content(parse_browse_input(input)?),
+            TaskKind::Scrape => Self::Scrape(parse_browse_input(input)?),
+            TaskKind::Script => Self::Script(parse_browse_input(input)?),
         };
         spec.validate()?;
         Ok(spec)
@@ -507,13 +529,28 @@ impl TaskSpec {
         match self {
             Self::Screenshot(_) => TaskKind::Screenshot,
             Self::Pdf(_) => TaskKind::Pdf,
+            Self::Content(_) => TaskKind::Content,
+            Self::Scrape(_) => TaskKind::Scrape,
+            Self::Script(_) => TaskKind::Script,
         }
     }
 
-    pub fn url(&self) -> &TargetUrl {
+    /// The page the task opens first, if it names one (a script may start with `goto`).
+    pub fn start_url(&self) -> Option<&TargetUrl> {
         match self {
-            Self::Screenshot(input) => &input.url,
-            Self::Pdf(input) => &input.url,
+            Self::Screenshot(input) => Some(&input.url),
+            Self::Pdf(input) => Some(&input.url),
+            Self::Content(input) | Self::Scrape(input) | Self::Script(input) => input.url.as_ref(),
+        }
+    }
+
+    /// Every URL the task names (start, `goto` steps, cookie URLs), for the network
+    /// policy's check at submission.
+    pub fn urls(&self) -> Vec<&TargetUrl> {
+        match self {
+            Self::Screenshot(input) => vec![&input.url],
+            Self::Pdf(input) => vec![&input.url],
+            Self::Content(input) | Self::Scrape(input) | Self::Script(input) => input.urls(),
         }
     }
 
@@ -522,6 +559,9 @@ impl TaskSpec {
         let (wait_until, wait_for_selector, delay_ms) = match self {
             Self::Screenshot(input) => (input.wait_until, &input.wait_for_selector, input.delay_ms),
             Self::Pdf(input) => (input.wait_until, &input.wait_for_selector, input.delay_ms),
+            Self::Content(input) | Self::Scrape(input) | Self::Script(input) => {
+                (input.wait_until, &input.wait_for_selector, input.delay_ms)
+            }
         };
         WaitSpec {
             wait_until,
@@ -535,6 +575,9 @@ impl TaskSpec {
         let serialized = match self {
             Self::Screenshot(input) => serde_json::to_value(input),
             Self::Pdf(input) => serde_json::to_value(input),
+            Self::Content(input) | Self::Scrape(input) | Self::Script(input) => {
+                serde_json::to_value(input)
+            }
         };
         // Serializing plain data structs cannot fail; keep the fallback total anyway.
         serialized.unwrap_or(serde_json::Value::Null)
@@ -576,11 +619,16 @@ impl TaskSpec {
                 }
                 input.geometry().map(|_| ())
             }
+            Self::Content(input) => input.validate(true, false, false),
+            Self::Scrape(input) => input.validate(true, false, true),
+            Self::Script(input) => input.validate(false, true, false),
         }
     }
 }
 
-fn parse_input<T: serde::de::DeserializeOwned>(input: &serde_json::Value) -> Result<T, CodedError> {
+pub(crate) fn parse_input<T: serde::de::DeserializeOwned>(
+    input: &serde_json::Value,
+) -> Result<T, CodedError> {
     if !input.is_object() {
         return Err(invalid_input("input", "must be a JSON object"));
     }
@@ -605,11 +653,11 @@ fn parse_input<T: serde::de::DeserializeOwned>(input: &serde_json::Value) -> Res
     })
 }
 
-fn invalid_input(field: &str, problem: &str) -> CodedError {
+pub(crate) fn invalid_input(field: &str, problem: &str) -> CodedError {
     CodedError::new(ErrorCode::InvalidInput, format!("{field}: {problem}"))
 }
 
-fn check_range(field: &str, value: u32, min: u32, max: u32) -> Result<(), CodedError> {
+pub(crate) fn check_range(field: &str, value: u32, min: u32, max: u32) -> Result<(), CodedError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
@@ -750,7 +798,11 @@ mod tests {
     fn unknown_kinds_are_named() {
         let error = TaskKind::parse("video").expect_err("unknown");
         assert_eq!(error.code, ErrorCode::UnknownKind);
-        assert!(error.message.contains("screenshot, pdf"));
+        assert!(
+            error
+                .message
+                .contains("screenshot, pdf, content, scrape, script")
+        );
     }
 
     #[test]

@@ -1,0 +1,310 @@
+//! One-call endpoints: `POST /v1/screenshot`, `/v1/pdf`, `/v1/content`, `/v1/scrape`.
+//!
+//! The body is the task's input (what `input` would be in `POST /v1/tasks`). The call
+//! creates an ordinary task (same validation, queue, records, limits and retries), waits
+//! for it up to `server.sync_wait` (30 s by default), and answers with what the task
+//! produced: the image, the PDF or the HTML with its content type, or the scraped JSON.
+//! A task that is still running when the wait ends is answered with `202` and the task
+//! (poll its `Location`). A task that failed is answered with its error code.
+
+// Response enums are built once and returned at once.
+#![allow(clippy::large_enum_variant)]
+
+use std::time::Duration;
+
+use operator_shared::domain::{TaskKind, TaskRecord, TaskState};
+use operator_shared::error::{CodedError, ErrorCode};
+use poem::Body;
+use poem::http::StatusCode;
+use poem_openapi::param::Query;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use tracing::warn;
+
+use crate::artifacts::ArtifactBody;
+use crate::dto::TaskView;
+use crate::error::{ApiError, ErrorBody, status_for};
+use crate::state::SharedState;
+use crate::submission::{SubmissionRules, TaskSubmission};
+use crate::tasks::ApiTags;
+
+#[derive(ApiResponse)]
+pub enum FileResponse {
+    /// The task's file, with its content type (`image/png`, `application/pdf`,
+    /// `text/html`…). The task's id is in `Operator-Task-Id`.
+    #[oai(status = 200)]
+    Ok(ArtifactBody, #[oai(header = "Operator-Task-Id")] String),
+    /// Still running when the wait ended: the task, to poll at `Location`.
+    #[oai(status = 202)]
+    Accepted(Json<TaskView>, #[oai(header = "Location")] String),
+    /// The input is invalid (400 `invalid_json`, 422 `invalid_input`, `url_not_allowed`,
+    /// …; no task was created), or the task failed on the page (422 `url_not_allowed`,
+    /// `selector_not_found`, `step_failed`; 409 `cancelled`).
+    #[oai(status_range = "4XX")]
+    Rejected(
+        StatusCode,
+        Json<ErrorBody>,
+        #[oai(header = "Operator-Task-Id")] Option<String>,
+    ),
+    /// The task failed: 502 `navigation_failed`, 504 `task_timeout`/`wait_timeout`,
+    /// 500 `browser_error`, `browser_crashed`, …
+    #[oai(status_range = "5XX")]
+    Failed(
+        StatusCode,
+        Json<ErrorBody>,
+        #[oai(header = "Operator-Task-Id")] Option<String>,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum DataResponse {
+    /// The task's result: `data` (the extracted values), `page`, `steps`, `artifacts`.
+    #[oai(status = 200)]
+    Ok(
+        Json<serde_json::Value>,
+        #[oai(header = "Operator-Task-Id")] String,
+    ),
+    /// Still running when the wait ended: the task, to poll at `Location`.
+    #[oai(status = 202)]
+    Accepted(Json<TaskView>, #[oai(header = "Location")] String),
+    /// Invalid input (no task was created), or the task failed on the page.
+    #[oai(status_range = "4XX")]
+    Rejected(
+        StatusCode,
+        Json<ErrorBody>,
+        #[oai(header = "Operator-Task-Id")] Option<String>,
+    ),
+    /// The task failed.
+    #[oai(status_range = "5XX")]
+    Failed(
+        StatusCode,
+        Json<ErrorBody>,
+        #[oai(header = "Operator-Task-Id")] Option<String>,
+    ),
+}
+
+pub struct OneShotApi {
+    pub state: SharedState,
+}
+
+/// How a one-call task ended, before it becomes a response.
+enum Waited {
+    Invalid(ApiError),
+    Pending(TaskRecord),
+    Failed(TaskRecord, CodedError),
+    Succeeded(TaskRecord),
+}
+
+#[OpenApi(tag = "ApiTags::Tasks")]
+impl OneShotApi {
+    /// Take a screenshot and get the image in the answer.
+    ///
+    /// The body is a `screenshot` task's input. Waits for the task up to
+    /// `server.sync_wait`, then answers `202` with the task.
+    #[oai(path = "/v1/screenshot", method = "post")]
+    async fn screenshot(
+        &self,
+        body: TaskSubmission,
+        /// Milliseconds one attempt may take (default 60000).
+        timeout_ms: Query<Option<u64>>,
+    ) -> poem::Result<FileResponse> {
+        self.file(TaskKind::Screenshot, body, timeout_ms.0, "screenshot.")
+            .await
+    }
+
+    /// Print a page to PDF and get the document in the answer.
+    #[oai(path = "/v1/pdf", method = "post")]
+    async fn pdf(
+        &self,
+        body: TaskSubmission,
+        /// Milliseconds one attempt may take (default 60000).
+        timeout_ms: Query<Option<u64>>,
+    ) -> poem::Result<FileResponse> {
+        self.file(TaskKind::Pdf, body, timeout_ms.0, "document.pdf")
+            .await
+    }
+
+    /// Get a page's HTML after its scripts ran.
+    #[oai(path = "/v1/content", method = "post")]
+    async fn content(
+        &self,
+        body: TaskSubmission,
+        /// Milliseconds one attempt may take (default 60000).
+        timeout_ms: Query<Option<u64>>,
+    ) -> poem::Result<FileResponse> {
+        self.file(TaskKind::Content, body, timeout_ms.0, "page.html")
+            .await
+    }
+
+    /// Scrape a page by CSS selectors and get the data as JSON.
+    #[oai(path = "/v1/scrape", method = "post")]
+    async fn scrape(
+        &self,
+        body: TaskSubmission,
+        /// Milliseconds one attempt may take (default 60000).
+        timeout_ms: Query<Option<u64>>,
+    ) -> poem::Result<DataResponse> {
+        let location_base = format!("{}/v1/tasks", self.state.public_url);
+        Ok(
+            match self.run(TaskKind::Scrape, body, timeout_ms.0).await? {
+                Waited::Invalid(error) => {
+                    DataResponse::Rejected(status_for(error.code()), Json(error.body()), None)
+                }
+                Waited::Pending(task) => {
+                    let location = format!("{location_base}/{}", task.id);
+                    DataResponse::Accepted(Json(TaskView::from_record(task, None)), location)
+                }
+                Waited::Failed(task, error) => {
+                    let (status, body) = failure_body(&task, error);
+                    let id = Some(task.id.to_string());
+                    if status.is_client_error() {
+                        DataResponse::Rejected(status, Json(body), id)
+                    } else {
+                        DataResponse::Failed(status, Json(body), id)
+                    }
+                }
+                Waited::Succeeded(task) => {
+                    let id = task.id.to_string();
+                    DataResponse::Ok(Json(task.result.unwrap_or_default()), id)
+                }
+            },
+        )
+    }
+}
+
+impl OneShotApi {
+    async fn file(
+        &self,
+        kind: TaskKind,
+        body: TaskSubmission,
+        timeout_ms: Option<u64>,
+        artifact_prefix: &str,
+    ) -> poem::Result<FileResponse> {
+        let state = &self.state;
+        Ok(match self.run(kind, body, timeout_ms).await? {
+            Waited::Invalid(error) => {
+                FileResponse::Rejected(status_for(error.code()), Json(error.body()), None)
+            }
+            Waited::Pending(task) => {
+                let location = format!("{}/v1/tasks/{}", state.public_url, task.id);
+                FileResponse::Accepted(Json(TaskView::from_record(task, None)), location)
+            }
+            Waited::Failed(task, error) => {
+                let (status, body) = failure_body(&task, error);
+                let id = Some(task.id.to_string());
+                if status.is_client_error() {
+                    FileResponse::Rejected(status, Json(body), id)
+                } else {
+                    FileResponse::Failed(status, Json(body), id)
+                }
+            }
+            Waited::Succeeded(task) => {
+                let artifacts = state
+                    .repo
+                    .artifacts(&task.tenant, task.id)
+                    .await
+                    .map_err(ApiError::from)?;
+                let Some(artifact) = artifacts
+                    .into_iter()
+                    .find(|artifact| artifact.name.starts_with(artifact_prefix))
+                else {
+                    return Err(ApiError::internal(&format!(
+                        "task {} succeeded without its {artifact_prefix} artifact",
+                        task.id
+                    ))
+                    .into());
+                };
+                let bytes = state
+                    .storage
+                    .get_bytes(&artifact.storage_key)
+                    .await
+                    .map_err(ApiError::from)?;
+                FileResponse::Ok(
+                    ArtifactBody {
+                        content_type: artifact.content_type,
+                        size: bytes.len() as u64,
+                        sha256: artifact.sha256,
+                        file_name: artifact.name,
+                        body: Body::from_bytes(bytes),
+                    },
+                    task.id.to_string(),
+                )
+            }
+        })
+    }
+
+    /// Validates, stores and dispatches the task, then waits for it.
+    async fn run(
+        &self,
+        kind: TaskKind,
+        body: TaskSubmission,
+        timeout_ms: Option<u64>,
+    ) -> poem::Result<Waited> {
+        let state = &self.state;
+        let options = match timeout_ms {
+            Some(timeout) => serde_json::json!({ "timeout_ms": timeout }),
+            None => serde_json::json!({}),
+        };
+        let submission = TaskSubmission::from_input(kind, body, options);
+        let rules = SubmissionRules {
+            settings: &state.settings,
+            policy: &state.policy,
+        };
+        let new_task = match submission.validate(&rules, state.tenant(), None, None) {
+            Ok(new_task) => new_task,
+            Err(error) => return Ok(Waited::Invalid(error)),
+        };
+        let task = state.repo.create(new_task).await.map_err(ApiError::from)?;
+        state.dispatch(&task).await;
+        let deadline = tokio::time::Instant::now() + state.settings.server.sync_wait;
+        let mut pause = Duration::from_millis(20);
+        let tenant = task.tenant.clone();
+        let id = task.id;
+        let mut latest = task;
+        loop {
+            if latest.state.is_terminal() {
+                return Ok(match latest.state {
+                    TaskState::Succeeded => Waited::Succeeded(latest),
+                    _ => {
+                        let error = latest.error.clone().unwrap_or_else(|| {
+                            CodedError::new(ErrorCode::Internal, "the task ended without an error")
+                        });
+                        Waited::Failed(latest, error)
+                    }
+                });
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Ok(Waited::Pending(latest));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+            latest = match state.repo.get(&tenant, id).await {
+                Ok(Some(task)) => task,
+                Ok(None) => {
+                    return Err(ApiError::internal(&format!("task {id} vanished")).into());
+                }
+                Err(error) => return Err(ApiError::from(error).into()),
+            };
+        }
+    }
+}
+
+/// The status and error body for a failed task. 500 and 503 bodies keep the code but
+/// not the message (it may describe internals; it is logged instead).
+fn failure_body(task: &TaskRecord, error: CodedError) -> (StatusCode, ErrorBody) {
+    let status = status_for(error.code);
+    if matches!(status.as_u16(), 500 | 503) {
+        warn!(task_id = %task.id, code = %error.code, error = %error.message, "one-call task failed");
+        return (
+            status,
+            ErrorBody {
+                code: error.code.as_str().to_owned(),
+                message: format!(
+                    "the task failed ({}); see GET /v1/tasks/{} and the server log",
+                    error.code, task.id
+                ),
+            },
+        );
+    }
+    (status, ErrorBody::from(error))
+}

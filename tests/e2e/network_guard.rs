@@ -1,0 +1,140 @@
+//! The network policy inside the browser: redirects and sub-requests to refused
+//! addresses never leave Chromium.
+//!
+//! The application allows the host `localhost` by name only (not its address), so a
+//! page at `http://localhost:PORT` may load while anything addressed as `127.0.0.1`,
+//! or at the cloud-metadata address, is refused: the same page server, reachable by one
+//! name and refused by the other.
+
+use serde_json::json;
+
+use crate::TASK_DEADLINE;
+use crate::helpers::{PageServer, TestApp};
+
+const ENDED: [&str; 5] = ["succeeded", "failed", "dead", "timed_out", "cancelled"];
+
+async fn allowing_localhost_by_name() -> TestApp {
+    TestApp::embedded_with(|settings| {
+        settings.network.allow = vec!["localhost".into()];
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_addresses_are_refused_at_submission() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    for url in [
+        pages.url("secret"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "file:///etc/passwd".to_owned(),
+    ] {
+        let (status, body) = app
+            .submit(&json!({"kind": "screenshot", "input": {"url": url}}))
+            .await;
+        assert_eq!(status, 422, "{url}: {body}");
+        assert!(
+            ["url_not_allowed", "url_scheme_not_allowed"]
+                .contains(&body["code"].as_str().unwrap_or_default()),
+            "{body}"
+        );
+    }
+    assert_eq!(pages.hits("secret"), 0);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_a_refused_address_fails_the_task_for_good() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let to_loopback = format!(
+        "{}?to={}",
+        pages.localhost_url("redirect"),
+        pages.url("secret")
+    );
+    let to_metadata = format!(
+        "{}?to=http://169.254.169.254/latest/meta-data/",
+        pages.localhost_url("redirect")
+    );
+    for url in [to_loopback, to_metadata] {
+        let (status, task) = app
+            .submit(&json!({"kind": "screenshot", "input": {"url": url}, "max_attempts": 3}))
+            .await;
+        assert_eq!(status, 202, "{task}");
+        let done = app
+            .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+            .await;
+        assert_eq!(done["state"], "failed", "{done}");
+        assert_eq!(done["error"]["code"], "url_not_allowed", "{done}");
+        assert_eq!(done["attempts"], 1, "a final error is not retried: {done}");
+    }
+    assert!(pages.hits("redirect") >= 2, "the allowed hop was taken");
+    assert_eq!(pages.hits("secret"), 0, "the refused hop was not");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_popup_cannot_reach_a_refused_address() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let refused = PageServer::start().await;
+    let url = format!(
+        "{}?to={}",
+        pages.localhost_url("popup"),
+        refused.url("opened")
+    );
+    let (status, task) = app
+        .submit(&json!({"kind": "script", "input": {"url": url, "steps": [
+            {"action": "wait_for", "delay_ms": 1000}
+        ]}}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    let done = app
+        .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        refused.hits("opened"),
+        0,
+        "the popup never reached it: {done}"
+    );
+    // The browser still serves the next task.
+    let (_, next) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.localhost_url("next")}}))
+        .await;
+    let next = app
+        .wait_for(next["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .await;
+    assert_eq!(next["state"], "succeeded", "{next}");
+    assert_eq!(next["attempts"], 1, "{next}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_request_to_a_refused_address_is_blocked() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let refused = PageServer::start().await;
+    let url = format!(
+        "{}?to={}",
+        pages.localhost_url("embed"),
+        refused.url("pixel")
+    );
+    let (status, task) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": url}}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    let done = app
+        .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .await;
+    assert_eq!(
+        done["state"], "succeeded",
+        "the page itself is fine: {done}"
+    );
+    assert_eq!(refused.hits("pixel"), 0, "the refused server saw nothing");
+    let blocked = &done["result"]["page"]["blocked_requests"];
+    assert_eq!(blocked["total"], 1, "{done}");
+    assert_eq!(blocked["requests"][0]["url"], refused.url("pixel"));
+    assert_eq!(blocked["requests"][0]["resource_type"], "Image");
+    app.shutdown().await;
+}

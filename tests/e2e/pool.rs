@@ -1,0 +1,159 @@
+//! The browser pool heals itself: a browser killed mid-task is replaced, the task's
+//! attempt fails with a retryable error and the retry succeeds; a browser is recycled
+//! after its quota of tasks. Only this test process's browsers are looked at (their
+//! profile directories carry its pid), so Chromium run by other tests or other users
+//! of the machine is never counted or touched.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::TASK_DEADLINE;
+use crate::helpers::{PageServer, TestApp};
+
+/// Main browser processes started by this test process: Chromium's own process is the
+/// one whose command line has our profile marker and no `--type=`.
+fn our_browsers() -> Vec<u32> {
+    let marker = format!(
+        "--user-data-dir=/tmp/operator-chromium-{}-",
+        std::process::id()
+    );
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(Result::ok)
+    {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let arguments: Vec<String> = cmdline
+            .split(|byte| *byte == 0)
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie
+            && arguments
+                .iter()
+                .any(|argument| argument.starts_with(&marker))
+            && !arguments
+                .iter()
+                .any(|argument| argument.starts_with("--type="))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let browsers = our_browsers();
+    assert_eq!(browsers.len(), 1, "one warm browser: {browsers:?}");
+    let (status, task) = app
+        .submit(&json!({"kind": "script", "max_attempts": 3, "input": {"url": pages.url("home"), "steps": [
+            {"action": "wait_for", "delay_ms": 2500, "timeout_ms": 5000},
+            {"action": "extract", "name": "title", "selector": "#title"}
+        ]}}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    let id = task["id"].as_str().expect("id");
+    // Kill the browser while the first attempt waits in its delay step.
+    app.wait_for(id, &["running"], TASK_DEADLINE).await;
+    loop {
+        if pages.hits("home") >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &browsers[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+
+    let done = app
+        .wait_for(
+            id,
+            &["succeeded", "failed", "dead", "timed_out"],
+            TASK_DEADLINE,
+        )
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(done["result"]["data"]["title"], "Page home");
+    let (_, attempts) = app.get(&format!("/v1/tasks/{id}/attempts")).await;
+    assert_eq!(attempts["items"][0]["outcome"], "retrying", "{attempts}");
+    assert_eq!(
+        attempts["items"][0]["error"]["code"], "browser_crashed",
+        "{attempts}"
+    );
+
+    let replacement = our_browsers();
+    assert_eq!(replacement.len(), 1, "{replacement:?}");
+    assert_ne!(replacement[0], browsers[0], "a new browser");
+    // The pool is healthy: the next task runs at once on the new browser.
+    let (_, next) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("after")}}))
+        .await;
+    let next = app
+        .wait_for(
+            next["id"].as_str().expect("id"),
+            &["succeeded", "failed", "dead"],
+            TASK_DEADLINE,
+        )
+        .await;
+    assert_eq!(next["state"], "succeeded", "{next}");
+    assert_eq!(next["attempts"], 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_is_recycled_after_its_quota_of_tasks() {
+    let app = TestApp::embedded_with(|settings| {
+        settings.browser.recycle_after = 2;
+    })
+    .await;
+    let pages = PageServer::start().await;
+    let first = our_browsers();
+    assert_eq!(first.len(), 1);
+    let mut seen = first.clone();
+    for index in 0..3 {
+        let (_, task) = app
+            .submit(
+                &json!({"kind": "screenshot", "input": {"url": pages.url(&format!("r{index}"))}}),
+            )
+            .await;
+        let done = app
+            .wait_for(
+                task["id"].as_str().expect("id"),
+                &["succeeded", "failed", "dead"],
+                TASK_DEADLINE,
+            )
+            .await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        seen.extend(our_browsers());
+    }
+    // The warm-up counts as the first browser's first use, so the second task already
+    // gets a new one; each replaced browser's processes end with its last task.
+    let now = our_browsers();
+    assert_eq!(
+        now.len(),
+        1,
+        "the recycled browser's processes are gone: {now:?}"
+    );
+    assert_ne!(now[0], first[0], "recycled");
+    app.shutdown().await;
+}

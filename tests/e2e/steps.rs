@@ -1,0 +1,274 @@
+//! The step language end to end: `script`, `scrape` and `content` tasks in real Chromium
+//! against pages served on loopback.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::TASK_DEADLINE;
+use crate::helpers::{PageServer, TestApp, decode_png};
+
+const ENDED: [&str; 5] = ["succeeded", "failed", "dead", "timed_out", "cancelled"];
+
+async fn run(app: &TestApp, task: Value) -> Value {
+    let (status, created) = app.submit(&task).await;
+    assert_eq!(status, 202, "{created}");
+    app.wait_for(created["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .await
+}
+
+fn artifact<'a>(task: &'a Value, name: &str) -> &'a Value {
+    task["artifacts"]
+        .as_array()
+        .and_then(|items| items.iter().find(|item| item["name"] == name))
+        .unwrap_or_else(|| panic!("no artifact {name}: {task}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_form_is_filled_and_submitted() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let done = run(
+        &app,
+        json!({"kind": "script", "input": {"url": pages.url("login"), "steps": [
+            {"action": "type", "selector": "#user", "text": "ada", "delay_ms": 5},
+            {"action": "type", "selector": "#password", "text": "secret"},
+            {"action": "select", "selector": "#plan", "values": ["pro"]},
+            {"action": "click", "selector": "#submit"},
+            {"action": "wait_for", "event": "navigation"},
+            {"action": "extract", "name": "greeting", "selector": "#greeting"},
+            {"action": "evaluate", "name": "title", "expression": "document.title"}
+        ]}}),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["data"]["greeting"], "Welcome, ada (pro)");
+    assert_eq!(done["result"]["data"]["title"], "welcome");
+    assert_eq!(pages.hits("welcome"), 1);
+    let steps = done["progress"]["steps"].as_array().expect("progress");
+    assert_eq!(steps.len(), 8, "the opening plus seven steps: {done}");
+    assert!(steps.iter().all(|step| step["ok"] == true), "{done}");
+    assert_eq!(steps[4]["action"], "click");
+    assert!(steps[4]["duration_ms"].is_u64());
+    // The logs of the page are artifacts of the task.
+    let (_, network) = app
+        .download(
+            artifact(&done, "network.json")["url"]
+                .as_str()
+                .expect("url"),
+        )
+        .await;
+    let network: Value = serde_json::from_slice(&network).expect("json");
+    let posted = network["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .find(|request| request["method"] == "POST")
+        .expect("the form post is logged");
+    assert_eq!(posted["status"], 200);
+    artifact(&done, "console.json");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_is_scraped_into_records() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let done = run(
+        &app,
+        json!({"kind": "scrape", "input": {"url": pages.url("list"), "extract": [
+            {"name": "products", "selector": "li.item", "fields": {
+                "name": ".name",
+                "price": ".price",
+                "link": {"selector": "a", "what": "attribute", "attribute": "href"}
+            }},
+            {"name": "names", "selector": ".name", "all": true},
+            {"name": "missing", "selector": ".nothing", "optional": true}
+        ]}}),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let data = &done["result"]["data"];
+    assert_eq!(
+        data["products"].as_array().expect("records").len(),
+        4,
+        "{data}"
+    );
+    assert_eq!(
+        data["products"][0],
+        json!({"name": "Apple", "price": "1.20", "link": "/p/1"})
+    );
+    assert_eq!(
+        data["products"][3]["name"], "Date",
+        "added by the page's script"
+    );
+    assert_eq!(data["names"], json!(["Apple", "Banana", "Cherry", "Date"]));
+    assert_eq!(data["missing"], Value::Null);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_is_the_html_after_scripts_ran() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let done = run(
+        &app,
+        json!({"kind": "content", "input": {"url": pages.url("list")}}),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let html = artifact(&done, "page.html");
+    let (content_type, bytes) = app.download(html["url"].as_str().expect("url")).await;
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let text = String::from_utf8(bytes).expect("utf-8");
+    assert!(text.starts_with("<!DOCTYPE html>"), "{text}");
+    assert!(
+        text.contains(">Date</a>"),
+        "the script's item is in: {text}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_element_screenshot_has_the_element_size() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let done = run(
+        &app,
+        json!({"kind": "script", "input": {"url": pages.url("card"), "steps": [
+            {"action": "screenshot", "name": "card", "selector": "#card"}
+        ]}}),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let card = artifact(&done, "card.png");
+    let (content_type, bytes) = app.download(card["url"].as_str().expect("url")).await;
+    assert_eq!(content_type, "image/png");
+    let (width, height, pixel) = decode_png(&bytes, 120, 60);
+    assert_eq!((width, height), (240, 120));
+    assert_eq!(pixel, crate::helpers::PAGE_RGB, "the card itself");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_never_finishes_loading_times_out() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let done = run(
+        &app,
+        json!({"kind": "script", "timeout_ms": 3000, "input": {"url": pages.url("never-loads"), "steps": [
+            {"action": "screenshot"}
+        ]}}),
+    )
+    .await;
+    assert_eq!(done["state"], "timed_out", "{done}");
+    assert_eq!(done["error"]["code"], "task_timeout");
+    assert_eq!(done["attempts"], 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_selector_fails_the_task_naming_the_step() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let started = std::time::Instant::now();
+    let done = run(
+        &app,
+        json!({"kind": "script", "max_attempts": 3, "input": {"url": pages.url("login"), "steps": [
+            {"action": "type", "selector": "#user", "text": "ada"},
+            {"action": "click", "selector": "#does-not-exist", "timeout_ms": 1000}
+        ]}}),
+    )
+    .await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "selector_not_found");
+    let message = done["error"]["message"].as_str().expect("message");
+    assert!(message.starts_with("steps[1] (click)"), "{message}");
+    assert!(message.contains("#does-not-exist"), "{message}");
+    assert_eq!(done["attempts"], 1, "final, not retried");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let steps = done["progress"]["steps"].as_array().expect("progress");
+    assert_eq!(
+        steps.last().expect("a step")["error"]["code"],
+        "selector_not_found"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_set_by_one_task_is_absent_in_the_next() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let first = run(
+        &app,
+        json!({"kind": "script", "input": {"url": pages.url("cookies"), "storage_state": true, "steps": [
+            {"action": "evaluate", "expression": "document.cookie = 'visitor=one; max-age=3600'"},
+            {"action": "evaluate", "expression": "localStorage.setItem('seen', 'yes')"},
+            {"action": "goto", "url": pages.url("cookies")},
+            {"action": "extract", "name": "cookies", "selector": "#cookies"}
+        ]}}),
+    )
+    .await;
+    assert_eq!(first["state"], "succeeded", "{first}");
+    assert_eq!(first["result"]["data"]["cookies"], "visitor=one");
+    let state = &first["result"]["storage_state"];
+    assert_eq!(state["cookies"][0]["name"], "visitor", "{state}");
+    assert_eq!(
+        state["origins"][0]["local_storage"]["seen"], "yes",
+        "{state}"
+    );
+
+    let second = run(
+        &app,
+        json!({"kind": "script", "input": {"url": pages.url("cookies"), "steps": [
+            {"action": "extract", "name": "cookies", "selector": "#cookies"},
+            {"action": "evaluate", "name": "seen", "expression": "localStorage.getItem('seen')"}
+        ]}}),
+    )
+    .await;
+    assert_eq!(second["state"], "succeeded", "{second}");
+    assert_eq!(second["result"]["data"]["cookies"], "", "{second}");
+    assert_eq!(second["result"]["data"]["seen"], Value::Null);
+
+    // Cookies in: set before the first request.
+    let third = run(
+        &app,
+        json!({"kind": "scrape", "input": {"url": pages.url("cookies"),
+            "cookies": [{"name": "given", "value": "42"}],
+            "extra_headers": {"x-test": "1"},
+            "extract": [{"name": "cookies", "selector": "#cookies"}]}}),
+    )
+    .await;
+    assert_eq!(third["result"]["data"]["cookies"], "given=42", "{third}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_step_list_is_refused_before_it_is_queued() {
+    let app = TestApp::embedded().await;
+    let (status, body) = app
+        .submit(&json!({"kind": "script", "input": {"steps": [
+            {"action": "goto", "url": "https://example.com"},
+            {"action": "click", "selector": ""}
+        ]}}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "invalid_input");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("input.steps[1].selector"),
+        "{body}"
+    );
+    let (status, body) = app
+        .submit(&json!({"kind": "script", "input": {"steps": [
+            {"action": "goto", "url": "http://169.254.169.254/"}
+        ]}}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "url_not_allowed");
+    let (_, listed) = app.get("/v1/tasks").await;
+    assert_eq!(listed["items"], json!([]), "nothing was written");
+    app.shutdown().await;
+}

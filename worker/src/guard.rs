@@ -1,0 +1,394 @@
+//! The network policy inside the browser: every request a page makes is paused by
+//! Chromium (CDP `Fetch.requestPaused`), checked here, then continued or failed.
+//!
+//! The runner checks a task's URL before the browser opens it; that alone would let a
+//! page reach a refused address through a redirect, an `<img>`, a `fetch()` or an
+//! iframe. Request interception closes those paths: Chromium pauses each request, and
+//! each hop of a redirect chain, before it leaves the browser. The host is resolved
+//! (once per task: resolutions are cached for the task's life) and every address it
+//! resolves to is checked against the policy. A refused request fails with
+//! `BlockedByClient`; when it was the page's own document (a navigation, or a redirect
+//! of one), the task fails with a final `url_not_allowed`.
+//!
+//! What this does not cover (see the README): WebSocket and WebRTC connections (CDP
+//! does not pause them), windows opened by a user gesture (a `click` step; the popup
+//! blocker stops the others), service workers' own requests, and a DNS answer that
+//! changes between this check and Chromium's own lookup.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+
+use headless_chrome::Tab;
+use headless_chrome::browser::tab::RequestPausedDecision;
+use headless_chrome::protocol::cdp::Fetch::events::RequestPausedEvent;
+use headless_chrome::protocol::cdp::Fetch::{FailRequest, RequestPattern, RequestStage};
+use headless_chrome::protocol::cdp::Network::{ErrorReason, ResourceType};
+use operator_shared::error::{CodedError, ErrorCode};
+use operator_shared::network::NetworkPolicy;
+use tracing::{info, warn};
+use url::{Host, Url};
+
+/// How many refused requests a task remembers for its result; a page that keeps
+/// retrying a refused address must not grow the result without bound.
+const MAX_RECORDED_REFUSALS: usize = 50;
+
+/// A request the guard refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    pub url: String,
+    pub resource_type: String,
+    pub reason: String,
+}
+
+/// A host's addresses, or why it did not resolve.
+type Resolution = Result<Vec<IpAddr>, String>;
+
+/// The verdict on one URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// The policy refuses it.
+    Refuse(CodedError),
+    /// The host does not resolve; the request fails as Chromium's own lookup would.
+    Unresolvable(String),
+}
+
+/// Checks a task's requests against the network policy. One per task (its DNS cache
+/// and its refusals belong to that task).
+pub struct RequestGuard {
+    policy: NetworkPolicy,
+    /// The page's main frame: its id is the page target's id.
+    main_frame_id: String,
+    /// Host → addresses (or why it did not resolve). A std mutex: it is only taken on
+    /// the tab's event thread and by the session's thread, never across an await.
+    resolved: Mutex<HashMap<(String, u16), Resolution>>,
+    refusals: Mutex<Vec<Refusal>>,
+    refused_total: Mutex<usize>,
+    /// Set when the page's own document was refused: the task fails with this.
+    document_refusal: Mutex<Option<CodedError>>,
+    /// Resource types the task asked to block (CDP names: `Image`, `Font`, ...).
+    blocked_types: Vec<&'static str>,
+    /// URL patterns (`*` wildcards) the task asked to block.
+    blocked_patterns: Vec<String>,
+}
+
+impl RequestGuard {
+    pub fn new(policy: NetworkPolicy, main_frame_id: impl Into<String>) -> Self {
+        Self {
+            policy,
+            main_frame_id: main_frame_id.into(),
+            resolved: Mutex::default(),
+            refusals: Mutex::default(),
+            refused_total: Mutex::new(0),
+            document_refusal: Mutex::new(None),
+            blocked_types: Vec::new(),
+            blocked_patterns: Vec::new(),
+        }
+    }
+
+    /// Also fails requests of these resource types and URLs matching these patterns
+    /// (the task's own choice, to save time; not policy refusals).
+    pub fn blocking(mut self, types: Vec<&'static str>, patterns: Vec<String>) -> Self {
+        self.blocked_types = types;
+        self.blocked_patterns = patterns;
+        self
+    }
+
+    fn blocked_by_task(&self, resource_type: &str, url: &str) -> bool {
+        self.blocked_types.contains(&resource_type)
+            || self
+                .blocked_patterns
+                .iter()
+                .any(|pattern| wildcard_match(pattern, url))
+    }
+
+    /// Installs the guard on a tab: every request of every resource type is paused at
+    /// the request stage (redirect hops included) until the guard decides. Must run
+    /// before the tab loads anything.
+    pub fn install(self: &Arc<Self>, tab: &Tab) -> anyhow::Result<()> {
+        let guard = Arc::clone(self);
+        tab.enable_request_interception(Arc::new(
+            move |_transport, _session, event: RequestPausedEvent| guard.decide(&event),
+        ))?;
+        tab.enable_fetch(
+            Some(&[RequestPattern {
+                url_pattern: Some("*".to_owned()),
+                resource_Type: None,
+                request_stage: Some(RequestStage::Request),
+            }]),
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Why the page's own document was refused, if it was.
+    pub fn document_refusal(&self) -> Option<CodedError> {
+        self.document_refusal
+            .lock()
+            .ok()
+            .and_then(|refusal| refusal.clone())
+    }
+
+    /// The refused requests (the first few) and how many there were in all.
+    pub fn refusals(&self) -> (Vec<Refusal>, usize) {
+        let list = self
+            .refusals
+            .lock()
+            .map(|list| list.clone())
+            .unwrap_or_default();
+        let total = self.refused_total.lock().map(|total| *total).unwrap_or(0);
+        (list, total)
+    }
+
+    fn decide(&self, event: &RequestPausedEvent) -> RequestPausedDecision {
+        let params = &event.params;
+        let fail = |reason: ErrorReason| {
+            RequestPausedDecision::Fail(FailRequest {
+                request_id: params.request_id.clone(),
+                error_reason: reason,
+            })
+        };
+        let resource_type = format!("{:?}", params.resource_Type);
+        let is_main_document = matches!(params.resource_Type, ResourceType::Document)
+            && params.frame_id == self.main_frame_id;
+        if !is_main_document && self.blocked_by_task(&resource_type, &params.request.url) {
+            return fail(ErrorReason::BlockedByClient);
+        }
+        match self.check(&params.request.url) {
+            Verdict::Allow => RequestPausedDecision::Continue(None),
+            Verdict::Unresolvable(message) => {
+                info!(url = %params.request.url, error = %message, "request to an unresolvable host");
+                fail(ErrorReason::NameNotResolved)
+            }
+            Verdict::Refuse(error) => {
+                let is_document = is_main_document;
+                warn!(url = %params.request.url, document = is_document, reason = %error.message, "request refused by the network policy");
+                self.record(
+                    Refusal {
+                        url: params.request.url.clone(),
+                        resource_type,
+                        reason: error.message.clone(),
+                    },
+                    is_document.then_some(error),
+                );
+                fail(ErrorReason::BlockedByClient)
+            }
+        }
+    }
+
+    fn record(&self, refusal: Refusal, document_error: Option<CodedError>) {
+        if let Ok(mut total) = self.refused_total.lock() {
+            *total += 1;
+        }
+        if let Ok(mut list) = self.refusals.lock()
+            && list.len() < MAX_RECORDED_REFUSALS
+        {
+            list.push(refusal);
+        }
+        if let Some(error) = document_error
+            && let Ok(mut slot) = self.document_refusal.lock()
+            && slot.is_none()
+        {
+            *slot = Some(error);
+        }
+    }
+
+    /// The verdict on a URL. Blocking: it may resolve the host.
+    pub fn check(&self, text: &str) -> Verdict {
+        let url = match Url::parse(text) {
+            Ok(url) => url,
+            Err(error) => {
+                return Verdict::Refuse(refused(format!("{text:?} is not a valid URL: {error}")));
+            }
+        };
+        match url.scheme() {
+            "http" | "https" => {}
+            // Content the page already holds; nothing leaves the browser.
+            "data" | "blob" | "about" => return Verdict::Allow,
+            other => {
+                return Verdict::Refuse(refused(format!(
+                    "the scheme {other:?} is not allowed; only http and https are"
+                )));
+            }
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        match url.host() {
+            None => Verdict::Refuse(refused(format!("{text} has no host"))),
+            Some(Host::Ipv4(address)) => {
+                self.verdict_for(&address.to_string(), &[IpAddr::V4(address)])
+            }
+            Some(Host::Ipv6(address)) => {
+                self.verdict_for(&address.to_string(), &[IpAddr::V6(address)])
+            }
+            Some(Host::Domain(domain)) => {
+                if self.policy.allows_host(domain) {
+                    return Verdict::Allow;
+                }
+                // Chromium resolves `localhost` and `*.localhost` to loopback itself,
+                // whatever DNS says.
+                let name = domain.trim_end_matches('.').to_ascii_lowercase();
+                if name == "localhost" || name.ends_with(".localhost") {
+                    return self.verdict_for(domain, &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+                }
+                match self.resolve(domain, port) {
+                    Ok(addresses) => self.verdict_for(domain, &addresses),
+                    Err(message) => Verdict::Unresolvable(message),
+                }
+            }
+        }
+    }
+
+    fn verdict_for(&self, host: &str, addresses: &[IpAddr]) -> Verdict {
+        for address in addresses {
+            if let Err(error) = self.policy.check_address(host, *address) {
+                return Verdict::Refuse(error);
+            }
+        }
+        Verdict::Allow
+    }
+
+    fn resolve(&self, host: &str, port: u16) -> Result<Vec<IpAddr>, String> {
+        let key = (host.to_ascii_lowercase(), port);
+        if let Some(cached) = self
+            .resolved
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&key).cloned())
+        {
+            return cached;
+        }
+        let answer = (host, port)
+            .to_socket_addrs()
+            .map_err(|error| format!("cannot resolve {host}: {error}"))
+            .and_then(|addresses| {
+                let addresses: Vec<IpAddr> = addresses.map(|address| address.ip()).collect();
+                if addresses.is_empty() {
+                    Err(format!("{host} resolves to no address"))
+                } else {
+                    Ok(addresses)
+                }
+            });
+        if let Ok(mut cache) = self.resolved.lock() {
+            cache.insert(key, answer.clone());
+        }
+        answer
+    }
+
+    /// How many distinct hosts were resolved (for tests of the cache).
+    pub fn resolutions(&self) -> usize {
+        self.resolved.lock().map(|cache| cache.len()).unwrap_or(0)
+    }
+}
+
+/// Matches `text` against a pattern where `*` stands for any run of characters.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, rest) = parts.split_first().unwrap_or((&"", &[]));
+    let Some(mut remaining) = text.strip_prefix(first) else {
+        return false;
+    };
+    let (last, middle) = rest.split_last().unwrap_or((&"", &[]));
+    for part in middle {
+        match remaining.find(part) {
+            Some(position) => remaining = &remaining[position + part.len()..],
+            None => return false,
+        }
+    }
+    remaining.len() >= last.len() && remaining.ends_with(last)
+}
+
+fn refused(message: String) -> CodedError {
+    CodedError::new(ErrorCode::UrlNotAllowed, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(allow: &[&str]) -> RequestGuard {
+        let entries: Vec<String> = allow.iter().map(|entry| entry.to_string()).collect();
+        RequestGuard::new(
+            NetworkPolicy::parse(&entries, false).expect("policy"),
+            "frame",
+        )
+    }
+
+    fn is_refused(verdict: &Verdict) -> bool {
+        matches!(verdict, Verdict::Refuse(error) if error.code == ErrorCode::UrlNotAllowed)
+    }
+
+    #[test]
+    fn internal_addresses_and_local_schemes_are_refused_by_default() {
+        let default = guard(&[]);
+        for url in [
+            "http://127.0.0.1:8080/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.1/",
+            "http://[::1]/",
+            "http://localhost/",
+            "http://app.localhost/",
+            "file:///etc/passwd",
+            "chrome://settings",
+            "javascript:alert(1)",
+            "ftp://example.com/",
+        ] {
+            assert!(is_refused(&default.check(url)), "{url}");
+        }
+        assert_eq!(default.check("data:text/plain,hi"), Verdict::Allow);
+        assert_eq!(default.check("https://93.184.215.14/"), Verdict::Allow);
+    }
+
+    #[test]
+    fn a_host_allowed_by_name_does_not_open_its_address() {
+        let by_name = guard(&["localhost"]);
+        assert_eq!(by_name.check("http://localhost:3000/page"), Verdict::Allow);
+        assert!(is_refused(&by_name.check("http://127.0.0.1:3000/page")));
+        assert_eq!(by_name.resolutions(), 0, "no lookup for allowed names");
+    }
+
+    #[test]
+    fn resolutions_are_cached_per_task() {
+        let default = guard(&[]);
+        // A name that resolves to loopback through the system resolver.
+        let first = default.check("http://localhost.localdomain/");
+        let second = default.check("http://localhost.localdomain/other");
+        assert_eq!(first, second);
+        assert!(default.resolutions() <= 1);
+    }
+
+    #[test]
+    fn wildcards_match_runs_of_characters() {
+        assert!(wildcard_match(
+            "*://ads.example/*",
+            "https://ads.example/x.js"
+        ));
+        assert!(wildcard_match("*.png", "http://a.test/p.png"));
+        assert!(!wildcard_match("*.png", "http://a.test/p.png?x"));
+        assert!(wildcard_match("http://a.test/", "http://a.test/"));
+        assert!(!wildcard_match("a*b*c", "acb"));
+        assert!(wildcard_match("a*b*c", "a-b-c"));
+    }
+
+    #[test]
+    fn refusals_are_recorded_and_capped() {
+        let default = guard(&[]);
+        for index in 0..(MAX_RECORDED_REFUSALS + 5) {
+            default.record(
+                Refusal {
+                    url: format!("http://127.0.0.1/{index}"),
+                    resource_type: "Image".into(),
+                    reason: "loopback".into(),
+                },
+                None,
+            );
+        }
+        let (list, total) = default.refusals();
+        assert_eq!(list.len(), MAX_RECORDED_REFUSALS);
+        assert_eq!(total, MAX_RECORDED_REFUSALS + 5);
+        assert!(default.document_refusal().is_none());
+    }
+}
