@@ -69,7 +69,10 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
     )
     .description(
         "Run browser tasks (screenshots, PDFs) on a queue of headless Chromium workers. \
-         Every error body is `{code, message}` with a stable machine-readable `code`.",
+         Every error body is `{code, message}` with a stable machine-readable `code`. \
+         Live task events are served outside this document: `GET /v1/tasks/{id}/events` \
+         (Server-Sent Events, resumable with `Last-Event-ID`) and `GET /v1/tasks/{id}/ws` \
+         (WebSocket, resumable with `?last_event_id=`).",
     )
     .server(state.public_url.clone());
     let spec = api.spec_endpoint();

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use operator_shared::db::{
-    Delivery, DeliveryAttempt, EndpointUpdate, NewEndpoint, TenantSigningKey, WebhookEndpoint,
-    WebhookRepository,
+    Delivery, DeliveryAttempt, DeliveryFilter, EndpointUpdate, NewEndpoint, TenantSigningKey,
+    WebhookEndpoint, WebhookRepository,
 };
 use operator_shared::domain::{TargetUrl, TaskId};
 use operator_shared::error::{CodedError, ErrorCode};
@@ -233,6 +233,9 @@ impl DeliveryView {
 #[oai(rename = "DeliveryList")]
 pub struct DeliveryList {
     pub items: Vec<DeliveryView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(ApiResponse)]
@@ -562,10 +565,27 @@ impl WebhooksApi {
         id: Path<Uuid>,
         /// Page size, 1-200 (default 50).
         limit: Query<Option<u32>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
     ) -> poem::Result<ListDeliveriesResponse> {
         let limit = match page_limit(limit.0) {
             Ok(limit) => limit,
             Err(body) => return Ok(ListDeliveriesResponse::BadRequest(body)),
+        };
+        let before = match cursor.0.as_deref().filter(|cursor| !cursor.is_empty()) {
+            None => None,
+            Some(cursor) => match Uuid::parse_str(cursor) {
+                Ok(before) => Some(before),
+                Err(_) => {
+                    return Ok(ListDeliveriesResponse::BadRequest(Json(
+                        ApiError::new(
+                            ErrorCode::InvalidParameter,
+                            "cursor: not a cursor this API returned",
+                        )
+                        .body(),
+                    )));
+                }
+            },
         };
         let tenant = self.state.tenant();
         let repo = self.repo();
@@ -577,12 +597,28 @@ impl WebhooksApi {
         {
             return Ok(ListDeliveriesResponse::NotFound(webhook_not_found(id.0)));
         }
-        let deliveries = repo
-            .deliveries(&tenant, Some(id.0), None, limit)
+        let filter = DeliveryFilter {
+            endpoint_id: Some(id.0),
+            before,
+            // One extra row tells whether another page follows.
+            limit: limit + 1,
+            ..DeliveryFilter::default()
+        };
+        let mut deliveries = repo
+            .deliveries(&tenant, &filter)
             .await
             .map_err(ApiError::from)?;
+        let next_cursor = if deliveries.len() as u64 > limit {
+            deliveries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            deliveries.last().map(|delivery| delivery.id.to_string())
+        } else {
+            None
+        };
         let items = self.delivery_views(deliveries).await?;
-        Ok(ListDeliveriesResponse::Ok(Json(DeliveryList { items })))
+        Ok(ListDeliveriesResponse::Ok(Json(DeliveryList {
+            items,
+            next_cursor,
+        })))
     }
 
     /// Send a finished delivery once more, now (same `webhook-id`).
@@ -659,13 +695,21 @@ impl WebhooksApi {
                 ApiError::new(ErrorCode::TaskNotFound, format!("no task {}", id.0)).body(),
             )));
         }
+        let filter = DeliveryFilter {
+            task_id: Some(task_id),
+            limit: u64::from(MAX_DELIVERY_PAGE),
+            ..DeliveryFilter::default()
+        };
         let deliveries = self
             .repo()
-            .deliveries(&tenant, None, Some(task_id), u64::from(MAX_DELIVERY_PAGE))
+            .deliveries(&tenant, &filter)
             .await
             .map_err(ApiError::from)?;
         let items = self.delivery_views(deliveries).await?;
-        Ok(ListDeliveriesResponse::Ok(Json(DeliveryList { items })))
+        Ok(ListDeliveriesResponse::Ok(Json(DeliveryList {
+            items,
+            next_cursor: None,
+        })))
     }
 
     /// The tenant's default signing key (created on first use): it signs deliveries to

@@ -378,7 +378,8 @@ impl ReceivedRequest {
 }
 
 /// A real HTTP receiver on loopback for webhook tests: it answers the scripted statuses
-/// in order, then 200, and keeps every request it got. A small HTTP/1.1 server of its
+/// in order, then 200, and keeps every request it got. A scripted `0` never answers
+/// (the connection hangs for a minute), to catch a sender mid-request. A small HTTP/1.1 server of its
 /// own (one request per connection), so tests need no web framework.
 pub struct WebhookReceiver {
     pub url: String,
@@ -506,6 +507,10 @@ async fn serve_one(
         headers,
         body,
     });
+    if status == 0 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return Ok(());
+    }
     let answer = format!("answered {status}");
     let response = format!(
         "HTTP/1.1 {status} Scripted\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",

@@ -107,10 +107,19 @@ async fn a_finished_task_is_delivered_signed_to_its_webhooks(app: TestApp, presi
     paths.sort();
     assert_eq!(paths, ["/hook", "/own"]);
 
-    let (status, deliveries) = app
-        .get(&format!("/v1/webhooks/{endpoint_id}/deliveries"))
-        .await;
-    assert_eq!(status, 200);
+    // The receiver has answered; the dispatcher records the attempt right after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deliveries = loop {
+        let (status, deliveries) = app
+            .get(&format!("/v1/webhooks/{endpoint_id}/deliveries"))
+            .await;
+        assert_eq!(status, 200);
+        if deliveries["items"][0]["state"] != "pending" {
+            break deliveries;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{deliveries}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let delivery = deliveries["items"][0].clone();
     assert_eq!(
         deliveries["items"].as_array().map(Vec::len),

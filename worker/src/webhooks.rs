@@ -216,7 +216,18 @@ impl Dispatcher {
                 return finish(Some(error), None, None, Verdict::Failed);
             }
         };
-        let addresses = match self.policy.check_url(&url).await {
+        // The system resolver has timeouts of its own, but they can add up to more than
+        // a request may take: bound the lookup like the request.
+        let checked =
+            tokio::time::timeout(self.settings.request_timeout, self.policy.check_url(&url)).await;
+        let Ok(checked) = checked else {
+            let error = CodedError::new(
+                ErrorCode::WebhookConnectionFailed,
+                "resolving the receiver's host timed out",
+            );
+            return finish(Some(error), None, None, retry_or_fail());
+        };
+        let addresses = match checked {
             Ok(addresses) => addresses,
             Err(error) if error.code == ErrorCode::NavigationFailed => {
                 let error = CodedError::new(ErrorCode::WebhookConnectionFailed, error.message);

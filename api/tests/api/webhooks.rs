@@ -269,3 +269,71 @@ async fn every_bad_webhook_input_gets_a_clear_4xx() {
         "no bad request left an endpoint behind"
     );
 }
+
+/// Cancelling a queued task ends it: its delivery is in the outbox at once (no worker
+/// runs here, so it stays pending), listed by page; a pending one cannot be redelivered.
+#[tokio::test]
+async fn cancelled_tasks_leave_deliveries_listed_by_page() {
+    let api = spawn_api().await;
+    let (_, endpoint) = send(
+        &api,
+        "POST",
+        "/v1/webhooks",
+        Some(&json!({"url": "https://hooks.example/in"}).to_string()),
+    )
+    .await;
+    let endpoint_id = endpoint["id"].as_str().expect("id").to_owned();
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (_, task) = api
+            .submit(&json!({"kind": "pdf", "input": {"url": "https://example.com"}, "webhook_url": "https://own.example/hook"}))
+            .await;
+        let id = task["id"].as_str().expect("id").to_owned();
+        let (status, _) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
+        assert_eq!(status, 200);
+        tasks.push(id);
+    }
+    let path = format!("/v1/webhooks/{endpoint_id}/deliveries");
+    let (status, first) = api.get(&format!("{path}?limit=2")).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(first["items"][0]["event_type"], "task.cancelled");
+    assert_eq!(first["items"][0]["state"], "pending");
+    assert_eq!(
+        first["items"][0]["task_id"],
+        tasks[2].as_str(),
+        "newest first"
+    );
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let (_, second) = api.get(&format!("{path}?limit=2&cursor={cursor}")).await;
+    assert_eq!(second["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(second["items"][0]["task_id"], tasks[0].as_str());
+    assert!(second.get("next_cursor").is_none(), "{second}");
+
+    let (status, own) = api
+        .get(&format!("/v1/tasks/{}/webhook-deliveries", tasks[0]))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        own["items"].as_array().map(Vec::len),
+        Some(2),
+        "endpoint and own URL: {own}"
+    );
+
+    let delivery_id = second["items"][0]["id"].as_str().expect("id");
+    let (status, body) = api.post(&format!("{path}/{delivery_id}/redeliver")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("invalid_state"))
+    );
+    let (status, body) = api.get(&format!("{path}?cursor=garbage")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_parameter"))
+    );
+    let (status, body) = api.get(&format!("{path}?limit=0")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_parameter"))
+    );
+}

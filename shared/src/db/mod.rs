@@ -17,8 +17,8 @@ pub use repo::{
     StartOutcome, Submitted, TaskEvent, TaskRepository, now,
 };
 pub use webhooks::{
-    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryState, EndpointUpdate, NewEndpoint,
-    RecordOutcome, TenantSigningKey, Verdict, WebhookEndpoint, WebhookRepository,
+    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryState, EndpointUpdate,
+    NewEndpoint, RecordOutcome, TenantSigningKey, Verdict, WebhookEndpoint, WebhookRepository,
 };
 
 /// Opens the database named by the settings.

@@ -170,6 +170,16 @@ pub struct DeliveryAttempt {
     pub response_excerpt: Option<String>,
 }
 
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub endpoint_id: Option<Uuid>,
+    pub task_id: Option<TaskId>,
+    /// Only deliveries created before this one (ids are UUIDv7: the previous page's cursor).
+    pub before: Option<Uuid>,
+    pub limit: u64,
+}
+
 /// A delivery a dispatcher holds under a lease.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
@@ -471,24 +481,24 @@ impl WebhookRepository {
 
     // --- deliveries ---
 
-    /// Deliveries of an endpoint (or, with `endpoint_id` `None`, of a task's own URL
-    /// when `task_id` is given), newest first.
+    /// A tenant's deliveries, newest first.
     pub async fn deliveries(
         &self,
         tenant: &TenantId,
-        endpoint_id: Option<Uuid>,
-        task_id: Option<TaskId>,
-        limit: u64,
+        filter: &DeliveryFilter,
     ) -> Result<Vec<Delivery>, RepoError> {
         let mut query = webhook_delivery::Entity::find()
             .filter(webhook_delivery::Column::TenantId.eq(tenant.as_str()))
             .order_by_desc(webhook_delivery::Column::Id)
-            .limit(limit);
-        if let Some(endpoint_id) = endpoint_id {
+            .limit(filter.limit);
+        if let Some(endpoint_id) = filter.endpoint_id {
             query = query.filter(webhook_delivery::Column::EndpointId.eq(endpoint_id));
         }
-        if let Some(task_id) = task_id {
+        if let Some(task_id) = filter.task_id {
             query = query.filter(webhook_delivery::Column::TaskId.eq(task_id.as_uuid()));
+        }
+        if let Some(before) = filter.before {
+            query = query.filter(webhook_delivery::Column::Id.lt(before));
         }
         query
             .all(&self.db)

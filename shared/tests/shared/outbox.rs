@@ -3,8 +3,8 @@
 
 use chrono::{Duration as ChronoDuration, Utc};
 use operator_shared::db::{
-    CancelOutcome, DeliveryState, FinishOutcome, NewEndpoint, StartOutcome, TaskRepository,
-    WebhookRepository,
+    CancelOutcome, DeliveryFilter, DeliveryState, FinishOutcome, NewEndpoint, StartOutcome,
+    TaskRepository, WebhookRepository,
 };
 use operator_shared::domain::{
     LeaseToken, NewTask, Priority, TaskId, TaskKind, TaskOutcome, TaskSpec, TenantId,
@@ -36,7 +36,14 @@ fn new_task(tenant: &TenantId, webhook_url: Option<&str>) -> NewTask {
 
 async fn deliveries(webhooks: &WebhookRepository, task: TaskId) -> Vec<(String, Option<String>)> {
     webhooks
-        .deliveries(&TenantId::default_tenant(), None, Some(task), 100)
+        .deliveries(
+            &TenantId::default_tenant(),
+            &DeliveryFilter {
+                task_id: Some(task),
+                limit: 100,
+                ..DeliveryFilter::default()
+            },
+        )
         .await
         .expect("deliveries")
         .into_iter()

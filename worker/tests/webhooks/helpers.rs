@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use operator_shared::config::WebhookSettings;
 use operator_shared::db::{
-    self, Delivery, FinishOutcome, NewEndpoint, StartOutcome, TaskRepository, WebhookRepository,
+    self, Delivery, DeliveryFilter, FinishOutcome, NewEndpoint, StartOutcome, TaskRepository,
+    WebhookRepository,
 };
 use operator_shared::domain::{
     LeaseToken, NewTask, Priority, TaskKind, TaskOutcome, TaskRecord, TaskSpec, TenantId,
@@ -130,7 +131,14 @@ impl Fixture {
 
     pub async fn task_deliveries(&self, task: &TaskRecord) -> Vec<Delivery> {
         self.webhooks
-            .deliveries(&self.tenant, None, Some(task.id), 100)
+            .deliveries(
+                &self.tenant,
+                &DeliveryFilter {
+                    task_id: Some(task.id),
+                    limit: 100,
+                    ..DeliveryFilter::default()
+                },
+            )
             .await
             .expect("deliveries")
     }

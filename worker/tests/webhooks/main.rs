@@ -234,6 +234,55 @@ async fn a_dead_dispatchers_delivery_is_sent_by_another_postgres() {
         .await;
 }
 
+/// A dispatcher is killed while its request is in flight (the receiver got it but the
+/// answer never came back); once its lease expires another dispatcher sends the same
+/// delivery again, with the same webhook-id: at least once.
+async fn a_dispatcher_killed_mid_request_is_replaced(fixture: Fixture) {
+    let receiver = WebhookReceiver::start(vec![0]).await;
+    let task = fixture.finished_task(Some(&receiver.url)).await;
+    let settings = operator_shared::config::WebhookSettings {
+        request_timeout: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(3),
+        ..quick_settings()
+    };
+    let doomed = std::sync::Arc::new(dispatcher(&fixture, loopback_policy(), settings.clone()));
+    let sending = {
+        let doomed = std::sync::Arc::clone(&doomed);
+        tokio::spawn(async move { doomed.run_once().await })
+    };
+    receiver.wait_for_requests(1, DEADLINE).await;
+    sending.abort(); // killed mid-request: nothing recorded, the lease is left behind
+    let _ = sending.await;
+    let delivery = fixture.task_deliveries(&task).await.remove(0);
+    assert_eq!(delivery.state, DeliveryState::Pending);
+    assert_eq!(delivery.attempts, 0, "the killed attempt left no record");
+
+    let survivor = dispatcher(&fixture, loopback_policy(), settings);
+    fixture
+        .dispatch_until(&survivor, DEADLINE, async || {
+            fixture.task_deliveries(&task).await[0].state == DeliveryState::Delivered
+        })
+        .await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2, "sent again: at least once");
+    assert_eq!(
+        requests[0].header("webhook-id"),
+        requests[1].header("webhook-id")
+    );
+    assert_eq!(requests[1].header("webhook-id"), delivery.id.to_string());
+}
+
+#[tokio::test]
+async fn a_dispatcher_killed_mid_request_is_replaced_sqlite() {
+    a_dispatcher_killed_mid_request_is_replaced(fixture(TestDatabase::sqlite().await).await).await;
+}
+
+#[tokio::test]
+async fn a_dispatcher_killed_mid_request_is_replaced_postgres() {
+    a_dispatcher_killed_mid_request_is_replaced(fixture(TestDatabase::postgres().await).await)
+        .await;
+}
+
 /// Two dispatchers claiming at the same time never get the same row.
 #[tokio::test]
 async fn concurrent_claims_do_not_overlap_postgres() {
