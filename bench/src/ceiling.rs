@@ -1,6 +1,7 @@
 //! What Redis itself does on this machine: `redis-benchmark` of LPUSH (a plain command)
 //! and of EVALSHA of a one-command Lua script, unpipelined and 16-deep pipelined, on the
-//! same server and with as many connections as the most workers the bench runs.
+//! same server: one connection (what one worker's sequential round trips can reach) and
+//! 16 connections (the most workers the bench runs).
 
 use std::process::Stdio;
 
@@ -12,19 +13,21 @@ use crate::redis_server::BenchRedis;
 /// The smallest useful script: one write, like the cheapest step of a queue.
 const SMALL_SCRIPT: &str = "return redis.call('INCR', KEYS[1])";
 
-/// Connections redis-benchmark opens (its `-c`).
-pub const CLIENTS: u32 = 16;
+/// (connections, pipeline depth) per figure: redis-benchmark's `-c` and `-P`.
+const SHAPES: [(u32, u32); 3] = [(1, 1), (16, 1), (16, 16)];
 
 #[derive(Debug, Clone)]
 pub struct CeilingFigure {
     /// `LPUSH` or `EVALSHA`.
     pub command: &'static str,
+    /// Connections (`-c`).
+    pub connections: u32,
     /// Commands in flight per connection (`-P`).
     pub pipeline: u32,
     pub requests_per_second: f64,
 }
 
-/// Runs redis-benchmark for each command at pipeline depths 1 and 16.
+/// Runs redis-benchmark for each command in each of the [`SHAPES`].
 pub async fn measure(redis: &BenchRedis, requests: u64) -> anyhow::Result<Vec<CeilingFigure>> {
     let client = redis.client().await?;
     let sha: String = client.script_load(SMALL_SCRIPT).await?;
@@ -40,10 +43,12 @@ pub async fn measure(redis: &BenchRedis, requests: u64) -> anyhow::Result<Vec<Ce
     ];
     let mut figures = Vec::new();
     for (command, arguments) in &commands {
-        for pipeline in [1, 16] {
-            let requests_per_second = run_benchmark(redis, requests, pipeline, arguments).await?;
+        for (connections, pipeline) in SHAPES {
+            let requests_per_second =
+                run_benchmark(redis, requests, connections, pipeline, arguments).await?;
             figures.push(CeilingFigure {
                 command,
+                connections,
                 pipeline,
                 requests_per_second,
             });
@@ -57,12 +62,13 @@ pub async fn measure(redis: &BenchRedis, requests: u64) -> anyhow::Result<Vec<Ce
 async fn run_benchmark(
     redis: &BenchRedis,
     requests: u64,
+    connections: u32,
     pipeline: u32,
     arguments: &[String],
 ) -> anyhow::Result<f64> {
     let output = tokio::process::Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
-        .args(["-c", &CLIENTS.to_string()])
+        .args(["-c", &connections.to_string()])
         .args(["-n", &requests.to_string()])
         .args(["-P", &pipeline.to_string()])
         .arg("--csv")
