@@ -293,10 +293,8 @@ async fn wait_until(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + RUN_TIMEOUT;
     while counter.load(Ordering::Acquire) < target {
-        if let Some(Some(joined)) =
-            tokio::time::timeout(Duration::from_millis(5), loops.join_next())
-                .await
-                .ok()
+        if let Ok(Some(joined)) =
+            tokio::time::timeout(Duration::from_millis(5), loops.join_next()).await
         {
             joined.context("a worker loop panicked")??;
             bail!("a worker loop stopped early");

@@ -299,22 +299,17 @@ pub async fn run(options: &Options, fallback_redis_url: &str) -> anyhow::Result<
     }
 
     for row in &mut rows {
-        let Ok(workers) = row.workers.parse::<usize>() else {
-            continue;
-        };
         let Some(rate) = row.tasks_per_second else {
             continue;
         };
-        if row.workload.starts_with("RedisQueue claim+ack (own") {
-            row.baseline_ratio = throughputs.apalis.get(&workers).map(|apalis| rate / apalis);
+        if row.workload.starts_with("redis-benchmark") {
+            continue;
         }
         row.ceiling_ratio = ceiling_script_rate.map(|ceiling| rate / ceiling);
-    }
-    for row in &mut rows {
-        if row.workload.starts_with("end to end") {
-            if let (Some(rate), Some(ceiling)) = (row.tasks_per_second, ceiling_script_rate) {
-                row.ceiling_ratio = Some(rate / ceiling);
-            }
+        if row.workload.starts_with("RedisQueue claim+ack (own")
+            && let Ok(workers) = row.workers.parse::<usize>()
+        {
+            row.baseline_ratio = throughputs.apalis.get(&workers).map(|apalis| rate / apalis);
         }
     }
 
