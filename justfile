@@ -12,6 +12,10 @@ test *args:
 services:
     ./dev services
 
+# Run a benchmark in release mode: `just bench queue [--quick]`.
+bench *args:
+    ./dev bench {{args}}
+
 # rustfmt check and clippy with warnings as errors.
 lint:
     ./dev lint

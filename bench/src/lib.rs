@@ -1,0 +1,27 @@
+//! Benchmarks of OperatorNext. They measure; they assert nothing (the tests do that).
+//!
+//! Binaries, one per benchmark (`cargo run --release -p operator-bench --bin <name>`):
+//! - `queue`: the Redis queue backend against apalis-redis and Redis' own ceiling, and
+//!   the API end to end on PostgreSQL (`just bench queue`).
+//!
+//! Modules:
+//! - [`redis_server`]: a private `redis-server` per run, so other people's traffic on the
+//!   shared Redis does not disturb the figures (the shared one is the fallback).
+//! - [`queue_backend`]: our `RedisQueue` through the `Queue` trait: throughput and pick-up
+//!   latency at 1/4/16 workers.
+//! - [`apalis_baseline`]: the same workload through apalis-redis 1.0.
+//! - [`ceiling`]: `redis-benchmark` of LPUSH and EVALSHA on the same server.
+//! - [`end_to_end`]: HTTP submissions to the API, consumed the way a worker records them.
+//! - [`profile`]: what Redis did during a run (commands, its CPU time) and our CPU time.
+//! - [`queue_suite`]: the `queue` binary's run: every workload, one table.
+//! - [`stats`], [`report`]: percentiles and the printed table.
+
+pub mod apalis_baseline;
+pub mod ceiling;
+pub mod end_to_end;
+pub mod profile;
+pub mod queue_backend;
+pub mod queue_suite;
+pub mod redis_server;
+pub mod report;
+pub mod stats;

@@ -1,0 +1,432 @@
+//! `just bench queue`: every queue workload in one run, printed as one table.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::profile::Profiler;
+use crate::queue_backend::Sharing;
+use crate::redis_server::BenchRedis;
+use crate::report::{self, Row};
+use crate::stats::per_second;
+use crate::{apalis_baseline, ceiling, end_to_end, queue_backend};
+
+/// The issue's goals, checked at the end of the report.
+const GOAL_BACKEND_TASKS_PER_SECOND: f64 = 20_000.0;
+const GOAL_END_TO_END_TASKS_PER_SECOND: f64 = 2_000.0;
+const GOAL_PICKUP_P50: Duration = Duration::from_millis(10);
+
+/// What to run and how much.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Tasks per throughput run.
+    pub tasks: usize,
+    /// Measured tasks per pick-up latency run.
+    pub pickup_tasks: usize,
+    /// Tasks per second the latency producer enqueues.
+    pub pickup_rate: u32,
+    pub worker_counts: Vec<usize>,
+    /// redis-benchmark requests per figure.
+    pub ceiling_requests: u64,
+    pub end_to_end_tasks: usize,
+    pub end_to_end_clients: usize,
+    pub end_to_end_consumers: usize,
+    pub apalis: bool,
+    pub ceiling: bool,
+    pub end_to_end: bool,
+}
+
+impl Options {
+    /// The real measurement.
+    pub fn full() -> Self {
+        Self {
+            tasks: 50_000,
+            pickup_tasks: 2_000,
+            pickup_rate: 500,
+            worker_counts: vec![1, 4, 16],
+            ceiling_requests: 200_000,
+            end_to_end_tasks: 5_000,
+            end_to_end_clients: 16,
+            end_to_end_consumers: 16,
+            apalis: true,
+            ceiling: true,
+            end_to_end: true,
+        }
+    }
+
+    /// Seconds instead of minutes: shows the bench works, the figures mean little.
+    pub fn quick() -> Self {
+        Self {
+            tasks: 500,
+            pickup_tasks: 50,
+            pickup_rate: 200,
+            worker_counts: vec![1, 4],
+            ceiling_requests: 10_000,
+            end_to_end_tasks: 100,
+            end_to_end_clients: 4,
+            end_to_end_consumers: 4,
+            ..Self::full()
+        }
+    }
+}
+
+/// Throughput figures by (system, workers), to compute the ratios.
+#[derive(Default)]
+struct Throughputs {
+    ours: HashMap<usize, f64>,
+    apalis: HashMap<usize, f64>,
+}
+
+pub async fn run(options: &Options, fallback_redis_url: &str) -> anyhow::Result<()> {
+    let redis = BenchRedis::start_or_shared(fallback_redis_url).await?;
+    let redis_url = redis.url().to_owned();
+    let profiler = Profiler::new(redis.client().await?).await?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut throughputs = Throughputs::default();
+    let mut ceiling_script_rate = None;
+
+    let machine = machine_line(&redis).await;
+    eprintln!("bench: {machine}");
+
+    if options.ceiling {
+        progress("redis-benchmark ceiling");
+        match ceiling::measure(&redis, options.ceiling_requests).await {
+            Ok(figures) => {
+                for figure in figures {
+                    if figure.command == "EVALSHA" && figure.pipeline > 1 {
+                        ceiling_script_rate = Some(figure.requests_per_second);
+                    }
+                    rows.push(
+                        Row::new(
+                            format!("redis-benchmark {} -P {}", figure.command, figure.pipeline),
+                            format!("{} conn", figure.connections),
+                        )
+                        .rate(figure.requests_per_second),
+                    );
+                }
+            }
+            Err(error) => notes.push(format!("redis-benchmark ceiling skipped: {error:#}")),
+        }
+    }
+
+    let mut runs: Vec<(usize, Sharing)> = options
+        .worker_counts
+        .iter()
+        .map(|workers| (*workers, Sharing::OwnConnection))
+        .collect();
+    if let Some(most) = options.worker_counts.iter().max() {
+        runs.push((*most, Sharing::Shared));
+    }
+
+    for (workers, sharing) in &runs {
+        progress(&format!(
+            "RedisQueue drain, {workers} workers, {}",
+            sharing.label()
+        ));
+        let outcome =
+            queue_backend::drain(&redis_url, &profiler, *workers, *sharing, options.tasks).await?;
+        if *workers == options.worker_counts[0] && *sharing == Sharing::OwnConnection {
+            rows.push(
+                Row::new("RedisQueue enqueue_many (batches of 1000)", "1 producer")
+                    .rate(per_second(outcome.tasks, outcome.enqueue_elapsed)),
+            );
+            notes.push(format!(
+                "RedisQueue enqueue_many: {}",
+                outcome.enqueue_profile.per_task(outcome.tasks)
+            ));
+        }
+        let rate = per_second(outcome.tasks, outcome.drain_elapsed);
+        if *sharing == Sharing::OwnConnection {
+            throughputs.ours.insert(*workers, rate);
+        }
+        rows.push(
+            Row::new(
+                format!("RedisQueue claim+ack ({})", sharing.label()),
+                workers.to_string(),
+            )
+            .rate(rate),
+        );
+        notes.push(format!(
+            "RedisQueue claim+ack, {workers} workers, {}: {}",
+            sharing.label(),
+            outcome.drain_profile.per_task(outcome.tasks)
+        ));
+    }
+    for (workers, sharing) in &runs {
+        progress(&format!(
+            "RedisQueue pick-up, {workers} workers, {}",
+            sharing.label()
+        ));
+        let outcome = queue_backend::pickup(
+            &redis_url,
+            &profiler,
+            *workers,
+            *sharing,
+            options.pickup_tasks,
+            options.pickup_rate,
+        )
+        .await?;
+        rows.push(
+            Row::new(
+                format!(
+                    "RedisQueue pick-up at {}/s ({})",
+                    options.pickup_rate,
+                    sharing.label()
+                ),
+                workers.to_string(),
+            )
+            .latency(outcome.latencies.p50(), outcome.latencies.p99()),
+        );
+        notes.push(format!(
+            "RedisQueue pick-up, {workers} workers, {}: {}",
+            sharing.label(),
+            outcome.profile.per_task(outcome.latencies.len())
+        ));
+    }
+
+    if options.apalis {
+        for workers in &options.worker_counts {
+            progress(&format!("apalis-redis drain, {workers} workers"));
+            match apalis_baseline::drain(&redis_url, &profiler, *workers, options.tasks).await {
+                Ok(outcome) => {
+                    if *workers == options.worker_counts[0] {
+                        rows.push(
+                            Row::new(
+                                format!(
+                                    "apalis-redis push_bulk (batches of 1000, {} tasks)",
+                                    outcome.tasks
+                                ),
+                                "1 producer",
+                            )
+                            .rate(per_second(outcome.tasks, outcome.enqueue_elapsed)),
+                        );
+                    }
+                    let rate = per_second(outcome.tasks, outcome.drain_elapsed);
+                    throughputs.apalis.insert(*workers, rate);
+                    rows.push(
+                        Row::new(
+                            format!(
+                                "apalis-redis fetch+ack (own conn each, {} tasks)",
+                                outcome.tasks
+                            ),
+                            workers.to_string(),
+                        )
+                        .rate(rate),
+                    );
+                    notes.push(format!(
+                        "apalis-redis drain, {workers} workers: {}",
+                        outcome.drain_profile.per_task(outcome.tasks)
+                    ));
+                }
+                Err(error) => notes.push(format!(
+                    "apalis-redis drain, {workers} workers failed: {error:#}"
+                )),
+            }
+        }
+        for workers in &options.worker_counts {
+            progress(&format!("apalis-redis pick-up, {workers} workers"));
+            match apalis_baseline::pickup(
+                &redis_url,
+                &profiler,
+                *workers,
+                options.pickup_tasks,
+                options.pickup_rate,
+            )
+            .await
+            {
+                Ok(outcome) => {
+                    rows.push(
+                        Row::new(
+                            format!("apalis-redis pick-up at {}/s", options.pickup_rate),
+                            workers.to_string(),
+                        )
+                        .latency(outcome.latencies.p50(), outcome.latencies.p99()),
+                    );
+                    notes.push(format!(
+                        "apalis-redis pick-up, {workers} workers: {}",
+                        outcome.profile.per_task(outcome.latencies.len())
+                    ));
+                }
+                Err(error) => notes.push(format!(
+                    "apalis-redis pick-up, {workers} workers failed: {error:#}"
+                )),
+            }
+        }
+    }
+
+    let mut end_to_end_rate = None;
+    if options.end_to_end {
+        progress("end to end through the API");
+        let (url, profiler) = (redis_url.clone(), profiler.clone());
+        let (clients, consumers, tasks) = (
+            options.end_to_end_clients,
+            options.end_to_end_consumers,
+            options.end_to_end_tasks,
+        );
+        // The database helper panics when PostgreSQL is unreachable: report, go on.
+        let handle = tokio::spawn(async move {
+            end_to_end::run(&url, &profiler, clients, consumers, tasks).await
+        });
+        match handle.await {
+            Ok(Ok(outcome)) => {
+                let completed = per_second(outcome.tasks, outcome.complete_elapsed);
+                end_to_end_rate = Some(completed);
+                rows.push(
+                    Row::new(
+                        "end to end: submitted (POST → PostgreSQL → Redis)",
+                        format!("{} clients", options.end_to_end_clients),
+                    )
+                    .rate(per_second(outcome.tasks, outcome.submit_elapsed))
+                    .latency(outcome.http_latency.p50(), outcome.http_latency.p99()),
+                );
+                rows.push(
+                    Row::new(
+                        "end to end: completed (claim, start, finish, ack)",
+                        format!("{} consumers", options.end_to_end_consumers),
+                    )
+                    .rate(completed)
+                    .latency(outcome.submit_to_done.p50(), outcome.submit_to_done.p99()),
+                );
+                notes.push(format!(
+                    "end to end: {}",
+                    outcome.profile.per_task(outcome.tasks)
+                ));
+            }
+            Ok(Err(error)) => notes.push(format!("end to end failed: {error:#}")),
+            Err(error) => notes.push(format!("end to end panicked: {error}")),
+        }
+    }
+
+    for row in &mut rows {
+        let Some(rate) = row.tasks_per_second else {
+            continue;
+        };
+        if row.workload.starts_with("redis-benchmark") {
+            continue;
+        }
+        row.ceiling_ratio = ceiling_script_rate.map(|ceiling| rate / ceiling);
+        if row.workload.starts_with("RedisQueue claim+ack (own")
+            && let Ok(workers) = row.workers.parse::<usize>()
+        {
+            row.baseline_ratio = throughputs.apalis.get(&workers).map(|apalis| rate / apalis);
+        }
+    }
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nMachine: {machine}; load average {} at the end",
+        load_average()
+    );
+    let _ = writeln!(
+        out,
+        "Redis: {}\n",
+        if redis.is_private() {
+            "a private redis-server started for this run (no other traffic)"
+        } else {
+            "the SHARED test Redis (other traffic disturbs the figures)"
+        }
+    );
+    out.push_str(&report::render(&rows));
+    let _ = writeln!(
+        out,
+        "\ntasks/s of claim+ack: no-op tasks drained after enqueue_many; \"own queue each\" = every worker \
+         its own RedisQueue::connect (its own connections, like separate worker processes), \
+         \"one shared queue\" = one RedisQueue for all (like one process' concurrent tasks).\n\
+         pick-up: latency from enqueue() called to claim() returned, workers idle in claim.\n\
+         end-to-end p50/p99: HTTP round trip for \"submitted\", request sent → finish recorded and acked for \"completed\".\n\
+         vs redis ceiling: tasks/s over redis-benchmark's EVALSHA -P 16 rate of a one-command script; \
+         a task takes at least 3 scripts (enqueue, claim, ack), so 0.33 is the most a script-per-step queue can reach."
+    );
+    let _ = writeln!(
+        out,
+        "\nWhere the time goes (per task, from INFO commandstats and /proc):"
+    );
+    for note in &notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    let _ = writeln!(out, "\nGoals:");
+    let best_backend = rows
+        .iter()
+        .filter(|row| row.workload.starts_with("RedisQueue claim+ack"))
+        .filter_map(|row| Some((row.tasks_per_second?, row)))
+        .max_by(|(left, _), (right, _)| left.total_cmp(right));
+    if let Some((rate, row)) = best_backend {
+        let _ = writeln!(
+            out,
+            "- backend ≥ {GOAL_BACKEND_TASKS_PER_SECOND:.0} tasks/s: best claim+ack {rate:.0} ({}, {} workers) → {}",
+            row.workload,
+            row.workers,
+            verdict(rate >= GOAL_BACKEND_TASKS_PER_SECOND)
+        );
+    }
+    match end_to_end_rate {
+        Some(rate) => {
+            let _ = writeln!(
+                out,
+                "- end to end ≥ {GOAL_END_TO_END_TASKS_PER_SECOND:.0} tasks/s: completed {rate:.0} → {}",
+                verdict(rate >= GOAL_END_TO_END_TASKS_PER_SECOND)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "- end to end: not measured");
+        }
+    }
+    let worst_pickup = rows
+        .iter()
+        .filter(|row| row.workload.starts_with("RedisQueue pick-up"))
+        .filter_map(|row| row.p50)
+        .max();
+    if let Some(p50) = worst_pickup {
+        let _ = writeln!(
+            out,
+            "- pick-up p50 < {} ms: worst {:.2} ms → {}",
+            GOAL_PICKUP_P50.as_millis(),
+            p50.as_secs_f64() * 1000.0,
+            verdict(p50 < GOAL_PICKUP_P50)
+        );
+    }
+    println!("{out}");
+    Ok(())
+}
+
+/// The one-minute load average. Other people's builds share these cores: the load says
+/// how undisturbed a run was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|loadavg| loadavg.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+fn progress(what: &str) {
+    eprintln!("bench: {what}…");
+}
+
+async fn machine_line(redis: &BenchRedis) -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|cores| cores.get().to_string())
+        .unwrap_or_else(|_| "?".to_owned());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|cpuinfo| {
+            cpuinfo.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                (name.trim() == "model name").then(|| value.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let version = redis
+        .server_info("redis_version")
+        .await
+        .unwrap_or_else(|_| "?".to_owned());
+    format!(
+        "{cores} cores (nproc), {cpu}; Redis {version}; load average {} at start",
+        load_average()
+    )
+}
