@@ -314,12 +314,15 @@ svc_s3() {
   local port=$SVC_S3_PORT dir=$SVC_S3_DIR state=running pid=""
   # s3s-fs serves one bucket per top-level directory of its root.
   mkdir -p "$dir/$SVC_S3_BUCKET"
+  dir=$(cd "$dir" && pwd) # absolute: the server runs from /
   if ! svc_http_answers "$port"; then
     command -v s3s-fs >/dev/null || { svc_s3_install; state=installed; }
-    # setsid+nohup: the server must outlive this script and its terminal.
-    setsid nohup s3s-fs --host 127.0.0.1 --port "$port" \
+    # setsid+nohup: the server must outlive this script and its terminal. It runs
+    # from / because s3s-fs resolves every object path against its working directory:
+    # started from a checkout that is later deleted, it answers 500 to everything.
+    (cd / && exec setsid nohup s3s-fs --host 127.0.0.1 --port "$port" \
       --access-key "$SVC_S3_ACCESS_KEY" --secret-key "$SVC_S3_SECRET_KEY" "$dir" \
-      >"$dir.log" 2>&1 </dev/null &
+      >"$dir.log" 2>&1 </dev/null) &
     pid=$!
     echo "$pid" >"$dir.pid"
     svc_wait_for 10 svc_s3_up "$port" "$pid"

@@ -11,8 +11,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -558,6 +559,14 @@ impl TaskRepository {
         let now = now();
         let lease_until = lease_until.trunc_subsecs(6);
         let transaction = self.db.begin().await?;
+        if transaction.get_database_backend() == DatabaseBackend::Postgres {
+            // A start need not wait for its WAL flush: lost in a crash, it only makes the
+            // worker's guarded finish fail and the task run again, and the next durable
+            // commit (the finish) flushes it anyway. Saves one of three flushes per task.
+            transaction
+                .execute_unprepared("SET LOCAL synchronous_commit TO OFF")
+                .await?;
+        }
         let claimable = Condition::any()
             .add(task::Column::State.eq(TaskState::Queued.as_str()))
             .add(
@@ -740,13 +749,13 @@ impl TaskRepository {
             .filter(task::Column::Id.eq(id.as_uuid()))
             .filter(task::Column::LeaseToken.eq(token.as_uuid()))
             .filter(task::Column::State.eq(TaskState::Running.as_str()))
-            .exec(&transaction)
-            .await?
-            .rows_affected;
-        if updated == 0 {
+            .exec_with_returning(&transaction)
+            .await?;
+        let Some(updated) = updated.into_iter().next() else {
             transaction.rollback().await?;
             return Ok(FinishOutcome::LeaseLost);
-        }
+        };
+        let record = to_record(updated)?;
         task_attempt::Entity::update_many()
             .col_expr(task_attempt::Column::FinishedAt, Expr::value(now))
             .col_expr(
@@ -765,9 +774,6 @@ impl TaskRepository {
             .filter(task_attempt::Column::LeaseToken.eq(token.as_uuid()))
             .exec(&transaction)
             .await?;
-        let record = find_task(&transaction, id)
-            .await?
-            .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?;
         if let TaskOutcome::Succeeded { artifacts, .. } = &outcome
             && !artifacts.is_empty()
         {
@@ -785,23 +791,23 @@ impl TaskRepository {
             artifact::Entity::insert_many(rows)
                 .exec_without_returning(&transaction)
                 .await?;
-            for new in artifacts {
-                insert_event(
-                    &transaction,
-                    id,
-                    &record.tenant,
+        }
+        // One `artifact` event per artifact, then the state: one statement.
+        let mut events: Vec<(&str, serde_json::Value)> = Vec::new();
+        if let TaskOutcome::Succeeded { artifacts, .. } = &outcome {
+            events.extend(artifacts.iter().map(|new| {
+                (
                     "artifact",
                     json!({"id": new.id, "name": new.name, "content_type": new.content_type, "size_bytes": new.size_bytes}),
-                    now,
                 )
-                .await?;
-            }
+            }));
         }
         let mut data = json!({"state": next_state, "attempt": record.attempts});
         if let Some(error) = &error {
             data["error"] = json!(error);
         }
-        insert_event(&transaction, id, &record.tenant, "state", data, now).await?;
+        events.push(("state", data));
+        insert_events(&transaction, id, &record.tenant, events, now).await?;
         if next_state.is_terminal() {
             let artifacts = match &outcome {
                 TaskOutcome::Succeeded { artifacts, .. } => artifacts
@@ -961,6 +967,30 @@ async fn find_task<C: ConnectionTrait>(
         .await?
         .map(to_record)
         .transpose()
+}
+
+/// Appends events in their order, in one statement (ids follow the order of the rows).
+async fn insert_events(
+    transaction: &DatabaseTransaction,
+    task_id: TaskId,
+    tenant: &TenantId,
+    events: Vec<(&str, serde_json::Value)>,
+    at: DateTime<Utc>,
+) -> Result<(), RepoError> {
+    let rows = events
+        .into_iter()
+        .map(|(kind, data)| task_event::ActiveModel {
+            id: NotSet,
+            task_id: Set(task_id.as_uuid()),
+            tenant_id: Set(tenant.as_str().to_owned()),
+            kind: Set(kind.to_owned()),
+            data: Set(data),
+            created_at: Set(at),
+        });
+    task_event::Entity::insert_many(rows)
+        .exec_without_returning(transaction)
+        .await?;
+    Ok(())
 }
 
 async fn insert_event(
