@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use headless_chrome::Tab;
 use headless_chrome::protocol::cdp::types::Event;
-use headless_chrome::protocol::cdp::{Emulation, Network, Page, Runtime, Target};
+use headless_chrome::protocol::cdp::{Emulation, Network, Page, Runtime};
 use headless_chrome::types::PrintToPdfOptions;
 use operator_shared::domain::{
     BlockableResource, ImageFormat, PaperFormat, PdfInput, ScreenshotInput, TaskSpec, Viewport,
@@ -22,7 +22,7 @@ use operator_shared::domain::{
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
 
-use crate::browser::BrowserHandle;
+use crate::browser::{BrowserHandle, PreparedPage};
 use crate::events::PageEvents;
 use crate::guard::RequestGuard;
 use crate::steps::{self, ProgressSink};
@@ -70,24 +70,9 @@ pub fn render(
     stop: &StopSignal,
     progress: ProgressSink<'_>,
 ) -> Result<Rendered, CodedError> {
-    let context = handle.new_context()?;
-    let tab = handle
-        .browser()
-        .new_tab_with_options(Target::CreateTarget {
-            url: "about:blank".to_owned(),
-            left: None,
-            top: None,
-            width: None,
-            height: None,
-            window_state: None,
-            browser_context_id: Some(context.id().to_owned()),
-            enable_begin_frame_control: None,
-            new_window: None,
-            background: None,
-            for_tab: None,
-            hidden: None,
-        })
-        .map_err(|error| handle.classify(&error, "cannot open a page"))?;
+    let started = Instant::now();
+    // A fresh context with a blank page, opened ahead of time when a spare is ready.
+    let PreparedPage { context, tab } = handle.take_page()?;
     // The guard and the event log are in place before the page loads anything.
     let mut guard = RequestGuard::new(policy.clone(), tab.get_target_id().clone());
     if let TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) = spec {
@@ -122,6 +107,8 @@ pub fn render(
     })
     .and_then(|_| tab.call_method(Runtime::Enable(None)))
     .map_err(|error| handle.classify(&error, "cannot watch the page"))?;
+    let page_ms = started.elapsed().as_millis() as u64;
+    handle.refill_spares_in_background();
     let session = Session {
         handle,
         tab: &tab,
@@ -146,8 +133,15 @@ pub fn render(
             .push(json_file("console.json", &events.console_log()));
         rendered
     });
-    // The context (and the tab in it) is disposed when `context` drops, after the capture.
-    drop(context);
+    let rendered_ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(page_ms, rendered_ms, "render timings");
+    // Disposing the context (and its page) is off the task's path.
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop((context, tab)));
+        }
+        Err(_) => drop(context),
+    }
     result
 }
 
