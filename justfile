@@ -19,3 +19,9 @@ lint:
 # Format the code.
 fmt:
     ./dev fmt
+
+# Benchmarks: `just bench browser` compares POST /v1/screenshot with a puppeteer-core
+# baseline on the same Chromium (installs puppeteer-core into bench/ on first use).
+bench target:
+    if [ "{{target}}" = browser ] && [ ! -d bench/node_modules/puppeteer-core ]; then npm install --prefix bench --no-audit --no-fund; fi
+    cargo bench --bench {{target}}
