@@ -176,6 +176,7 @@ async fn a_missing_selector_fails_the_task_naming_the_step() {
         &app,
         json!({"kind": "script", "max_attempts": 3, "input": {"url": pages.url("login"), "steps": [
             {"action": "type", "selector": "#user", "text": "ada"},
+            {"action": "evaluate", "expression": "console.warn('about to fail', 42)"},
             {"action": "click", "selector": "#does-not-exist", "timeout_ms": 1000}
         ]}}),
     )
@@ -183,7 +184,7 @@ async fn a_missing_selector_fails_the_task_naming_the_step() {
     assert_eq!(done["state"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "selector_not_found");
     let message = done["error"]["message"].as_str().expect("message");
-    assert!(message.starts_with("steps[1] (click)"), "{message}");
+    assert!(message.starts_with("steps[2] (click)"), "{message}");
     assert!(message.contains("#does-not-exist"), "{message}");
     assert_eq!(done["attempts"], 1, "final, not retried");
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -191,6 +192,16 @@ async fn a_missing_selector_fails_the_task_naming_the_step() {
     assert_eq!(
         steps.last().expect("a step")["error"]["code"],
         "selector_not_found"
+    );
+    // The failed attempt's page logs are kept with the task.
+    artifact(&done, "network-attempt-1.json");
+    let console = artifact(&done, "console-attempt-1.json");
+    let (_, bytes) = app.download(console["url"].as_str().expect("url")).await;
+    let console: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(console["messages"][0]["level"], "warning", "{console}");
+    assert_eq!(
+        console["messages"][0]["text"], "about to fail 42",
+        "{console}"
     );
     app.shutdown().await;
 }

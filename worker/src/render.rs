@@ -45,6 +45,23 @@ pub struct Rendered {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A failed render: the error, and the page's logs up to the failure (none when it
+/// failed before a page was open).
+#[derive(Debug)]
+pub struct RenderFailure {
+    pub error: CodedError,
+    pub logs: Vec<RenderedFile>,
+}
+
+impl From<CodedError> for RenderFailure {
+    fn from(error: CodedError) -> Self {
+        Self {
+            error,
+            logs: Vec::new(),
+        }
+    }
+}
+
 /// Why a render stops early, checked between steps and while waiting.
 #[derive(Clone, Default)]
 pub struct StopSignal {
@@ -69,7 +86,7 @@ pub fn render(
     deadline: Instant,
     stop: &StopSignal,
     progress: ProgressSink<'_>,
-) -> Result<Rendered, CodedError> {
+) -> Result<Rendered, RenderFailure> {
     let started = Instant::now();
     // A fresh context with a blank page, opened ahead of time when a spare is ready.
     let PreparedPage { context, tab } = handle.take_page()?;
@@ -124,15 +141,17 @@ pub fn render(
             steps::browse(&session, spec.kind(), input, progress)
         }
     };
-    let result = result.map(|mut rendered| {
-        rendered
-            .files
-            .push(json_file("network.json", &events.network_log()));
-        rendered
-            .files
-            .push(json_file("console.json", &events.console_log()));
-        rendered
-    });
+    let logs = vec![
+        json_file("network.json", &events.network_log()),
+        json_file("console.json", &events.console_log()),
+    ];
+    let result = match result {
+        Ok(mut rendered) => {
+            rendered.files.extend(logs);
+            Ok(rendered)
+        }
+        Err(error) => Err(RenderFailure { error, logs }),
+    };
     let rendered_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(page_ms, rendered_ms, "render timings");
     // Disposing the context (and its page) is off the task's path.
