@@ -144,7 +144,9 @@ async fn main() -> anyhow::Result<()> {
     let api = application
         .public_url()
         .ok_or_else(|| anyhow::anyhow!("no API"))?;
-    let running = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
+    let stop_application = CancellationToken::new();
+    let running =
+        tokio::spawn(application.run_until_stopped(stop_application.clone().cancelled_owned()));
     let client = reqwest::Client::new();
 
     println!(
@@ -154,9 +156,11 @@ async fn main() -> anyhow::Result<()> {
     for level in LEVELS {
         ours.push((level, run_level(&client, &api, &url, level, requests).await));
     }
-    stop.cancel();
+    stop_application.cancel();
     let _ = running.await;
+    // The page server keeps serving for the baseline.
     let reference = baseline(&url, requests);
+    stop.cancel();
 
     println!();
     println!(
@@ -182,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     if reference.is_none() {
-        println!("(no baseline: run `npm install --prefix bench` first)");
+        println!("(no baseline; `npm install --prefix bench` installs puppeteer-core)");
     }
     Ok(())
 }
