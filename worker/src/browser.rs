@@ -81,6 +81,10 @@ pub struct BrowserHandle {
     refilling: AtomicBool,
 }
 
+/// The viewport every page is opened with: the domain's default viewport, so a task
+/// that keeps it makes no call to set it.
+const DEFAULT_VIEWPORT: (u32, u32) = (1280, 800);
+
 /// A blank page in a fresh context, for one task.
 pub struct PreparedPage {
     pub context: ContextGuard,
@@ -157,6 +161,29 @@ impl BrowserHandle {
                 hidden: None,
             })
             .map_err(|error| self.classify(&error, "cannot open a page"))?;
+        crate::guard::prepare_page(&tab)
+            .and_then(|()| {
+                tab.call_method(
+                    headless_chrome::protocol::cdp::Emulation::SetDeviceMetricsOverride {
+                        width: DEFAULT_VIEWPORT.0,
+                        height: DEFAULT_VIEWPORT.1,
+                        device_scale_factor: 1.0,
+                        mobile: false,
+                        scale: None,
+                        screen_width: None,
+                        screen_height: None,
+                        position_x: None,
+                        position_y: None,
+                        dont_set_visible_size: None,
+                        screen_orientation: None,
+                        viewport: None,
+                        display_feature: None,
+                        device_posture: None,
+                    },
+                )
+                .map(|_| ())
+            })
+            .map_err(|error| self.classify(&error, "cannot prepare a page"))?;
         Ok(PreparedPage { context, tab })
     }
 

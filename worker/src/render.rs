@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use headless_chrome::Tab;
 use headless_chrome::protocol::cdp::types::Event;
-use headless_chrome::protocol::cdp::{Emulation, Network, Page, Runtime};
+use headless_chrome::protocol::cdp::{Emulation, Page};
 use headless_chrome::types::PrintToPdfOptions;
 use operator_shared::domain::{
     BlockableResource, ImageFormat, PaperFormat, PdfInput, ScreenshotInput, TaskSpec, Viewport,
@@ -115,15 +115,6 @@ pub fn render(
     events
         .install(&tab)
         .map_err(|error| handle.classify(&error, "cannot watch the page"))?;
-    tab.call_method(Network::Enable {
-        max_total_buffer_size: None,
-        max_resource_buffer_size: None,
-        max_post_data_size: None,
-        report_direct_socket_traffic: None,
-        enable_durable_messages: None,
-    })
-    .and_then(|_| tab.call_method(Runtime::Enable(None)))
-    .map_err(|error| handle.classify(&error, "cannot watch the page"))?;
     let page_ms = started.elapsed().as_millis() as u64;
     handle.refill_spares_in_background();
     let session = Session {
@@ -184,7 +175,7 @@ pub(crate) struct Session<'a> {
 
 impl Session<'_> {
     fn screenshot(&self, input: &ScreenshotInput) -> Result<Rendered, CodedError> {
-        self.set_viewport(&input.viewport)?;
+        self.set_viewport_unless_default(&input.viewport)?;
         self.open(
             input.url.as_str(),
             &TaskSpec::Screenshot(input.clone()).wait(),
@@ -286,7 +277,7 @@ impl Session<'_> {
 
     fn pdf(&self, input: &PdfInput) -> Result<Rendered, CodedError> {
         let geometry = input.geometry()?;
-        self.set_viewport(&input.viewport)?;
+        self.set_viewport_unless_default(&input.viewport)?;
         self.open(input.url.as_str(), &TaskSpec::Pdf(input.clone()).wait())?;
         let bytes = self
             .tab
@@ -330,6 +321,17 @@ impl Session<'_> {
             page: self.facts()?,
             extra: serde_json::Map::new(),
         })
+    }
+
+    /// Pages come with the default viewport set (see `BrowserHandle::open_page`).
+    pub(crate) fn set_viewport_unless_default(
+        &self,
+        viewport: &Viewport,
+    ) -> Result<(), CodedError> {
+        if *viewport == Viewport::default() {
+            return Ok(());
+        }
+        self.set_viewport(viewport)
     }
 
     pub(crate) fn set_viewport(&self, viewport: &Viewport) -> Result<(), CodedError> {
@@ -510,21 +512,10 @@ impl Session<'_> {
 
     /// The final URL and title, for the task's result.
     pub(crate) fn facts(&self) -> Result<serde_json::Value, CodedError> {
-        let title = self
-            .tab
-            .evaluate("document.title", false)
-            .map_err(|error| self.handle.classify(&error, "cannot read the page title"))?
-            .value
-            .unwrap_or(serde_json::Value::Null);
-        let url = self
-            .tab
-            .evaluate("location.href", false)
-            .map_err(|error| self.handle.classify(&error, "cannot read the page address"))?
-            .value
-            .unwrap_or(serde_json::Value::Null);
+        // One call: each CDP call costs up to 100 ms in headless_chrome's transport.
+        let mut facts = self.evaluate_json("({url: location.href, title: document.title})")?;
         self.check_document_allowed()?;
         let (refused, refused_total) = self.guard.refusals();
-        let mut facts = serde_json::json!({"url": url, "title": title});
         if refused_total > 0 {
             facts["blocked_requests"] =
                 serde_json::json!({"total": refused_total, "requests": refused});
