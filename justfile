@@ -12,7 +12,7 @@ test *args:
 services:
     ./dev services
 
-# Run a benchmark in release mode: `just bench queue [--quick]`.
+# Run a benchmark in release mode: `just bench queue [--quick]`, `just bench browser`.
 bench *args:
     ./dev bench {{args}}
 

@@ -257,6 +257,7 @@ impl OneShotApi {
         let task = state.repo.create(new_task).await.map_err(ApiError::from)?;
         state.dispatch(&task).await;
         let deadline = tokio::time::Instant::now() + state.settings.server.sync_wait;
+        // A primary-key read per poll; 50 ms keeps the added latency small.
         let mut pause = Duration::from_millis(20);
         let tenant = task.tenant.clone();
         let id = task.id;
@@ -277,7 +278,7 @@ impl OneShotApi {
                 return Ok(Waited::Pending(latest));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
+            pause = (pause * 2).min(Duration::from_millis(50));
             latest = match state.repo.get(&tenant, id).await {
                 Ok(Some(task)) => task,
                 Ok(None) => {

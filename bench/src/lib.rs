@@ -3,6 +3,8 @@
 //! Binaries, one per benchmark (`cargo run --release -p operator-bench --bin <name>`):
 //! - `queue`: the Redis queue backend against apalis-redis and Redis' own ceiling, and
 //!   the API end to end on PostgreSQL (`just bench queue`).
+//! - `browser`: `POST /v1/screenshot` against a hand-written puppeteer-core script on
+//!   the same Chromium, with peak Chromium memory (`just bench browser`).
 //!
 //! Modules:
 //! - [`redis_server`]: a private `redis-server` per run, so other people's traffic on the
@@ -13,10 +15,12 @@
 //! - [`ceiling`]: `redis-benchmark` of LPUSH and EVALSHA on the same server.
 //! - [`end_to_end`]: HTTP submissions to the API, consumed the way a worker records them.
 //! - [`profile`]: what Redis did during a run (commands, its CPU time) and our CPU time.
+//! - [`browser_suite`]: the `browser` binary's run.
 //! - [`queue_suite`]: the `queue` binary's run: every workload, one table.
 //! - [`stats`], [`report`]: percentiles and the printed table.
 
 pub mod apalis_baseline;
+pub mod browser_suite;
 pub mod ceiling;
 pub mod end_to_end;
 pub mod profile;

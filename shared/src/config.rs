@@ -253,6 +253,9 @@ pub struct BrowserSettings {
     /// A browser is replaced after this many tasks (0: never), so that leaks in a
     /// long-lived Chromium (memory, handles) cannot accumulate.
     pub recycle_after: u64,
+    /// Blank pages (each in a fresh context) kept open ahead of tasks; opening one costs
+    /// about half a second of a task's latency. Each holds a renderer process.
+    pub spare_pages: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -272,6 +275,7 @@ impl Default for BrowserSettings {
             call_timeout: Duration::from_secs(30),
             launch_timeout: Duration::from_secs(20),
             recycle_after: 200,
+            spare_pages: 2,
         }
     }
 }

@@ -176,6 +176,7 @@ async fn a_missing_selector_fails_the_task_naming_the_step() {
         &app,
         json!({"kind": "script", "max_attempts": 3, "input": {"url": pages.url("login"), "steps": [
             {"action": "type", "selector": "#user", "text": "ada"},
+            {"action": "evaluate", "expression": "console.warn('about to fail', 42)"},
             {"action": "click", "selector": "#does-not-exist", "timeout_ms": 1000}
         ]}}),
     )
@@ -183,7 +184,7 @@ async fn a_missing_selector_fails_the_task_naming_the_step() {
     assert_eq!(done["state"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "selector_not_found");
     let message = done["error"]["message"].as_str().expect("message");
-    assert!(message.starts_with("steps[1] (click)"), "{message}");
+    assert!(message.starts_with("steps[2] (click)"), "{message}");
     assert!(message.contains("#does-not-exist"), "{message}");
     assert_eq!(done["attempts"], 1, "final, not retried");
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -191,6 +192,16 @@ async fn a_missing_selector_fails_the_task_naming_the_step() {
     assert_eq!(
         steps.last().expect("a step")["error"]["code"],
         "selector_not_found"
+    );
+    // The failed attempt's page logs are kept with the task.
+    artifact(&done, "network-attempt-1.json");
+    let console = artifact(&done, "console-attempt-1.json");
+    let (_, bytes) = app.download(console["url"].as_str().expect("url")).await;
+    let console: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(console["messages"][0]["level"], "warning", "{console}");
+    assert_eq!(
+        console["messages"][0]["text"], "about to fail 42",
+        "{console}"
     );
     app.shutdown().await;
 }
@@ -270,5 +281,54 @@ async fn a_bad_step_list_is_refused_before_it_is_queued() {
     assert_eq!(body["code"], "url_not_allowed");
     let (_, listed) = app.get("/v1/tasks").await;
     assert_eq!(listed["items"], json!([]), "nothing was written");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_options_apply_before_the_first_request() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let blocked_image = format!("{}?to={}", pages.url("embed"), pages.url("pixel"));
+    let done = run(
+        &app,
+        json!({"kind": "script", "input": {
+            "url": blocked_image,
+            "viewport": {"width": 800, "height": 600},
+            "user_agent": "OperatorBench/1.0",
+            "locale": "de-DE",
+            "timezone": "Asia/Tokyo",
+            "block_resources": ["image"],
+            "steps": [
+                {"action": "evaluate", "name": "width", "expression": "window.innerWidth"},
+                {"action": "evaluate", "name": "agent", "expression": "navigator.userAgent"},
+                {"action": "evaluate", "name": "language", "expression": "navigator.language"},
+                {"action": "evaluate", "name": "zone", "expression": "Intl.DateTimeFormat().resolvedOptions().timeZone"},
+                {"action": "set_viewport", "viewport": {"width": 500, "height": 400}},
+                {"action": "evaluate", "name": "narrower", "expression": "window.innerWidth"},
+                {"action": "scroll", "y": 100},
+                {"action": "hover", "selector": "#picture"},
+                {"action": "press", "key": "Tab"}
+            ]
+        }}),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let data = &done["result"]["data"];
+    assert_eq!(data["width"], 800);
+    assert_eq!(data["agent"], "OperatorBench/1.0");
+    assert_eq!(data["language"], "de-DE");
+    assert_eq!(data["zone"], "Asia/Tokyo");
+    assert_eq!(data["narrower"], 500);
+    assert_eq!(pages.hits("pixel"), 0, "images were blocked");
+
+    let blocked_url = format!("{}?to={}", pages.url("embed"), pages.url("ad"));
+    let done = run(
+        &app,
+        json!({"kind": "content", "input": {"url": blocked_url, "block_urls": ["*/ad"]}}),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(pages.hits("ad"), 0, "the pattern blocked it");
+    assert_eq!(pages.hits("embed"), 2, "the pages themselves loaded");
     app.shutdown().await;
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use headless_chrome::browser::transport::Transport;
 use headless_chrome::protocol::cdp::{Browser as CdpBrowser, Target};
-use headless_chrome::{Browser, LaunchOptions};
+use headless_chrome::{Browser, LaunchOptions, Tab};
 use operator_shared::config::{BrowserSettings, SandboxMode};
 use operator_shared::error::{CodedError, ErrorCode};
 use tokio::sync::Semaphore;
@@ -73,6 +73,22 @@ pub struct BrowserHandle {
     pub tasks_started: AtomicU64,
     /// headless_chrome's per-call timeout: a call that takes longer means a hung browser.
     call_timeout: Duration,
+    /// Blank pages, each in its own never-used context, opened ahead of the tasks that
+    /// will take them: opening a page costs about half a second, the largest part of a
+    /// simple task. Held as ids, not [`ContextGuard`]s, which would own the handle.
+    spares: Mutex<Vec<(String, Arc<Tab>)>>,
+    spare_target: usize,
+    refilling: AtomicBool,
+}
+
+/// The viewport every page is opened with: the domain's default viewport, so a task
+/// that keeps it makes no call to set it.
+const DEFAULT_VIEWPORT: (u32, u32) = (1280, 800);
+
+/// A blank page in a fresh context, for one task.
+pub struct PreparedPage {
+    pub context: ContextGuard,
+    pub tab: Arc<Tab>,
 }
 
 impl BrowserHandle {
@@ -110,6 +126,109 @@ impl BrowserHandle {
         !self.broken.load(Ordering::SeqCst) && self.pid.is_none_or(process_is_alive)
     }
 
+    /// A blank page in a fresh context: a spare if one is ready, else opened now.
+    pub fn take_page(self: &Arc<Self>) -> Result<PreparedPage, CodedError> {
+        let spare = self.spares.lock().ok().and_then(|mut spares| spares.pop());
+        if let Some((id, tab)) = spare {
+            return Ok(PreparedPage {
+                context: ContextGuard {
+                    handle: Arc::clone(self),
+                    id,
+                    dispose: true,
+                },
+                tab,
+            });
+        }
+        self.open_page()
+    }
+
+    fn open_page(self: &Arc<Self>) -> Result<PreparedPage, CodedError> {
+        let context = self.new_context()?;
+        let tab = self
+            .browser
+            .new_tab_with_options(Target::CreateTarget {
+                url: "about:blank".to_owned(),
+                left: None,
+                top: None,
+                width: None,
+                height: None,
+                window_state: None,
+                browser_context_id: Some(context.id().to_owned()),
+                enable_begin_frame_control: None,
+                new_window: None,
+                background: None,
+                for_tab: None,
+                hidden: None,
+            })
+            .map_err(|error| self.classify(&error, "cannot open a page"))?;
+        crate::guard::prepare_page(&tab)
+            .and_then(|()| {
+                tab.call_method(
+                    headless_chrome::protocol::cdp::Emulation::SetDeviceMetricsOverride {
+                        width: DEFAULT_VIEWPORT.0,
+                        height: DEFAULT_VIEWPORT.1,
+                        device_scale_factor: 1.0,
+                        mobile: false,
+                        scale: None,
+                        screen_width: None,
+                        screen_height: None,
+                        position_x: None,
+                        position_y: None,
+                        dont_set_visible_size: None,
+                        screen_orientation: None,
+                        viewport: None,
+                        display_feature: None,
+                        device_posture: None,
+                    },
+                )
+                .map(|_| ())
+            })
+            .map_err(|error| self.classify(&error, "cannot prepare a page"))?;
+        Ok(PreparedPage { context, tab })
+    }
+
+    /// Opens spare pages up to the target, on the blocking pool, one refill at a time.
+    /// Called on a blocking-pool thread (inside the runtime).
+    pub fn refill_spares_in_background(self: &Arc<Self>) {
+        if self.spare_target == 0 || self.refilling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.refilling.store(false, Ordering::SeqCst);
+            return;
+        };
+        // Weak: a browser being replaced must not be kept alive by its refill.
+        let weak = Arc::downgrade(self);
+        runtime.spawn_blocking(move || {
+            while let Some(handle) = weak.upgrade() {
+                let missing = handle
+                    .spares
+                    .lock()
+                    .map(|spares| spares.len() < handle.spare_target)
+                    .unwrap_or(false);
+                if !missing || !handle.is_usable() {
+                    handle.refilling.store(false, Ordering::SeqCst);
+                    return;
+                }
+                match handle.open_page() {
+                    Ok(page) => {
+                        let PreparedPage { context, tab } = page;
+                        // The context now belongs to the spare list, not to a guard.
+                        let id = context.into_id();
+                        if let Ok(mut spares) = handle.spares.lock() {
+                            spares.push((id, tab));
+                        }
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "cannot open a spare page");
+                        handle.refilling.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
     /// Opens an isolated browser context; it is disposed when the guard drops.
     pub fn new_context(self: &Arc<Self>) -> Result<ContextGuard, CodedError> {
         let reply = self
@@ -124,6 +243,7 @@ impl BrowserHandle {
         Ok(ContextGuard {
             handle: Arc::clone(self),
             id: reply.browser_context_id,
+            dispose: true,
         })
     }
 
@@ -209,11 +329,19 @@ impl Drop for BrowserHandle {
 pub struct ContextGuard {
     handle: Arc<BrowserHandle>,
     id: String,
+    /// False once the context was handed to the spare list.
+    dispose: bool,
 }
 
 impl ContextGuard {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Gives up the context without disposing it (it is kept as a spare).
+    fn into_id(mut self) -> String {
+        self.dispose = false;
+        self.id.clone()
     }
 
     pub fn handle(&self) -> &Arc<BrowserHandle> {
@@ -223,6 +351,9 @@ impl ContextGuard {
 
 impl Drop for ContextGuard {
     fn drop(&mut self) {
+        if !self.dispose {
+            return;
+        }
         // Disposing a context closes its pages and drops its cookies, storage and cache.
         let disposed = self
             .handle
@@ -271,6 +402,7 @@ impl BrowserPool {
     pub async fn warm_up(self: &Arc<Self>) -> Result<(), CodedError> {
         self.run_blocking(|handle| {
             info!(pid = ?handle.pid(), "browser ready");
+            handle.refill_spares_in_background();
             Ok(())
         })
         .await
@@ -401,6 +533,9 @@ impl BrowserPool {
             broken: AtomicBool::new(false),
             tasks_started: AtomicU64::new(0),
             call_timeout: self.settings.call_timeout,
+            spares: Mutex::new(Vec::new()),
+            spare_target: self.settings.spare_pages,
+            refilling: AtomicBool::new(false),
         })
     }
 

@@ -23,7 +23,8 @@ use headless_chrome::Tab;
 use headless_chrome::browser::tab::RequestPausedDecision;
 use headless_chrome::protocol::cdp::Fetch::events::RequestPausedEvent;
 use headless_chrome::protocol::cdp::Fetch::{FailRequest, RequestPattern, RequestStage};
-use headless_chrome::protocol::cdp::Network::{ErrorReason, ResourceType};
+use headless_chrome::protocol::cdp::Network::{self, ErrorReason, ResourceType};
+use headless_chrome::protocol::cdp::Runtime;
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
 use tracing::{info, warn};
@@ -103,23 +104,13 @@ impl RequestGuard {
                 .any(|pattern| wildcard_match(pattern, url))
     }
 
-    /// Installs the guard on a tab: every request of every resource type is paused at
-    /// the request stage (redirect hops included) until the guard decides. Must run
-    /// before the tab loads anything.
+    /// Installs the guard on a page prepared by [`prepare_page`]: from now on its
+    /// requests are decided by this guard. Must run before the page loads anything.
     pub fn install(self: &Arc<Self>, tab: &Tab) -> anyhow::Result<()> {
         let guard = Arc::clone(self);
         tab.enable_request_interception(Arc::new(
             move |_transport, _session, event: RequestPausedEvent| guard.decide(&event),
-        ))?;
-        tab.enable_fetch(
-            Some(&[RequestPattern {
-                url_pattern: Some("*".to_owned()),
-                resource_Type: None,
-                request_stage: Some(RequestStage::Request),
-            }]),
-            None,
-        )?;
-        Ok(())
+        ))
     }
 
     /// Why the page's own document was refused, if it was.
@@ -299,6 +290,39 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
         }
     }
     remaining.len() >= last.len() && remaining.ends_with(last)
+}
+
+/// Readies a blank page for a task, ahead of time: every request of every resource type
+/// is paused at the request stage (redirect hops included) and refused until a task's
+/// guard is installed; network and console events flow. Each CDP call costs up to
+/// 100 ms in headless_chrome's transport (rust-headless-chrome issue #446), so this is
+/// done when a spare page is opened, not on the task's path.
+pub fn prepare_page(tab: &Tab) -> anyhow::Result<()> {
+    tab.enable_request_interception(Arc::new(
+        |_transport, _session, event: RequestPausedEvent| {
+            RequestPausedDecision::Fail(FailRequest {
+                request_id: event.params.request_id,
+                error_reason: ErrorReason::BlockedByClient,
+            })
+        },
+    ))?;
+    tab.enable_fetch(
+        Some(&[RequestPattern {
+            url_pattern: Some("*".to_owned()),
+            resource_Type: None,
+            request_stage: Some(RequestStage::Request),
+        }]),
+        None,
+    )?;
+    tab.call_method(Network::Enable {
+        max_total_buffer_size: None,
+        max_resource_buffer_size: None,
+        max_post_data_size: None,
+        report_direct_socket_traffic: None,
+        enable_durable_messages: None,
+    })?;
+    tab.call_method(Runtime::Enable(None))?;
+    Ok(())
 }
 
 fn refused(message: String) -> CodedError {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use headless_chrome::Tab;
 use headless_chrome::protocol::cdp::types::Event;
-use headless_chrome::protocol::cdp::{Emulation, Network, Page, Runtime, Target};
+use headless_chrome::protocol::cdp::{Emulation, Page};
 use headless_chrome::types::PrintToPdfOptions;
 use operator_shared::domain::{
     BlockableResource, ImageFormat, PaperFormat, PdfInput, ScreenshotInput, TaskSpec, Viewport,
@@ -22,7 +22,7 @@ use operator_shared::domain::{
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
 
-use crate::browser::BrowserHandle;
+use crate::browser::{BrowserHandle, PreparedPage};
 use crate::events::PageEvents;
 use crate::guard::RequestGuard;
 use crate::steps::{self, ProgressSink};
@@ -43,6 +43,23 @@ pub struct Rendered {
     pub page: serde_json::Value,
     /// More top-level keys of the task's result (`data`, `steps`, `storage_state`).
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A failed render: the error, and the page's logs up to the failure (none when it
+/// failed before a page was open).
+#[derive(Debug)]
+pub struct RenderFailure {
+    pub error: CodedError,
+    pub logs: Vec<RenderedFile>,
+}
+
+impl From<CodedError> for RenderFailure {
+    fn from(error: CodedError) -> Self {
+        Self {
+            error,
+            logs: Vec::new(),
+        }
+    }
 }
 
 /// Why a render stops early, checked between steps and while waiting.
@@ -69,25 +86,10 @@ pub fn render(
     deadline: Instant,
     stop: &StopSignal,
     progress: ProgressSink<'_>,
-) -> Result<Rendered, CodedError> {
-    let context = handle.new_context()?;
-    let tab = handle
-        .browser()
-        .new_tab_with_options(Target::CreateTarget {
-            url: "about:blank".to_owned(),
-            left: None,
-            top: None,
-            width: None,
-            height: None,
-            window_state: None,
-            browser_context_id: Some(context.id().to_owned()),
-            enable_begin_frame_control: None,
-            new_window: None,
-            background: None,
-            for_tab: None,
-            hidden: None,
-        })
-        .map_err(|error| handle.classify(&error, "cannot open a page"))?;
+) -> Result<Rendered, RenderFailure> {
+    let started = Instant::now();
+    // A fresh context with a blank page, opened ahead of time when a spare is ready.
+    let PreparedPage { context, tab } = handle.take_page()?;
     // The guard and the event log are in place before the page loads anything.
     let mut guard = RequestGuard::new(policy.clone(), tab.get_target_id().clone());
     if let TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) = spec {
@@ -113,15 +115,8 @@ pub fn render(
     events
         .install(&tab)
         .map_err(|error| handle.classify(&error, "cannot watch the page"))?;
-    tab.call_method(Network::Enable {
-        max_total_buffer_size: None,
-        max_resource_buffer_size: None,
-        max_post_data_size: None,
-        report_direct_socket_traffic: None,
-        enable_durable_messages: None,
-    })
-    .and_then(|_| tab.call_method(Runtime::Enable(None)))
-    .map_err(|error| handle.classify(&error, "cannot watch the page"))?;
+    let page_ms = started.elapsed().as_millis() as u64;
+    handle.refill_spares_in_background();
     let session = Session {
         handle,
         tab: &tab,
@@ -137,17 +132,26 @@ pub fn render(
             steps::browse(&session, spec.kind(), input, progress)
         }
     };
-    let result = result.map(|mut rendered| {
-        rendered
-            .files
-            .push(json_file("network.json", &events.network_log()));
-        rendered
-            .files
-            .push(json_file("console.json", &events.console_log()));
-        rendered
-    });
-    // The context (and the tab in it) is disposed when `context` drops, after the capture.
-    drop(context);
+    let logs = vec![
+        json_file("network.json", &events.network_log()),
+        json_file("console.json", &events.console_log()),
+    ];
+    let result = match result {
+        Ok(mut rendered) => {
+            rendered.files.extend(logs);
+            Ok(rendered)
+        }
+        Err(error) => Err(RenderFailure { error, logs }),
+    };
+    let rendered_ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(page_ms, rendered_ms, "render timings");
+    // Disposing the context (and its page) is off the task's path.
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop((context, tab)));
+        }
+        Err(_) => drop(context),
+    }
     result
 }
 
@@ -171,7 +175,7 @@ pub(crate) struct Session<'a> {
 
 impl Session<'_> {
     fn screenshot(&self, input: &ScreenshotInput) -> Result<Rendered, CodedError> {
-        self.set_viewport(&input.viewport)?;
+        self.set_viewport_unless_default(&input.viewport)?;
         self.open(
             input.url.as_str(),
             &TaskSpec::Screenshot(input.clone()).wait(),
@@ -273,7 +277,7 @@ impl Session<'_> {
 
     fn pdf(&self, input: &PdfInput) -> Result<Rendered, CodedError> {
         let geometry = input.geometry()?;
-        self.set_viewport(&input.viewport)?;
+        self.set_viewport_unless_default(&input.viewport)?;
         self.open(input.url.as_str(), &TaskSpec::Pdf(input.clone()).wait())?;
         let bytes = self
             .tab
@@ -317,6 +321,17 @@ impl Session<'_> {
             page: self.facts()?,
             extra: serde_json::Map::new(),
         })
+    }
+
+    /// Pages come with the default viewport set (see `BrowserHandle::open_page`).
+    pub(crate) fn set_viewport_unless_default(
+        &self,
+        viewport: &Viewport,
+    ) -> Result<(), CodedError> {
+        if *viewport == Viewport::default() {
+            return Ok(());
+        }
+        self.set_viewport(viewport)
     }
 
     pub(crate) fn set_viewport(&self, viewport: &Viewport) -> Result<(), CodedError> {
@@ -497,21 +512,10 @@ impl Session<'_> {
 
     /// The final URL and title, for the task's result.
     pub(crate) fn facts(&self) -> Result<serde_json::Value, CodedError> {
-        let title = self
-            .tab
-            .evaluate("document.title", false)
-            .map_err(|error| self.handle.classify(&error, "cannot read the page title"))?
-            .value
-            .unwrap_or(serde_json::Value::Null);
-        let url = self
-            .tab
-            .evaluate("location.href", false)
-            .map_err(|error| self.handle.classify(&error, "cannot read the page address"))?
-            .value
-            .unwrap_or(serde_json::Value::Null);
+        // One call: each CDP call costs up to 100 ms in headless_chrome's transport.
+        let mut facts = self.evaluate_json("({url: location.href, title: document.title})")?;
         self.check_document_allowed()?;
         let (refused, refused_total) = self.guard.refusals();
-        let mut facts = serde_json::json!({"url": url, "title": title});
         if refused_total > 0 {
             facts["blocked_requests"] =
                 serde_json::json!({"total": refused_total, "requests": refused});

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::browser::BrowserPool;
-use crate::render::{self, Rendered, StopSignal};
+use crate::render::{self, RenderFailure, Rendered, RenderedFile, StopSignal};
 
 /// Exponential backoff with full jitter: a random delay in `[0, min(max, base·2^(n-1))]`.
 #[derive(Debug, Clone, Copy)]
@@ -288,7 +288,9 @@ impl TaskRunner {
                 let sink = move |progress: serde_json::Value| {
                     let _receiver_gone = progress_sender.send(Some(progress));
                 };
-                render::render(&handle, &spec, &policy, deadline, &stop, &sink)
+                Ok(render::render(
+                    &handle, &spec, &policy, deadline, &stop, &sink,
+                ))
             })
             .await;
         // The sender went with the closure: the writer stores the last value and ends,
@@ -296,7 +298,13 @@ impl TaskRunner {
         if let Some(writer) = writer {
             let _ = writer.await;
         }
-        let rendered: Rendered = rendered?;
+        let rendered: Rendered = match rendered? {
+            Ok(rendered) => rendered,
+            Err(RenderFailure { error, logs }) => {
+                self.store_failure_logs(record, logs).await;
+                return Err(error);
+            }
+        };
         let mut artifacts = Vec::with_capacity(rendered.files.len());
         for file in rendered.files {
             // The attempt is part of the key: a stale attempt still uploading cannot
@@ -326,6 +334,50 @@ impl TaskRunner {
             });
         }
         Ok((rendered.page, rendered.extra, artifacts))
+    }
+
+    /// Keeps a failed attempt's page logs (`network-attempt-N.json`, ...) with the task:
+    /// they usually say why it failed. Best effort: a failure here is only logged.
+    async fn store_failure_logs(&self, record: &TaskRecord, logs: Vec<RenderedFile>) {
+        let Some(token) = record.lease_token else {
+            return;
+        };
+        let mut artifacts = Vec::with_capacity(logs.len());
+        for file in logs {
+            let name = match file.name.rsplit_once('.') {
+                Some((stem, extension)) => {
+                    format!("{stem}-attempt-{}.{extension}", record.attempts)
+                }
+                None => format!("{}-attempt-{}", file.name, record.attempts),
+            };
+            let key = ArtifactStore::key_for(
+                &record.tenant,
+                record.id,
+                &format!("{}/{}", record.attempts, name),
+            );
+            match self
+                .storage
+                .put(&key, Bytes::from(file.bytes), &file.content_type)
+                .await
+            {
+                Ok(receipt) => artifacts.push(NewArtifact {
+                    id: ArtifactId::new(),
+                    name,
+                    content_type: file.content_type,
+                    size_bytes: receipt.size_bytes,
+                    storage_key: receipt.key,
+                    sha256: receipt.sha256,
+                }),
+                Err(error) => warn!(error = %error, "cannot store a failed attempt's log"),
+            }
+        }
+        if let Err(error) = self
+            .repo
+            .record_attempt_artifacts(record.id, token, &artifacts)
+            .await
+        {
+            warn!(error = %error, "cannot record a failed attempt's logs");
+        }
     }
 
     async fn settle_claim(&self, claim: &Claim) {

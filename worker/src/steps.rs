@@ -652,7 +652,7 @@ impl Session<'_> {
 
     /// Task-wide options, before the first page loads.
     pub(crate) fn apply_page_options(&self, input: &BrowseInput) -> Result<(), CodedError> {
-        self.set_viewport(&input.viewport)?;
+        self.set_viewport_unless_default(&input.viewport)?;
         if input.user_agent.is_some() || input.locale.is_some() {
             let user_agent = match &input.user_agent {
                 Some(user_agent) => user_agent.clone(),

@@ -696,6 +696,56 @@ impl TaskRepository {
         Ok(updated > 0)
     }
 
+    /// Records artifacts of a running attempt that will not succeed (its page logs), so
+    /// they are listed with the task whatever its outcome. Guarded by the lease token;
+    /// returns whether the lease was still held.
+    pub async fn record_attempt_artifacts(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        artifacts: &[crate::domain::NewArtifact],
+    ) -> Result<bool, RepoError> {
+        if artifacts.is_empty() {
+            return Ok(true);
+        }
+        let now = now();
+        let transaction = self.db.begin().await?;
+        // Touching the row takes its lock, so the lease cannot change hands meanwhile.
+        let held = task::Entity::update_many()
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
+            .filter(task::Column::Id.eq(id.as_uuid()))
+            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
+            .filter(task::Column::State.eq(TaskState::Running.as_str()))
+            .exec(&transaction)
+            .await?
+            .rows_affected
+            > 0;
+        let Some(record) = find_task(&transaction, id).await? else {
+            transaction.rollback().await?;
+            return Ok(false);
+        };
+        if !held {
+            transaction.rollback().await?;
+            return Ok(false);
+        }
+        let rows = artifacts.iter().map(|new| artifact::ActiveModel {
+            id: Set(new.id.as_uuid()),
+            task_id: Set(id.as_uuid()),
+            tenant_id: Set(record.tenant.as_str().to_owned()),
+            name: Set(new.name.clone()),
+            content_type: Set(new.content_type.clone()),
+            size_bytes: Set(to_i64(new.size_bytes)),
+            storage_key: Set(new.storage_key.clone()),
+            sha256: Set(new.sha256.clone()),
+            created_at: Set(now),
+        });
+        artifact::Entity::insert_many(rows)
+            .exec_without_returning(&transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
     /// Records how the worker holding `token` finished the task: its state, result or
     /// error, artifacts, the attempt's outcome and the event, in one transaction.
     #[instrument(skip_all, fields(task_id = %id, state = %outcome.next_state()))]

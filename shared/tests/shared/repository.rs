@@ -6,7 +6,8 @@ use operator_shared::db::{
     CancelOutcome, FinishOutcome, LeaseRenewal, StartOutcome, TaskRepository,
 };
 use operator_shared::domain::{
-    LeaseToken, NewTask, Priority, TaskFilter, TaskKind, TaskOutcome, TaskSpec, TaskState, TenantId,
+    ArtifactId, LeaseToken, NewArtifact, NewTask, Priority, TaskFilter, TaskKind, TaskOutcome,
+    TaskSpec, TaskState, TenantId,
 };
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::testkit::TestDatabase;
@@ -308,6 +309,64 @@ async fn a_retry_goes_back_to_queued_with_its_run_time(repo: TaskRepository) {
     );
 }
 
+/// Progress and a failed attempt's artifacts are written only under the lease.
+async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let task = repo.create(new_task(&tenant)).await.expect("create");
+    let token = LeaseToken::new();
+    assert!(matches!(
+        repo.start_attempt(task.id, token, "worker", soon())
+            .await
+            .expect("start"),
+        StartOutcome::Started(_)
+    ));
+    let progress = json!({"steps": [{"action": "click", "ok": true}]});
+    assert!(
+        repo.record_progress(task.id, token, &progress)
+            .await
+            .expect("progress")
+    );
+    let log = NewArtifact {
+        id: ArtifactId::new(),
+        name: "network-attempt-1.json".into(),
+        content_type: "application/json".into(),
+        size_bytes: 2,
+        storage_key: "k".into(),
+        sha256: "00".into(),
+    };
+    assert!(
+        repo.record_attempt_artifacts(task.id, token, std::slice::from_ref(&log))
+            .await
+            .expect("artifacts")
+    );
+    let stranger = LeaseToken::new();
+    assert!(
+        !repo
+            .record_progress(task.id, stranger, &json!({}))
+            .await
+            .expect("progress")
+    );
+    let other = NewArtifact {
+        id: ArtifactId::new(),
+        ..log.clone()
+    };
+    assert!(
+        !repo
+            .record_attempt_artifacts(task.id, stranger, &[other])
+            .await
+            .expect("artifacts")
+    );
+    let stored = repo
+        .get(&tenant, task.id)
+        .await
+        .expect("get")
+        .expect("task");
+    assert_eq!(stored.progress, Some(progress));
+    let artifacts = repo.artifacts(&tenant, task.id).await.expect("artifacts");
+    assert_eq!(artifacts.len(), 1);
+    assert_eq!(artifacts[0].name, "network-attempt-1.json");
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -338,6 +397,7 @@ on_both_databases!(
     a_lost_lease_cannot_write_and_the_terminal_state_is_written_once,
     a_running_task_learns_of_its_cancellation_at_heartbeat,
     a_retry_goes_back_to_queued_with_its_run_time,
+    progress_and_attempt_artifacts_need_the_lease,
 );
 
 #[tokio::test]
