@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::TASK_DEADLINE;
+use operator_shared::testkit::read_sse;
+
 use crate::helpers::{PageServer, TestApp, decode_png};
 
 const ENDED: [&str; 5] = ["succeeded", "failed", "dead", "timed_out", "cancelled"];
@@ -50,6 +52,21 @@ async fn a_login_form_is_filled_and_submitted() {
     assert!(steps.iter().all(|step| step["ok"] == true), "{done}");
     assert_eq!(steps[4]["action"], "click");
     assert!(steps[4]["duration_ms"].is_u64());
+    // Each step is also an event of the task's stream, in order.
+    let id = done["id"].as_str().expect("id");
+    let response = app
+        .http
+        .get(format!("{}/v1/tasks/{id}/events", app.base))
+        .send()
+        .await
+        .expect("events");
+    let streamed: Vec<Value> = read_sse(response)
+        .await
+        .into_iter()
+        .filter(|event| event.event.as_deref() == Some("step"))
+        .map(|event| event.data["data"].clone())
+        .collect();
+    assert_eq!(&streamed, steps, "one step event per step");
     // The logs of the page are artifacts of the task.
     let (_, network) = app
         .download(

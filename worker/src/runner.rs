@@ -400,19 +400,27 @@ impl TaskRunner {
 }
 
 /// Records the latest progress each time it changes, until the sender is dropped; then
-/// records the last value if it was not written yet.
+/// records the last value if it was not written yet. Each step that ended since the
+/// last write also becomes a `step` event (the watch channel keeps only the latest
+/// progress, so several steps may arrive in one write).
 async fn write_progress(
     repo: TaskRepository,
     task_id: TaskId,
     token: LeaseToken,
     mut progress: watch::Receiver<Option<serde_json::Value>>,
 ) {
+    let mut steps_recorded = 0;
     loop {
         let ended = progress.changed().await.is_err();
         let latest = progress.borrow_and_update().clone();
         if let Some(latest) = latest {
-            match repo.record_progress(task_id, token, &latest).await {
-                Ok(true) => {}
+            let steps = latest["steps"].as_array().cloned().unwrap_or_default();
+            let new_steps: Vec<_> = steps.iter().skip(steps_recorded).cloned().collect();
+            match repo
+                .record_progress(task_id, token, &latest, new_steps)
+                .await
+            {
+                Ok(true) => steps_recorded = steps.len(),
                 Ok(false) => return,
                 Err(error) => warn!(error = %error, "recording progress failed"),
             }

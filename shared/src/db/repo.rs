@@ -676,24 +676,40 @@ impl TaskRepository {
         Ok(LeaseRenewal::Held { cancel_requested })
     }
 
-    /// Records a running task's progress (its steps so far), guarded by the lease token
-    /// like every write of a running task. Returns whether the lease was still held.
+    /// Records the task's progress and appends one `step` event per step that ended
+    /// since the last call (`new_steps`), in one transaction; announced on the event
+    /// bus so live streams show each step as it ends. Guarded by the lease token;
+    /// `false` (nothing written) when the lease is gone.
     pub async fn record_progress(
         &self,
         id: TaskId,
         token: LeaseToken,
         progress: &serde_json::Value,
+        new_steps: Vec<serde_json::Value>,
     ) -> Result<bool, RepoError> {
+        let now = now();
+        let transaction = self.db.begin().await?;
         let updated = task::Entity::update_many()
             .col_expr(task::Column::Progress, Expr::value(progress.clone()))
-            .col_expr(task::Column::UpdatedAt, Expr::value(now()))
+            .col_expr(task::Column::UpdatedAt, Expr::value(now))
             .filter(task::Column::Id.eq(id.as_uuid()))
             .filter(task::Column::LeaseToken.eq(token.as_uuid()))
             .filter(task::Column::State.eq(TaskState::Running.as_str()))
-            .exec(&self.db)
-            .await?
-            .rows_affected;
-        Ok(updated > 0)
+            .exec_with_returning(&transaction)
+            .await?;
+        let Some(updated) = updated.into_iter().next() else {
+            transaction.rollback().await?;
+            return Ok(false);
+        };
+        let tenant = TenantId::parse(&updated.tenant_id)
+            .map_err(|error| RepoError::Corrupt(error.to_string()))?;
+        if !new_steps.is_empty() {
+            let events = new_steps.into_iter().map(|step| ("step", step)).collect();
+            insert_events(&transaction, id, &tenant, events, now).await?;
+        }
+        transaction.commit().await?;
+        self.announce(&tenant, id);
+        Ok(true)
     }
 
     /// Records artifacts of a running attempt that will not succeed (its page logs), so

@@ -309,7 +309,8 @@ async fn a_retry_goes_back_to_queued_with_its_run_time(repo: TaskRepository) {
     );
 }
 
-/// Progress and a failed attempt's artifacts are written only under the lease.
+/// Progress (with its step events) and a failed attempt's artifacts are written only
+/// under the lease.
 async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
     let tenant = TenantId::default_tenant();
     let task = repo.create(new_task(&tenant)).await.expect("create");
@@ -320,9 +321,10 @@ async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
             .expect("start"),
         StartOutcome::Started(_)
     ));
-    let progress = json!({"steps": [{"action": "click", "ok": true}]});
+    let click = json!({"action": "click", "ok": true});
+    let progress = json!({"steps": [click.clone()]});
     assert!(
-        repo.record_progress(task.id, token, &progress)
+        repo.record_progress(task.id, token, &progress, vec![click.clone()])
             .await
             .expect("progress")
     );
@@ -342,7 +344,12 @@ async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
     let stranger = LeaseToken::new();
     assert!(
         !repo
-            .record_progress(task.id, stranger, &json!({}))
+            .record_progress(
+                task.id,
+                stranger,
+                &json!({}),
+                vec![json!({"action": "press"})]
+            )
             .await
             .expect("progress")
     );
@@ -365,6 +372,15 @@ async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
     let artifacts = repo.artifacts(&tenant, task.id).await.expect("artifacts");
     assert_eq!(artifacts.len(), 1);
     assert_eq!(artifacts[0].name, "network-attempt-1.json");
+    let steps: Vec<_> = repo
+        .events(task.id, None)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|event| event.kind == "step")
+        .map(|event| event.data)
+        .collect();
+    assert_eq!(steps, vec![click], "one step event, none from the stranger");
 }
 
 macro_rules! on_both_databases {
