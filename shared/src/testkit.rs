@@ -56,6 +56,28 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A valid screenshot task of `tenant` for repository-level tests (its URL is never
+/// fetched); change fields with `NewTask { webhook_url: …, ..screenshot_task(&tenant) }`.
+pub fn screenshot_task(tenant: &crate::domain::TenantId) -> crate::domain::NewTask {
+    use crate::domain::{NewTask, Priority, TaskKind, TaskSpec};
+    NewTask {
+        tenant: tenant.clone(),
+        spec: TaskSpec::parse(
+            TaskKind::Screenshot,
+            &serde_json::json!({"url": "https://example.test/"}),
+        )
+        .expect("a valid screenshot input"),
+        priority: Priority::Normal,
+        max_attempts: 3,
+        timeout_ms: 30_000,
+        idempotency_key: None,
+        request_hash: None,
+        webhook_url: None,
+        run_at: None,
+        trace_parent: None,
+    }
+}
+
 /// A database for one test: a PostgreSQL database of its own, or a SQLite file.
 pub struct TestDatabase {
     url: String,

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use poem::http::StatusCode;
 use poem::web::{Data, Html, Path};
-use poem::{EndpointExt, IntoResponse, Response, Route, Server, get, handler};
+use poem::{EndpointExt, IntoResponse, Response, Route, get, handler};
 use tokio_util::sync::CancellationToken;
+
+use crate::helpers::serve_on_loopback;
 
 #[derive(Clone, Default)]
 struct Behaviour {
@@ -68,22 +70,9 @@ impl FaultPages {
             .at("/slow/:name", get(slow))
             .at("/flaky/:name", get(flaky))
             .data(behaviour.clone());
-        let acceptor = poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind(
-            "127.0.0.1:0",
-        ))
-        .await
-        .expect("bind the fault page server");
-        let port = poem::listener::Acceptor::local_addr(&acceptor)
-            .into_iter()
-            .find_map(|address| address.as_socket_addr().map(|socket| socket.port()))
-            .expect("port");
-        let stop = CancellationToken::new();
-        let stopped = stop.clone().cancelled_owned();
-        tokio::spawn(
-            Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, stopped, None),
-        );
+        let (base, stop) = serve_on_loopback(app).await;
         Self {
-            base: format!("http://127.0.0.1:{port}"),
+            base,
             behaviour,
             stop,
         }

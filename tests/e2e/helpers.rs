@@ -17,6 +17,25 @@ use poem::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Serves `app` on a free loopback port until the token is cancelled; returns the base
+/// URL (`http://127.0.0.1:PORT`) and the token.
+pub async fn serve_on_loopback(app: impl Endpoint + 'static) -> (String, CancellationToken) {
+    let acceptor =
+        poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind("127.0.0.1:0"))
+            .await
+            .expect("bind a loopback port");
+    let port = poem::listener::Acceptor::local_addr(&acceptor)
+        .into_iter()
+        .find_map(|address| address.as_socket_addr().map(|socket| socket.port()))
+        .expect("port");
+    let stop = CancellationToken::new();
+    let stopped = stop.clone().cancelled_owned();
+    tokio::spawn(
+        Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, stopped, None),
+    );
+    (format!("http://127.0.0.1:{port}"), stop)
+}
+
 /// A tiny site on loopback that counts requests per path.
 pub struct PageServer {
     pub base: String,
@@ -179,25 +198,8 @@ impl PageServer {
                     endpoint.call(request).await
                 }
             });
-        let acceptor = poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind(
-            "127.0.0.1:0",
-        ))
-        .await
-        .expect("bind the page server");
-        let port = poem::listener::Acceptor::local_addr(&acceptor)
-            .into_iter()
-            .find_map(|address| address.as_socket_addr().map(|socket| socket.port()))
-            .expect("port");
-        let stop = CancellationToken::new();
-        let stopped = stop.clone().cancelled_owned();
-        tokio::spawn(
-            Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, stopped, None),
-        );
-        Self {
-            base: format!("http://127.0.0.1:{port}"),
-            hits,
-            stop,
-        }
+        let (base, stop) = serve_on_loopback(app).await;
+        Self { base, hits, stop }
     }
 
     pub fn url(&self, name: &str) -> String {

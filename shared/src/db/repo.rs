@@ -732,32 +732,15 @@ impl TaskRepository {
             .filter(task::Column::Id.eq(id.as_uuid()))
             .filter(task::Column::LeaseToken.eq(token.as_uuid()))
             .filter(task::Column::State.eq(TaskState::Running.as_str()))
-            .exec(&transaction)
-            .await?
-            .rows_affected
-            > 0;
-        let Some(record) = find_task(&transaction, id).await? else {
+            .exec_with_returning(&transaction)
+            .await?;
+        let Some(held) = held.into_iter().next() else {
             transaction.rollback().await?;
             return Ok(false);
         };
-        if !held {
-            transaction.rollback().await?;
-            return Ok(false);
-        }
-        let rows = artifacts.iter().map(|new| artifact::ActiveModel {
-            id: Set(new.id.as_uuid()),
-            task_id: Set(id.as_uuid()),
-            tenant_id: Set(record.tenant.as_str().to_owned()),
-            name: Set(new.name.clone()),
-            content_type: Set(new.content_type.clone()),
-            size_bytes: Set(to_i64(new.size_bytes)),
-            storage_key: Set(new.storage_key.clone()),
-            sha256: Set(new.sha256.clone()),
-            created_at: Set(now),
-        });
-        artifact::Entity::insert_many(rows)
-            .exec_without_returning(&transaction)
-            .await?;
+        let tenant = TenantId::parse(&held.tenant_id)
+            .map_err(|error| RepoError::Corrupt(error.to_string()))?;
+        insert_artifacts(&transaction, id, &tenant, artifacts, now).await?;
         transaction.commit().await?;
         Ok(true)
     }
@@ -840,23 +823,8 @@ impl TaskRepository {
             .filter(task_attempt::Column::LeaseToken.eq(token.as_uuid()))
             .exec(&transaction)
             .await?;
-        if let TaskOutcome::Succeeded { artifacts, .. } = &outcome
-            && !artifacts.is_empty()
-        {
-            let rows = artifacts.iter().map(|new| artifact::ActiveModel {
-                id: Set(new.id.as_uuid()),
-                task_id: Set(id.as_uuid()),
-                tenant_id: Set(record.tenant.as_str().to_owned()),
-                name: Set(new.name.clone()),
-                content_type: Set(new.content_type.clone()),
-                size_bytes: Set(to_i64(new.size_bytes)),
-                storage_key: Set(new.storage_key.clone()),
-                sha256: Set(new.sha256.clone()),
-                created_at: Set(now),
-            });
-            artifact::Entity::insert_many(rows)
-                .exec_without_returning(&transaction)
-                .await?;
+        if let TaskOutcome::Succeeded { artifacts, .. } = &outcome {
+            insert_artifacts(&transaction, id, &record.tenant, artifacts, now).await?;
         }
         // One `artifact` event per artifact, then the state: one statement.
         let mut events: Vec<(&str, serde_json::Value)> = Vec::new();
@@ -1035,6 +1003,33 @@ async fn find_task<C: ConnectionTrait>(
         .transpose()
 }
 
+async fn insert_artifacts(
+    transaction: &DatabaseTransaction,
+    task_id: TaskId,
+    tenant: &TenantId,
+    artifacts: &[crate::domain::NewArtifact],
+    at: DateTime<Utc>,
+) -> Result<(), RepoError> {
+    if artifacts.is_empty() {
+        return Ok(());
+    }
+    let rows = artifacts.iter().map(|new| artifact::ActiveModel {
+        id: Set(new.id.as_uuid()),
+        task_id: Set(task_id.as_uuid()),
+        tenant_id: Set(tenant.as_str().to_owned()),
+        name: Set(new.name.clone()),
+        content_type: Set(new.content_type.clone()),
+        size_bytes: Set(to_i64(new.size_bytes)),
+        storage_key: Set(new.storage_key.clone()),
+        sha256: Set(new.sha256.clone()),
+        created_at: Set(at),
+    });
+    artifact::Entity::insert_many(rows)
+        .exec_without_returning(transaction)
+        .await?;
+    Ok(())
+}
+
 /// Appends events in their order, in one statement (ids follow the order of the rows).
 async fn insert_events(
     transaction: &DatabaseTransaction,
@@ -1067,17 +1062,7 @@ async fn insert_event(
     data: serde_json::Value,
     at: DateTime<Utc>,
 ) -> Result<(), RepoError> {
-    task_event::Entity::insert(task_event::ActiveModel {
-        id: NotSet,
-        task_id: Set(task_id.as_uuid()),
-        tenant_id: Set(tenant.as_str().to_owned()),
-        kind: Set(kind.to_owned()),
-        data: Set(data),
-        created_at: Set(at),
-    })
-    .exec_without_returning(transaction)
-    .await?;
-    Ok(())
+    insert_events(transaction, task_id, tenant, vec![(kind, data)], at).await
 }
 
 fn replay_or_refuse(

@@ -1,14 +1,14 @@
 //! The live-event bus across processes (two buses on one Redis) and the task event
 //! stream: history, then live events, closing after the terminal one; resuming.
 
+use operator_shared::testkit::screenshot_task;
 use std::time::Duration;
 
 use futures::StreamExt;
 use operator_shared::db::CancelOutcome;
-use operator_shared::domain::{NewTask, Priority, TaskId, TaskKind, TaskSpec, TenantId};
+use operator_shared::domain::{TaskId, TenantId};
 use operator_shared::events::{EventBus, EventNotice, task_events};
 use operator_shared::testkit::{RedisPrefix, TestDatabase};
-use serde_json::json;
 
 use crate::helpers::repository;
 
@@ -49,22 +49,7 @@ async fn a_stream_sends_history_then_live_events_and_closes_at_the_end() {
         .await
         .with_event_bus(EventBus::in_process());
     let tenant = TenantId::default_tenant();
-    let task = repo
-        .create(NewTask {
-            tenant: tenant.clone(),
-            spec: TaskSpec::parse(TaskKind::Pdf, &json!({"url": "https://example.test/"}))
-                .expect("valid"),
-            priority: Priority::Normal,
-            max_attempts: 3,
-            timeout_ms: 30_000,
-            idempotency_key: None,
-            request_hash: None,
-            webhook_url: None,
-            run_at: None,
-            trace_parent: None,
-        })
-        .await
-        .expect("create");
+    let task = repo.create(screenshot_task(&tenant)).await.expect("create");
     // A long resync: only the bus can bring the live event in time.
     let mut stream = Box::pin(task_events(
         repo.clone(),

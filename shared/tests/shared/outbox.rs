@@ -6,31 +6,18 @@ use operator_shared::db::{
     CancelOutcome, DeliveryFilter, DeliveryState, FinishOutcome, NewEndpoint, StartOutcome,
     TaskRepository, WebhookRepository,
 };
-use operator_shared::domain::{
-    LeaseToken, NewTask, Priority, TaskId, TaskKind, TaskOutcome, TaskSpec, TenantId,
-};
+use operator_shared::domain::{LeaseToken, NewTask, TaskId, TaskOutcome, TenantId};
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::testkit::TestDatabase;
+use operator_shared::testkit::screenshot_task;
 use serde_json::json;
 
 use crate::helpers::repository;
 
 fn new_task(tenant: &TenantId, webhook_url: Option<&str>) -> NewTask {
     NewTask {
-        tenant: tenant.clone(),
-        spec: TaskSpec::parse(
-            TaskKind::Screenshot,
-            &json!({"url": "https://example.test/"}),
-        )
-        .expect("valid"),
-        priority: Priority::Normal,
-        max_attempts: 3,
-        timeout_ms: 30_000,
-        idempotency_key: None,
-        request_hash: None,
         webhook_url: webhook_url.map(str::to_owned),
-        run_at: None,
-        trace_parent: None,
+        ..screenshot_task(tenant)
     }
 }
 

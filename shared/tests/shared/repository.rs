@@ -6,32 +6,18 @@ use operator_shared::db::{
     CancelOutcome, FinishOutcome, LeaseRenewal, StartOutcome, TaskRepository,
 };
 use operator_shared::domain::{
-    ArtifactId, LeaseToken, NewArtifact, NewTask, Priority, TaskFilter, TaskKind, TaskOutcome,
-    TaskSpec, TaskState, TenantId,
+    ArtifactId, LeaseToken, NewArtifact, NewTask, TaskFilter, TaskKind, TaskOutcome, TaskState,
+    TenantId,
 };
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::testkit::TestDatabase;
+use operator_shared::testkit::screenshot_task;
 use serde_json::json;
 
 use crate::helpers::repository;
 
 fn new_task(tenant: &TenantId) -> NewTask {
-    NewTask {
-        tenant: tenant.clone(),
-        spec: TaskSpec::parse(
-            TaskKind::Screenshot,
-            &json!({"url": "https://example.test/"}),
-        )
-        .expect("valid"),
-        priority: Priority::Normal,
-        max_attempts: 3,
-        timeout_ms: 30_000,
-        idempotency_key: None,
-        request_hash: None,
-        webhook_url: None,
-        run_at: None,
-        trace_parent: None,
-    }
+    screenshot_task(tenant)
 }
 
 fn soon() -> chrono::DateTime<Utc> {

@@ -1,6 +1,7 @@
 //! A database with a finished task whose deliveries wait in the outbox, and dispatchers
 //! built the way the worker builds them.
 
+use operator_shared::testkit::screenshot_task;
 use std::time::Duration;
 
 use operator_shared::config::WebhookSettings;
@@ -8,9 +9,7 @@ use operator_shared::db::{
     self, Delivery, DeliveryFilter, FinishOutcome, NewEndpoint, StartOutcome, TaskRepository,
     WebhookRepository,
 };
-use operator_shared::domain::{
-    LeaseToken, NewTask, Priority, TaskKind, TaskOutcome, TaskRecord, TaskSpec, TenantId,
-};
+use operator_shared::domain::{LeaseToken, NewTask, TaskOutcome, TaskRecord, TenantId};
 use operator_shared::network::NetworkPolicy;
 use operator_shared::testkit::TestDatabase;
 use operator_worker::webhooks::Dispatcher;
@@ -84,20 +83,8 @@ impl Fixture {
         let task = self
             .tasks
             .create(NewTask {
-                tenant: self.tenant.clone(),
-                spec: TaskSpec::parse(
-                    TaskKind::Screenshot,
-                    &json!({"url": "https://example.test/"}),
-                )
-                .expect("valid"),
-                priority: Priority::Normal,
-                max_attempts: 3,
-                timeout_ms: 30_000,
-                idempotency_key: None,
-                request_hash: None,
                 webhook_url: webhook_url.map(str::to_owned),
-                run_at: None,
-                trace_parent: None,
+                ..screenshot_task(&self.tenant)
             })
             .await
             .expect("create");
