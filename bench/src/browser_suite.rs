@@ -284,8 +284,10 @@ fn mebibytes(bytes: u64) -> f64 {
 }
 
 pub async fn run(options: &Options) -> anyhow::Result<()> {
+    // The page outlives the service: the baseline loads it afterwards.
+    let page_stop = CancellationToken::new();
+    let page = serve_page(&page_stop).await?;
     let stop = CancellationToken::new();
-    let page = serve_page(&stop).await?;
     let data = tempfile::tempdir()?;
     let mut settings = embedded_settings(data.path());
     settings.worker.concurrency = options.concurrency.iter().copied().max().unwrap_or(1);
@@ -310,6 +312,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     running.await??;
 
     let (baseline, baseline_memory) = baseline_levels(options, &page)?;
+    page_stop.cancel();
 
     println!();
     println!(
