@@ -87,6 +87,49 @@ async fn a_login_form_is_filled_and_submitted() {
     app.shutdown().await;
 }
 
+/// The page's console lines reach the task's live stream as `log` events, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_lines_are_streamed_as_log_events() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let done = run(
+        &app,
+        json!({"kind": "script", "input": {"url": pages.url("logging"), "steps": [
+            {"action": "evaluate", "name": "first", "expression": "console.log('first line'), 1"},
+            {"action": "evaluate", "name": "second", "expression": "console.warn('second', 2), 2"}
+        ]}}),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let id = done["id"].as_str().expect("id");
+    let response = app
+        .http
+        .get(format!("{}/v1/tasks/{id}/events", app.base))
+        .send()
+        .await
+        .expect("events");
+    let lines: Vec<(String, String)> = read_sse(response)
+        .await
+        .into_iter()
+        .filter(|event| event.event.as_deref() == Some("log"))
+        .map(|event| {
+            let data = &event.data["data"];
+            (
+                data["level"].as_str().unwrap_or_default().to_owned(),
+                data["text"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("log".to_owned(), "first line".to_owned()),
+            ("warning".to_owned(), "second 2".to_owned()),
+        ]
+    );
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_is_scraped_into_records() {
     let app = TestApp::embedded().await;

@@ -69,6 +69,8 @@ pub struct PageEvents {
     main_frame: String,
     opened: Instant,
     inner: Mutex<Inner>,
+    /// Receives each console line as it happens, for the task's live event stream.
+    log_sink: Option<tokio::sync::mpsc::UnboundedSender<ConsoleEntry>>,
 }
 
 impl PageEvents {
@@ -77,6 +79,21 @@ impl PageEvents {
             main_frame: main_frame.into(),
             opened: Instant::now(),
             inner: Mutex::default(),
+            log_sink: None,
+        }
+    }
+
+    /// Also sends every console line kept to `sink` as it happens.
+    pub fn with_log_sink(mut self, sink: tokio::sync::mpsc::UnboundedSender<ConsoleEntry>) -> Self {
+        self.log_sink = Some(sink);
+        self
+    }
+
+    fn console(&self, inner: &mut Inner, level: String, text: String, at_ms: u64) {
+        if let Some(entry) = push_console(inner, level, text, at_ms)
+            && let Some(sink) = &self.log_sink
+        {
+            let _receiver_gone = sink.send(entry);
         }
     }
 
@@ -191,7 +208,7 @@ impl PageEvents {
                     .collect::<Vec<_>>()
                     .join(" ");
                 let level = format!("{:?}", params.Type).to_ascii_lowercase();
-                push_console(&mut inner, level, text, at_ms);
+                self.console(&mut inner, level, text, at_ms);
             }
             Event::RuntimeExceptionThrown(thrown) => {
                 let details = &thrown.params.exception_details;
@@ -200,7 +217,7 @@ impl PageEvents {
                     .as_ref()
                     .and_then(|exception| exception.description.clone())
                     .unwrap_or_else(|| details.text.clone());
-                push_console(&mut inner, "exception".to_owned(), text, at_ms);
+                self.console(&mut inner, "exception".to_owned(), text, at_ms);
             }
             _ => {}
         }
@@ -259,15 +276,23 @@ impl PageEvents {
     }
 }
 
-fn push_console(inner: &mut Inner, level: String, text: String, at_ms: u64) {
+/// Keeps a console line (up to the cap); returns what was kept.
+fn push_console(
+    inner: &mut Inner,
+    level: String,
+    text: String,
+    at_ms: u64,
+) -> Option<ConsoleEntry> {
     if inner.console.len() >= MAX_LOG_ENTRIES {
-        return;
+        return None;
     }
-    inner.console.push(ConsoleEntry {
+    let entry = ConsoleEntry {
         level,
         text: truncate(&text, MAX_MESSAGE_CHARS),
         at_ms,
-    });
+    };
+    inner.console.push(entry.clone());
+    Some(entry)
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {

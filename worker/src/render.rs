@@ -23,7 +23,7 @@ use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
 
 use crate::browser::{BrowserHandle, PreparedPage};
-use crate::events::PageEvents;
+use crate::events::{ConsoleEntry, PageEvents};
 use crate::guard::RequestGuard;
 use crate::steps::{self, ProgressSink};
 
@@ -86,6 +86,7 @@ pub fn render(
     deadline: Instant,
     stop: &StopSignal,
     progress: ProgressSink<'_>,
+    log_sink: tokio::sync::mpsc::UnboundedSender<ConsoleEntry>,
 ) -> Result<Rendered, RenderFailure> {
     let started = Instant::now();
     // A fresh context with a blank page, opened ahead of time when a spare is ready.
@@ -111,7 +112,7 @@ pub fn render(
     guard
         .install(&tab)
         .map_err(|error| handle.classify(&error, "cannot watch the page's requests"))?;
-    let events = Arc::new(PageEvents::new(tab.get_target_id().clone()));
+    let events = Arc::new(PageEvents::new(tab.get_target_id().clone()).with_log_sink(log_sink));
     events
         .install(&tab)
         .map_err(|error| handle.classify(&error, "cannot watch the page"))?;

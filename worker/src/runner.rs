@@ -26,11 +26,12 @@ use operator_shared::queue::{Claim, SharedQueue};
 use operator_shared::storage::ArtifactStore;
 use rand::Rng;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::browser::BrowserPool;
+use crate::events::ConsoleEntry;
 use crate::render::{self, RenderFailure, Rendered, RenderedFile, StopSignal};
 
 /// Exponential backoff with full jitter: a random delay in `[0, min(max, base·2^(n-1))]`.
@@ -282,6 +283,18 @@ impl TaskRunner {
                 progress_receiver,
             ))
         });
+        // Console lines go the same way, each as a `log` event while the task runs.
+        let (log_sender, log_receiver) = mpsc::unbounded_channel::<ConsoleEntry>();
+        let (logs_done, logs_done_signal) = oneshot::channel::<()>();
+        let log_writer = record.lease_token.map(|token| {
+            tokio::spawn(write_logs(
+                self.repo.clone(),
+                record.id,
+                token,
+                log_receiver,
+                logs_done_signal,
+            ))
+        });
         let rendered = self
             .pool
             .run_blocking(move |handle| {
@@ -289,7 +302,7 @@ impl TaskRunner {
                     let _receiver_gone = progress_sender.send(Some(progress));
                 };
                 Ok(render::render(
-                    &handle, &spec, &policy, deadline, &stop, &sink,
+                    &handle, &spec, &policy, deadline, &stop, &sink, log_sender,
                 ))
             })
             .await;
@@ -297,6 +310,12 @@ impl TaskRunner {
         // before the outcome is recorded.
         if let Some(writer) = writer {
             let _ = writer.await;
+        }
+        // The page's event listener may outlive the render (and its copy of the log
+        // sender with it): tell the log writer to write what it has and stop.
+        let _writer_gone = logs_done.send(());
+        if let Some(log_writer) = log_writer {
+            let _ = log_writer.await;
         }
         let rendered: Rendered = match rendered? {
             Ok(rendered) => rendered,
@@ -427,6 +446,54 @@ async fn write_progress(
         }
         if ended {
             return;
+        }
+    }
+}
+
+/// Most log lines written in one transaction.
+const LOG_BATCH: usize = 100;
+
+/// Writes console lines as `log` events as they come, a batch per transaction, until
+/// told the task is done (then it writes what is queued) or the lease is gone.
+async fn write_logs(
+    repo: TaskRepository,
+    task_id: TaskId,
+    token: LeaseToken,
+    mut lines: mpsc::UnboundedReceiver<ConsoleEntry>,
+    mut done: oneshot::Receiver<()>,
+) {
+    let mut finishing = false;
+    loop {
+        let mut batch = Vec::new();
+        if !finishing {
+            tokio::select! {
+                line = lines.recv() => match line {
+                    Some(line) => batch.push(line),
+                    None => finishing = true,
+                },
+                _ = &mut done => finishing = true,
+            }
+        }
+        while batch.len() < LOG_BATCH {
+            match lines.try_recv() {
+                Ok(line) => batch.push(line),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            if finishing {
+                return;
+            }
+            continue;
+        }
+        let events = batch
+            .into_iter()
+            .filter_map(|line| serde_json::to_value(line).ok())
+            .collect();
+        match repo.append_events(task_id, token, "log", events).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => warn!(error = %error, "recording log lines failed"),
         }
     }
 }

@@ -156,16 +156,20 @@ impl TaskRepository {
         }
     }
 
-    /// Records a progress event (`progress`, `log`, `step`…) for a task the worker
-    /// holding `token` runs; `false` (nothing written) when the lease is gone.
+    /// Appends events of one kind (`log` lines…) to a task the worker holding `token`
+    /// runs, in one transaction, announced on the event bus; `false` (nothing written)
+    /// when the lease is gone.
     #[instrument(skip_all, fields(task_id = %id, kind = kind))]
-    pub async fn append_event(
+    pub async fn append_events(
         &self,
         id: TaskId,
         token: LeaseToken,
         kind: &str,
-        data: serde_json::Value,
+        data: Vec<serde_json::Value>,
     ) -> Result<bool, RepoError> {
+        if data.is_empty() {
+            return Ok(true);
+        }
         let now = now();
         let transaction = self.db.begin().await?;
         // Touching the row takes its lock: event ids then grow in commit order per task.
@@ -174,18 +178,16 @@ impl TaskRepository {
             .filter(task::Column::Id.eq(id.as_uuid()))
             .filter(task::Column::LeaseToken.eq(token.as_uuid()))
             .filter(task::Column::State.eq(TaskState::Running.as_str()))
-            .exec(&transaction)
-            .await?
-            .rows_affected;
-        if held == 0 {
+            .exec_with_returning(&transaction)
+            .await?;
+        let Some(held) = held.into_iter().next() else {
             transaction.rollback().await?;
             return Ok(false);
-        }
-        let tenant = find_task(&transaction, id)
-            .await?
-            .ok_or_else(|| RepoError::Corrupt(format!("task {id} vanished")))?
-            .tenant;
-        insert_event(&transaction, id, &tenant, kind, data, now).await?;
+        };
+        let tenant = TenantId::parse(&held.tenant_id)
+            .map_err(|error| RepoError::Corrupt(error.to_string()))?;
+        let events = data.into_iter().map(|data| (kind, data)).collect();
+        insert_events(&transaction, id, &tenant, events, now).await?;
         transaction.commit().await?;
         self.announce(&tenant, id);
         Ok(true)
