@@ -172,20 +172,10 @@ impl TaskRepository {
         }
         let now = now();
         let transaction = self.db.begin().await?;
-        // Touching the row takes its lock: event ids then grow in commit order per task.
-        let held = task::Entity::update_many()
-            .col_expr(task::Column::UpdatedAt, Expr::value(now))
-            .filter(task::Column::Id.eq(id.as_uuid()))
-            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
-            .filter(task::Column::State.eq(TaskState::Running.as_str()))
-            .exec_with_returning(&transaction)
-            .await?;
-        let Some(held) = held.into_iter().next() else {
+        let Some(tenant) = lock_leased(&transaction, id, token, None, now).await? else {
             transaction.rollback().await?;
             return Ok(false);
         };
-        let tenant = TenantId::parse(&held.tenant_id)
-            .map_err(|error| RepoError::Corrupt(error.to_string()))?;
         let events = data.into_iter().map(|data| (kind, data)).collect();
         insert_events(&transaction, id, &tenant, events, now).await?;
         transaction.commit().await?;
@@ -691,20 +681,10 @@ impl TaskRepository {
     ) -> Result<bool, RepoError> {
         let now = now();
         let transaction = self.db.begin().await?;
-        let updated = task::Entity::update_many()
-            .col_expr(task::Column::Progress, Expr::value(progress.clone()))
-            .col_expr(task::Column::UpdatedAt, Expr::value(now))
-            .filter(task::Column::Id.eq(id.as_uuid()))
-            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
-            .filter(task::Column::State.eq(TaskState::Running.as_str()))
-            .exec_with_returning(&transaction)
-            .await?;
-        let Some(updated) = updated.into_iter().next() else {
+        let Some(tenant) = lock_leased(&transaction, id, token, Some(progress), now).await? else {
             transaction.rollback().await?;
             return Ok(false);
         };
-        let tenant = TenantId::parse(&updated.tenant_id)
-            .map_err(|error| RepoError::Corrupt(error.to_string()))?;
         if !new_steps.is_empty() {
             let events = new_steps.into_iter().map(|step| ("step", step)).collect();
             insert_events(&transaction, id, &tenant, events, now).await?;
@@ -728,20 +708,10 @@ impl TaskRepository {
         }
         let now = now();
         let transaction = self.db.begin().await?;
-        // Touching the row takes its lock, so the lease cannot change hands meanwhile.
-        let held = task::Entity::update_many()
-            .col_expr(task::Column::UpdatedAt, Expr::value(now))
-            .filter(task::Column::Id.eq(id.as_uuid()))
-            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
-            .filter(task::Column::State.eq(TaskState::Running.as_str()))
-            .exec_with_returning(&transaction)
-            .await?;
-        let Some(held) = held.into_iter().next() else {
+        let Some(tenant) = lock_leased(&transaction, id, token, None, now).await? else {
             transaction.rollback().await?;
             return Ok(false);
         };
-        let tenant = TenantId::parse(&held.tenant_id)
-            .map_err(|error| RepoError::Corrupt(error.to_string()))?;
         insert_artifacts(&transaction, id, &tenant, artifacts, now).await?;
         transaction.commit().await?;
         Ok(true)
@@ -1002,6 +972,35 @@ async fn find_task<C: ConnectionTrait>(
         .one(connection)
         .await?
         .map(to_record)
+        .transpose()
+}
+
+/// Touches a running task's row under the worker's lease inside `transaction`, setting
+/// its progress too when given. The update takes the row's lock, so the lease cannot
+/// change hands before the transaction ends and event ids grow in commit order. The
+/// task's tenant, or `None` when the lease is gone.
+async fn lock_leased(
+    transaction: &DatabaseTransaction,
+    id: TaskId,
+    token: LeaseToken,
+    progress: Option<&serde_json::Value>,
+    at: DateTime<Utc>,
+) -> Result<Option<TenantId>, RepoError> {
+    let mut update = task::Entity::update_many().col_expr(task::Column::UpdatedAt, Expr::value(at));
+    if let Some(progress) = progress {
+        update = update.col_expr(task::Column::Progress, Expr::value(progress.clone()));
+    }
+    let held = update
+        .filter(task::Column::Id.eq(id.as_uuid()))
+        .filter(task::Column::LeaseToken.eq(token.as_uuid()))
+        .filter(task::Column::State.eq(TaskState::Running.as_str()))
+        .exec_with_returning(transaction)
+        .await?;
+    held.into_iter()
+        .next()
+        .map(|row| {
+            TenantId::parse(&row.tenant_id).map_err(|error| RepoError::Corrupt(error.to_string()))
+        })
         .transpose()
 }
 
