@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use operator::{Application, Roles};
 use operator_shared::config::{QueueBackendKind, Settings};
-use operator_shared::db::{self, FinishOutcome, StartOutcome, TaskRepository};
-use operator_shared::domain::{TaskId, TaskOutcome};
+use operator_shared::db::{self, TaskRepository};
+use operator_shared::domain::TaskId;
 use operator_shared::queue::SharedQueue;
 use operator_shared::queue::redis::RedisQueue;
-use operator_shared::testkit::TestDatabase;
+use operator_shared::testkit::{TestDatabase, complete_without_browser};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -206,28 +206,8 @@ impl Consumer {
             let Some(claim) = self.queue.claim(&self.worker_id, LEASE, CLAIM_WAIT).await? else {
                 continue;
             };
-            let started = self
-                .repo
-                .start_attempt(
-                    claim.task_id,
-                    claim.token,
-                    &self.worker_id,
-                    claim.lease_until,
-                )
-                .await?;
-            if !matches!(started, StartOutcome::Started(_)) {
-                bail!("task {} did not start: {started:?}", claim.task_id);
-            }
-            let outcome = TaskOutcome::Succeeded {
-                result: serde_json::json!({}),
-                artifacts: Vec::new(),
-            };
-            let finished = self
-                .repo
-                .finish(claim.task_id, claim.token, outcome)
-                .await?;
-            if !matches!(finished, FinishOutcome::Recorded(_)) {
-                bail!("task {} finish not recorded: {finished:?}", claim.task_id);
+            if !complete_without_browser(&self.repo, &claim, &self.worker_id).await? {
+                bail!("task {} did not run to its end", claim.task_id);
             }
             self.queue.ack(&claim).await?;
             self.completions

@@ -78,6 +78,31 @@ pub fn screenshot_task(tenant: &crate::domain::TenantId) -> crate::domain::NewTa
     }
 }
 
+/// Does to the records what a worker does with a claimed task, minus the browser: starts
+/// the attempt under the claim's lease and finishes it as succeeded. `Ok(false)` when
+/// the task did not start (already finished, cancelled, or held by another lease) or the
+/// lease was lost before the finish. For queue tests and benchmarks that need hundreds
+/// of tasks to run in seconds.
+pub async fn complete_without_browser(
+    repo: &crate::db::TaskRepository,
+    claim: &crate::queue::Claim,
+    worker: &str,
+) -> Result<bool, crate::db::RepoError> {
+    use crate::db::{FinishOutcome, StartOutcome};
+    let started = repo
+        .start_attempt(claim.task_id, claim.token, worker, claim.lease_until)
+        .await?;
+    if !matches!(started, StartOutcome::Started(_)) {
+        return Ok(false);
+    }
+    let outcome = crate::domain::TaskOutcome::Succeeded {
+        result: serde_json::json!({"worker": worker}),
+        artifacts: Vec::new(),
+    };
+    let finished = repo.finish(claim.task_id, claim.token, outcome).await?;
+    Ok(matches!(finished, FinishOutcome::Recorded(_)))
+}
+
 /// A database for one test: a PostgreSQL database of its own, or a SQLite file.
 pub struct TestDatabase {
     url: String,

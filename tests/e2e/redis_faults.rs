@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use operator::{Application, Roles};
-use operator_shared::db::{self, StartOutcome, TaskRepository};
-use operator_shared::domain::{TaskOutcome, TaskState, TenantId};
+use operator_shared::db::{self, TaskRepository};
+use operator_shared::domain::{TaskState, TenantId};
 use operator_shared::queue::SharedQueue;
 use operator_shared::queue::redis::RedisQueue;
-use operator_shared::testkit::{ApiClient, TestDatabase, distributed_settings, unique_name};
+use operator_shared::testkit::{
+    ApiClient, TestDatabase, complete_without_browser, distributed_settings, unique_name,
+};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -212,18 +214,9 @@ fn spawn_consumer(
                     continue;
                 }
             };
-            let started = repo
-                .start_attempt(claim.task_id, claim.token, &name, claim.lease_until)
-                .await;
-            if let Ok(StartOutcome::Started(_)) = started {
-                let outcome = TaskOutcome::Succeeded {
-                    result: json!({"by": name}),
-                    artifacts: Vec::new(),
-                };
-                repo.finish(claim.task_id, claim.token, outcome)
-                    .await
-                    .expect("record the result");
-            }
+            complete_without_browser(&repo, &claim, &name)
+                .await
+                .expect("record the attempt");
             // Redis may be down now; an unacknowledged claim is reclaimed after its
             // lease, and the database refuses to start a finished task again.
             let _ = queue.ack(&claim).await;
