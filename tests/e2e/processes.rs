@@ -345,11 +345,14 @@ async fn wait_for_first_load(pages: &FaultPages, name: &str) {
     }
 }
 
-async fn attempts_of(api: &ApiClient, id: &str) -> Vec<(String, String)> {
+/// A task's attempts as (worker, outcome), and when the last one started.
+async fn attempts_of(
+    api: &ApiClient,
+    id: &str,
+) -> (Vec<(String, String)>, chrono::DateTime<chrono::Utc>) {
     let (_, attempts) = api.get(&format!("/v1/tasks/{id}/attempts")).await;
-    attempts["items"]
-        .as_array()
-        .expect("items")
+    let items = attempts["items"].as_array().expect("items");
+    let workers_and_outcomes = items
         .iter()
         .map(|attempt| {
             (
@@ -357,14 +360,13 @@ async fn attempts_of(api: &ApiClient, id: &str) -> Vec<(String, String)> {
                 attempt["outcome"].as_str().unwrap_or_default().to_owned(),
             )
         })
-        .collect()
-}
-
-fn started_at(attempts: &serde_json::Value, index: usize) -> chrono::DateTime<chrono::Utc> {
-    attempts["items"][index]["started_at"]
-        .as_str()
+        .collect();
+    let last_started = items
+        .last()
+        .and_then(|attempt| attempt["started_at"].as_str())
         .and_then(|at| at.parse().ok())
-        .expect("started_at")
+        .expect("started_at");
+    (workers_and_outcomes, last_started)
 }
 
 /// kill -9 of the worker running a task: its lease expires, another worker claims the
@@ -403,15 +405,15 @@ async fn a_worker_killed_mid_task_loses_it_to_another_worker_after_its_lease() {
         .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);
+    let (attempts, second_started) = attempts_of(&api, &id).await;
     assert_eq!(
-        attempts_of(&api, &id).await,
+        attempts,
         vec![
             ("doomed-worker".to_owned(), "lease_expired".to_owned()),
             ("survivor-worker".to_owned(), "succeeded".to_owned()),
         ]
     );
-    let (_, attempts) = api.get(&format!("/v1/tasks/{id}/attempts")).await;
-    let taken_after = started_at(&attempts, 1) - killed_at;
+    let taken_after = second_started - killed_at;
     assert!(
         taken_after < chrono::Duration::seconds(15),
         "taken over {taken_after} after the kill, with a 3 s lease"
@@ -454,15 +456,15 @@ async fn a_stopping_worker_hands_its_task_back_at_once() {
         )
         .await;
     assert_eq!(done["state"], "succeeded", "{done}");
+    let (attempts, second_started) = attempts_of(&api, &id).await;
     assert_eq!(
-        attempts_of(&api, &id).await,
+        attempts,
         vec![
             ("leaving-worker".to_owned(), "released".to_owned()),
             ("staying-worker".to_owned(), "succeeded".to_owned()),
         ]
     );
-    let (_, attempts) = api.get(&format!("/v1/tasks/{id}/attempts")).await;
-    let taken_after = started_at(&attempts, 1) - stopped_at;
+    let taken_after = second_started - stopped_at;
     assert!(
         taken_after < chrono::Duration::seconds(10),
         "taken over {taken_after} after SIGTERM; the lease had 30 s left"
