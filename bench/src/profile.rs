@@ -1,6 +1,7 @@
 //! Where the time goes during one run: what Redis executed (`INFO commandstats`: calls
-//! and the microseconds it spent in each command), how much CPU the Redis process and
-//! this process used (`/proc/<pid>/stat`), and the wall time.
+//! and the microseconds it spent in each command), how much CPU the Redis process, the
+//! PostgreSQL server (all its processes) and this process used (`/proc/<pid>/stat`),
+//! how busy the whole machine was (`/proc/stat`), and the wall time.
 //!
 //! Divided by the tasks of the run, that gives round trips and server time per task, and
 //! shows which side was saturated.
@@ -21,7 +22,9 @@ pub struct Snapshot {
     /// Command name → (calls, microseconds inside Redis).
     commands: BTreeMap<String, (u64, u64)>,
     redis_cpu: Option<Duration>,
+    postgres_cpu: Option<Duration>,
     own_cpu: Option<Duration>,
+    machine_busy: Option<Duration>,
 }
 
 /// The difference between two snapshots.
@@ -30,7 +33,11 @@ pub struct Profile {
     pub wall: Duration,
     pub commands: BTreeMap<String, (u64, u64)>,
     pub redis_cpu: Option<Duration>,
+    pub postgres_cpu: Option<Duration>,
     pub own_cpu: Option<Duration>,
+    /// CPU time every process of the machine used (all cores summed): shows whether
+    /// something else ran beside the bench.
+    pub machine_busy: Option<Duration>,
 }
 
 /// Takes snapshots of one Redis server (whose process must run on this machine for its
@@ -58,7 +65,9 @@ impl Profiler {
             at: Instant::now(),
             commands: parse_commandstats(&info),
             redis_cpu: self.redis_pid.and_then(process_cpu),
+            postgres_cpu: postgres_cpu(),
             own_cpu: process_cpu(std::process::id()),
+            machine_busy: machine_busy(),
         })
     }
 }
@@ -81,7 +90,9 @@ impl Snapshot {
             wall: later.at.saturating_duration_since(self.at),
             commands,
             redis_cpu: difference(self.redis_cpu, later.redis_cpu),
+            postgres_cpu: difference(self.postgres_cpu, later.postgres_cpu),
             own_cpu: difference(self.own_cpu, later.own_cpu),
+            machine_busy: difference(self.machine_busy, later.machine_busy),
         }
     }
 }
@@ -111,14 +122,16 @@ impl Profile {
             .unwrap_or_else(|| "?".to_owned())
         };
         format!(
-            "EVALSHA {:.2}/task ({:.1} µs/task inside scripts), BLPOP {:.2}/task; other commands/task (mostly run by the scripts): {}; CPU over {:.2} s: redis-server {}, bench process {} (of one core)",
+            "EVALSHA {:.2}/task ({:.1} µs/task inside scripts), BLPOP {:.2}/task; other commands/task (mostly run by the scripts): {}; CPU over {:.2} s: redis-server {}, PostgreSQL {}, bench process {}, whole machine {} (of one core)",
             calls("evalsha") as f64 / tasks,
             usec("evalsha") as f64 / tasks,
             calls("blpop") as f64 / tasks,
             inner.join(", "),
             self.wall.as_secs_f64(),
             share(self.redis_cpu),
+            share(self.postgres_cpu),
             share(self.own_cpu),
+            share(self.machine_busy),
         )
     }
 }
@@ -146,21 +159,93 @@ pub fn parse_commandstats(info: &str) -> BTreeMap<String, (u64, u64)> {
     commands
 }
 
+fn ticks(ticks: u64) -> Duration {
+    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS_PER_SECOND)
+}
+
 /// User plus system CPU time of a process, from `/proc/<pid>/stat`.
 fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_cpu_ticks(&stat)
-        .map(|ticks| Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS_PER_SECOND))
+    parse_stat(&stat).map(|stat| ticks(stat.own_ticks))
 }
 
-/// Fields 14 (utime) and 15 (stime); the name in field 2 may contain spaces, so count
-/// from the closing parenthesis (after which field 3 comes).
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let user: u64 = fields.get(11)?.parse().ok()?;
-    let system: u64 = fields.get(12)?.parse().ok()?;
-    Some(user + system)
+/// The CPU time of a local PostgreSQL server: its running processes, plus what the
+/// postmaster's exited children (backends of closed connections) used, which the
+/// kernel adds to the postmaster's `cutime`/`cstime` when it reaps them. `None` when no
+/// `postgres` process runs here (a remote server).
+fn postgres_cpu() -> Option<Duration> {
+    let processes: Vec<(u32, Stat)> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let parsed = parse_stat(&stat)?;
+            (parsed.name == "postgres").then_some((pid, parsed))
+        })
+        .collect();
+    if processes.is_empty() {
+        return None;
+    }
+    let pids: Vec<u32> = processes.iter().map(|(pid, _)| *pid).collect();
+    let total = processes
+        .iter()
+        .map(|(_, stat)| {
+            let is_postmaster = !pids.contains(&stat.parent);
+            stat.own_ticks
+                + if is_postmaster {
+                    stat.children_ticks
+                } else {
+                    0
+                }
+        })
+        .sum();
+    Some(ticks(total))
+}
+
+/// Busy CPU time of the whole machine, all cores summed: the first line of
+/// `/proc/stat` less its idle and iowait columns.
+fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let columns: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|column| column.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: u64 = columns.iter().take(8).sum();
+    let idle = columns.get(3)? + columns.get(4)?;
+    Some(ticks(total.saturating_sub(idle)))
+}
+
+/// The fields of `/proc/<pid>/stat` the profile uses.
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    name: String,
+    parent: u32,
+    /// utime + stime.
+    own_ticks: u64,
+    /// cutime + cstime: children that exited and were waited for.
+    children_ticks: u64,
+}
+
+/// The name is field 2, in parentheses, and may contain spaces, so the other fields are
+/// counted from the closing parenthesis: state (3), parent (4), …, utime (14), stime
+/// (15), cutime (16), cstime (17).
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let field = |index: usize| fields.get(index)?.parse::<u64>().ok();
+    Some(Stat {
+        name,
+        parent: u32::try_from(field(1)?).ok()?,
+        own_ticks: field(11)? + field(12)?,
+        children_ticks: field(13)? + field(14)?,
+    })
 }
 
 #[cfg(test)]
@@ -176,8 +261,16 @@ mod tests {
     }
 
     #[test]
-    fn parses_cpu_ticks_past_a_name_with_spaces() {
-        let stat = "1234 (redis server) S 1 2 3 4 5 6 7 8 9 10 150 50 0 0 20 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(200));
+    fn parses_stat_past_a_name_with_spaces() {
+        let stat = "1234 (redis (server)) S 77 2 3 4 5 6 7 8 9 10 150 50 30 12 20 0";
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                name: "redis (server)".to_owned(),
+                parent: 77,
+                own_ticks: 200,
+                children_ticks: 42,
+            })
+        );
     }
 }

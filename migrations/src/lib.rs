@@ -8,12 +8,15 @@
 //!   the embedded queue's per-tenant round-robin state.
 //! - `m20261125_000010_webhooks`: webhook endpoints, tenant signing keys, the delivery
 //!   outbox and delivery attempts.
+//! - `m20261125_000011_partial_task_indexes`: the reconciler's and idempotency indexes
+//!   cover only the tasks they serve (live ones, ones with a key).
 
 use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_initial;
 mod m20261125_000002_queue_controls;
 mod m20261125_000010_webhooks;
+mod m20261125_000011_partial_task_indexes;
 
 pub struct Migrator;
 
@@ -24,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261125_000002_queue_controls::Migration),
             Box::new(m20261125_000010_webhooks::Migration),
+            Box::new(m20261125_000011_partial_task_indexes::Migration),
         ]
     }
 }

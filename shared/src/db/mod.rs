@@ -9,6 +9,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use crate::config::Settings;
 
 pub mod entities;
+mod one_statement;
 mod repo;
 mod webhooks;
 

@@ -12,7 +12,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
     TransactionTrait,
 };
 use serde::Serialize;
@@ -21,6 +21,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::entities::{artifact, queue, task, task_attempt, task_event};
+use super::one_statement;
 use super::webhooks::write_outbox;
 use crate::domain::{
     ArtifactId, ArtifactRecord, AttemptRecord, LeaseToken, NewTask, Priority, TaskFilter, TaskId,
@@ -147,6 +148,11 @@ impl TaskRepository {
         self.events.as_ref()
     }
 
+    /// PostgreSQL writes each hot transition in one statement (`one_statement`).
+    fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == DatabaseBackend::Postgres
+    }
+
     fn announce(&self, tenant: &TenantId, task_id: TaskId) {
         if let Some(bus) = &self.events {
             bus.publish(EventNotice {
@@ -229,20 +235,20 @@ impl TaskRepository {
             started_at: Set(None),
             finished_at: Set(None),
         };
-        let transaction = self.db.begin().await?;
-        let stored = task::Entity::insert(model)
-            .exec_with_returning(&transaction)
-            .await?;
-        insert_event(
-            &transaction,
-            id,
-            &new.tenant,
-            "created",
-            json!({"state": state}),
-            now,
-        )
-        .await?;
-        transaction.commit().await?;
+        let created = json!({"state": state});
+        let stored = if self.is_postgres() {
+            let mut insert = task::Entity::insert(model).into_query();
+            insert.returning_all();
+            one_statement::create(&self.db, &insert, created, now).await?
+        } else {
+            let transaction = self.db.begin().await?;
+            let stored = task::Entity::insert(model)
+                .exec_with_returning(&transaction)
+                .await?;
+            insert_event(&transaction, id, &new.tenant, "created", created, now).await?;
+            transaction.commit().await?;
+            stored
+        };
         self.announce(&new.tenant, id);
         to_record(stored)
     }
@@ -550,15 +556,6 @@ impl TaskRepository {
     ) -> Result<StartOutcome, RepoError> {
         let now = now();
         let lease_until = lease_until.trunc_subsecs(6);
-        let transaction = self.db.begin().await?;
-        if transaction.get_database_backend() == DatabaseBackend::Postgres {
-            // A start need not wait for its WAL flush: lost in a crash, it only makes the
-            // worker's guarded finish fail and the task run again, and the next durable
-            // commit (the finish) flushes it anyway. Saves one of three flushes per task.
-            transaction
-                .execute_unprepared("SET LOCAL synchronous_commit TO OFF")
-                .await?;
-        }
         let claimable = Condition::any()
             .add(task::Column::State.eq(TaskState::Queued.as_str()))
             .add(
@@ -566,7 +563,7 @@ impl TaskRepository {
                     .add(task::Column::State.eq(TaskState::Running.as_str()))
                     .add(task::Column::LeaseExpiresAt.lte(now)),
             );
-        let started = task::Entity::update_many()
+        let update = task::Entity::update_many()
             .col_expr(
                 task::Column::State,
                 Expr::value(TaskState::Running.as_str()),
@@ -584,13 +581,16 @@ impl TaskRepository {
             )
             .col_expr(task::Column::UpdatedAt, Expr::value(now))
             .filter(task::Column::Id.eq(id.as_uuid()))
-            .filter(claimable)
-            .exec_with_returning(&transaction)
-            .await?;
-        let Some(started) = started.into_iter().next() else {
-            let current = find_task(&transaction, id).await?;
-            transaction.commit().await?;
-            return Ok(match current {
+            .filter(claimable);
+        let started = if self.is_postgres() {
+            let mut update = update.into_query();
+            update.returning_all();
+            one_statement::start(&self.db, &update, now).await?
+        } else {
+            self.start_in_transaction(update, now).await?
+        };
+        let Some(started) = started else {
+            return Ok(match find_task(&self.db, id).await? {
                 None => StartOutcome::Missing,
                 Some(record) if record.state.is_terminal() => StartOutcome::Finished(record.state),
                 Some(record) => match record.lease_expires_at {
@@ -601,26 +601,54 @@ impl TaskRepository {
             });
         };
         let record = to_record(started)?;
+        self.announce(&record.tenant, id);
+        Ok(StartOutcome::Started(Box::new(record)))
+    }
+
+    /// The start of [`Self::start_attempt`] as a transaction of several statements, for
+    /// databases without data-modifying CTEs (SQLite).
+    async fn start_in_transaction(
+        &self,
+        update: sea_orm::UpdateMany<task::Entity>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<task::Model>, RepoError> {
+        let transaction = self.db.begin().await?;
+        let Some(started) = update
+            .exec_with_returning(&transaction)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            transaction.rollback().await?;
+            return Ok(None);
+        };
+        let (Some(token), Some(worker_id)) = (started.lease_token, started.worker_id.clone())
+        else {
+            return Err(RepoError::Corrupt(format!(
+                "task {} started without its lease",
+                started.id
+            )));
+        };
         // Close an attempt whose worker vanished without a word; a first attempt has
         // none before it.
-        if record.attempts > 1 {
+        if started.attempts > 1 {
             task_attempt::Entity::update_many()
                 .col_expr(task_attempt::Column::FinishedAt, Expr::value(now))
                 .col_expr(
                     task_attempt::Column::Outcome,
                     Expr::value(crate::domain::AttemptOutcome::LeaseExpired.as_str()),
                 )
-                .filter(task_attempt::Column::TaskId.eq(id.as_uuid()))
+                .filter(task_attempt::Column::TaskId.eq(started.id))
                 .filter(task_attempt::Column::FinishedAt.is_null())
                 .exec(&transaction)
                 .await?;
         }
         task_attempt::Entity::insert(task_attempt::ActiveModel {
-            task_id: Set(id.as_uuid()),
-            attempt: Set(to_i32(record.attempts)),
-            tenant_id: Set(record.tenant.as_str().to_owned()),
-            worker_id: Set(worker_id.to_owned()),
-            lease_token: Set(token.as_uuid()),
+            task_id: Set(started.id),
+            attempt: Set(started.attempts),
+            tenant_id: Set(started.tenant_id.clone()),
+            worker_id: Set(worker_id.clone()),
+            lease_token: Set(token),
             started_at: Set(now),
             finished_at: Set(None),
             outcome: Set(None),
@@ -629,18 +657,19 @@ impl TaskRepository {
         })
         .exec_without_returning(&transaction)
         .await?;
+        let tenant = TenantId::parse(&started.tenant_id)
+            .map_err(|error| RepoError::Corrupt(error.to_string()))?;
         insert_event(
             &transaction,
-            id,
-            &record.tenant,
+            TaskId::from(started.id),
+            &tenant,
             "state",
-            json!({"state": TaskState::Running, "attempt": record.attempts, "worker": worker_id}),
+            json!({"state": TaskState::Running, "attempt": started.attempts, "worker": worker_id}),
             now,
         )
         .await?;
         transaction.commit().await?;
-        self.announce(&record.tenant, id);
-        Ok(StartOutcome::Started(Box::new(record)))
+        Ok(Some(started))
     }
 
     /// Extends the lease of the worker holding `token`; tells it whether the task has
@@ -733,43 +762,65 @@ impl TaskRepository {
             .transition(next_state)
             .map_err(|error| RepoError::Corrupt(error.to_string()))?;
         let error = outcome.error();
+        let (mut events, state_data) = finish_events(&outcome, next_state, error.as_ref());
+        if self.is_postgres() {
+            let mut update = finish_update(id, token, &outcome, error.as_ref(), now);
+            if next_state.is_terminal() {
+                // Outbox rows are written by the transactional path below; this
+                // statement only applies when the task has nowhere to be delivered.
+                update = update.filter(Expr::cust(
+                    "tasks.webhook_url IS NULL AND NOT EXISTS (SELECT 1 FROM \
+                     webhook_endpoints w WHERE w.tenant_id = tasks.tenant_id AND w.enabled)",
+                ));
+            }
+            let mut update = update.into_query();
+            update.returning_all();
+            let artifacts = match &outcome {
+                TaskOutcome::Succeeded { artifacts, .. } => artifacts
+                    .iter()
+                    .map(|new| {
+                        json!({
+                            "id": new.id.as_uuid(),
+                            "name": new.name,
+                            "content_type": new.content_type,
+                            "size_bytes": new.size_bytes,
+                            "storage_key": new.storage_key,
+                            "sha256": new.sha256,
+                        })
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let listed: Vec<serde_json::Value> = events
+                .iter()
+                .chain(std::iter::once(&("state", state_data.clone())))
+                .map(|(kind, data)| json!({"kind": kind, "data": data}))
+                .collect();
+            let attempt = one_statement::AttemptEnd {
+                token: token.as_uuid(),
+                outcome: outcome.attempt_outcome().as_str(),
+                error_code: error.as_ref().map(|error| error.code.as_str().to_owned()),
+                error_message: error.as_ref().map(|error| error.message.clone()),
+            };
+            let finished = one_statement::finish(
+                &self.db,
+                &update,
+                attempt,
+                serde_json::Value::Array(artifacts),
+                serde_json::Value::Array(listed),
+                now,
+            )
+            .await?;
+            if let Some(finished) = finished {
+                let record = to_record(finished)?;
+                self.announce(&record.tenant, id);
+                return Ok(FinishOutcome::Recorded(Box::new(record)));
+            }
+            // The lease is gone, or the task has webhook destinations: the transaction
+            // below tells which, and writes the outbox rows.
+        }
         let transaction = self.db.begin().await?;
-        let mut update = task::Entity::update_many()
-            .col_expr(task::Column::State, Expr::value(next_state.as_str()))
-            .col_expr(task::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
-            .col_expr(
-                task::Column::LeaseExpiresAt,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
-            .col_expr(task::Column::CancelRequested, Expr::value(false))
-            .col_expr(task::Column::UpdatedAt, Expr::value(now))
-            .col_expr(
-                task::Column::ErrorCode,
-                Expr::value(error.as_ref().map(|error| error.code.as_str().to_owned())),
-            )
-            .col_expr(
-                task::Column::ErrorMessage,
-                Expr::value(error.as_ref().map(|error| error.message.clone())),
-            );
-        if next_state.is_terminal() {
-            update = update.col_expr(task::Column::FinishedAt, Expr::value(now));
-        }
-        match &outcome {
-            TaskOutcome::Succeeded { result, .. } => {
-                update = update.col_expr(task::Column::Result, Expr::value(result.clone()));
-            }
-            TaskOutcome::Retry { run_at, .. } => {
-                update = update.col_expr(task::Column::RunAt, Expr::value(run_at.trunc_subsecs(6)));
-            }
-            TaskOutcome::Released => {
-                update = update.col_expr(task::Column::RunAt, Expr::value(now));
-            }
-            _ => {}
-        }
-        let updated = update
-            .filter(task::Column::Id.eq(id.as_uuid()))
-            .filter(task::Column::LeaseToken.eq(token.as_uuid()))
-            .filter(task::Column::State.eq(TaskState::Running.as_str()))
+        let updated = finish_update(id, token, &outcome, error.as_ref(), now)
             .exec_with_returning(&transaction)
             .await?;
         let Some(updated) = updated.into_iter().next() else {
@@ -798,21 +849,9 @@ impl TaskRepository {
         if let TaskOutcome::Succeeded { artifacts, .. } = &outcome {
             insert_artifacts(&transaction, id, &record.tenant, artifacts, now).await?;
         }
-        // One `artifact` event per artifact, then the state: one statement.
-        let mut events: Vec<(&str, serde_json::Value)> = Vec::new();
-        if let TaskOutcome::Succeeded { artifacts, .. } = &outcome {
-            events.extend(artifacts.iter().map(|new| {
-                (
-                    "artifact",
-                    json!({"id": new.id, "name": new.name, "content_type": new.content_type, "size_bytes": new.size_bytes}),
-                )
-            }));
-        }
-        let mut data = json!({"state": next_state, "attempt": record.attempts});
-        if let Some(error) = &error {
-            data["error"] = json!(error);
-        }
-        events.push(("state", data));
+        let mut state_data = state_data;
+        state_data["attempt"] = json!(record.attempts);
+        events.push(("state", state_data));
         insert_events(&transaction, id, &record.tenant, events, now).await?;
         if next_state.is_terminal() {
             let artifacts = match &outcome {
@@ -962,6 +1001,77 @@ impl TaskRepository {
             })
             .collect()
     }
+}
+
+/// The guarded update that records how a worker's run ended: only the worker holding
+/// `token` on a running task can write it.
+fn finish_update(
+    id: TaskId,
+    token: LeaseToken,
+    outcome: &TaskOutcome,
+    error: Option<&CodedError>,
+    now: DateTime<Utc>,
+) -> sea_orm::UpdateMany<task::Entity> {
+    let next_state = outcome.next_state();
+    let mut update = task::Entity::update_many()
+        .col_expr(task::Column::State, Expr::value(next_state.as_str()))
+        .col_expr(task::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
+        .col_expr(
+            task::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(task::Column::CancelRequested, Expr::value(false))
+        .col_expr(task::Column::UpdatedAt, Expr::value(now))
+        .col_expr(
+            task::Column::ErrorCode,
+            Expr::value(error.map(|error| error.code.as_str().to_owned())),
+        )
+        .col_expr(
+            task::Column::ErrorMessage,
+            Expr::value(error.map(|error| error.message.clone())),
+        );
+    if next_state.is_terminal() {
+        update = update.col_expr(task::Column::FinishedAt, Expr::value(now));
+    }
+    match outcome {
+        TaskOutcome::Succeeded { result, .. } => {
+            update = update.col_expr(task::Column::Result, Expr::value(result.clone()));
+        }
+        TaskOutcome::Retry { run_at, .. } => {
+            update = update.col_expr(task::Column::RunAt, Expr::value(run_at.trunc_subsecs(6)));
+        }
+        TaskOutcome::Released => {
+            update = update.col_expr(task::Column::RunAt, Expr::value(now));
+        }
+        _ => {}
+    }
+    update
+        .filter(task::Column::Id.eq(id.as_uuid()))
+        .filter(task::Column::LeaseToken.eq(token.as_uuid()))
+        .filter(task::Column::State.eq(TaskState::Running.as_str()))
+}
+
+/// A finish's events: one `artifact` event per artifact, in order, then the data of
+/// the `state` event, which also gets the attempt number once the row is known.
+fn finish_events(
+    outcome: &TaskOutcome,
+    next_state: TaskState,
+    error: Option<&CodedError>,
+) -> (Vec<(&'static str, serde_json::Value)>, serde_json::Value) {
+    let mut events = Vec::new();
+    if let TaskOutcome::Succeeded { artifacts, .. } = outcome {
+        events.extend(artifacts.iter().map(|new| {
+            (
+                "artifact",
+                json!({"id": new.id, "name": new.name, "content_type": new.content_type, "size_bytes": new.size_bytes}),
+            )
+        }));
+    }
+    let mut state = json!({"state": next_state});
+    if let Some(error) = error {
+        state["error"] = json!(error);
+    }
+    (events, state)
 }
 
 async fn find_task<C: ConnectionTrait>(

@@ -369,6 +369,164 @@ async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
     assert_eq!(steps, vec![click], "one step event, none from the stranger");
 }
 
+/// Every row a task's life writes, on both databases: PostgreSQL writes each transition
+/// in one statement and SQLite in a transaction, and both must write the same rows.
+async fn a_task_life_writes_its_attempts_events_and_artifacts(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let task = repo.create(new_task(&tenant)).await.expect("create");
+    let vanished = LeaseToken::new();
+    let already_expired = Utc::now() - ChronoDuration::seconds(1);
+    assert!(matches!(
+        repo.start_attempt(task.id, vanished, "vanished-worker", already_expired)
+            .await
+            .expect("start"),
+        StartOutcome::Started(_)
+    ));
+    let token = LeaseToken::new();
+    let StartOutcome::Started(started) = repo
+        .start_attempt(task.id, token, "second-worker", soon())
+        .await
+        .expect("take over")
+    else {
+        panic!("the expired lease is taken over");
+    };
+    assert_eq!(started.attempts, 2);
+    let artifacts: Vec<NewArtifact> = ["screenshot.png", "page.html"]
+        .into_iter()
+        .map(|name| NewArtifact {
+            id: ArtifactId::new(),
+            name: name.into(),
+            content_type: "application/octet-stream".into(),
+            size_bytes: 1234,
+            storage_key: format!("default/{}/{name}", task.id),
+            sha256: "ab".repeat(32),
+        })
+        .collect();
+    let outcome = TaskOutcome::Succeeded {
+        result: json!({"title": "done"}),
+        artifacts: artifacts.clone(),
+    };
+    let FinishOutcome::Recorded(finished) =
+        repo.finish(task.id, token, outcome).await.expect("finish")
+    else {
+        panic!("the lease is held");
+    };
+    assert_eq!(finished.state, TaskState::Succeeded);
+    assert_eq!(finished.attempts, 2);
+    assert_eq!(finished.result, Some(json!({"title": "done"})));
+    assert!(finished.finished_at.is_some() && finished.lease_token.is_none());
+
+    let attempts = repo.attempts(&tenant, task.id).await.expect("attempts");
+    let summary: Vec<_> = attempts
+        .iter()
+        .map(|attempt| {
+            (
+                attempt.attempt,
+                attempt.worker_id.as_str(),
+                attempt.outcome.as_deref(),
+                attempt.finished_at.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, "vanished-worker", Some("lease_expired"), true),
+            (2, "second-worker", Some("succeeded"), true),
+        ]
+    );
+    let events: Vec<_> = repo
+        .events(task.id, None)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|event| (event.kind, event.data))
+        .collect();
+    let artifact_event = |artifact: &NewArtifact| {
+        (
+            "artifact".to_owned(),
+            json!({"id": artifact.id, "name": artifact.name, "content_type": artifact.content_type, "size_bytes": 1234}),
+        )
+    };
+    assert_eq!(
+        events,
+        vec![
+            ("created".to_owned(), json!({"state": "queued"})),
+            (
+                "state".to_owned(),
+                json!({"state": "running", "attempt": 1, "worker": "vanished-worker"})
+            ),
+            (
+                "state".to_owned(),
+                json!({"state": "running", "attempt": 2, "worker": "second-worker"})
+            ),
+            artifact_event(&artifacts[0]),
+            artifact_event(&artifacts[1]),
+            (
+                "state".to_owned(),
+                json!({"state": "succeeded", "attempt": 2})
+            ),
+        ]
+    );
+    let stored: Vec<_> = repo
+        .artifacts(&tenant, task.id)
+        .await
+        .expect("artifacts")
+        .into_iter()
+        .map(|artifact| {
+            (
+                artifact.id,
+                artifact.name,
+                artifact.size_bytes,
+                artifact.storage_key,
+                artifact.sha256,
+            )
+        })
+        .collect();
+    let mut expected: Vec<_> = artifacts
+        .iter()
+        .map(|artifact| {
+            (
+                artifact.id,
+                artifact.name.clone(),
+                1234,
+                artifact.storage_key.clone(),
+                "ab".repeat(32),
+            )
+        })
+        .collect();
+    expected.sort_by_key(|artifact| artifact.0.as_uuid());
+    assert_eq!(stored, expected);
+
+    // A failure stores its error on the task, the attempt and the state event.
+    let failing = repo.create(new_task(&tenant)).await.expect("create");
+    let token = LeaseToken::new();
+    repo.start_attempt(failing.id, token, "worker", soon())
+        .await
+        .expect("start");
+    let error = CodedError::new(ErrorCode::NavigationFailed, "net::ERR_NAME_NOT_RESOLVED");
+    repo.finish(failing.id, token, TaskOutcome::Failed { error })
+        .await
+        .expect("finish");
+    let attempts = repo.attempts(&tenant, failing.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(
+        attempts[0].error.as_ref().map(|error| error.code),
+        Some(ErrorCode::NavigationFailed)
+    );
+    let last = repo
+        .events(failing.id, None)
+        .await
+        .expect("events")
+        .pop()
+        .expect("an event");
+    assert_eq!(last.kind, "state");
+    assert_eq!(last.data["state"], "failed");
+    assert_eq!(last.data["attempt"], 1);
+    assert_eq!(last.data["error"]["code"], "navigation_failed");
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -400,6 +558,7 @@ on_both_databases!(
     a_running_task_learns_of_its_cancellation_at_heartbeat,
     a_retry_goes_back_to_queued_with_its_run_time,
     progress_and_attempt_artifacts_need_the_lease,
+    a_task_life_writes_its_attempts_events_and_artifacts,
 );
 
 #[tokio::test]
