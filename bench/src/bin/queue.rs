@@ -16,6 +16,12 @@ struct Arguments {
     /// Tasks per end-to-end run.
     #[arg(long)]
     end_to_end_tasks: Option<usize>,
+    /// HTTP clients submitting in the end-to-end run (default 16).
+    #[arg(long)]
+    end_to_end_clients: Option<usize>,
+    /// Consumers (concurrent worker slots) completing in the end-to-end run (default 16).
+    #[arg(long)]
+    end_to_end_consumers: Option<usize>,
     /// Worker counts, comma-separated (default 1,4,16).
     #[arg(long, value_delimiter = ',')]
     workers: Option<Vec<usize>>,
@@ -44,6 +50,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(tasks) = arguments.end_to_end_tasks {
         options.end_to_end_tasks = tasks;
+    }
+    if let Some(clients) = arguments.end_to_end_clients {
+        options.end_to_end_clients = clients.max(1);
+    }
+    if let Some(consumers) = arguments.end_to_end_consumers {
+        options.end_to_end_consumers = consumers.max(1);
     }
     if let Some(workers) = arguments.workers.filter(|workers| !workers.is_empty()) {
         options.worker_counts = workers;

@@ -8,6 +8,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use crate::config::Settings;
 
+mod coalesce;
 pub mod entities;
 mod one_statement;
 mod repo;

@@ -1,25 +1,27 @@
-//! PostgreSQL: each hot transition of a task (create, start, finish) in one statement.
+//! PostgreSQL: each hot transition (create, start, finish) of a batch of tasks in one
+//! statement.
 //!
 //! A transaction of three to five statements costs as many round trips plus `BEGIN` and
-//! `COMMIT`, and each round trip is a wake-up of a backend on a busy machine. On
-//! PostgreSQL the same writes fit in one statement: the task's `INSERT`/`UPDATE …
-//! RETURNING *` is the first common table expression, `t`, and the attempt and event
-//! rows are written by data-modifying CTEs that read from `t`. One statement is one
-//! implicit transaction, so the all-or-nothing rule of the repository holds: when `t`
-//! matches no row (its guard failed), the others write nothing either.
+//! `COMMIT`, and each commit waits for its WAL flush. On PostgreSQL the same writes fit
+//! in one statement: the tasks' `INSERT`/`UPDATE … RETURNING` is the first common table
+//! expression, `t`, and the attempt, artifact and event rows are written by
+//! data-modifying CTEs that read from `t`. One statement is one implicit transaction,
+//! so the all-or-nothing rule of the repository holds per statement: a task whose guard
+//! fails is not in `t`, and nothing is written for it.
 //!
-//! The task statement comes from the same sea-orm builder the transactional path uses,
-//! so the columns, values and guards are written once; only the side rows are SQL here.
-//! Its parameters are `$1…$n`; the side statements' parameters follow them.
+//! Each statement takes a batch (see `coalesce`): the per-task values arrive as one JSON
+//! array, read with `jsonb_to_recordset`. A batch of one is the single-task case.
 //!
-//! SQLite has no data-modifying CTEs; it keeps the transactional path in `repo.rs`.
+//! SQLite has no data-modifying CTEs; it keeps the transactional path in `repo.rs`, and
+//! the repository tests run every transition on both databases.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{PostgresQueryBuilder, QueryStatementWriter};
+use sea_orm::sea_query::{InsertStatement, PostgresQueryBuilder};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, FromQueryResult, Statement, Value,
     Values,
 };
+use serde::Serialize;
 use serde_json::Value as Json;
 use uuid::Uuid;
 
@@ -32,12 +34,10 @@ struct Composed {
 }
 
 impl Composed {
-    /// Starts with `WITH t AS (<task statement>)`.
-    fn with_task_statement(statement: &impl QueryStatementWriter) -> Self {
-        let (sql, Values(values)) = statement.build(PostgresQueryBuilder);
+    fn new(sql: &str) -> Self {
         Self {
-            sql: format!("WITH t AS ({sql})"),
-            values,
+            sql: sql.to_owned(),
+            values: Vec::new(),
         }
     }
 
@@ -47,6 +47,7 @@ impl Composed {
         format!("${}", self.values.len())
     }
 
+    /// Adds `, name AS (sql)`.
     fn then(&mut self, name: &str, sql: &str) {
         self.sql.push_str(", ");
         self.sql.push_str(name);
@@ -55,66 +56,82 @@ impl Composed {
         self.sql.push(')');
     }
 
-    /// Runs the statement, ending in `SELECT * FROM t`: the task row, if its guard held.
-    async fn task_row(mut self, db: &DatabaseConnection) -> Result<Option<task::Model>, DbErr> {
-        self.sql.push_str(" SELECT * FROM t");
-        self.run(db).await
-    }
-
-    /// Runs the statement, whose final query returns the task row.
-    async fn run(self, db: &DatabaseConnection) -> Result<Option<task::Model>, DbErr> {
+    async fn rows(self, db: &DatabaseConnection) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
         let statement =
             Statement::from_sql_and_values(DatabaseBackend::Postgres, self.sql, self.values);
-        match db.query_one_raw(statement).await? {
-            Some(row) => task::Model::from_query_result(&row, "").map(Some),
-            None => Ok(None),
-        }
+        db.query_all_raw(statement).await
     }
 }
 
-/// Inserts a task (`insert` must return all columns) and its `created` event.
-pub(super) async fn create(
+/// Inserts tasks (`insert` must return all columns) and their `created` events.
+pub(super) async fn create_many(
     db: &DatabaseConnection,
-    insert: &impl QueryStatementWriter,
-    created: Json,
-    at: DateTime<Utc>,
-) -> Result<task::Model, DbErr> {
-    let mut statement = Composed::with_task_statement(insert);
-    let (data, at) = (statement.bind(created), statement.bind(at));
+    insert: &InsertStatement,
+) -> Result<Vec<task::Model>, DbErr> {
+    let (sql, Values(values)) = insert.build(PostgresQueryBuilder);
+    let mut statement = Composed {
+        sql: format!("WITH t AS ({sql})"),
+        values,
+    };
     statement.then(
         "event",
-        &format!(
-            "INSERT INTO task_events (task_id, tenant_id, kind, data, created_at) \
-             SELECT id, tenant_id, 'created', {data}, {at} FROM t"
-        ),
+        "INSERT INTO task_events (task_id, tenant_id, kind, data, created_at) \
+         SELECT id, tenant_id, 'created', jsonb_build_object('state', state), created_at \
+         FROM t",
     );
+    statement.sql.push_str(" SELECT * FROM t");
     statement
-        .task_row(db)
+        .rows(db)
         .await?
-        .ok_or_else(|| DbErr::RecordNotInserted)
+        .iter()
+        .map(|row| task::Model::from_query_result(row, ""))
+        .collect()
 }
 
-/// Runs a guarded start (`update` sets the task running under the new lease and returns
-/// all columns): closes an earlier attempt left open by a worker that vanished, opens
-/// this attempt and appends the `state` event. `None` when the guard did not hold.
+/// One worker's claim of one task, to start under its lease.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct StartRequest {
+    pub id: Uuid,
+    pub token: Uuid,
+    pub worker: String,
+    pub lease_until: DateTime<Utc>,
+}
+
+/// Starts the tasks whose guard holds (queued, or running with an expired lease): sets
+/// them running under the request's lease, closes an earlier attempt left open by a
+/// worker that vanished, opens the new attempt and appends the `state` event. Returns
+/// the started rows; a task whose guard failed is absent, and when two requests name
+/// one task, its `lease_token` tells which one won.
 ///
 /// The start commits without waiting for its WAL flush (`synchronous_commit` off for
 /// this statement's transaction only; a flush costs 2–4 ms on the machines measured).
 /// Lost in a crash, a start only makes the worker's guarded finish fail and the task
 /// run again, and the next durable commit (the finish's) flushes it anyway.
-pub(super) async fn start(
+pub(super) async fn start_many(
     db: &DatabaseConnection,
-    update: &impl QueryStatementWriter,
+    requests: &[StartRequest],
     at: DateTime<Utc>,
-) -> Result<Option<task::Model>, DbErr> {
-    let mut statement = Composed::with_task_statement(update);
+) -> Result<Vec<task::Model>, DbErr> {
+    let mut statement = Composed::new("");
+    let requests = statement.bind(serde_json::to_value(requests).map_err(json_error)?);
     let at = statement.bind(at);
+    statement.sql = format!(
+        "WITH request AS (SELECT * FROM jsonb_to_recordset({requests}) \
+         AS r(id uuid, token uuid, worker text, lease_until timestamptz)), \
+         t AS (UPDATE tasks SET state = 'running', attempts = tasks.attempts + 1, \
+         lease_token = request.token, lease_expires_at = request.lease_until, \
+         worker_id = request.worker, started_at = COALESCE(tasks.started_at, {at}), \
+         updated_at = {at} FROM request WHERE tasks.id = request.id \
+         AND (tasks.state = 'queued' \
+         OR (tasks.state = 'running' AND tasks.lease_expires_at <= {at})) \
+         RETURNING tasks.*)"
+    );
     statement.then(
         "closed",
         &format!(
             "UPDATE task_attempts SET finished_at = {at}, outcome = 'lease_expired' \
-             WHERE task_id = (SELECT id FROM t) AND finished_at IS NULL \
-             AND (SELECT attempts FROM t) > 1"
+             FROM t WHERE task_attempts.task_id = t.id AND t.attempts > 1 \
+             AND task_attempts.finished_at IS NULL"
         ),
     );
     statement.then(
@@ -139,58 +156,89 @@ pub(super) async fn start(
         "SELECT set_config('synchronous_commit', 'off', true)",
     );
     statement.sql.push_str(" SELECT t.* FROM t, no_flush_wait");
-    statement.run(db).await
+    statement
+        .rows(db)
+        .await?
+        .iter()
+        .map(|row| task::Model::from_query_result(row, ""))
+        .collect()
 }
 
-/// How the attempt ended, for the attempt row.
-pub(super) struct AttemptEnd<'a> {
+/// How a worker's run of one task ended, to record under its lease.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct FinishRequest {
+    pub id: Uuid,
     pub token: Uuid,
-    pub outcome: &'a str,
+    /// The task's next state.
+    pub state: &'static str,
+    /// Whether that state ends the task (sets `finished_at`; needs the outbox check).
+    pub terminal: bool,
+    /// Whether `result` replaces the task's result.
+    pub set_result: bool,
+    pub result: Option<Json>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// When the task runs next, for a retry or a released lease.
+    pub run_at: Option<DateTime<Utc>>,
+    /// The attempt's outcome.
+    pub outcome: &'static str,
+    /// `{id, name, content_type, size_bytes, storage_key, sha256}` objects.
+    pub artifacts: Json,
+    /// `{kind, data}` objects in order; the `state` event's data gets the attempt.
+    pub events: Json,
 }
 
-/// Runs a guarded finish (`update` returns all columns): closes the attempt, stores the
-/// artifacts (`{id, name, content_type, size_bytes, storage_key, sha256}` objects) and
-/// appends the events (`{kind, data}` objects, in order; the `state` event's data gets
-/// the task's attempt number). `None` when the guard did not hold.
-pub(super) async fn finish(
+/// Records the ends whose guard holds (the task runs under the request's token and, for
+/// a terminal state, has no webhook destination whose outbox rows would be due): the
+/// task's state, result or error, the attempt's outcome, the artifacts and the events.
+/// Returns each recorded row with the token it was recorded for; a request whose guard
+/// failed is absent and goes through the transactional path, which tells a lost lease
+/// from a task with webhook destinations and writes the outbox rows.
+pub(super) async fn finish_many(
     db: &DatabaseConnection,
-    update: &impl QueryStatementWriter,
-    attempt: AttemptEnd<'_>,
-    artifacts: Json,
-    events: Json,
+    requests: &[FinishRequest],
     at: DateTime<Utc>,
-) -> Result<Option<task::Model>, DbErr> {
-    let mut statement = Composed::with_task_statement(update);
+) -> Result<Vec<(task::Model, Uuid)>, DbErr> {
+    let mut statement = Composed::new("");
+    let requests = statement.bind(serde_json::to_value(requests).map_err(json_error)?);
     let at = statement.bind(at);
-    let token = statement.bind(attempt.token);
-    let outcome = statement.bind(attempt.outcome);
-    let code = statement.bind(attempt.error_code);
-    let message = statement.bind(attempt.error_message);
+    statement.sql = format!(
+        "WITH request AS (SELECT * FROM jsonb_to_recordset({requests}) AS r(id uuid, \
+         token uuid, state text, terminal boolean, set_result boolean, result jsonb, \
+         error_code text, error_message text, run_at timestamptz, outcome text, \
+         artifacts jsonb, events jsonb)), \
+         t AS (UPDATE tasks SET state = request.state, lease_token = NULL, \
+         lease_expires_at = NULL, cancel_requested = FALSE, updated_at = {at}, \
+         error_code = request.error_code, error_message = request.error_message, \
+         finished_at = CASE WHEN request.terminal THEN {at} ELSE tasks.finished_at END, \
+         result = CASE WHEN request.set_result THEN request.result ELSE tasks.result END, \
+         run_at = COALESCE(request.run_at, tasks.run_at) \
+         FROM request WHERE tasks.id = request.id AND tasks.lease_token = request.token \
+         AND tasks.state = 'running' AND (NOT request.terminal \
+         OR (tasks.webhook_url IS NULL AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w \
+         WHERE w.tenant_id = tasks.tenant_id AND w.enabled))) \
+         RETURNING tasks.*, request.token AS finished_token, \
+         request.outcome AS attempt_outcome, request.artifacts AS new_artifacts, \
+         request.events AS new_events)"
+    );
     statement.then(
         "attempt",
         &format!(
-            "UPDATE task_attempts SET finished_at = {at}, outcome = {outcome}, \
-             error_code = {code}, error_message = {message} \
-             WHERE task_id = (SELECT id FROM t) AND lease_token = {token}"
+            "UPDATE task_attempts SET finished_at = {at}, outcome = t.attempt_outcome, \
+             error_code = t.error_code, error_message = t.error_message FROM t \
+             WHERE task_attempts.task_id = t.id AND task_attempts.lease_token = t.finished_token"
         ),
     );
-    let is_empty = artifacts.as_array().is_none_or(Vec::is_empty);
-    if !is_empty {
-        let artifacts = statement.bind(artifacts);
-        statement.then(
-            "stored",
-            &format!(
-                "INSERT INTO artifacts (id, task_id, tenant_id, name, content_type, \
-                 size_bytes, storage_key, sha256, created_at) \
-                 SELECT (a->>'id')::uuid, t.id, t.tenant_id, a->>'name', \
-                 a->>'content_type', (a->>'size_bytes')::bigint, a->>'storage_key', \
-                 a->>'sha256', {at} FROM t, jsonb_array_elements({artifacts}) AS a"
-            ),
-        );
-    }
-    let events = statement.bind(events);
+    statement.then(
+        "stored",
+        &format!(
+            "INSERT INTO artifacts (id, task_id, tenant_id, name, content_type, size_bytes, \
+             storage_key, sha256, created_at) \
+             SELECT (a->>'id')::uuid, t.id, t.tenant_id, a->>'name', a->>'content_type', \
+             (a->>'size_bytes')::bigint, a->>'storage_key', a->>'sha256', {at} \
+             FROM t, jsonb_array_elements(t.new_artifacts) AS a"
+        ),
+    );
     statement.then(
         "event",
         &format!(
@@ -199,9 +247,23 @@ pub(super) async fn finish(
              CASE WHEN e->>'kind' = 'state' \
              THEN (e->'data') || jsonb_build_object('attempt', t.attempts) \
              ELSE e->'data' END, {at} \
-             FROM t, jsonb_array_elements({events}) WITH ORDINALITY AS listed(e, position) \
-             ORDER BY position"
+             FROM t, jsonb_array_elements(t.new_events) WITH ORDINALITY AS listed(e, position) \
+             ORDER BY t.id, position"
         ),
     );
-    statement.task_row(db).await
+    statement.sql.push_str(" SELECT * FROM t");
+    statement
+        .rows(db)
+        .await?
+        .iter()
+        .map(|row| {
+            let model = task::Model::from_query_result(row, "")?;
+            let token: Uuid = row.try_get("", "finished_token")?;
+            Ok((model, token))
+        })
+        .collect()
+}
+
+fn json_error(error: serde_json::Error) -> DbErr {
+    DbErr::Custom(format!("cannot encode a batch: {error}"))
 }

@@ -527,6 +527,97 @@ async fn a_task_life_writes_its_attempts_events_and_artifacts(repo: TaskReposito
     assert_eq!(last.data["error"]["code"], "navigation_failed");
 }
 
+/// Many tasks created, raced for and finished at once: on PostgreSQL concurrent calls
+/// are written in batches, and each caller must still get its own answer. Two workers
+/// race to start each task: exactly one wins, the other learns the task is held.
+async fn concurrent_calls_each_get_their_own_answer(repo: TaskRepository) {
+    const TASKS: usize = 40;
+    let tenant = TenantId::default_tenant();
+    let created =
+        futures::future::join_all((0..TASKS).map(|_| repo.create(new_task(&tenant)))).await;
+    let tasks: Vec<_> = created
+        .into_iter()
+        .map(|task| task.expect("create"))
+        .collect();
+    let mut ids: Vec<_> = tasks.iter().map(|task| task.id).collect();
+    ids.sort_by_key(|id| id.as_uuid());
+    ids.dedup();
+    assert_eq!(ids.len(), TASKS, "every create returns its own task");
+
+    let starts = tasks.iter().flat_map(|task| {
+        ["left", "right"].map(|worker| {
+            let repo = repo.clone();
+            let id = task.id;
+            async move {
+                let token = LeaseToken::new();
+                let outcome = repo
+                    .start_attempt(id, token, worker, soon())
+                    .await
+                    .expect("start");
+                (id, token, worker, outcome)
+            }
+        })
+    });
+    let started = futures::future::join_all(starts).await;
+    let mut winners = Vec::new();
+    for (id, token, worker, outcome) in started {
+        match outcome {
+            StartOutcome::Started(record) => {
+                assert_eq!(record.id, id);
+                assert_eq!(record.lease_token, Some(token));
+                assert_eq!(record.worker_id.as_deref(), Some(worker));
+                winners.push((id, token));
+            }
+            StartOutcome::Held(_) => {}
+            other => panic!("a raced start is started or held, not {other:?}"),
+        }
+    }
+    winners.sort_by_key(|(id, _)| id.as_uuid());
+    let mut won: Vec<_> = winners.iter().map(|(id, _)| *id).collect();
+    won.dedup();
+    assert_eq!(won.len(), TASKS, "exactly one start wins each task");
+    assert_eq!(winners.len(), TASKS);
+
+    let finishes = winners.iter().enumerate().map(|(index, (id, token))| {
+        let repo = repo.clone();
+        let outcome = if index % 2 == 0 {
+            TaskOutcome::Succeeded {
+                result: json!({"index": index}),
+                artifacts: Vec::new(),
+            }
+        } else {
+            TaskOutcome::Failed {
+                error: CodedError::new(ErrorCode::NavigationFailed, format!("task {index}")),
+            }
+        };
+        async move { (*id, index, repo.finish(*id, *token, outcome).await) }
+    });
+    for (id, index, finished) in futures::future::join_all(finishes).await {
+        let FinishOutcome::Recorded(record) = finished.expect("finish") else {
+            panic!("the winner holds the lease");
+        };
+        assert_eq!(record.id, id);
+        if index % 2 == 0 {
+            assert_eq!(record.state, TaskState::Succeeded);
+            assert_eq!(record.result, Some(json!({"index": index})));
+        } else {
+            assert_eq!(record.state, TaskState::Failed);
+            let message = record.error.map(|error| error.message);
+            assert_eq!(message, Some(format!("task {index}")));
+        }
+        let attempts = repo.attempts(&tenant, id).await.expect("attempts");
+        assert_eq!(attempts.len(), 1, "one attempt per task");
+        let kinds: Vec<_> = repo
+            .events(id, None)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|event| event.kind)
+            .collect();
+        assert_eq!(kinds, ["created", "state", "state"]);
+    }
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -559,6 +650,7 @@ on_both_databases!(
     a_retry_goes_back_to_queued_with_its_run_time,
     progress_and_attempt_artifacts_need_the_lease,
     a_task_life_writes_its_attempts_events_and_artifacts,
+    concurrent_calls_each_get_their_own_answer,
 );
 
 #[tokio::test]
