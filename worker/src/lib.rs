@@ -1,6 +1,7 @@
 //! The worker role: claims tasks from the queue and runs them in Chromium.
 //!
-//! - [`browser`]: the Chromium pool (warm browser, isolated contexts, blocking pool).
+//! - [`browser`]: the Chromium pool (launch, warm browser, isolated contexts, spare
+//!   pages, crash and hang recovery, blocking pool).
 //! - [`cdp`]: our Chrome DevTools Protocol connection (one WebSocket per browser,
 //!   flattened page sessions, answers and events routed by a reader task).
 //! - [`input`]: mouse and keyboard input (clicks, hovers, key presses, typing).
