@@ -21,7 +21,8 @@
 //! connection or a dead process marks the browser broken; the next task gets a new one,
 //! and the old one's whole process tree is killed and its profile removed. A keep-alive
 //! ping finds a browser that died or hangs while the worker is idle. A browser is also
-//! recycled after `browser.recycle_after` tasks.
+//! recycled after `browser.recycle_after` tasks. Chromium is started from one long-lived
+//! thread with a parent-death signal, so even a SIGKILL'd worker leaves no Chromium.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -420,6 +421,67 @@ impl Drop for BrowserProcess {
     }
 }
 
+/// Starts browser processes from one long-lived thread.
+///
+/// Chromium is started with a parent-death signal (see [`die_with_launcher`]), which
+/// the kernel sends when the *thread* that started it ends, not the process. The
+/// runtime's blocking threads end after a while idle, so a browser started from one of
+/// them would be killed then; this thread lives as long as the pool.
+struct Launcher {
+    requests: mpsc::Sender<(Command, mpsc::SyncSender<std::io::Result<Child>>)>,
+}
+
+impl Launcher {
+    fn start() -> std::io::Result<Self> {
+        let (requests, incoming) =
+            mpsc::channel::<(Command, mpsc::SyncSender<std::io::Result<Child>>)>();
+        std::thread::Builder::new()
+            .name("chromium-launcher".to_owned())
+            .spawn(move || {
+                // Ends when the pool drops its sender; the kernel then kills what it
+                // started, which the pool has killed already.
+                for (mut command, reply) in incoming {
+                    let _caller_gone = reply.send(command.spawn());
+                }
+            })?;
+        Ok(Self { requests })
+    }
+
+    fn spawn(&self, command: Command) -> std::io::Result<Child> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.requests
+            .send((command, reply))
+            .map_err(|_| std::io::Error::other("the launcher thread is gone"))?;
+        answer
+            .recv()
+            .map_err(|_| std::io::Error::other("the launcher thread is gone"))?
+    }
+}
+
+/// Asks the kernel to SIGKILL the child when the thread that started it ends, which a
+/// SIGKILL'd worker's threads do: a worker that cannot clean up leaves no browser.
+/// (Chromium's helpers exit when their browser process is gone.)
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_launcher(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called. It makes one system call (prctl) and
+    // reads errno; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Other systems have no parent-death signal; a killed worker leaves its browser there.
+#[cfg(not(target_os = "linux"))]
+fn die_with_launcher(_command: &mut Command) {}
+
 /// Reads Chromium's stderr until it prints its DevTools address, then keeps reading it
 /// on the same thread until Chromium ends, logging at debug level: a pipe nobody reads
 /// fills up and blocks the browser.
@@ -473,6 +535,7 @@ fn devtools_url(stderr: ChildStderr, timeout: Duration) -> Result<String, CodedE
 pub struct BrowserPool {
     settings: BrowserSettings,
     chrome_path: PathBuf,
+    launcher: Launcher,
     /// The current browser. A std mutex: it is only taken on blocking-pool threads, and
     /// only to read or swap the handle (and to launch, which must not happen twice).
     current: Mutex<Option<Arc<BrowserHandle>>>,
@@ -483,9 +546,16 @@ pub struct BrowserPool {
 impl BrowserPool {
     pub fn new(settings: BrowserSettings, max_pages: usize) -> Result<Arc<Self>, CodedError> {
         let chrome_path = find_chrome(settings.chrome_path.as_deref())?;
+        let launcher = Launcher::start().map_err(|error| {
+            CodedError::new(
+                ErrorCode::BrowserError,
+                format!("cannot start the browser launcher thread: {error}"),
+            )
+        })?;
         Ok(Arc::new(Self {
             settings,
             chrome_path,
+            launcher,
             current: Mutex::new(None),
             permits: Arc::new(Semaphore::new(max_pages.max(1))),
             launches: AtomicU64::new(0),
@@ -613,7 +683,8 @@ impl BrowserPool {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|error| {
+        die_with_launcher(&mut command);
+        let mut child = self.launcher.spawn(command).map_err(|error| {
             CodedError::new(
                 ErrorCode::BrowserError,
                 format!("cannot start {}: {error}", self.chrome_path.display()),
