@@ -391,8 +391,10 @@ impl BrowserProcess {
         while processes.iter().any(|pid| process_is_alive(*pid)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // `try_wait`: a process that survived SIGKILL (stuck in the kernel) must not
+        // block this thread; it is reaped by a later kill, or stays a zombie.
         if let Ok(mut child) = self.child.lock()
-            && let Err(error) = child.wait()
+            && let Err(error) = child.try_wait()
         {
             debug!(pid = self.pid, error = %error, "cannot reap the browser process");
         }
