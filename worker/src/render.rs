@@ -117,7 +117,6 @@ pub fn render(
     let guard = Arc::new(guard);
     interception.install(Arc::clone(&guard));
     let page_ms = started.elapsed().as_millis() as u64;
-    handle.refill_spares_in_background();
     let session = Session {
         handle,
         page: &page,
@@ -146,6 +145,11 @@ pub fn render(
     };
     let rendered_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(page_ms, rendered_ms, "render timings");
+    // The spare this task took is replaced now that its page is captured, not while it
+    // loads: Chromium opening a context and a renderer alongside a navigation slowed the
+    // navigation from about 40 ms to 150-200 ms here. A client that waits between
+    // requests gets the refill in that gap; back-to-back requests still overlap it.
+    handle.refill_spares_in_background();
     // The page's listeners go; disposing its context is sent without waiting.
     drop((events_subscription, interception, page, context));
     result
