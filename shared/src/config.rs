@@ -478,7 +478,7 @@ pub struct TelemetrySettings {
 impl Default for TelemetrySettings {
     fn default() -> Self {
         Self {
-            log_filter: "info,sqlx=warn,sea_orm=warn,headless_chrome=error,tungstenite=warn".into(),
+            log_filter: "info,sqlx=warn,sea_orm=warn,tungstenite=warn".into(),
             log_format: LogFormat::Pretty,
             otlp_endpoint: None,
             service_name: "operator".into(),

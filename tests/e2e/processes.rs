@@ -470,3 +470,40 @@ async fn a_stopping_worker_hands_its_task_back_at_once() {
         "taken over {taken_after} after SIGTERM; the lease had 30 s left"
     );
 }
+
+/// kill -9 of an idle worker with a warm browser: the worker cannot clean up, but the
+/// kernel kills its browser (Chromium is started with a parent-death signal) and
+/// Chromium's helper processes follow, so nothing carrying its profile is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_browser_dies_with_it() {
+    operator_shared::install_crypto_provider();
+    let deployment = Deployment::migrated().await;
+    let mut worker = deployment.worker("killed-idle-worker", &[]);
+    let worker_pid = worker.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while chromium_processes_of(worker_pid) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never started its browser"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for the spare pages' renderers to start too: they must go as well.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let warm = chromium_processes_of(worker_pid);
+
+    worker.0.kill().expect("SIGKILL the worker");
+    worker.0.wait().expect("reap the worker");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while chromium_processes_of(worker_pid) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let survivors = chromium_pids_of(worker_pid);
+    // Cleaned up before asserting, so a failure leaves nothing behind either.
+    worker.kill_hard();
+    assert!(
+        survivors.is_empty(),
+        "{} of {warm} Chromium processes outlived their SIGKILL'd worker by 5 s: {survivors:?}",
+        survivors.len()
+    );
+}

@@ -1,103 +1,159 @@
 //! The Chromium pool: one warm browser per worker process, a fresh browser context per
-//! task, and a bounded blocking pool for headless_chrome's blocking calls.
+//! task, and a bounded blocking pool for the browser code.
 //!
-//! headless_chrome is synchronous, so every browser call runs in `spawn_blocking`, gated
-//! by a semaphore sized to the worker's concurrency: the async runtime threads never block
-//! on Chromium, and Chromium never sees more pages than the worker runs tasks.
+//! The pool launches Chromium itself and drives it over our own CDP connection
+//! ([`crate::cdp`]): one WebSocket per browser, which every page shares through a
+//! flattened session. headless_chrome did this before; its transport made each call wait
+//! up to 100 ms to be sent (rust-headless-chrome issue #446), several times per task.
+//!
+//! The code that drives a page is written as blocking calls, so it runs in
+//! `spawn_blocking`, gated by a semaphore sized to the worker's concurrency: the async
+//! runtime threads never wait on Chromium, and Chromium never sees more pages than the
+//! worker runs tasks.
 //!
 //! Each task gets its own browser context (an incognito profile: cookies, storage and
-//! cache are not shared), disposed when the task ends. headless_chrome keeps its
-//! browser-level CDP calls private and cannot dispose a context, so the pool opens a
-//! second, "control" connection to the same browser for that.
+//! cache are not shared), disposed when the task ends, without waiting for Chromium to
+//! finish. A few blank pages, each in a fresh context and ready for a task (request
+//! interception, events, default viewport), are kept as spares, so a task does not wait
+//! for a renderer to start.
 //!
-//! A headless_chrome connection that carries no message for its timeout closes itself,
-//! so a background keep-alive pings both connections; the same ping finds a browser that
-//! died or hangs, which is then replaced.
+//! Crashes and hangs: a call unanswered within `browser.call_timeout`, a closed
+//! connection or a dead process marks the browser broken; the next task gets a new one,
+//! and the old one's whole process tree is killed and its profile removed. A keep-alive
+//! ping finds a browser that died or hangs while the worker is idle. A browser is also
+//! recycled after `browser.recycle_after` tasks. Chromium is started from one long-lived
+//! thread with a parent-death signal, so even a SIGKILL'd worker leaves no Chromium.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use headless_chrome::browser::transport::Transport;
-use headless_chrome::protocol::cdp::{Browser as CdpBrowser, Target};
-use headless_chrome::{Browser, LaunchOptions, Tab};
 use operator_shared::config::{BrowserSettings, SandboxMode};
+use operator_shared::domain::Viewport;
 use operator_shared::error::{CodedError, ErrorCode};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Value, json};
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-/// Flags for a quiet, reproducible headless browser on a server (see NOTES.md: without
-/// the network ones Chromium keeps trying to reach Google's services).
+use crate::cdp::{CdpError, Connection, FailureLog, Page};
+use crate::guard::Interception;
+
+/// Flags for a quiet, reproducible headless browser on a server. The list headless_chrome
+/// used to add (itself taken from Puppeteer) is kept, with our additions.
 ///
 /// Site isolation is off so that a cross-site iframe stays in its page's renderer and
 /// its requests are paused by the page's request interception (the network guard); an
 /// out-of-process iframe would be a separate target whose requests the guard never sees.
-/// The feature list replaces headless_chrome's default `--disable-features` flag (see
-/// [`REPLACED_DEFAULT_FLAGS`]), keeping what that one disabled.
-const CHROMIUM_FLAGS: [&str; 10] = [
-    "--disable-features=TranslateUI,BlinkGenPropertyTrees,IsolateOrigins,site-per-process",
-    "--disable-site-isolation-trials",
-    "--disable-gpu",
+/// Chromium reads only the last `--disable-features`, so that list is one flag.
+///
+/// Left out on purpose: `--disable-popup-blocking` (a page could open new windows on its
+/// own, and a new window is a target outside its page's request interception), and
+/// `--ignore-certificate-errors` (a browser fetching other people's pages must check
+/// their certificates).
+const CHROMIUM_FLAGS: [&str; 32] = [
+    // What the pool relies on: headless, the DevTools address on stderr (a free port),
+    // no first-run UI.
+    "--headless",
+    "--remote-debugging-port=0",
+    "--no-first-run",
+    "--no-default-browser-check",
+    // Without these Chromium keeps trying to reach Google's services (NOTES.md).
+    "--disable-background-networking",
     "--disable-component-update",
     "--disable-domain-reliability",
-    "--disable-quic",
+    "--disable-sync",
+    "--disable-breakpad",
+    "--disable-client-side-phishing-detection",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-component-extensions-with-background-pages",
+    "--metrics-recording-only",
+    "--no-pings",
+    "--password-store=basic",
+    "--use-mock-keychain",
+    // Many pages at once, none in front: none may be throttled or reported as hung.
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
+    "--disable-ipc-flooding-protection",
+    "--disable-hang-monitor",
+    "--disable-prompt-on-repost",
+    // Servers: containers have a small /dev/shm, and no GPU.
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    // The same pixels on every machine; no sound.
+    "--force-color-profile=srgb",
     "--hide-scrollbars",
     "--mute-audio",
-    "--no-default-browser-check",
-    "--no-pings",
+    "--enable-automation",
+    "--disable-quic",
+    "--disable-features=TranslateUI,BlinkGenPropertyTrees,IsolateOrigins,site-per-process",
+    "--disable-site-isolation-trials",
 ];
 
-/// headless_chrome default flags replaced by ours (Chromium reads only the last
-/// `--disable-features`), or dropped: with `--disable-popup-blocking` a page could open
-/// new windows on its own, and a new window is a target outside its page's request
-/// interception.
-const REPLACED_DEFAULT_FLAGS: [&str; 2] = [
-    "--disable-features=TranslateUI,BlinkGenPropertyTrees",
-    "--disable-popup-blocking",
-];
+/// The browser window's size; pages get their own viewport (see [`viewport_params`]).
+const WINDOW_SIZE: (u32, u32) = (1280, 800);
 
-/// A launched browser and its control connection.
+/// A launched browser and its connection.
 pub struct BrowserHandle {
-    browser: Browser,
-    control: Arc<Transport>,
-    pid: Option<u32>,
-    /// The profile directory; ours rather than headless_chrome's, which it cannot
-    /// delete once the browser was killed.
-    profile_dir: PathBuf,
+    connection: Arc<Connection>,
+    process: BrowserProcess,
+    /// The browser's own user agent, read once at launch: a task that sets a locale but
+    /// no user agent keeps it (without "Headless").
+    user_agent: String,
     /// Set when a call failed in a way that suggests the browser is gone; the next
     /// task gets a new browser.
     broken: AtomicBool,
     pub tasks_started: AtomicU64,
-    /// headless_chrome's per-call timeout: a call that takes longer means a hung browser.
+    /// A call that takes longer means a hung browser.
     call_timeout: Duration,
     /// Blank pages, each in its own never-used context, opened ahead of the tasks that
-    /// will take them: opening a page costs about half a second, the largest part of a
-    /// simple task. Held as ids, not [`ContextGuard`]s, which would own the handle.
-    spares: Mutex<Vec<(String, Arc<Tab>)>>,
+    /// will take them: opening and preparing a page takes several round trips and a new
+    /// renderer, the largest part of a simple task. Held with their context's id, not a
+    /// [`ContextGuard`], which would own the handle.
+    spares: Mutex<Vec<(String, PageParts)>>,
     spare_target: usize,
     refilling: AtomicBool,
 }
 
-/// The viewport every page is opened with: the domain's default viewport, so a task
-/// that keeps it makes no call to set it.
-const DEFAULT_VIEWPORT: (u32, u32) = (1280, 800);
+/// A page and its request interception.
+pub struct PageParts {
+    pub page: Page,
+    pub interception: Interception,
+}
 
 /// A blank page in a fresh context, for one task.
 pub struct PreparedPage {
     pub context: ContextGuard,
-    pub tab: Arc<Tab>,
+    pub page: Page,
+    pub interception: Interception,
+}
+
+/// `Emulation.setDeviceMetricsOverride` for a viewport.
+pub(crate) fn viewport_params(viewport: &Viewport) -> Value {
+    json!({
+        "width": viewport.width,
+        "height": viewport.height,
+        "deviceScaleFactor": viewport.device_scale_factor,
+        "mobile": false,
+    })
 }
 
 impl BrowserHandle {
-    pub fn browser(&self) -> &Browser {
-        &self.browser
+    pub fn pid(&self) -> u32 {
+        self.process.pid
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
+    pub fn user_agent(&self) -> &str {
+        &self.user_agent
     }
 
     pub fn mark_broken(&self) {
@@ -123,68 +179,67 @@ impl BrowserHandle {
     }
 
     fn is_usable(&self) -> bool {
-        !self.broken.load(Ordering::SeqCst) && self.pid.is_none_or(process_is_alive)
+        !self.broken.load(Ordering::SeqCst) && process_is_alive(self.process.pid)
     }
 
     /// A blank page in a fresh context: a spare if one is ready, else opened now.
     pub fn take_page(self: &Arc<Self>) -> Result<PreparedPage, CodedError> {
         let spare = self.spares.lock().ok().and_then(|mut spares| spares.pop());
-        if let Some((id, tab)) = spare {
-            return Ok(PreparedPage {
-                context: ContextGuard {
+        let (context, parts) = match spare {
+            Some((id, parts)) => (
+                ContextGuard {
                     handle: Arc::clone(self),
                     id,
                     dispose: true,
                 },
-                tab,
-            });
-        }
-        self.open_page()
+                parts,
+            ),
+            None => self.open_page()?,
+        };
+        Ok(PreparedPage {
+            context,
+            page: parts.page,
+            interception: parts.interception,
+        })
     }
 
-    fn open_page(self: &Arc<Self>) -> Result<PreparedPage, CodedError> {
+    /// Opens a blank page in a new context and prepares it for a task: requests paused
+    /// and refused until a guard is installed, lifecycle, network and console events on,
+    /// the default viewport.
+    fn open_page(self: &Arc<Self>) -> Result<(ContextGuard, PageParts), CodedError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Created {
+            target_id: String,
+        }
         let context = self.new_context()?;
-        let tab = self
-            .browser
-            .new_tab_with_options(Target::CreateTarget {
-                url: "about:blank".to_owned(),
-                left: None,
-                top: None,
-                width: None,
-                height: None,
-                window_state: None,
-                browser_context_id: Some(context.id().to_owned()),
-                enable_begin_frame_control: None,
-                new_window: None,
-                background: None,
-                for_tab: None,
-                hidden: None,
-            })
+        let created: Created = self
+            .connection
+            .call(
+                "Target.createTarget",
+                json!({ "url": "about:blank", "browserContextId": context.id() }),
+            )
             .map_err(|error| self.classify(&error, "cannot open a page"))?;
-        crate::guard::prepare_page(&tab)
-            .and_then(|()| {
-                tab.call_method(
-                    headless_chrome::protocol::cdp::Emulation::SetDeviceMetricsOverride {
-                        width: DEFAULT_VIEWPORT.0,
-                        height: DEFAULT_VIEWPORT.1,
-                        device_scale_factor: 1.0,
-                        mobile: false,
-                        scale: None,
-                        screen_width: None,
-                        screen_height: None,
-                        position_x: None,
-                        position_y: None,
-                        dont_set_visible_size: None,
-                        screen_orientation: None,
-                        viewport: None,
-                        display_feature: None,
-                        device_posture: None,
-                    },
-                )
-                .map(|_| ())
-            })
-            .map_err(|error| self.classify(&error, "cannot prepare a page"))?;
-        Ok(PreparedPage { context, tab })
+        let page = Page::attach(&self.connection, &created.target_id)
+            .map_err(|error| self.classify(&error, "cannot attach to a page"))?;
+        let (interception, interception_enabled) = Interception::start(&page);
+        // Sent one after another without waiting, answered in order: one round trip.
+        let calls = [
+            interception_enabled,
+            page.start("Page.enable", json!({})),
+            page.start("Page.setLifecycleEventsEnabled", json!({ "enabled": true })),
+            page.start("Network.enable", json!({})),
+            page.start("Runtime.enable", json!({})),
+            page.start(
+                "Emulation.setDeviceMetricsOverride",
+                viewport_params(&Viewport::default()),
+            ),
+        ];
+        for call in calls {
+            call.wait::<IgnoredAny>()
+                .map_err(|error| self.classify(&error, "cannot prepare a page"))?;
+        }
+        Ok((context, PageParts { page, interception }))
     }
 
     /// Opens spare pages up to the target, on the blocking pool, one refill at a time.
@@ -211,12 +266,11 @@ impl BrowserHandle {
                     return;
                 }
                 match handle.open_page() {
-                    Ok(page) => {
-                        let PreparedPage { context, tab } = page;
+                    Ok((context, parts)) => {
                         // The context now belongs to the spare list, not to a guard.
                         let id = context.into_id();
                         if let Ok(mut spares) = handle.spares.lock() {
-                            spares.push((id, tab));
+                            spares.push((id, parts));
                         }
                     }
                     Err(error) => {
@@ -231,35 +285,27 @@ impl BrowserHandle {
 
     /// Opens an isolated browser context; it is disposed when the guard drops.
     pub fn new_context(self: &Arc<Self>) -> Result<ContextGuard, CodedError> {
-        let reply = self
-            .control
-            .call_method_on_browser(Target::CreateBrowserContext {
-                dispose_on_detach: None,
-                proxy_server: None,
-                proxy_bypass_list: None,
-                origins_with_universal_network_access: None,
-            })
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Created {
+            browser_context_id: String,
+        }
+        let created: Created = self
+            .connection
+            .call("Target.createBrowserContext", json!({}))
             .map_err(|error| self.classify(&error, "cannot create a browser context"))?;
         Ok(ContextGuard {
             handle: Arc::clone(self),
-            id: reply.browser_context_id,
+            id: created.browser_context_id,
             dispose: true,
         })
     }
 
-    /// Turns a headless_chrome error (its API speaks `anyhow`) into a task error, marking
-    /// the browser broken when the error says it is gone.
-    pub fn classify(&self, error: &anyhow::Error, what: &str) -> CodedError {
-        // A call that timed out means the browser (or its renderer) hangs: it is
-        // replaced, like one that died.
-        let crashed = error
-            .downcast_ref::<headless_chrome::browser::transport::ConnectionClosed>()
-            .is_some()
-            || error
-                .downcast_ref::<headless_chrome::util::Timeout>()
-                .is_some()
-            || !self.pid.is_none_or(process_is_alive);
-        if crashed {
+    /// Turns a failed call into a task error, marking the browser broken when the error
+    /// says it is gone: a call that timed out means the browser (or its renderer) hangs,
+    /// and it is replaced like one that died.
+    pub fn classify(&self, error: &CdpError, what: &str) -> CodedError {
+        if error.browser_gone() || !process_is_alive(self.process.pid) {
             self.mark_broken();
             CodedError::new(
                 ErrorCode::BrowserCrashed,
@@ -270,27 +316,72 @@ impl BrowserHandle {
         }
     }
 
-    fn ping(&self) -> bool {
-        let browser_answers = self.browser.get_version().is_ok();
-        let control_answers = self
-            .control
-            .call_method_on_browser(CdpBrowser::GetVersion(None))
-            .is_ok();
-        browser_answers && control_answers
+    async fn ping(&self) -> bool {
+        self.connection
+            .call_async::<IgnoredAny>("Browser.getVersion", json!({}))
+            .await
+            .is_ok()
     }
 }
 
-impl BrowserHandle {
+/// A browser context that lives as long as this guard.
+pub struct ContextGuard {
+    handle: Arc<BrowserHandle>,
+    id: String,
+    /// False once the context was handed to the spare list.
+    dispose: bool,
+}
+
+impl ContextGuard {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Gives up the context without disposing it (it is kept as a spare).
+    fn into_id(mut self) -> String {
+        self.dispose = false;
+        std::mem::take(&mut self.id)
+    }
+
+    pub fn handle(&self) -> &Arc<BrowserHandle> {
+        &self.handle
+    }
+}
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        if !self.dispose {
+            return;
+        }
+        // Disposing a context closes its pages and drops its cookies, storage and cache.
+        // Nobody waits for it: the task is over. A failure is logged.
+        self.handle.connection.send_detached(
+            None,
+            "Target.disposeBrowserContext",
+            json!({ "browserContextId": self.id }),
+            FailureLog::Warn,
+        );
+    }
+}
+
+/// A browser's processes and profile; killed and removed when dropped.
+struct BrowserProcess {
+    pid: u32,
+    /// The main process, reaped once killed so that no zombie is left per browser.
+    child: Mutex<Child>,
+    /// The profile directory; its path marks every process of this browser.
+    profile_dir: PathBuf,
+}
+
+impl BrowserProcess {
     /// Kills every process of this browser and waits until they are gone: the main
-    /// process, everything descended from it (zygotes, renderers, the network service),
-    /// and anything else carrying our profile path.
+    /// process, everything descended from it (zygotes, renderers, utilities), and
+    /// anything else carrying our profile path.
     fn kill(&self) {
         let marker = format!("--user-data-dir={}", self.profile_dir.display());
         let mut processes = processes_with_argument(&marker);
-        if let Some(pid) = self.pid {
-            processes.push(pid);
-            processes.extend(descendants_of(pid));
-        }
+        processes.push(self.pid);
+        processes.extend(descendants_of(self.pid));
         processes.sort_unstable();
         processes.dedup();
         for pid in &processes {
@@ -300,10 +391,17 @@ impl BrowserHandle {
         while processes.iter().any(|pid| process_is_alive(*pid)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // `try_wait`: a process that survived SIGKILL (stuck in the kernel) must not
+        // block this thread; it is reaped by a later kill, or stays a zombie.
+        if let Ok(mut child) = self.child.lock()
+            && let Err(error) = child.try_wait()
+        {
+            debug!(pid = self.pid, error = %error, "cannot reap the browser process");
+        }
     }
 }
 
-impl Drop for BrowserHandle {
+impl Drop for BrowserProcess {
     fn drop(&mut self) {
         // The profile can only go once nothing writes into it any more.
         self.kill();
@@ -325,51 +423,121 @@ impl Drop for BrowserHandle {
     }
 }
 
-/// A browser context that lives as long as this guard.
-pub struct ContextGuard {
-    handle: Arc<BrowserHandle>,
-    id: String,
-    /// False once the context was handed to the spare list.
-    dispose: bool,
+/// Starts browser processes from one long-lived thread.
+///
+/// Chromium is started with a parent-death signal (see [`die_with_launcher`]), which
+/// the kernel sends when the *thread* that started it ends, not the process. The
+/// runtime's blocking threads end after a while idle, so a browser started from one of
+/// them would be killed then; this thread lives as long as the pool.
+struct Launcher {
+    requests: mpsc::Sender<(Command, mpsc::SyncSender<std::io::Result<Child>>)>,
 }
 
-impl ContextGuard {
-    pub fn id(&self) -> &str {
-        &self.id
+impl Launcher {
+    fn start() -> std::io::Result<Self> {
+        let (requests, incoming) =
+            mpsc::channel::<(Command, mpsc::SyncSender<std::io::Result<Child>>)>();
+        std::thread::Builder::new()
+            .name("chromium-launcher".to_owned())
+            .spawn(move || {
+                // Ends when the pool drops its sender; the kernel then kills what it
+                // started, which the pool has killed already.
+                for (mut command, reply) in incoming {
+                    let _caller_gone = reply.send(command.spawn());
+                }
+            })?;
+        Ok(Self { requests })
     }
 
-    /// Gives up the context without disposing it (it is kept as a spare).
-    fn into_id(mut self) -> String {
-        self.dispose = false;
-        self.id.clone()
-    }
-
-    pub fn handle(&self) -> &Arc<BrowserHandle> {
-        &self.handle
+    fn spawn(&self, command: Command) -> std::io::Result<Child> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.requests
+            .send((command, reply))
+            .map_err(|_| std::io::Error::other("the launcher thread is gone"))?;
+        answer
+            .recv()
+            .map_err(|_| std::io::Error::other("the launcher thread is gone"))?
     }
 }
 
-impl Drop for ContextGuard {
-    fn drop(&mut self) {
-        if !self.dispose {
-            return;
-        }
-        // Disposing a context closes its pages and drops its cookies, storage and cache.
-        let disposed = self
-            .handle
-            .control
-            .call_method_on_browser(Target::DisposeBrowserContext {
-                browser_context_id: self.id.clone(),
-            });
-        if let Err(error) = disposed {
-            warn!(context = %self.id, error = %error, "disposing a browser context failed");
-        }
+/// Asks the kernel to SIGKILL the child when the thread that started it ends, which a
+/// SIGKILL'd worker's threads do: a worker that cannot clean up leaves no browser.
+/// (Chromium's helpers exit when their browser process is gone.)
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_launcher(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called. It makes one system call (prctl) and
+    // reads errno; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Other systems have no parent-death signal; a killed worker leaves its browser there.
+#[cfg(not(target_os = "linux"))]
+fn die_with_launcher(_command: &mut Command) {}
+
+/// Reads Chromium's stderr until it prints its DevTools address, then keeps reading it
+/// on the same thread until Chromium ends, logging at debug level: a pipe nobody reads
+/// fills up and blocks the browser.
+fn devtools_url(stderr: ChildStderr, timeout: Duration) -> Result<String, CodedError> {
+    let (found, answer) = mpsc::sync_channel::<Result<String, String>>(1);
+    std::thread::Builder::new()
+        .name("chromium-stderr".to_owned())
+        .spawn(move || {
+            let mut waiting = Some(found);
+            // The last lines before the address, to explain a failed start.
+            let mut recent: VecDeque<String> = VecDeque::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                debug!(target: "chromium", "{line}");
+                let Some(sender) = &waiting else { continue };
+                if let Some((_, url)) = line.split_once("DevTools listening on ") {
+                    let _launch_gave_up = sender.send(Ok(url.trim().to_owned()));
+                    waiting = None;
+                } else {
+                    if recent.len() == 10 {
+                        recent.pop_front();
+                    }
+                    recent.push_back(line);
+                }
+            }
+            if let Some(sender) = waiting {
+                let _launch_gave_up = sender.send(Err(Vec::from(recent).join("\n")));
+            }
+        })
+        .map_err(|error| {
+            CodedError::new(
+                ErrorCode::BrowserError,
+                format!("cannot read the browser's output: {error}"),
+            )
+        })?;
+    match answer.recv_timeout(timeout) {
+        Ok(Ok(url)) => Ok(url),
+        Ok(Err(output)) => Err(CodedError::new(
+            ErrorCode::BrowserError,
+            format!("the browser exited before it listened for DevTools: {output}"),
+        )),
+        Err(_) => Err(CodedError::new(
+            ErrorCode::BrowserError,
+            format!(
+                "the browser did not print its DevTools address within {} s",
+                timeout.as_secs()
+            ),
+        )),
     }
 }
 
 pub struct BrowserPool {
     settings: BrowserSettings,
     chrome_path: PathBuf,
+    launcher: Launcher,
     /// The current browser. A std mutex: it is only taken on blocking-pool threads, and
     /// only to read or swap the handle (and to launch, which must not happen twice).
     current: Mutex<Option<Arc<BrowserHandle>>>,
@@ -380,9 +548,16 @@ pub struct BrowserPool {
 impl BrowserPool {
     pub fn new(settings: BrowserSettings, max_pages: usize) -> Result<Arc<Self>, CodedError> {
         let chrome_path = find_chrome(settings.chrome_path.as_deref())?;
+        let launcher = Launcher::start().map_err(|error| {
+            CodedError::new(
+                ErrorCode::BrowserError,
+                format!("cannot start the browser launcher thread: {error}"),
+            )
+        })?;
         Ok(Arc::new(Self {
             settings,
             chrome_path,
+            launcher,
             current: Mutex::new(None),
             permits: Arc::new(Semaphore::new(max_pages.max(1))),
             launches: AtomicU64::new(0),
@@ -401,7 +576,7 @@ impl BrowserPool {
     /// Starts the browser ahead of the first task.
     pub async fn warm_up(self: &Arc<Self>) -> Result<(), CodedError> {
         self.run_blocking(|handle| {
-            info!(pid = ?handle.pid(), "browser ready");
+            info!(pid = handle.pid(), "browser ready");
             handle.refill_spares_in_background();
             Ok(())
         })
@@ -452,33 +627,51 @@ impl BrowserPool {
             }
             // Healthy but due: tasks still running keep it alive; it is killed (whole
             // process tree, profile removed) when the last of them drops it.
-            info!(pid = ?handle.pid, tasks = recycle_after, "recycling the browser");
+            info!(
+                pid = handle.pid(),
+                tasks = recycle_after,
+                "recycling the browser"
+            );
             current.take();
         }
         if let Some(old) = current.take() {
-            warn!(pid = ?old.pid, "replacing a browser that died or stopped answering");
-            old.kill();
+            warn!(
+                pid = old.pid(),
+                "replacing a browser that died or stopped answering"
+            );
+            old.process.kill();
         }
         let handle = Arc::new(self.launch()?);
         *current = Some(Arc::clone(&handle));
         Ok(handle)
     }
 
-    fn launch(&self) -> Result<BrowserHandle, CodedError> {
-        let started = Instant::now();
-        let mut flags: Vec<OsString> = CHROMIUM_FLAGS.iter().map(OsString::from).collect();
-        flags.extend(self.settings.extra_args.iter().map(OsString::from));
-        let flag_refs: Vec<&std::ffi::OsStr> = flags.iter().map(OsString::as_os_str).collect();
-        let replaced: Vec<&std::ffi::OsStr> = REPLACED_DEFAULT_FLAGS
-            .iter()
-            .map(std::ffi::OsStr::new)
-            .collect();
+    /// Chromium's command line for a browser with this profile directory.
+    fn arguments(&self, profile_dir: &Path) -> Vec<OsString> {
+        let mut arguments: Vec<OsString> = CHROMIUM_FLAGS.iter().map(OsString::from).collect();
+        let mut profile = OsString::from("--user-data-dir=");
+        profile.push(profile_dir);
+        arguments.push(profile);
+        arguments.push(format!("--window-size={},{}", WINDOW_SIZE.0, WINDOW_SIZE.1).into());
         let sandbox = match self.settings.sandbox {
             SandboxMode::On => true,
             SandboxMode::Off => false,
             // Chromium's sandbox cannot start as root.
             SandboxMode::Auto => !running_as_root(),
         };
+        if !sandbox {
+            arguments.extend(["--no-sandbox", "--disable-setuid-sandbox"].map(OsString::from));
+        }
+        // Last: an operator's flag wins over ours.
+        arguments.extend(self.settings.extra_args.iter().map(OsString::from));
+        arguments
+    }
+
+    /// Starts Chromium, connects to it and reads its user agent. Blocking; runs on a
+    /// blocking-pool thread.
+    fn launch(&self) -> Result<BrowserHandle, CodedError> {
+        let started = Instant::now();
+        let call_timeout = self.settings.call_timeout;
         let profile_dir = std::env::temp_dir().join(format!(
             "operator-chromium-{}-{}",
             std::process::id(),
@@ -486,61 +679,78 @@ impl BrowserPool {
         ));
         // A leftover from an earlier failed launch of this process would be reused as is.
         let _ = std::fs::remove_dir_all(&profile_dir);
-        let options = LaunchOptions::default_builder()
-            .path(Some(self.chrome_path.clone()))
-            .user_data_dir(Some(profile_dir.clone()))
-            .headless(true)
-            .sandbox(sandbox)
-            .enable_gpu(false)
-            .window_size(Some((1280, 800)))
-            .args(flag_refs)
-            .ignore_default_args(replaced)
-            // headless_chrome accepts any certificate by default; a browser fetching
-            // other people's pages must not.
-            .ignore_certificate_errors(false)
-            .idle_browser_timeout(self.settings.call_timeout)
-            .build()
-            .map_err(|error| {
-                CodedError::new(ErrorCode::BrowserError, format!("browser options: {error}"))
-            })?;
-        let browser = Browser::new(options).map_err(|error| {
+        let mut command = Command::new(&self.chrome_path);
+        command
+            .args(self.arguments(&profile_dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        die_with_launcher(&mut command);
+        let mut child = self.launcher.spawn(command).map_err(|error| {
             CodedError::new(
                 ErrorCode::BrowserError,
                 format!("cannot start {}: {error}", self.chrome_path.display()),
             )
         })?;
-        let ws_url = url::Url::parse(&browser.get_ws_url()).map_err(|error| {
+        let stderr = child.stderr.take();
+        // From here on, a failure drops `process`: the browser is killed, its profile
+        // removed.
+        let process = BrowserProcess {
+            pid: child.id(),
+            child: Mutex::new(child),
+            profile_dir,
+        };
+        let stderr = stderr.ok_or_else(|| {
             CodedError::new(
                 ErrorCode::BrowserError,
-                format!("bad DevTools address: {error}"),
+                "the browser's stderr is not a pipe",
             )
         })?;
-        let pid = browser.get_process_id();
-        let control =
-            Transport::new(ws_url, pid, self.settings.call_timeout, None).map_err(|error| {
-                CodedError::new(
-                    ErrorCode::BrowserError,
-                    format!("cannot open the browser control connection: {error}"),
-                )
-            })?;
+        let url = devtools_url(stderr, call_timeout)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            CodedError::new(
+                ErrorCode::Internal,
+                "a browser is launched outside the runtime",
+            )
+        })?;
+        let connection = runtime
+            .block_on(Connection::connect(&url, call_timeout))
+            .map_err(|error| CodedError::new(ErrorCode::BrowserError, error.to_string()))?;
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Version {
+            user_agent: String,
+        }
+        let version: Version =
+            connection
+                .call("Browser.getVersion", json!({}))
+                .map_err(|error| {
+                    CodedError::new(
+                        ErrorCode::BrowserError,
+                        format!("the new browser does not answer: {error}"),
+                    )
+                })?;
         self.launches.fetch_add(1, Ordering::SeqCst);
-        info!(pid = ?pid, elapsed_ms = started.elapsed().as_millis() as u64, "browser launched");
+        info!(
+            pid = process.pid,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "browser launched"
+        );
         Ok(BrowserHandle {
-            browser,
-            control: Arc::new(control),
-            pid,
-            profile_dir,
+            connection,
+            process,
+            user_agent: version.user_agent,
             broken: AtomicBool::new(false),
             tasks_started: AtomicU64::new(0),
-            call_timeout: self.settings.call_timeout,
+            call_timeout,
             spares: Mutex::new(Vec::new()),
             spare_target: self.settings.spare_pages,
             refilling: AtomicBool::new(false),
         })
     }
 
-    /// Pings the browser so idle connections stay open and a dead browser is noticed
-    /// before a task needs it. Runs until the pool is dropped.
+    /// Pings the browser so that a browser that died or hangs is noticed before a task
+    /// needs it. Runs until the pool is dropped.
     pub fn spawn_keepalive(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -550,19 +760,16 @@ impl BrowserPool {
                 ticker.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
                 let handle = pool.current.lock().ok().and_then(|current| current.clone());
+                // Not held across the ping: a browser replaced meanwhile can go.
+                drop(pool);
                 let Some(handle) = handle else { continue };
-                let answered = tokio::task::spawn_blocking(move || {
-                    let answered = handle.ping();
-                    if !answered {
-                        handle.mark_broken();
-                    }
-                    answered
-                })
-                .await
-                .unwrap_or(false);
-                if !answered {
+                if !handle.ping().await {
+                    handle.mark_broken();
                     warn!("browser did not answer its keep-alive ping; it will be replaced");
                 }
+                // The last reference to a replaced browser kills its processes, which
+                // blocks: never on a runtime thread.
+                tokio::task::spawn_blocking(move || drop(handle));
             }
         })
     }
@@ -575,7 +782,7 @@ impl BrowserPool {
             .ok()
             .and_then(|mut current| current.take());
         if let Some(handle) = handle {
-            handle.kill();
+            handle.process.kill();
         }
     }
 }

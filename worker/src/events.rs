@@ -2,16 +2,17 @@
 //! lifecycle (for `wait_for` navigation), requests in flight (for network idle), the
 //! network log and the console log (artifacts of the task).
 //!
-//! The listener runs on headless_chrome's event thread for the tab, so it only takes a
-//! short lock and copies a few fields.
+//! The listener runs on the browser connection's reader task (see [`crate::cdp`]), so it
+//! only takes a short lock and copies a few fields.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use headless_chrome::Tab;
-use headless_chrome::protocol::cdp::types::Event;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cdp::{Event, Page, Subscription};
 
 /// Log entries kept per task; a page that loops must not grow a log without bound.
 const MAX_LOG_ENTRIES: usize = 2_000;
@@ -97,12 +98,12 @@ impl PageEvents {
         }
     }
 
-    /// Subscribes to the tab's events. The Network and Runtime domains must be enabled
-    /// by the caller for those events to flow.
-    pub fn install(self: &Arc<Self>, tab: &Tab) -> anyhow::Result<()> {
+    /// Subscribes to the page's events until the subscription drops. The Page, Network
+    /// and Runtime domains must be enabled for those events to flow (the pool does it
+    /// when it opens the page).
+    pub fn install(self: &Arc<Self>, page: &Page) -> Subscription {
         let events = Arc::clone(self);
-        tab.add_event_listener(Arc::new(move |event: &Event| events.on_event(event)))?;
-        Ok(())
+        page.subscribe(move |event: &Event| events.on_event(event))
     }
 
     fn since_open(&self) -> u64 {
@@ -111,116 +112,95 @@ impl PageEvents {
 
     fn on_event(&self, event: &Event) {
         let at_ms = self.since_open();
+        match event.method.as_str() {
+            "Page.lifecycleEvent" => {
+                if let Some(lifecycle) = event.parse::<LifecycleEvent>()
+                    && lifecycle.frame_id == self.main_frame
+                {
+                    self.record(|inner, sequence| {
+                        inner
+                            .lifecycle
+                            .push((sequence, lifecycle.loader_id, lifecycle.name));
+                    });
+                }
+            }
+            "Network.requestWillBeSent" => {
+                if let Some(sent) = event.parse::<RequestWillBeSent>() {
+                    self.record(|inner, _| request_will_be_sent(inner, sent, at_ms));
+                }
+            }
+            "Network.responseReceived" => {
+                if let Some(received) = event.parse::<ResponseReceived>() {
+                    self.record(|inner, _| {
+                        if let Some(index) = inner.by_request.get(&received.request_id).copied() {
+                            let entry = &mut inner.entries[index];
+                            entry.status = Some(received.response.status);
+                            entry.mime_type = Some(received.response.mime_type);
+                            entry.remote_address = received.response.remote_ip_address;
+                        }
+                    });
+                }
+            }
+            "Network.loadingFinished" => {
+                if let Some(finished) = event.parse::<LoadingFinished>() {
+                    self.record(|inner, _| {
+                        let entry = request_ended(inner, &finished.request_id, at_ms);
+                        if let Some(entry) = entry {
+                            entry.encoded_bytes = Some(finished.encoded_data_length as u64);
+                        }
+                    });
+                }
+            }
+            "Network.loadingFailed" => {
+                if let Some(failed) = event.parse::<LoadingFailed>() {
+                    self.record(|inner, _| {
+                        let entry = request_ended(inner, &failed.request_id, at_ms);
+                        if let Some(entry) = entry {
+                            entry.error = Some(failed.error_text);
+                        }
+                    });
+                }
+            }
+            "Runtime.consoleAPICalled" => {
+                if let Some(called) = event.parse::<ConsoleApiCalled>() {
+                    let text = called
+                        .args
+                        .into_iter()
+                        .map(|argument| match argument.value {
+                            Some(Value::String(text)) => text,
+                            Some(other) => other.to_string(),
+                            None => argument.description.unwrap_or_default(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let level = called.kind.to_ascii_lowercase();
+                    self.record(|inner, _| self.console(inner, level, text, at_ms));
+                }
+            }
+            "Runtime.exceptionThrown" => {
+                if let Some(thrown) = event.parse::<ExceptionThrown>() {
+                    let details = thrown.exception_details;
+                    let text = details
+                        .exception
+                        .and_then(|exception| exception.description)
+                        .unwrap_or(details.text);
+                    self.record(|inner, _| {
+                        self.console(inner, "exception".to_owned(), text, at_ms)
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies an event to the log under the lock, with the event's sequence number.
+    fn record(&self, apply: impl FnOnce(&mut Inner, u64)) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
         inner.sequence += 1;
         let sequence = inner.sequence;
-        match event {
-            Event::PageLifecycleEvent(lifecycle)
-                if lifecycle.params.frame_id == self.main_frame =>
-            {
-                inner.lifecycle.push((
-                    sequence,
-                    lifecycle.params.loader_id.clone(),
-                    lifecycle.params.name.clone(),
-                ));
-            }
-            Event::NetworkRequestWillBeSent(sent) => {
-                let params = &sent.params;
-                inner.in_flight.insert(params.request_id.clone());
-                inner.last_activity = Some(Instant::now());
-                let existing = inner.by_request.get(&params.request_id).copied();
-                match existing {
-                    // A redirect: the same request id continues at a new URL.
-                    Some(index) if params.redirect_response.is_some() => {
-                        let entry = &mut inner.entries[index];
-                        let previous =
-                            std::mem::replace(&mut entry.url, params.request.url.clone());
-                        entry.redirected_from.push(previous);
-                    }
-                    _ => {
-                        if inner.entries.len() >= MAX_LOG_ENTRIES {
-                            inner.dropped_entries += 1;
-                            return;
-                        }
-                        let index = inner.entries.len();
-                        inner.entries.push(NetworkEntry {
-                            url: truncate(&params.request.url, 2_048),
-                            method: params.request.method.clone(),
-                            resource_type: params
-                                .Type
-                                .as_ref()
-                                .map(|kind| format!("{kind:?}"))
-                                .unwrap_or_default(),
-                            started_ms: at_ms,
-                            status: None,
-                            mime_type: None,
-                            remote_address: None,
-                            duration_ms: None,
-                            encoded_bytes: None,
-                            error: None,
-                            redirected_from: Vec::new(),
-                        });
-                        inner.by_request.insert(params.request_id.clone(), index);
-                    }
-                }
-            }
-            Event::NetworkResponseReceived(received) => {
-                let params = &received.params;
-                if let Some(index) = inner.by_request.get(&params.request_id).copied() {
-                    let entry = &mut inner.entries[index];
-                    entry.status = Some(params.response.status);
-                    entry.mime_type = Some(params.response.mime_type.clone());
-                    entry.remote_address = params.response.remote_ip_address.clone();
-                }
-            }
-            Event::NetworkLoadingFinished(finished) => {
-                let params = &finished.params;
-                inner.in_flight.remove(&params.request_id);
-                inner.last_activity = Some(Instant::now());
-                if let Some(index) = inner.by_request.get(&params.request_id).copied() {
-                    let entry = &mut inner.entries[index];
-                    entry.duration_ms = Some(at_ms.saturating_sub(entry.started_ms));
-                    entry.encoded_bytes = Some(params.encoded_data_length as u64);
-                }
-            }
-            Event::NetworkLoadingFailed(failed) => {
-                let params = &failed.params;
-                inner.in_flight.remove(&params.request_id);
-                inner.last_activity = Some(Instant::now());
-                if let Some(index) = inner.by_request.get(&params.request_id).copied() {
-                    let entry = &mut inner.entries[index];
-                    entry.duration_ms = Some(at_ms.saturating_sub(entry.started_ms));
-                    entry.error = Some(params.error_text.clone());
-                }
-            }
-            Event::RuntimeConsoleAPICalled(called) => {
-                let params = &called.params;
-                let text = params
-                    .args
-                    .iter()
-                    .map(|argument| match &argument.value {
-                        Some(serde_json::Value::String(text)) => text.clone(),
-                        Some(other) => other.to_string(),
-                        None => argument.description.clone().unwrap_or_default(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let level = format!("{:?}", params.Type).to_ascii_lowercase();
-                self.console(&mut inner, level, text, at_ms);
-            }
-            Event::RuntimeExceptionThrown(thrown) => {
-                let details = &thrown.params.exception_details;
-                let text = details
-                    .exception
-                    .as_ref()
-                    .and_then(|exception| exception.description.clone())
-                    .unwrap_or_else(|| details.text.clone());
-                self.console(&mut inner, "exception".to_owned(), text, at_ms);
-            }
-            _ => {}
-        }
+        apply(&mut inner, sequence);
     }
 
     /// The current event sequence number: later events have larger ones.
@@ -274,6 +254,136 @@ impl PageEvents {
         };
         serde_json::json!({ "messages": inner.console })
     }
+}
+
+fn request_will_be_sent(inner: &mut Inner, sent: RequestWillBeSent, at_ms: u64) {
+    inner.in_flight.insert(sent.request_id.clone());
+    inner.last_activity = Some(Instant::now());
+    let existing = inner.by_request.get(&sent.request_id).copied();
+    match existing {
+        // A redirect: the same request id continues at a new URL.
+        Some(index) if sent.redirect_response.is_some() => {
+            let entry = &mut inner.entries[index];
+            let previous = std::mem::replace(&mut entry.url, sent.request.url);
+            entry.redirected_from.push(previous);
+        }
+        _ => {
+            if inner.entries.len() >= MAX_LOG_ENTRIES {
+                inner.dropped_entries += 1;
+                return;
+            }
+            let index = inner.entries.len();
+            inner.entries.push(NetworkEntry {
+                url: truncate(&sent.request.url, 2_048),
+                method: sent.request.method,
+                resource_type: sent.resource_type.unwrap_or_default(),
+                started_ms: at_ms,
+                status: None,
+                mime_type: None,
+                remote_address: None,
+                duration_ms: None,
+                encoded_bytes: None,
+                error: None,
+                redirected_from: Vec::new(),
+            });
+            inner.by_request.insert(sent.request_id, index);
+        }
+    }
+}
+
+/// A request finished or failed: it is no longer in flight; returns its log entry.
+fn request_ended<'a>(
+    inner: &'a mut Inner,
+    request_id: &str,
+    at_ms: u64,
+) -> Option<&'a mut NetworkEntry> {
+    inner.in_flight.remove(request_id);
+    inner.last_activity = Some(Instant::now());
+    let index = inner.by_request.get(request_id).copied()?;
+    let entry = &mut inner.entries[index];
+    entry.duration_ms = Some(at_ms.saturating_sub(entry.started_ms));
+    Some(entry)
+}
+
+// The events' parameters this log reads (CDP names; everything else is ignored).
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LifecycleEvent {
+    frame_id: String,
+    loader_id: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestWillBeSent {
+    request_id: String,
+    request: SentRequest,
+    #[serde(rename = "type")]
+    resource_type: Option<String>,
+    redirect_response: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct SentRequest {
+    url: String,
+    method: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseReceived {
+    request_id: String,
+    response: ReceivedResponse,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReceivedResponse {
+    status: u32,
+    mime_type: String,
+    #[serde(rename = "remoteIPAddress")]
+    remote_ip_address: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LoadingFinished {
+    request_id: String,
+    encoded_data_length: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LoadingFailed {
+    request_id: String,
+    error_text: String,
+}
+
+#[derive(Deserialize)]
+struct ConsoleApiCalled {
+    #[serde(rename = "type")]
+    kind: String,
+    args: Vec<RemoteObject>,
+}
+
+#[derive(Deserialize)]
+struct RemoteObject {
+    value: Option<Value>,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExceptionThrown {
+    exception_details: ExceptionDetails,
+}
+
+#[derive(Deserialize)]
+struct ExceptionDetails {
+    text: String,
+    exception: Option<RemoteObject>,
 }
 
 /// Keeps a console line (up to the cap); returns what was kept.

@@ -19,16 +19,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 
-use headless_chrome::Tab;
-use headless_chrome::browser::tab::RequestPausedDecision;
-use headless_chrome::protocol::cdp::Fetch::events::RequestPausedEvent;
-use headless_chrome::protocol::cdp::Fetch::{FailRequest, RequestPattern, RequestStage};
-use headless_chrome::protocol::cdp::Network::{self, ErrorReason, ResourceType};
-use headless_chrome::protocol::cdp::Runtime;
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
+use serde::Deserialize;
+use serde_json::json;
 use tracing::{info, warn};
 use url::{Host, Url};
+
+use crate::cdp::{Event, FailureLog, Page, PendingCall, Subscription};
 
 /// How many refused requests a task remembers for its result; a page that keeps
 /// retrying a refused address must not grow the result without bound.
@@ -104,15 +102,6 @@ impl RequestGuard {
                 .any(|pattern| wildcard_match(pattern, url))
     }
 
-    /// Installs the guard on a page prepared by [`prepare_page`]: from now on its
-    /// requests are decided by this guard. Must run before the page loads anything.
-    pub fn install(self: &Arc<Self>, tab: &Tab) -> anyhow::Result<()> {
-        let guard = Arc::clone(self);
-        tab.enable_request_interception(Arc::new(
-            move |_transport, _session, event: RequestPausedEvent| guard.decide(&event),
-        ))
-    }
-
     /// Why the page's own document was refused, if it was.
     pub fn document_refusal(&self) -> Option<CodedError> {
         self.document_refusal
@@ -132,38 +121,30 @@ impl RequestGuard {
         (list, total)
     }
 
-    fn decide(&self, event: &RequestPausedEvent) -> RequestPausedDecision {
-        let params = &event.params;
-        let fail = |reason: ErrorReason| {
-            RequestPausedDecision::Fail(FailRequest {
-                request_id: params.request_id.clone(),
-                error_reason: reason,
-            })
-        };
-        let resource_type = format!("{:?}", params.resource_Type);
-        let is_main_document = matches!(params.resource_Type, ResourceType::Document)
-            && params.frame_id == self.main_frame_id;
-        if !is_main_document && self.blocked_by_task(&resource_type, &params.request.url) {
-            return fail(ErrorReason::BlockedByClient);
+    fn decide(&self, paused: &RequestPaused) -> Decision {
+        let is_main_document =
+            paused.resource_type == "Document" && paused.frame_id == self.main_frame_id;
+        let url = &paused.request.url;
+        if !is_main_document && self.blocked_by_task(&paused.resource_type, url) {
+            return Decision::Fail("BlockedByClient");
         }
-        match self.check(&params.request.url) {
-            Verdict::Allow => RequestPausedDecision::Continue(None),
+        match self.check(url) {
+            Verdict::Allow => Decision::Continue,
             Verdict::Unresolvable(message) => {
-                info!(url = %params.request.url, error = %message, "request to an unresolvable host");
-                fail(ErrorReason::NameNotResolved)
+                info!(url = %url, error = %message, "request to an unresolvable host");
+                Decision::Fail("NameNotResolved")
             }
             Verdict::Refuse(error) => {
-                let is_document = is_main_document;
-                warn!(url = %params.request.url, document = is_document, reason = %error.message, "request refused by the network policy");
+                warn!(url = %url, document = is_main_document, reason = %error.message, "request refused by the network policy");
                 self.record(
                     Refusal {
-                        url: params.request.url.clone(),
-                        resource_type,
+                        url: url.clone(),
+                        resource_type: paused.resource_type.clone(),
                         reason: error.message.clone(),
                     },
-                    is_document.then_some(error),
+                    is_main_document.then_some(error),
                 );
-                fail(ErrorReason::BlockedByClient)
+                Decision::Fail("BlockedByClient")
             }
         }
     }
@@ -292,37 +273,103 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     remaining.len() >= last.len() && remaining.ends_with(last)
 }
 
-/// Readies a blank page for a task, ahead of time: every request of every resource type
-/// is paused at the request stage (redirect hops included) and refused until a task's
-/// guard is installed; network and console events flow. Each CDP call costs up to
-/// 100 ms in headless_chrome's transport (rust-headless-chrome issue #446), so this is
-/// done when a spare page is opened, not on the task's path.
-pub fn prepare_page(tab: &Tab) -> anyhow::Result<()> {
-    tab.enable_request_interception(Arc::new(
-        |_transport, _session, event: RequestPausedEvent| {
-            RequestPausedDecision::Fail(FailRequest {
-                request_id: event.params.request_id,
-                error_reason: ErrorReason::BlockedByClient,
-            })
-        },
-    ))?;
-    tab.enable_fetch(
-        Some(&[RequestPattern {
-            url_pattern: Some("*".to_owned()),
-            resource_Type: None,
-            request_stage: Some(RequestStage::Request),
-        }]),
-        None,
-    )?;
-    tab.call_method(Network::Enable {
-        max_total_buffer_size: None,
-        max_resource_buffer_size: None,
-        max_post_data_size: None,
-        report_direct_socket_traffic: None,
-        enable_durable_messages: None,
-    })?;
-    tab.call_method(Runtime::Enable(None))?;
-    Ok(())
+/// `Fetch.requestPaused`, the parts the guard looks at.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestPaused {
+    request_id: String,
+    request: PausedRequest,
+    frame_id: String,
+    resource_type: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PausedRequest {
+    url: String,
+}
+
+/// What happens to a paused request.
+enum Decision {
+    Continue,
+    /// Fail it with this CDP `Network.ErrorReason`.
+    Fail(&'static str),
+}
+
+impl Decision {
+    fn send(&self, page: &Page, request_id: &str) {
+        // Detached: the answer must not wait for Chromium's acknowledgement, and a page
+        // that went away meanwhile makes it fail, which is expected.
+        match self {
+            Self::Continue => page.send_detached(
+                "Fetch.continueRequest",
+                json!({ "requestId": request_id }),
+                FailureLog::Debug,
+            ),
+            Self::Fail(reason) => page.send_detached(
+                "Fetch.failRequest",
+                json!({ "requestId": request_id, "errorReason": reason }),
+                FailureLog::Debug,
+            ),
+        }
+    }
+}
+
+/// A page's request interception, set up when the page is opened (ahead of its task):
+/// every request of every resource type is paused at the request stage, redirect hops
+/// included, and refused until a task's guard is installed.
+pub struct Interception {
+    /// The task's guard, once installed. A std mutex: held only to read or swap the
+    /// `Arc`, on the connection's reader task and on the task's thread.
+    guard: Arc<Mutex<Option<Arc<RequestGuard>>>>,
+    _paused_requests: Subscription,
+}
+
+impl Interception {
+    /// Listens for paused requests, then asks Chromium to pause them; the returned call
+    /// is Chromium's acknowledgement, to be waited for with the page's other set-up.
+    pub fn start(page: &Page) -> (Self, PendingCall) {
+        let guard: Arc<Mutex<Option<Arc<RequestGuard>>>> = Arc::default();
+        let slot = Arc::clone(&guard);
+        let answering = page.clone();
+        let subscription = page.subscribe(move |event: &Event| {
+            if event.method != "Fetch.requestPaused" {
+                return;
+            }
+            let Some(paused) = event.parse::<RequestPaused>() else {
+                return;
+            };
+            let installed = slot.lock().ok().and_then(|guard| guard.clone());
+            let Some(guard) = installed else {
+                Decision::Fail("BlockedByClient").send(&answering, &paused.request_id);
+                return;
+            };
+            // The verdict may resolve a host name, which blocks: it is reached on the
+            // blocking pool, never on the connection's reader.
+            let page = answering.clone();
+            tokio::task::spawn_blocking(move || {
+                guard.decide(&paused).send(&page, &paused.request_id);
+            });
+        });
+        let enabled = page.start(
+            "Fetch.enable",
+            json!({ "patterns": [{ "urlPattern": "*", "requestStage": "Request" }] }),
+        );
+        (
+            Self {
+                guard,
+                _paused_requests: subscription,
+            },
+            enabled,
+        )
+    }
+
+    /// From now on the page's requests are decided by `guard`. Must happen before the
+    /// page loads anything.
+    pub fn install(&self, guard: Arc<RequestGuard>) {
+        if let Ok(mut slot) = self.guard.lock() {
+            *slot = Some(guard);
+        }
+    }
 }
 
 fn refused(message: String) -> CodedError {

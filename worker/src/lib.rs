@@ -1,6 +1,10 @@
 //! The worker role: claims tasks from the queue and runs them in Chromium.
 //!
-//! - [`browser`]: the Chromium pool (warm browser, isolated contexts, blocking pool).
+//! - [`browser`]: the Chromium pool (launch, warm browser, isolated contexts, spare
+//!   pages, crash and hang recovery, blocking pool).
+//! - [`cdp`]: our Chrome DevTools Protocol connection (one WebSocket per browser,
+//!   flattened page sessions, answers and events routed by a reader task).
+//! - [`input`]: mouse and keyboard input (clicks, hovers, key presses, typing).
 //! - [`guard`]: the network policy applied to every request a page makes.
 //! - [`events`]: what a page did (lifecycle, network and console logs).
 //! - [`steps`]: the step executor for `script`, `content` and `scrape` tasks.
@@ -25,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub mod browser;
+pub mod cdp;
 pub mod events;
 pub mod guard;
+pub mod input;
 pub mod render;
 pub mod runner;
 pub mod source;

@@ -11,18 +11,18 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use headless_chrome::Tab;
-use headless_chrome::protocol::cdp::types::Event;
-use headless_chrome::protocol::cdp::{Emulation, Page};
-use headless_chrome::types::PrintToPdfOptions;
 use operator_shared::domain::{
     BlockableResource, ImageFormat, PaperFormat, PdfInput, ScreenshotInput, TaskSpec, Viewport,
     WaitSpec, WaitUntil,
 };
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Value, json};
 
-use crate::browser::{BrowserHandle, PreparedPage};
+use crate::browser::{BrowserHandle, PreparedPage, viewport_params};
+use crate::cdp::{CdpError, Event, Page};
 use crate::events::{ConsoleEntry, PageEvents};
 use crate::guard::RequestGuard;
 use crate::steps::{self, ProgressSink};
@@ -90,9 +90,15 @@ pub fn render(
 ) -> Result<Rendered, RenderFailure> {
     let started = Instant::now();
     // A fresh context with a blank page, opened ahead of time when a spare is ready.
-    let PreparedPage { context, tab } = handle.take_page()?;
-    // The guard and the event log are in place before the page loads anything.
-    let mut guard = RequestGuard::new(policy.clone(), tab.get_target_id().clone());
+    let PreparedPage {
+        context,
+        page,
+        interception,
+    } = handle.take_page()?;
+    // The event log and the guard are in place before the page loads anything.
+    let events = Arc::new(PageEvents::new(page.target_id()).with_log_sink(log_sink));
+    let events_subscription = events.install(&page);
+    let mut guard = RequestGuard::new(policy.clone(), page.target_id());
     if let TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) = spec {
         guard = guard.blocking(
             input
@@ -109,18 +115,11 @@ pub fn render(
         );
     }
     let guard = Arc::new(guard);
-    guard
-        .install(&tab)
-        .map_err(|error| handle.classify(&error, "cannot watch the page's requests"))?;
-    let events = Arc::new(PageEvents::new(tab.get_target_id().clone()).with_log_sink(log_sink));
-    events
-        .install(&tab)
-        .map_err(|error| handle.classify(&error, "cannot watch the page"))?;
+    interception.install(Arc::clone(&guard));
     let page_ms = started.elapsed().as_millis() as u64;
-    handle.refill_spares_in_background();
     let session = Session {
         handle,
-        tab: &tab,
+        page: &page,
         guard: &guard,
         events: &events,
         deadline,
@@ -146,13 +145,13 @@ pub fn render(
     };
     let rendered_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(page_ms, rendered_ms, "render timings");
-    // Disposing the context (and its page) is off the task's path.
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn_blocking(move || drop((context, tab)));
-        }
-        Err(_) => drop(context),
-    }
+    // The spare this task took is replaced now that its page is captured, not while it
+    // loads: Chromium opening a context and a renderer alongside a navigation slowed the
+    // navigation from about 40 ms to 150-200 ms here. A client that waits between
+    // requests gets the refill in that gap; back-to-back requests still overlap it.
+    handle.refill_spares_in_background();
+    // The page's listeners go; disposing its context is sent without waiting.
+    drop((events_subscription, interception, page, context));
     result
 }
 
@@ -167,7 +166,7 @@ fn json_file(name: &str, value: &serde_json::Value) -> RenderedFile {
 /// One task's page and what watches it.
 pub(crate) struct Session<'a> {
     pub(crate) handle: &'a Arc<BrowserHandle>,
-    pub(crate) tab: &'a Arc<Tab>,
+    pub(crate) page: &'a Page,
     pub(crate) guard: &'a RequestGuard,
     pub(crate) events: &'a PageEvents,
     pub(crate) deadline: Instant,
@@ -199,49 +198,56 @@ impl Session<'_> {
         image_type: ImageFormat,
         quality: Option<u8>,
         full_page: bool,
-        clip: Option<Page::Viewport>,
+        clip: Option<Clip>,
     ) -> Result<Vec<u8>, CodedError> {
         let clip = if full_page {
-            let metrics = self
-                .tab
-                .call_method(Page::GetLayoutMetrics(None))
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct LayoutMetrics {
+                css_content_size: Size,
+            }
+            #[derive(Deserialize)]
+            struct Size {
+                width: f64,
+                height: f64,
+            }
+            let metrics: LayoutMetrics = self
+                .page
+                .call("Page.getLayoutMetrics", json!({}))
                 .map_err(|error| self.handle.classify(&error, "cannot measure the page"))?;
             let size = metrics.css_content_size;
-            Some(Page::Viewport {
+            Some(Clip {
                 x: 0.0,
                 y: 0.0,
                 width: size.width.max(1.0),
                 height: size.height.max(1.0),
-                scale: 1.0,
             })
         } else {
             clip
         };
         let format = match image_type {
-            ImageFormat::Png => Page::CaptureScreenshotFormatOption::Png,
-            ImageFormat::Jpeg => Page::CaptureScreenshotFormatOption::Jpeg,
-            ImageFormat::Webp => Page::CaptureScreenshotFormatOption::Webp,
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Webp => "webp",
         };
-        let beyond_viewport = full_page || clip.is_some();
-        let capture = self
-            .tab
-            .call_method(Page::CaptureScreenshot {
-                format: Some(format),
-                quality: quality.map(u32::from),
-                clip,
-                from_surface: Some(true),
-                capture_beyond_viewport: Some(beyond_viewport),
-                optimize_for_speed: None,
-            })
+        let mut params = json!({
+            "format": format,
+            "fromSurface": true,
+            "captureBeyondViewport": full_page || clip.is_some(),
+        });
+        if let Some(quality) = quality {
+            params["quality"] = json!(quality);
+        }
+        if let Some(clip) = clip {
+            params["clip"] = json!({
+                "x": clip.x, "y": clip.y, "width": clip.width, "height": clip.height, "scale": 1,
+            });
+        }
+        let capture: Data = self
+            .page
+            .call("Page.captureScreenshot", params)
             .map_err(|error| self.handle.classify(&error, "screenshot failed"))?;
-        base64::engine::general_purpose::STANDARD
-            .decode(capture.data)
-            .map_err(|error| {
-                CodedError::new(
-                    ErrorCode::BrowserError,
-                    format!("screenshot was not base64: {error}"),
-                )
-            })
+        capture.decode("screenshot")
     }
 
     /// Prints the page to PDF with default margins (the `pdf` step).
@@ -252,72 +258,62 @@ impl Session<'_> {
         print_background: bool,
     ) -> Result<Vec<u8>, CodedError> {
         let (width, height) = format.size_inches();
-        self.tab
-            .print_to_pdf(Some(PrintToPdfOptions {
-                landscape: Some(landscape),
-                display_header_footer: Some(false),
-                print_background: Some(print_background),
-                scale: None,
-                paper_width: Some(width),
-                paper_height: Some(height),
-                margin_top: None,
-                margin_bottom: None,
-                margin_left: None,
-                margin_right: None,
-                page_ranges: None,
-                ignore_invalid_page_ranges: None,
-                header_template: None,
-                footer_template: None,
-                prefer_css_page_size: Some(false),
-                transfer_mode: None,
-                generate_document_outline: None,
-                generate_tagged_pdf: None,
-            }))
-            .map_err(|error| self.handle.classify(&error, "printing to PDF failed"))
+        let printed: Data = self
+            .page
+            .call(
+                "Page.printToPDF",
+                json!({
+                    "landscape": landscape,
+                    "displayHeaderFooter": false,
+                    "printBackground": print_background,
+                    "paperWidth": width,
+                    "paperHeight": height,
+                    "preferCSSPageSize": false,
+                }),
+            )
+            .map_err(|error| self.handle.classify(&error, "printing to PDF failed"))?;
+        printed.decode("PDF")
     }
 
     fn pdf(&self, input: &PdfInput) -> Result<Rendered, CodedError> {
         let geometry = input.geometry()?;
         self.set_viewport_unless_default(&input.viewport)?;
         self.open(input.url.as_str(), &TaskSpec::Pdf(input.clone()).wait())?;
-        let bytes = self
-            .tab
-            .print_to_pdf(Some(PrintToPdfOptions {
-                landscape: Some(input.landscape),
-                display_header_footer: Some(false),
-                print_background: Some(input.print_background),
-                scale: Some(input.scale),
-                paper_width: Some(geometry.width),
-                paper_height: Some(geometry.height),
-                margin_top: Some(geometry.margin_top),
-                margin_bottom: Some(geometry.margin_bottom),
-                margin_left: Some(geometry.margin_left),
-                margin_right: Some(geometry.margin_right),
-                page_ranges: input.page_ranges.clone(),
-                ignore_invalid_page_ranges: None,
-                header_template: None,
-                footer_template: None,
-                prefer_css_page_size: Some(false),
-                transfer_mode: None,
-                generate_document_outline: None,
-                generate_tagged_pdf: None,
-            }))
-            .map_err(|error| {
-                let message = error.to_string();
-                if message.contains("Page range") || message.contains("page range") {
-                    CodedError::new(
-                        ErrorCode::InvalidInput,
-                        format!("input.page_ranges: {message}"),
-                    )
-                } else {
-                    self.handle.classify(&error, "printing to PDF failed")
-                }
-            })?;
+        let mut params = json!({
+            "landscape": input.landscape,
+            "displayHeaderFooter": false,
+            "printBackground": input.print_background,
+            "scale": input.scale,
+            "paperWidth": geometry.width,
+            "paperHeight": geometry.height,
+            "marginTop": geometry.margin_top,
+            "marginBottom": geometry.margin_bottom,
+            "marginLeft": geometry.margin_left,
+            "marginRight": geometry.margin_right,
+            "preferCSSPageSize": false,
+        });
+        if let Some(ranges) = &input.page_ranges {
+            params["pageRanges"] = json!(ranges);
+        }
+        let printed: Data =
+            self.page
+                .call("Page.printToPDF", params)
+                .map_err(|error| match &error {
+                    CdpError::Protocol { message, .. }
+                        if message.contains("Page range") || message.contains("page range") =>
+                    {
+                        CodedError::new(
+                            ErrorCode::InvalidInput,
+                            format!("input.page_ranges: {message}"),
+                        )
+                    }
+                    _ => self.handle.classify(&error, "printing to PDF failed"),
+                })?;
         Ok(Rendered {
             files: vec![RenderedFile {
                 name: "document.pdf".to_owned(),
                 content_type: "application/pdf".to_owned(),
-                bytes,
+                bytes: printed.decode("PDF")?,
             }],
             page: self.facts()?,
             extra: serde_json::Map::new(),
@@ -336,23 +332,11 @@ impl Session<'_> {
     }
 
     pub(crate) fn set_viewport(&self, viewport: &Viewport) -> Result<(), CodedError> {
-        self.tab
-            .call_method(Emulation::SetDeviceMetricsOverride {
-                width: viewport.width,
-                height: viewport.height,
-                device_scale_factor: viewport.device_scale_factor,
-                mobile: false,
-                scale: None,
-                screen_width: None,
-                screen_height: None,
-                position_x: None,
-                position_y: None,
-                dont_set_visible_size: None,
-                screen_orientation: None,
-                viewport: None,
-                display_feature: None,
-                device_posture: None,
-            })
+        self.page
+            .call::<IgnoredAny>(
+                "Emulation.setDeviceMetricsOverride",
+                viewport_params(viewport),
+            )
             .map_err(|error| self.handle.classify(&error, "cannot set the viewport"))?;
         Ok(())
     }
@@ -375,20 +359,22 @@ impl Session<'_> {
             WaitUntil::Load => "load",
             WaitUntil::NetworkIdle => "networkIdle",
         };
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Lifecycle {
+            loader_id: String,
+            name: String,
+        }
         let (sender, receiver) = mpsc::channel::<(String, String)>();
-        let listener = self
-            .tab
-            .add_event_listener(Arc::new(move |event: &Event| {
-                if let Event::PageLifecycleEvent(lifecycle) = event {
-                    let _receiver_gone = sender.send((
-                        lifecycle.params.loader_id.clone(),
-                        lifecycle.params.name.clone(),
-                    ));
-                }
-            }))
-            .map_err(|error| self.handle.classify(&error, "cannot watch the page"))?;
+        let subscription = self.page.subscribe(move |event: &Event| {
+            if event.method == "Page.lifecycleEvent"
+                && let Some(lifecycle) = event.parse::<Lifecycle>()
+            {
+                let _receiver_gone = sender.send((lifecycle.loader_id, lifecycle.name));
+            }
+        });
         let outcome = self.navigate_and_wait(url, milestone, &receiver, deadline);
-        let _already_removed = self.tab.remove_event_listener(&listener);
+        drop(subscription);
         outcome?;
         if let Some(selector) = &wait.wait_for_selector {
             self.wait_for_selector(selector)?;
@@ -406,15 +392,15 @@ impl Session<'_> {
         events: &mpsc::Receiver<(String, String)>,
         deadline: Instant,
     ) -> Result<(), CodedError> {
-        let navigation = self
-            .tab
-            .call_method(Page::Navigate {
-                url: url.to_owned(),
-                referrer: None,
-                transition_Type: None,
-                frame_id: None,
-                referrer_policy: None,
-            })
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Navigated {
+            loader_id: Option<String>,
+            error_text: Option<String>,
+        }
+        let navigation: Navigated = self
+            .page
+            .call("Page.navigate", json!({ "url": url }))
             .map_err(|error| self.handle.classify(&error, "navigation failed"))?;
         self.check_document_allowed()?;
         if let Some(error_text) = navigation.error_text.filter(|text| !text.is_empty()) {
@@ -461,7 +447,7 @@ impl Session<'_> {
     fn wait_for_selector(&self, selector: &str) -> Result<(), CodedError> {
         let selector_literal = serde_json::to_string(selector).unwrap_or_default();
         let probe = format!(
-            "(() => {{ const element = document.querySelector({selector_literal}); \
+            "(() => {{ let element; try {{ element = document.querySelector({selector_literal}); }} catch (error) {{ return 'invalid'; }} \
              if (!element) return false; const box = element.getBoundingClientRect(); \
              const style = getComputedStyle(element); \
              return box.width > 0 && box.height > 0 && style.visibility !== 'hidden' && style.display !== 'none'; }})()"
@@ -474,26 +460,18 @@ impl Session<'_> {
                     format!("no visible element matched {selector:?} before the task's timeout"),
                 )
             })?;
-            let answer = self
-                .tab
-                .evaluate(&probe, false)
-                .map_err(|error| self.handle.classify(&error, "cannot query the page"))?;
-            if let Some(details) = answer
-                .description
-                .as_deref()
-                .filter(|_| answer.value.is_none())
-                && answer.Type == headless_chrome::protocol::cdp::Runtime::RemoteObjectType::Object
-                && details.contains("SyntaxError")
-            {
-                return Err(CodedError::new(
-                    ErrorCode::InvalidInput,
-                    format!("input.wait_for_selector: {selector:?} is not a valid CSS selector"),
-                ));
+            match self.evaluate_json(&probe)? {
+                Value::Bool(true) => return Ok(()),
+                Value::String(answer) if answer == "invalid" => {
+                    return Err(CodedError::new(
+                        ErrorCode::InvalidInput,
+                        format!(
+                            "input.wait_for_selector: {selector:?} is not a valid CSS selector"
+                        ),
+                    ));
+                }
+                _ => std::thread::sleep(remaining.min(Duration::from_millis(50))),
             }
-            if answer.value == Some(serde_json::Value::Bool(true)) {
-                return Ok(());
-            }
-            std::thread::sleep(remaining.min(Duration::from_millis(50)));
         }
     }
 
@@ -513,7 +491,7 @@ impl Session<'_> {
 
     /// The final URL and title, for the task's result.
     pub(crate) fn facts(&self) -> Result<serde_json::Value, CodedError> {
-        // One call: each CDP call costs up to 100 ms in headless_chrome's transport.
+        // One call, one round trip.
         let mut facts = self.evaluate_json("({url: location.href, title: document.title})")?;
         self.check_document_allowed()?;
         let (refused, refused_total) = self.guard.refusals();
@@ -552,5 +530,33 @@ impl Session<'_> {
         } else {
             Ok(remaining)
         }
+    }
+}
+
+/// A rectangle of the page to capture, in CSS pixels from the document's top left.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clip {
+    pub(crate) x: f64,
+    pub(crate) y: f64,
+    pub(crate) width: f64,
+    pub(crate) height: f64,
+}
+
+/// The answer of `Page.captureScreenshot` and `Page.printToPDF`: the file, in base64.
+#[derive(Deserialize)]
+struct Data {
+    data: String,
+}
+
+impl Data {
+    fn decode(&self, what: &str) -> Result<Vec<u8>, CodedError> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.data)
+            .map_err(|error| {
+                CodedError::new(
+                    ErrorCode::BrowserError,
+                    format!("the {what} was not base64: {error}"),
+                )
+            })
     }
 }

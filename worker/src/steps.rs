@@ -12,15 +12,16 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use headless_chrome::browser::tab::point::Point;
-use headless_chrome::protocol::cdp::{Emulation, Input, Network, Runtime};
 use operator_shared::domain::{
     BrowseInput, CookieSpec, ElementState, Extraction, PageEvent, Step, TaskKind, WaitSpec,
 };
 use operator_shared::error::{CodedError, ErrorCode};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
-use crate::render::{Rendered, RenderedFile, Session};
+use crate::input::{self, Point, PressError};
+use crate::render::{Clip, Rendered, RenderedFile, Session};
 
 /// How often an element is looked for while waiting.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -163,18 +164,12 @@ impl Run<'_, '_> {
             ),
             Step::Click { selector, .. } => {
                 let point = session.element_centre(selector, deadline)?;
-                session
-                    .tab
-                    .click_point(point)
-                    .map(|_| ())
+                input::click(session.page, point)
                     .map_err(|error| session.handle.classify(&error, "click failed"))
             }
             Step::Hover { selector, .. } => {
                 let point = session.element_centre(selector, deadline)?;
-                session
-                    .tab
-                    .move_mouse_to_point(point)
-                    .map(|_| ())
+                input::move_mouse(session.page, point)
                     .map_err(|error| session.handle.classify(&error, "hover failed"))
             }
             Step::Type {
@@ -203,11 +198,14 @@ impl Run<'_, '_> {
                     session.wait_element(selector, ElementState::Visible, deadline)?;
                     session.focus(selector, false)?;
                 }
-                session.tab.press_key(key).map(|_| ()).map_err(|error| {
-                    CodedError::new(
+                input::press_key(session.page, key).map_err(|error| match error {
+                    PressError::UnknownKey => CodedError::new(
                         ErrorCode::StepFailed,
                         format!("cannot press {key:?}: {error}"),
-                    )
+                    ),
+                    PressError::Cdp(error) => session
+                        .handle
+                        .classify(&error, &format!("cannot press {key:?}")),
                 })
             }
             Step::Select {
@@ -551,7 +549,7 @@ impl Session<'_> {
         &self,
         selector: &str,
         deadline: Instant,
-    ) -> Result<headless_chrome::protocol::cdp::Page::Viewport, CodedError> {
+    ) -> Result<Clip, CodedError> {
         self.wait_element(selector, ElementState::Visible, deadline)?;
         let answer = self.evaluate_json(&format!(
             "(() => {{ const element = document.querySelector({}); element.scrollIntoView({{block: 'nearest'}}); \
@@ -559,12 +557,11 @@ impl Session<'_> {
              return {{x: box.left + window.scrollX, y: box.top + window.scrollY, width: box.width, height: box.height}}; }})()",
             js_string(selector)
         ))?;
-        Ok(headless_chrome::protocol::cdp::Page::Viewport {
+        Ok(Clip {
             x: answer["x"].as_f64().unwrap_or(0.0),
             y: answer["y"].as_f64().unwrap_or(0.0),
             width: answer["width"].as_f64().unwrap_or(1.0).max(1.0),
             height: answer["height"].as_f64().unwrap_or(1.0).max(1.0),
-            scale: 1.0,
         })
     }
 
@@ -578,38 +575,42 @@ impl Session<'_> {
     }
 
     pub(crate) fn insert_text(&self, text: &str) -> Result<(), CodedError> {
-        self.tab
-            .call_method(Input::InsertText {
-                text: text.to_owned(),
-            })
-            .map(|_| ())
+        input::insert_text(self.page, text)
             .map_err(|error| self.handle.classify(&error, "typing failed"))
     }
 
     /// Evaluates an expression in the page and returns its value as JSON (a promise is
     /// awaited). A thrown exception is a `step_failed`.
     pub(crate) fn evaluate_json(&self, expression: &str) -> Result<Value, CodedError> {
-        let reply = self
-            .tab
-            .call_method(Runtime::Evaluate {
-                expression: expression.to_owned(),
-                object_group: None,
-                include_command_line_api: None,
-                silent: Some(true),
-                context_id: None,
-                return_by_value: Some(true),
-                generate_preview: None,
-                // Not a user gesture: Chromium's popup blocker stays in force.
-                user_gesture: Some(false),
-                await_promise: Some(true),
-                throw_on_side_effect: None,
-                timeout: None,
-                disable_breaks: None,
-                repl_mode: None,
-                allow_unsafe_eval_blocked_by_csp: None,
-                unique_context_id: None,
-                serialization_options: None,
-            })
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Evaluated {
+            result: RemoteValue,
+            exception_details: Option<ExceptionDetails>,
+        }
+        #[derive(Deserialize)]
+        struct RemoteValue {
+            value: Option<Value>,
+            description: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct ExceptionDetails {
+            text: String,
+            exception: Option<RemoteValue>,
+        }
+        let reply: Evaluated = self
+            .page
+            .call(
+                "Runtime.evaluate",
+                json!({
+                    "expression": expression,
+                    "silent": true,
+                    "returnByValue": true,
+                    // Not a user gesture: Chromium's popup blocker stays in force.
+                    "userGesture": false,
+                    "awaitPromise": true,
+                }),
+            )
             .map_err(|error| {
                 self.handle
                     .classify(&error, "cannot run script in the page")
@@ -656,29 +657,23 @@ impl Session<'_> {
         if input.user_agent.is_some() || input.locale.is_some() {
             let user_agent = match &input.user_agent {
                 Some(user_agent) => user_agent.clone(),
-                None => self
-                    .handle
-                    .browser()
-                    .get_version()
-                    .map(|version| version.user_agent.replace("HeadlessChrome", "Chrome"))
-                    .map_err(|error| self.handle.classify(&error, "cannot read the user agent"))?,
+                None => self.handle.user_agent().replace("HeadlessChrome", "Chrome"),
             };
             self.set_user_agent(&user_agent, input.locale.as_deref())?;
         }
         if let Some(locale) = &input.locale {
-            self.tab
-                .call_method(Emulation::SetLocaleOverride {
-                    locale: Some(locale.clone()),
-                })
+            self.page
+                .call::<IgnoredAny>("Emulation.setLocaleOverride", json!({ "locale": locale }))
                 .map_err(|error| {
                     CodedError::new(ErrorCode::InvalidInput, format!("input.locale: {error}"))
                 })?;
         }
         if let Some(timezone) = &input.timezone {
-            self.tab
-                .call_method(Emulation::SetTimezoneOverride {
-                    timezone_id: timezone.clone(),
-                })
+            self.page
+                .call::<IgnoredAny>(
+                    "Emulation.setTimezoneOverride",
+                    json!({ "timezoneId": timezone }),
+                )
                 .map_err(|error| {
                     CodedError::new(ErrorCode::InvalidInput, format!("input.timezone: {error}"))
                 })?;
@@ -692,27 +687,30 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// The user agent (and with a locale, the `Accept-Language` header) of the page.
     pub(crate) fn set_user_agent(
         &self,
         user_agent: &str,
         locale: Option<&str>,
     ) -> Result<(), CodedError> {
-        self.tab
-            .set_user_agent(user_agent, locale, None)
-            .map_err(|error| self.handle.classify(&error, "cannot set the user agent"))
+        let mut params = json!({ "userAgent": user_agent });
+        if let Some(locale) = locale {
+            params["acceptLanguage"] = json!(locale);
+        }
+        self.page
+            .call::<IgnoredAny>("Network.setUserAgentOverride", params)
+            .map_err(|error| self.handle.classify(&error, "cannot set the user agent"))?;
+        Ok(())
     }
 
     pub(crate) fn set_extra_headers(
         &self,
         headers: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), CodedError> {
-        let map: HashMap<&str, &str> = headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
-        self.tab
-            .set_extra_http_headers(map)
-            .map_err(|error| self.handle.classify(&error, "cannot set extra headers"))
+        self.page
+            .call::<IgnoredAny>("Network.setExtraHTTPHeaders", json!({ "headers": headers }))
+            .map_err(|error| self.handle.classify(&error, "cannot set extra headers"))?;
+        Ok(())
     }
 
     /// Sets cookies in the task's context. A cookie without `url` or `domain` belongs
@@ -730,35 +728,41 @@ impl Session<'_> {
                 .filter(|url| url.starts_with("http"))
                 .map(str::to_owned),
         };
-        let params = cookies
+        let params: Vec<Value> = cookies
             .iter()
-            .map(|cookie| Network::CookieParam {
-                name: cookie.name.clone(),
-                value: cookie.value.clone(),
-                url: cookie
+            .map(|cookie| {
+                let url = cookie
                     .url
                     .as_ref()
                     .map(|url| url.as_str().to_owned())
-                    .or_else(|| cookie.domain.is_none().then(|| current.clone()).flatten()),
-                domain: cookie.domain.clone(),
-                path: cookie.path.clone(),
-                secure: Some(cookie.secure),
-                http_only: Some(cookie.http_only),
-                same_site: None,
-                expires: None,
-                priority: None,
-                same_party: None,
-                source_scheme: None,
-                source_port: None,
-                partition_key: None,
+                    .or_else(|| cookie.domain.is_none().then(|| current.clone()).flatten());
+                let mut param = json!({
+                    "name": cookie.name,
+                    "value": cookie.value,
+                    "secure": cookie.secure,
+                    "httpOnly": cookie.http_only,
+                });
+                for (field, value) in [
+                    ("url", url),
+                    ("domain", cookie.domain.clone()),
+                    ("path", cookie.path.clone()),
+                ] {
+                    if let Some(value) = value {
+                        param[field] = json!(value);
+                    }
+                }
+                param
             })
             .collect();
-        self.tab.set_cookies(params).map_err(|error| {
-            CodedError::new(
-                ErrorCode::StepFailed,
-                format!("cannot set cookies: {error}"),
-            )
-        })
+        self.page
+            .call::<IgnoredAny>("Network.setCookies", json!({ "cookies": params }))
+            .map_err(|error| {
+                CodedError::new(
+                    ErrorCode::StepFailed,
+                    format!("cannot set cookies: {error}"),
+                )
+            })?;
+        Ok(())
     }
 
     /// The HTML of the page as it is now (after its scripts ran).
@@ -771,11 +775,28 @@ impl Session<'_> {
 
     /// The context's cookies for the current page and its origin's localStorage.
     pub(crate) fn storage_state(&self) -> Result<Value, CodedError> {
-        let cookies = self
-            .tab
-            .get_cookies()
+        #[derive(Deserialize)]
+        struct Cookies {
+            cookies: Vec<Cookie>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Cookie {
+            name: String,
+            value: String,
+            domain: String,
+            path: String,
+            expires: f64,
+            http_only: bool,
+            secure: bool,
+        }
+        // Without `urls`, the cookies the current page would send.
+        let reply: Cookies = self
+            .page
+            .call("Network.getCookies", json!({}))
             .map_err(|error| self.handle.classify(&error, "cannot read cookies"))?;
-        let cookies: Vec<Value> = cookies
+        let cookies: Vec<Value> = reply
+            .cookies
             .into_iter()
             .map(|cookie| {
                 json!({
