@@ -6,19 +6,24 @@
 //! produced: the image, the PDF or the HTML with its content type, or the scraped JSON.
 //! A task that is still running when the wait ends is answered with `202` and the task
 //! (poll its `Location`). A task that failed is answered with its error code.
+//!
+//! The wait wakes on the task's own events (the event bus the live streams use), so the
+//! answer leaves as soon as the task ends, not at the next poll.
 
 // Response enums are built once and returned at once.
 #![allow(clippy::large_enum_variant)]
 
 use std::time::Duration;
 
-use operator_shared::domain::{TaskKind, TaskRecord, TaskState};
+use operator_shared::domain::{TaskId, TaskKind, TaskRecord, TaskState};
 use operator_shared::error::{CodedError, ErrorCode};
+use operator_shared::events::{EventBus, EventNotice};
 use poem::Body;
 use poem::http::StatusCode;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
+use tokio::sync::broadcast;
 use tracing::warn;
 
 use crate::artifacts::ArtifactBody;
@@ -254,10 +259,12 @@ impl OneShotApi {
             Ok(new_task) => new_task,
             Err(error) => return Ok(Waited::Invalid(error)),
         };
+        // Subscribed before the task exists, so that no event of it can be missed.
+        let mut notices = state.repo.event_bus().map(EventBus::subscribe);
         let task = state.repo.create(new_task).await.map_err(ApiError::from)?;
         state.dispatch(&task).await;
         let deadline = tokio::time::Instant::now() + state.settings.server.sync_wait;
-        // A primary-key read per poll; 50 ms keeps the added latency small.
+        // Without an event bus: a primary-key read per poll, every 50 ms at most.
         let mut pause = Duration::from_millis(20);
         let tenant = task.tenant.clone();
         let id = task.id;
@@ -274,11 +281,27 @@ impl OneShotApi {
                     }
                 });
             }
-            if tokio::time::Instant::now() + pause > deadline {
-                return Ok(Waited::Pending(latest));
+            let now = tokio::time::Instant::now();
+            match notices.as_mut() {
+                Some(receiver) => {
+                    if now >= deadline {
+                        return Ok(Waited::Pending(latest));
+                    }
+                    // The task's next event wakes the wait; a re-read every second
+                    // covers a notice lost on the way.
+                    let wait = (deadline - now).min(NOTICE_RECHECK);
+                    if let Ok(false) = tokio::time::timeout(wait, next_notice(receiver, id)).await {
+                        notices = None;
+                    }
+                }
+                None => {
+                    if now + pause > deadline {
+                        return Ok(Waited::Pending(latest));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
             latest = match state.repo.get(&tenant, id).await {
                 Ok(Some(task)) => task,
                 Ok(None) => {
@@ -286,6 +309,23 @@ impl OneShotApi {
                 }
                 Err(error) => return Err(ApiError::from(error).into()),
             };
+        }
+    }
+}
+
+/// How long a one-call wait trusts the event bus before it reads the task anyway.
+const NOTICE_RECHECK: Duration = Duration::from_secs(1);
+
+/// Waits for a notice of new events of task `id`: `true` when one came (or notices were
+/// dropped because this reader fell behind, which may have hidden one), `false` when
+/// the bus is gone.
+async fn next_notice(receiver: &mut broadcast::Receiver<EventNotice>, id: TaskId) -> bool {
+    loop {
+        match receiver.recv().await {
+            Ok(notice) if notice.task_id == id => return true,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return true,
+            Err(broadcast::error::RecvError::Closed) => return false,
         }
     }
 }
