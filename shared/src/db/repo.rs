@@ -958,22 +958,6 @@ impl TaskRepository {
         let error = outcome.error();
         let (mut events, state_data) = finish_events(&outcome, next_state, error.as_ref());
         if let Some(writers) = self.writers() {
-            let artifacts = match &outcome {
-                TaskOutcome::Succeeded { artifacts, .. } => artifacts
-                    .iter()
-                    .map(|new| {
-                        json!({
-                            "id": new.id.as_uuid(),
-                            "name": new.name,
-                            "content_type": new.content_type,
-                            "size_bytes": new.size_bytes,
-                            "storage_key": new.storage_key,
-                            "sha256": new.sha256,
-                        })
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
             let listed: Vec<serde_json::Value> = events
                 .iter()
                 .chain(std::iter::once(&("state", state_data.clone())))
@@ -999,7 +983,7 @@ impl TaskRepository {
                 error_message: error.as_ref().map(|error| error.message.clone()),
                 run_at,
                 outcome: outcome.attempt_outcome().as_str(),
-                artifacts: serde_json::Value::Array(artifacts),
+                artifacts: serde_json::Value::Array(artifact_rows(&outcome)),
                 events: serde_json::Value::Array(listed),
             };
             let finished = writers.finish.call(request).await?;
@@ -1046,25 +1030,8 @@ impl TaskRepository {
         events.push(("state", state_data));
         insert_events(&transaction, id, &record.tenant, events, now).await?;
         if next_state.is_terminal() {
-            let artifacts = match &outcome {
-                TaskOutcome::Succeeded { artifacts, .. } => artifacts
-                    .iter()
-                    .map(|artifact| {
-                        json!({
-                            "id": artifact.id,
-                            "name": artifact.name,
-                            "content_type": artifact.content_type,
-                            "size_bytes": artifact.size_bytes,
-                            "sha256": artifact.sha256,
-                            // Internal: lets the dispatcher presign a download; never sent.
-                            "storage_key": artifact.storage_key,
-                        })
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
             // Invariant 3: the outbox rows commit with the terminal state.
-            write_outbox(&transaction, &record, artifacts, now).await?;
+            write_outbox(&transaction, &record, artifact_rows(&outcome), now).await?;
         }
         transaction.commit().await?;
         self.announce(&record.tenant, id);
@@ -1241,6 +1208,28 @@ fn finish_update(
         .filter(task::Column::Id.eq(id.as_uuid()))
         .filter(task::Column::LeaseToken.eq(token.as_uuid()))
         .filter(task::Column::State.eq(TaskState::Running.as_str()))
+}
+
+/// The artifacts a successful run stored, as the batch finish writes them and the
+/// webhook outbox lists them (`storage_key` is internal there: it lets the dispatcher
+/// presign a download and is never sent).
+fn artifact_rows(outcome: &TaskOutcome) -> Vec<serde_json::Value> {
+    let TaskOutcome::Succeeded { artifacts, .. } = outcome else {
+        return Vec::new();
+    };
+    artifacts
+        .iter()
+        .map(|artifact| {
+            json!({
+                "id": artifact.id,
+                "name": artifact.name,
+                "content_type": artifact.content_type,
+                "size_bytes": artifact.size_bytes,
+                "sha256": artifact.sha256,
+                "storage_key": artifact.storage_key,
+            })
+        })
+        .collect()
 }
 
 /// A finish's events: one `artifact` event per artifact, in order, then the data of
