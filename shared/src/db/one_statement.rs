@@ -113,6 +113,7 @@ pub(super) async fn start_many(
     at: DateTime<Utc>,
 ) -> Result<Vec<task::Model>, DbErr> {
     let mut statement = Composed::new("");
+    let ids = statement.bind(id_array(requests.iter().map(|request| request.id)));
     let requests = statement.bind(serde_json::to_value(requests).map_err(json_error)?);
     let at = statement.bind(at);
     statement.sql = format!(
@@ -121,8 +122,8 @@ pub(super) async fn start_many(
          t AS (UPDATE tasks SET state = 'running', attempts = tasks.attempts + 1, \
          lease_token = request.token, lease_expires_at = request.lease_until, \
          worker_id = request.worker, started_at = COALESCE(tasks.started_at, {at}), \
-         updated_at = {at} FROM request WHERE tasks.id = request.id \
-         AND (tasks.state = 'queued' \
+         updated_at = {at} FROM request WHERE tasks.id = ANY({ids}::uuid[]) \
+         AND tasks.id = request.id AND (tasks.state = 'queued' \
          OR (tasks.state = 'running' AND tasks.lease_expires_at <= {at})) \
          RETURNING tasks.*)"
     );
@@ -200,6 +201,7 @@ pub(super) async fn finish_many(
     at: DateTime<Utc>,
 ) -> Result<Vec<(task::Model, Uuid)>, DbErr> {
     let mut statement = Composed::new("");
+    let ids = statement.bind(id_array(requests.iter().map(|request| request.id)));
     let requests = statement.bind(serde_json::to_value(requests).map_err(json_error)?);
     let at = statement.bind(at);
     statement.sql = format!(
@@ -213,7 +215,8 @@ pub(super) async fn finish_many(
          finished_at = CASE WHEN request.terminal THEN {at} ELSE tasks.finished_at END, \
          result = CASE WHEN request.set_result THEN request.result ELSE tasks.result END, \
          run_at = COALESCE(request.run_at, tasks.run_at) \
-         FROM request WHERE tasks.id = request.id AND tasks.lease_token = request.token \
+         FROM request WHERE tasks.id = ANY({ids}::uuid[]) AND tasks.id = request.id \
+         AND tasks.lease_token = request.token \
          AND tasks.state = 'running' AND (NOT request.terminal \
          OR (tasks.webhook_url IS NULL AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w \
          WHERE w.tenant_id = tasks.tenant_id AND w.enabled))) \
@@ -262,6 +265,15 @@ pub(super) async fn finish_many(
             Ok((model, token))
         })
         .collect()
+}
+
+/// The batch's task ids as a PostgreSQL array literal (`{id,id,…}`), for
+/// `tasks.id = ANY($n::uuid[])`. The planner sees how many ids there are and looks each
+/// up by key; joined only to the JSON rows, whose count it cannot know, it would rather
+/// scan every live task of the backlog.
+fn id_array(ids: impl Iterator<Item = Uuid>) -> String {
+    let listed: Vec<String> = ids.map(|id| id.to_string()).collect();
+    format!("{{{}}}", listed.join(","))
 }
 
 fn json_error(error: serde_json::Error) -> DbErr {
