@@ -45,7 +45,7 @@ impl Options {
             pickup_rate: 500,
             worker_counts: vec![1, 4, 16],
             ceiling_requests: 200_000,
-            end_to_end_tasks: 5_000,
+            end_to_end_tasks: 20_000,
             end_to_end_clients: 16,
             end_to_end_consumers: 16,
             apalis: true,
