@@ -246,65 +246,78 @@ fn batch_failed(what: &str, size: usize, error: &DbErr) {
 }
 
 /// Starts a batch of claimed tasks; each request's answer is its row when it won the
-/// start. A failed batch is retried one request at a time.
+/// start.
 async fn start_batch(
     db: DatabaseConnection,
     requests: Vec<one_statement::StartRequest>,
 ) -> Vec<Result<Option<task::Model>, RepoError>> {
-    let answer = |rows: &[task::Model], request: &one_statement::StartRequest| {
-        rows.iter()
-            .find(|row| row.id == request.id && row.lease_token == Some(request.token))
-            .cloned()
-    };
-    if requests.len() > 1 {
-        match one_statement::start_many(&db, &requests, now()).await {
-            Ok(rows) => {
-                return requests
-                    .iter()
-                    .map(|request| Ok(answer(&rows, request)))
-                    .collect();
-            }
-            Err(error) => batch_failed("start", requests.len(), &error),
-        }
-    }
-    let mut answers = Vec::with_capacity(requests.len());
-    for request in &requests {
-        let rows = one_statement::start_many(&db, std::slice::from_ref(request), now()).await;
-        answers.push(
-            rows.map(|rows| answer(&rows, request))
-                .map_err(RepoError::from),
-        );
-    }
-    answers
+    write_batch(
+        "start",
+        requests,
+        move |batch: Vec<one_statement::StartRequest>| {
+            let db = db.clone();
+            async move { one_statement::start_many(&db, &batch, now()).await }
+        },
+        |rows: &[task::Model], request: &one_statement::StartRequest| {
+            rows.iter()
+                .find(|row| row.id == request.id && row.lease_token == Some(request.token))
+                .cloned()
+        },
+    )
+    .await
 }
 
 /// Records a batch of finishes; each request's answer is its row when its guard held.
-/// A failed batch is retried one request at a time.
 async fn finish_batch(
     db: DatabaseConnection,
     requests: Vec<one_statement::FinishRequest>,
 ) -> Vec<Result<Option<task::Model>, RepoError>> {
-    let answer = |rows: &[(task::Model, Uuid)], request: &one_statement::FinishRequest| {
-        rows.iter()
-            .find(|(row, token)| row.id == request.id && *token == request.token)
-            .map(|(row, _)| row.clone())
-    };
+    write_batch(
+        "finish",
+        requests,
+        move |batch: Vec<one_statement::FinishRequest>| {
+            let db = db.clone();
+            async move { one_statement::finish_many(&db, &batch, now()).await }
+        },
+        |rows: &[(task::Model, Uuid)], request: &one_statement::FinishRequest| {
+            rows.iter()
+                .find(|(row, token)| row.id == request.id && *token == request.token)
+                .map(|(row, _)| row.clone())
+        },
+    )
+    .await
+}
+
+/// Writes `requests` with one call of `write`, and gives each request the row `answer`
+/// finds for it. A failed batch is written again one request at a time.
+async fn write_batch<R, Row, W, Fut, A>(
+    what: &str,
+    requests: Vec<R>,
+    write: W,
+    answer: A,
+) -> Vec<Result<Option<task::Model>, RepoError>>
+where
+    R: Clone,
+    W: Fn(Vec<R>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Row>, DbErr>>,
+    A: Fn(&[Row], &R) -> Option<task::Model>,
+{
     if requests.len() > 1 {
-        match one_statement::finish_many(&db, &requests, now()).await {
+        match write(requests.clone()).await {
             Ok(rows) => {
                 return requests
                     .iter()
                     .map(|request| Ok(answer(&rows, request)))
                     .collect();
             }
-            Err(error) => batch_failed("finish", requests.len(), &error),
+            Err(error) => batch_failed(what, requests.len(), &error),
         }
     }
     let mut answers = Vec::with_capacity(requests.len());
-    for request in &requests {
-        let rows = one_statement::finish_many(&db, std::slice::from_ref(request), now()).await;
+    for request in requests {
+        let rows = write(vec![request.clone()]).await;
         answers.push(
-            rows.map(|rows| answer(&rows, request))
+            rows.map(|rows| answer(&rows, &request))
                 .map_err(RepoError::from),
         );
     }
