@@ -56,6 +56,15 @@ impl Composed {
         self.sql.push(')');
     }
 
+    /// Runs the statement, whose rows are task rows.
+    async fn task_rows(self, db: &DatabaseConnection) -> Result<Vec<task::Model>, DbErr> {
+        self.rows(db)
+            .await?
+            .iter()
+            .map(|row| task::Model::from_query_result(row, ""))
+            .collect()
+    }
+
     async fn rows(self, db: &DatabaseConnection) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
         let statement =
             Statement::from_sql_and_values(DatabaseBackend::Postgres, self.sql, self.values);
@@ -80,12 +89,7 @@ pub(super) async fn create_many(
          FROM t",
     );
     statement.sql.push_str(" SELECT * FROM t");
-    statement
-        .rows(db)
-        .await?
-        .iter()
-        .map(|row| task::Model::from_query_result(row, ""))
-        .collect()
+    statement.task_rows(db).await
 }
 
 /// One worker's claim of one task, to start under its lease.
@@ -157,12 +161,7 @@ pub(super) async fn start_many(
         "SELECT set_config('synchronous_commit', 'off', true)",
     );
     statement.sql.push_str(" SELECT t.* FROM t, no_flush_wait");
-    statement
-        .rows(db)
-        .await?
-        .iter()
-        .map(|row| task::Model::from_query_result(row, ""))
-        .collect()
+    statement.task_rows(db).await
 }
 
 /// How a worker's run of one task ended, to record under its lease.
