@@ -253,10 +253,6 @@ pub struct BrowserSettings {
     /// A browser is replaced after this many tasks (0: never), so that leaks in a
     /// long-lived Chromium (memory, handles) cannot accumulate.
     pub recycle_after: u64,
-    /// A browser is also replaced once its processes together hold more than this much
-    /// memory (MiB of proportional set size, each shared page counted once; 0: never).
-    /// Checked with the keep-alive ping; the browser's running tasks finish first.
-    pub recycle_above_mb: u64,
     /// Blank pages (each in a fresh context) kept open ahead of tasks; opening one costs
     /// about half a second of a task's latency. Each holds a renderer process.
     pub spare_pages: usize,
@@ -279,7 +275,6 @@ impl Default for BrowserSettings {
             call_timeout: Duration::from_secs(30),
             launch_timeout: Duration::from_secs(20),
             recycle_after: 200,
-            recycle_above_mb: 2048,
             spare_pages: 2,
         }
     }

@@ -157,37 +157,3 @@ async fn a_browser_is_recycled_after_its_quota_of_tasks() {
     assert_ne!(now[0], first[0], "recycled");
     app.shutdown().await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_above_its_memory_limit_is_recycled() {
-    // Any browser holds more than 1 MiB; the keep-alive (every call_timeout / 3) finds
-    // it, and the next task gets a new browser.
-    let app = TestApp::embedded_with(|settings| {
-        settings.browser.recycle_above_mb = 1;
-        settings.browser.call_timeout = std::time::Duration::from_secs(3);
-    })
-    .await;
-    let pages = PageServer::start().await;
-    let first = our_browsers();
-    assert_eq!(first.len(), 1);
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let (_, task) = app
-        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("memory")}}))
-        .await;
-    let done = app
-        .wait_for(
-            task["id"].as_str().expect("id"),
-            &["succeeded", "failed", "dead"],
-            TASK_DEADLINE,
-        )
-        .await;
-    assert_eq!(done["state"], "succeeded", "{done}");
-    let now = our_browsers();
-    assert_eq!(
-        now.len(),
-        1,
-        "the replaced browser's processes are gone: {now:?}"
-    );
-    assert_ne!(now[0], first[0], "recycled for its memory");
-    app.shutdown().await;
-}

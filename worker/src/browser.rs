@@ -113,8 +113,6 @@ pub struct BrowserHandle {
     /// task gets a new browser.
     broken: AtomicBool,
     pub tasks_started: AtomicU64,
-    /// Set when the keep-alive found the browser above `browser.recycle_above_mb`.
-    over_memory: AtomicBool,
     /// A call that takes longer means a hung browser.
     call_timeout: Duration,
     /// Blank pages, each in its own never-used context, opened ahead of the tasks that
@@ -152,22 +150,6 @@ pub(crate) fn viewport_params(viewport: &Viewport) -> Value {
 impl BrowserHandle {
     pub fn pid(&self) -> u32 {
         self.process.pid
-    }
-
-    /// The proportional set size of the browser's processes (the main one and all
-    /// below it), in bytes: what replacing the browser would give back. Blocking.
-    pub fn memory_bytes(&self) -> u64 {
-        std::iter::once(self.process.pid)
-            .chain(descendants_of(self.process.pid))
-            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-            .filter_map(|rollup| {
-                rollup.lines().find_map(|line| {
-                    let kilobytes = line.strip_prefix("Pss:")?.trim().strip_suffix("kB")?;
-                    kilobytes.trim().parse::<u64>().ok()
-                })
-            })
-            .map(|kilobytes| kilobytes * 1024)
-            .sum()
     }
 
     pub fn user_agent(&self) -> &str {
@@ -640,16 +622,15 @@ impl BrowserPool {
             && handle.is_usable()
         {
             let recycle_after = self.settings.recycle_after;
-            let tasks = handle.tasks_started.load(Ordering::Relaxed);
-            let over_memory = handle.over_memory.load(Ordering::Relaxed);
-            if (recycle_after == 0 || tasks < recycle_after) && !over_memory {
+            if recycle_after == 0 || handle.tasks_started.load(Ordering::Relaxed) < recycle_after {
                 return Ok(Arc::clone(handle));
             }
             // Healthy but due: tasks still running keep it alive; it is killed (whole
             // process tree, profile removed) when the last of them drops it.
             info!(
                 pid = handle.pid(),
-                tasks, over_memory, "recycling the browser"
+                tasks = recycle_after,
+                "recycling the browser"
             );
             current.take();
         }
@@ -761,7 +742,6 @@ impl BrowserPool {
             user_agent: version.user_agent,
             broken: AtomicBool::new(false),
             tasks_started: AtomicU64::new(0),
-            over_memory: AtomicBool::new(false),
             call_timeout,
             spares: Mutex::new(Vec::new()),
             spare_target: self.settings.spare_pages,
@@ -780,7 +760,6 @@ impl BrowserPool {
                 ticker.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
                 let handle = pool.current.lock().ok().and_then(|current| current.clone());
-                let memory_limit = pool.settings.recycle_above_mb.saturating_mul(1024 * 1024);
                 // Not held across the ping: a browser replaced meanwhile can go.
                 drop(pool);
                 let Some(handle) = handle else { continue };
@@ -788,22 +767,9 @@ impl BrowserPool {
                     handle.mark_broken();
                     warn!("browser did not answer its keep-alive ping; it will be replaced");
                 }
-                // Reading /proc blocks, and so does killing a replaced browser when this
-                // holds its last reference: never on a runtime thread.
-                tokio::task::spawn_blocking(move || {
-                    if memory_limit > 0 && !handle.over_memory.load(Ordering::Relaxed) {
-                        let bytes = handle.memory_bytes();
-                        if bytes > memory_limit {
-                            info!(
-                                pid = handle.pid(),
-                                mib = bytes / (1024 * 1024),
-                                "the browser is above browser.recycle_above_mb; it will be replaced"
-                            );
-                            handle.over_memory.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    drop(handle);
-                });
+                // The last reference to a replaced browser kills its processes, which
+                // blocks: never on a runtime thread.
+                tokio::task::spawn_blocking(move || drop(handle));
             }
         })
     }
