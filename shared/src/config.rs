@@ -253,6 +253,11 @@ pub struct BrowserSettings {
     /// A browser is replaced after this many tasks (0: never), so that leaks in a
     /// long-lived Chromium (memory, handles) cannot accumulate.
     pub recycle_after: u64,
+    /// A browser is also replaced once its processes together hold more than this much
+    /// memory (MiB of proportional set size, each shared page counted once; 0: never).
+    /// Measured when a task takes the browser, at most once a second, and only after
+    /// the browser has served a task: a new browser always gets its first task.
+    pub recycle_above_mb: u64,
     /// Blank pages (each in a fresh context) kept open ahead of tasks; opening one costs
     /// about half a second of a task's latency. Each holds a renderer process.
     pub spare_pages: usize,
@@ -275,6 +280,7 @@ impl Default for BrowserSettings {
             call_timeout: Duration::from_secs(30),
             launch_timeout: Duration::from_secs(20),
             recycle_after: 200,
+            recycle_above_mb: 2048,
             spare_pages: 2,
         }
     }

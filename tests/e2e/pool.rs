@@ -1,6 +1,6 @@
 //! The browser pool heals itself: a browser killed mid-task is replaced, the task's
 //! attempt fails with a retryable error and the retry succeeds; a browser is recycled
-//! after its quota of tasks. Only this test process's browsers are looked at (their
+//! after its quota of tasks or above its memory limit. Only this test process's browsers are looked at (their
 //! profile directories carry its pid), so Chromium run by other tests or other users
 //! of the machine is never counted or touched.
 
@@ -10,6 +10,19 @@ use serde_json::json;
 
 use crate::TASK_DEADLINE;
 use crate::helpers::{PageServer, TestApp};
+
+/// Submits a screenshot of the page server's `path` and waits for the task to end.
+async fn screenshot(app: &TestApp, pages: &PageServer, path: &str) -> serde_json::Value {
+    let (_, task) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url(path)}}))
+        .await;
+    app.wait_for(
+        task["id"].as_str().expect("id"),
+        &["succeeded", "failed", "dead"],
+        TASK_DEADLINE,
+    )
+    .await
+}
 
 /// Main browser processes started by this test process: Chromium's own process is the
 /// one whose command line has our profile marker and no `--type=`.
@@ -105,16 +118,7 @@ async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried() {
     assert_eq!(replacement.len(), 1, "{replacement:?}");
     assert_ne!(replacement[0], browsers[0], "a new browser");
     // The pool is healthy: the next task runs at once on the new browser.
-    let (_, next) = app
-        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("after")}}))
-        .await;
-    let next = app
-        .wait_for(
-            next["id"].as_str().expect("id"),
-            &["succeeded", "failed", "dead"],
-            TASK_DEADLINE,
-        )
-        .await;
+    let next = screenshot(&app, &pages, "after").await;
     assert_eq!(next["state"], "succeeded", "{next}");
     assert_eq!(next["attempts"], 1);
     app.shutdown().await;
@@ -131,18 +135,7 @@ async fn a_browser_is_recycled_after_its_quota_of_tasks() {
     assert_eq!(first.len(), 1);
     let mut seen = first.clone();
     for index in 0..3 {
-        let (_, task) = app
-            .submit(
-                &json!({"kind": "screenshot", "input": {"url": pages.url(&format!("r{index}"))}}),
-            )
-            .await;
-        let done = app
-            .wait_for(
-                task["id"].as_str().expect("id"),
-                &["succeeded", "failed", "dead"],
-                TASK_DEADLINE,
-            )
-            .await;
+        let done = screenshot(&app, &pages, &format!("r{index}")).await;
         assert_eq!(done["state"], "succeeded", "{done}");
         seen.extend(our_browsers());
     }
@@ -155,5 +148,39 @@ async fn a_browser_is_recycled_after_its_quota_of_tasks() {
         "the recycled browser's processes are gone: {now:?}"
     );
     assert_ne!(now[0], first[0], "recycled");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_above_its_memory_limit_is_recycled() {
+    // Every browser holds more than 1 MiB, so each is measured over the limit once it has
+    // served a task (the warm-up counts as one), and the next task gets a new browser.
+    let app = TestApp::embedded_with(|settings| {
+        settings.browser.recycle_above_mb = 1;
+    })
+    .await;
+    let pages = PageServer::start().await;
+    let mut previous = our_browsers();
+    assert_eq!(previous.len(), 1);
+    for index in 0..2 {
+        let done = screenshot(&app, &pages, &format!("m{index}")).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert_eq!(done["attempts"], 1, "{done}");
+        // The replaced browser goes with its last user (its spare-page refill may still
+        // hold it for a moment).
+        let mut now = our_browsers();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while now.len() > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now = our_browsers();
+        }
+        assert_eq!(
+            now.len(),
+            1,
+            "the replaced browser's processes are gone: {now:?}"
+        );
+        assert_ne!(now[0], previous[0], "task {index} ran on a new browser");
+        previous = now;
+    }
     app.shutdown().await;
 }

@@ -21,8 +21,9 @@
 //! connection or a dead process marks the browser broken; the next task gets a new one,
 //! and the old one's whole process tree is killed and its profile removed. A keep-alive
 //! ping finds a browser that died or hangs while the worker is idle. A browser is also
-//! recycled after `browser.recycle_after` tasks. Chromium is started from one long-lived
-//! thread with a parent-death signal, so even a SIGKILL'd worker leaves no Chromium.
+//! recycled after `browser.recycle_after` tasks or above `browser.recycle_above_mb` of
+//! memory. Chromium is started from one long-lived thread with a parent-death signal,
+//! so even a SIGKILL'd worker leaves no Chromium.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -99,6 +100,11 @@ const CHROMIUM_FLAGS: [&str; 32] = [
     "--disable-site-isolation-trials",
 ];
 
+/// How often, at most, a browser's memory is measured when a task takes it.
+const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+const MIB: u64 = 1024 * 1024;
+
 /// The browser window's size; pages get their own viewport (see [`viewport_params`]).
 const WINDOW_SIZE: (u32, u32) = (1280, 800);
 
@@ -113,6 +119,8 @@ pub struct BrowserHandle {
     /// task gets a new browser.
     broken: AtomicBool,
     pub tasks_started: AtomicU64,
+    /// When the browser's memory was last measured (see [`Self::over_memory_limit`]).
+    memory_checked: Mutex<Option<Instant>>,
     /// A call that takes longer means a hung browser.
     call_timeout: Duration,
     /// Blank pages, each in its own never-used context, opened ahead of the tasks that
@@ -150,6 +158,52 @@ pub(crate) fn viewport_params(viewport: &Viewport) -> Value {
 impl BrowserHandle {
     pub fn pid(&self) -> u32 {
         self.process.pid
+    }
+
+    /// The proportional set size of the browser's processes (the main one and all
+    /// below it), in bytes: what replacing the browser would give back. Blocking.
+    pub fn memory_bytes(&self) -> u64 {
+        std::iter::once(self.process.pid)
+            .chain(descendants_of(self.process.pid))
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+            .filter_map(|rollup| {
+                rollup.lines().find_map(|line| {
+                    let kilobytes = line.strip_prefix("Pss:")?.trim().strip_suffix("kB")?;
+                    kilobytes.trim().parse::<u64>().ok()
+                })
+            })
+            .map(|kilobytes| kilobytes * 1024)
+            .sum()
+    }
+
+    /// Whether the browser holds more than `limit` bytes (0: no limit). Only a browser
+    /// that has served a task is measured, so a new browser always gets one task and a
+    /// limit below a bare browser's size replaces it every task rather than never
+    /// serving; and at most once per [`MEMORY_CHECK_INTERVAL`], because reading /proc
+    /// for every process costs a few milliseconds. Blocking.
+    fn over_memory_limit(&self, limit: u64) -> bool {
+        if limit == 0 || self.tasks_started.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let Ok(mut checked) = self.memory_checked.lock() else {
+            return false;
+        };
+        if checked.is_some_and(|at| at.elapsed() < MEMORY_CHECK_INTERVAL) {
+            return false;
+        }
+        *checked = Some(Instant::now());
+        drop(checked);
+        let bytes = self.memory_bytes();
+        if bytes <= limit {
+            return false;
+        }
+        info!(
+            pid = self.pid(),
+            mib = bytes / MIB,
+            limit_mib = limit / MIB,
+            "the browser is above browser.recycle_above_mb"
+        );
+        true
     }
 
     pub fn user_agent(&self) -> &str {
@@ -622,16 +676,15 @@ impl BrowserPool {
             && handle.is_usable()
         {
             let recycle_after = self.settings.recycle_after;
-            if recycle_after == 0 || handle.tasks_started.load(Ordering::Relaxed) < recycle_after {
+            let tasks = handle.tasks_started.load(Ordering::Relaxed);
+            let served_its_quota = recycle_after != 0 && tasks >= recycle_after;
+            let memory_limit = self.settings.recycle_above_mb.saturating_mul(MIB);
+            if !served_its_quota && !handle.over_memory_limit(memory_limit) {
                 return Ok(Arc::clone(handle));
             }
             // Healthy but due: tasks still running keep it alive; it is killed (whole
             // process tree, profile removed) when the last of them drops it.
-            info!(
-                pid = handle.pid(),
-                tasks = recycle_after,
-                "recycling the browser"
-            );
+            info!(pid = handle.pid(), tasks, "recycling the browser");
             current.take();
         }
         if let Some(old) = current.take() {
@@ -742,6 +795,7 @@ impl BrowserPool {
             user_agent: version.user_agent,
             broken: AtomicBool::new(false),
             tasks_started: AtomicU64::new(0),
+            memory_checked: Mutex::new(None),
             call_timeout,
             spares: Mutex::new(Vec::new()),
             spare_target: self.settings.spare_pages,
