@@ -675,3 +675,63 @@ async fn test_databases_are_isolated() {
         .expect("list");
     assert!(listed.is_empty());
 }
+
+/// A batch statement stuck on a row lock is cancelled at the batch statement timeout,
+/// so it holds up only the task whose row is locked, not the tasks written after it
+/// (each transition has one flush loop per process).
+#[tokio::test]
+async fn a_stuck_batch_statement_holds_up_only_its_own_task() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let database = TestDatabase::postgres().await;
+    let repo = repository(&database)
+        .await
+        .with_batch_statement_timeout(std::time::Duration::from_millis(500));
+    let tenant = TenantId::default_tenant();
+    let locked = repo.create(new_task(&tenant)).await.expect("create");
+    let free = repo.create(new_task(&tenant)).await.expect("create");
+
+    // Another session holds the first task's row, as a slow transaction would.
+    let other =
+        operator_shared::db::connect_url(database.url(), 1, std::time::Duration::from_secs(10))
+            .await
+            .expect("connect");
+    let holder = other.begin().await.expect("begin");
+    holder
+        .execute_unprepared(&format!(
+            "SELECT 1 FROM tasks WHERE id = '{}' FOR UPDATE",
+            locked.id.as_uuid()
+        ))
+        .await
+        .expect("lock the row");
+
+    let both = async {
+        let stuck = repo.start_attempt(locked.id, LeaseToken::new(), "w1", soon());
+        let after = async {
+            // Queued behind the stuck statement.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            repo.start_attempt(free.id, LeaseToken::new(), "w2", soon())
+                .await
+        };
+        tokio::join!(stuck, after)
+    };
+    let (stuck, after) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+        .await
+        .expect("the stuck statement was cancelled; nothing waits for the lock");
+    assert!(stuck.is_err(), "the locked task's start fails: {stuck:?}");
+    assert!(
+        matches!(after.expect("start"), StartOutcome::Started(_)),
+        "the task behind it started"
+    );
+
+    holder.rollback().await.expect("release the row");
+    assert!(
+        matches!(
+            repo.start_attempt(locked.id, LeaseToken::new(), "w1", soon())
+                .await
+                .expect("start"),
+            StartOutcome::Started(_)
+        ),
+        "the task starts once its row is free"
+    );
+}
