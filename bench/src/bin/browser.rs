@@ -4,6 +4,10 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+
+/// The `operator` binary's allocator: this bench runs the API in its own process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use operator_bench::browser_suite::{self, Options};
 
 #[derive(Debug, Parser)]

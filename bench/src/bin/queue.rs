@@ -2,6 +2,10 @@
 //! the API end to end. See `operator_bench::queue_suite`.
 
 use clap::Parser;
+
+/// The `operator` binary's allocator: this bench runs the API in its own process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use operator_bench::queue_suite::{self, Options};
 
 #[derive(Debug, Parser)]
