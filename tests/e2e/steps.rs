@@ -228,6 +228,29 @@ async fn a_page_that_never_finishes_loading_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_may_wait_longer_than_a_browser_call() {
+    // A 2 s call timeout: the step's promise settles after 3 s, within its own timeout.
+    // Waiting on purpose is not a hung browser.
+    let app = TestApp::embedded_with(|settings| {
+        settings.browser.call_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let pages = PageServer::start().await;
+    let done = run(
+        &app,
+        json!({"kind": "script", "input": {"url": pages.url("slow-script"), "steps": [
+            {"action": "evaluate", "name": "late", "timeout_ms": 8000,
+             "expression": "new Promise(resolve => setTimeout(() => resolve('settled'), 3000))"}
+        ]}}),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["data"]["late"], "settled", "{done}");
+    assert_eq!(done["attempts"], 1, "{done}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_selector_fails_the_task_naming_the_step() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;

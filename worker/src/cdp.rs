@@ -349,6 +349,14 @@ pub struct PendingCall {
 }
 
 impl PendingCall {
+    /// Lets the call take `work` longer before it counts as unanswered: for a call
+    /// whose answer waits on purpose (an awaited promise), only the time beyond that
+    /// wait says the browser hangs.
+    pub fn allowing(mut self, work: Duration) -> Self {
+        self.timeout = self.timeout.saturating_add(work);
+        self
+    }
+
     /// Waits for the answer, blocking the thread. Must not run on the runtime's threads
     /// (the pool's code runs on its blocking threads).
     pub fn wait<T: DeserializeOwned>(self) -> Result<T, CdpError> {

@@ -582,6 +582,16 @@ impl Session<'_> {
     /// Evaluates an expression in the page and returns its value as JSON (a promise is
     /// awaited). A thrown exception is a `step_failed`.
     pub(crate) fn evaluate_json(&self, expression: &str) -> Result<Value, CodedError> {
+        self.evaluate_json_allowing(expression, Duration::ZERO)
+    }
+
+    /// [`Session::evaluate_json`] of an expression that may take `work` to settle
+    /// before the browser counts as hung.
+    fn evaluate_json_allowing(
+        &self,
+        expression: &str,
+        work: Duration,
+    ) -> Result<Value, CodedError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Evaluated {
@@ -600,7 +610,7 @@ impl Session<'_> {
         }
         let reply: Evaluated = self
             .page
-            .call(
+            .start(
                 "Runtime.evaluate",
                 json!({
                     "expression": expression,
@@ -611,6 +621,8 @@ impl Session<'_> {
                     "awaitPromise": true,
                 }),
             )
+            .allowing(work)
+            .wait()
             .map_err(|error| {
                 self.handle
                     .classify(&error, "cannot run script in the page")
@@ -634,21 +646,16 @@ impl Session<'_> {
         expression: &str,
         deadline: Instant,
     ) -> Result<Value, CodedError> {
-        // Bounded below the browser's call timeout too: a call that outlasts it counts as
-        // a hung browser.
+        // The page's own timer ends the wait at the deadline; the browser counts as hung
+        // only when its answer is late beyond that by the call timeout.
         let budget = deadline
             .saturating_duration_since(Instant::now())
-            .min(
-                self.handle
-                    .call_timeout()
-                    .saturating_sub(Duration::from_secs(2)),
-            )
             .max(Duration::from_millis(1));
         let wrapped = format!(
             "Promise.race([{expression}, new Promise((_, reject) => setTimeout(() => reject(new Error('the expression did not settle within the step\\'s timeout')), {}))])",
             budget.as_millis()
         );
-        self.evaluate_json(&wrapped)
+        self.evaluate_json_allowing(&wrapped, budget)
     }
 
     /// Task-wide options, before the first page loads.
