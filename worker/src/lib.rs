@@ -76,12 +76,12 @@ impl Worker {
         storage: ArtifactStore,
     ) -> Result<Self, WorkerError> {
         let concurrency = settings.worker.concurrency;
-        let pool = BrowserPool::new(settings.browser.clone(), concurrency)?;
-        pool.warm_up().await?;
-        pool.spawn_keepalive(settings.browser.call_timeout / 3);
         let policy = settings
             .network_policy()
             .map_err(|error| WorkerError::Policy(error.to_string()))?;
+        let pool = BrowserPool::new(settings.browser.clone(), concurrency, &policy)?;
+        pool.warm_up().await?;
+        pool.spawn_keepalive(settings.browser.call_timeout / 3);
         let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
         let dispatcher = settings.webhooks.dispatcher.then(|| {
             Arc::new(Dispatcher::new(
