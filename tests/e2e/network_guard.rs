@@ -5,11 +5,14 @@
 //! page at `http://localhost:PORT` may load while anything addressed as `127.0.0.1`,
 //! or at the cloud-metadata address, is refused: the same page server, reachable by one
 //! name and refused by the other.
+//!
+//! The last tests cover what request interception does not see (WebSockets, a window a
+//! click opens, a service worker's own requests): the worker's egress proxy refuses them.
 
 use serde_json::json;
 
 use crate::TASK_DEADLINE;
-use crate::helpers::{PageServer, TestApp};
+use crate::helpers::{ConnectionCounter, PageServer, TestApp};
 
 const ENDED: [&str; 5] = ["succeeded", "failed", "dead", "timed_out", "cancelled"];
 
@@ -136,5 +139,103 @@ async fn a_sub_request_to_a_refused_address_is_blocked() {
     assert_eq!(blocked["total"], 1, "{done}");
     assert_eq!(blocked["requests"][0]["url"], refused.url("pixel"));
     assert_eq!(blocked["requests"][0]["resource_type"], "Image");
+    app.shutdown().await;
+}
+
+/// Runs a `script` task on `url` with `steps`; returns the finished task.
+async fn run_script(app: &TestApp, url: &str, steps: serde_json::Value) -> serde_json::Value {
+    let (status, task) = app
+        .submit(&json!({"kind": "script", "input": {"url": url, "steps": steps}}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    app.wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_to_a_refused_address_never_connects() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let refused = ConnectionCounter::start().await;
+    let url = format!(
+        "{}?to=ws://127.0.0.1:{}/",
+        pages.localhost_url("websocket"),
+        refused.port
+    );
+    let done = run_script(
+        &app,
+        &url,
+        json!([
+            {"action": "wait_for", "selector": "#done"},
+            {"action": "extract", "name": "outcome", "selector": "#done"}
+        ]),
+    )
+    .await;
+    assert_eq!(
+        done["state"], "succeeded",
+        "a page's refused WebSocket does not fail the task: {done}"
+    );
+    assert_eq!(
+        done["result"]["data"]["outcome"], "error",
+        "the socket failed: {done}"
+    );
+    assert_eq!(refused.connections(), 0, "no connection reached the server");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_a_click_opens_cannot_reach_a_refused_address() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let refused = PageServer::start().await;
+    let url = format!(
+        "{}?to={}",
+        pages.localhost_url("opener"),
+        refused.url("opened")
+    );
+    let done = run_script(
+        &app,
+        &url,
+        json!([
+            {"action": "click", "selector": "#open"},
+            {"action": "wait_for", "delay_ms": 1500}
+        ]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(refused.hits("opened"), 0, "the new window never reached it");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_worker_cannot_reach_a_refused_address() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let refused = PageServer::start().await;
+    let url = format!(
+        "{}?to={}",
+        pages.localhost_url("service-worker"),
+        refused.url("from-worker")
+    );
+    let done = run_script(
+        &app,
+        &url,
+        json!([
+            {"action": "wait_for", "selector": "#done"},
+            {"action": "extract", "name": "outcome", "selector": "#done"}
+        ]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["data"]["outcome"], "active",
+        "the service worker installed (its fetch ran): {done}"
+    );
+    assert!(pages.hits("sw.js") >= 1, "the worker's script was loaded");
+    assert_eq!(
+        refused.hits("from-worker"),
+        0,
+        "the service worker's fetch never reached it"
+    );
     app.shutdown().await;
 }
