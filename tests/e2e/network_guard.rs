@@ -180,6 +180,21 @@ async fn a_websocket_to_a_refused_address_never_connects() {
         "the socket failed: {done}"
     );
     assert_eq!(refused.connections(), 0, "no connection reached the server");
+    // The control: the same server addressed by its allowed name is reached, through
+    // the proxy's tunnel.
+    let allowed = format!(
+        "{}?to=ws://localhost:{}/",
+        pages.localhost_url("websocket"),
+        refused.port
+    );
+    let done = run_script(
+        &app,
+        &allowed,
+        json!([{"action": "wait_for", "selector": "#done"}]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(refused.connections(), 1, "the allowed WebSocket connected");
     app.shutdown().await;
 }
 
@@ -204,6 +219,27 @@ async fn a_window_a_click_opens_cannot_reach_a_refused_address() {
     .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(refused.hits("opened"), 0, "the new window never reached it");
+    // The control: a window opened to the allowed name loads.
+    let allowed = format!(
+        "{}?to={}",
+        pages.localhost_url("opener"),
+        refused.localhost_url("opened-by-name")
+    );
+    let done = run_script(
+        &app,
+        &allowed,
+        json!([
+            {"action": "click", "selector": "#open"},
+            {"action": "wait_for", "delay_ms": 1500}
+        ]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        refused.hits("opened-by-name"),
+        1,
+        "the allowed window loaded"
+    );
     app.shutdown().await;
 }
 
@@ -236,6 +272,24 @@ async fn a_service_worker_cannot_reach_a_refused_address() {
         refused.hits("from-worker"),
         0,
         "the service worker's fetch never reached it"
+    );
+    // The control: the worker's fetch to the allowed name arrives.
+    let allowed = format!(
+        "{}?to={}",
+        pages.localhost_url("service-worker"),
+        refused.localhost_url("from-worker-by-name")
+    );
+    let done = run_script(
+        &app,
+        &allowed,
+        json!([{"action": "wait_for", "selector": "#done"}]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        refused.hits("from-worker-by-name"),
+        1,
+        "the allowed fetch arrived"
     );
     app.shutdown().await;
 }
