@@ -181,19 +181,24 @@ impl NetworkPolicy {
                 .map_err(ResolveError::Refused)?;
             return Ok(vec![SocketAddr::new(address, port)]);
         }
-        let addresses: Vec<SocketAddr> = if is_localhost_name(bare) {
-            vec![
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
-                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
-            ]
-        } else {
-            tokio::net::lookup_host((bare, port))
-                .await
-                .map_err(|error| {
-                    ResolveError::Unresolvable(format!("cannot resolve {bare}: {error}"))
-                })?
-                .collect()
-        };
+        if is_localhost_name(bare) {
+            // 127.0.0.1 decides, as in `check_url_statically` and the request guard; ::1
+            // is offered too when the policy allows it, for servers that listen there.
+            self.check_address(bare, IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .map_err(ResolveError::Refused)?;
+            let mut addresses = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)];
+            if self
+                .check_address(bare, IpAddr::V6(Ipv6Addr::LOCALHOST))
+                .is_ok()
+            {
+                addresses.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
+            }
+            return Ok(addresses);
+        }
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|error| ResolveError::Unresolvable(format!("cannot resolve {bare}: {error}")))?
+            .collect();
         if addresses.is_empty() {
             return Err(ResolveError::Unresolvable(format!(
                 "{bare} resolves to no address"
@@ -445,6 +450,19 @@ mod tests {
             .expect("allowed");
         assert_eq!(addresses[0], "127.0.0.1:3000".parse().expect("address"));
         assert!(by_name.resolve_checked("127.0.0.1", 3000).await.is_err());
+        // Allowed by network: 127.0.0.1 decides; ::1 only joins when allowed too.
+        let v4_only = policy(&["127.0.0.0/8"]);
+        assert_eq!(
+            v4_only.resolve_checked("localhost", 80).await,
+            Ok(vec!["127.0.0.1:80".parse().expect("address")])
+        );
+        let both = policy(&["127.0.0.0/8", "::1"]);
+        assert_eq!(
+            both.resolve_checked("localhost", 80)
+                .await
+                .map(|found| found.len()),
+            Ok(2)
+        );
     }
 
     #[test]
