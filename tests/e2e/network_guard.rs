@@ -293,3 +293,68 @@ async fn a_service_worker_cannot_reach_a_refused_address() {
     );
     app.shutdown().await;
 }
+
+/// The port of this test process's egress proxy, read from its browser's command line
+/// (its profile directory carries this process's id).
+fn our_egress_port() -> u16 {
+    let marker = format!(
+        "--user-data-dir=/tmp/operator-chromium-{}-",
+        std::process::id()
+    );
+    for entry in std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(Result::ok)
+    {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let arguments: Vec<String> = cmdline
+            .split(|byte| *byte == 0)
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect();
+        if !arguments
+            .iter()
+            .any(|argument| argument.starts_with(&marker))
+        {
+            continue;
+        }
+        if let Some(port) = arguments.iter().find_map(|argument| {
+            argument
+                .strip_prefix("--proxy-server=http://127.0.0.1:")
+                .and_then(|port| port.parse().ok())
+        }) {
+            return port;
+        }
+    }
+    panic!("no browser of this process runs with --proxy-server");
+}
+
+/// A document the request guard lets through but the egress proxy refuses fails the
+/// task with the final `url_not_allowed`, not with a network error or the proxy's 403
+/// page as a screenshot. In production that is a name that resolves elsewhere the
+/// second time (DNS rebinding); here, with loopback allowed by network (the test
+/// default), it is the proxy's own address, which the guard allows and the proxy never
+/// connects to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_the_proxy_refuses_fails_the_task_with_url_not_allowed() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let proxy = format!("127.0.0.1:{}", our_egress_port());
+    for url in [
+        format!("http://{proxy}/"),
+        format!("https://{proxy}/"),
+        format!("{}?to=http://{proxy}/", pages.url("redirect")),
+    ] {
+        let (status, task) = app
+            .submit(&json!({"kind": "screenshot", "input": {"url": url}, "max_attempts": 3}))
+            .await;
+        assert_eq!(status, 202, "{task}");
+        let done = app
+            .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+            .await;
+        assert_eq!(done["state"], "failed", "{url}: {done}");
+        assert_eq!(done["error"]["code"], "url_not_allowed", "{url}: {done}");
+        assert_eq!(done["attempts"], 1, "a final error is not retried: {done}");
+    }
+    app.shutdown().await;
+}
