@@ -425,33 +425,34 @@ impl ClientConnection {
                 .map_err(|_| Failure::BadRequest("the URL's host is not a valid header"))?;
             headers.insert(header::HOST, host);
         }
-        let mut sender = self.upstream(authority.host(), port).await?;
-        let mut response = sender.send_request(request).await.map_err(|error| {
-            Failure::Unreachable(format!("{authority} did not answer: {error}"))
-        })?;
-        self.keep(authority.host(), port, sender);
+        let mut upstream = self.upstream(authority.host(), port).await?;
+        let mut response = upstream
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|error| {
+                Failure::Unreachable(format!("{authority} did not answer: {error}"))
+            })?;
+        self.keep(upstream);
         remove_hop_by_hop(response.headers_mut());
         Ok(response.map(Either::Left))
     }
 
-    /// A ready upstream connection to `host:port`: a kept one, or a new one.
-    async fn upstream(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, Failure> {
+    /// A ready upstream connection to `host:port`: a kept one, or a new one. Taken out
+    /// of the kept list while in use.
+    async fn upstream(&self, host: &str, port: u16) -> Result<Upstream, Failure> {
         let kept = self.upstreams.lock().ok().and_then(|mut upstreams| {
             let index = upstreams.iter().position(|upstream| {
                 upstream.port == port && upstream.host.eq_ignore_ascii_case(host)
             })?;
-            Some(upstreams.swap_remove(index))
+            Some(upstreams.remove(index))
         });
         if let Some(mut kept) = kept
             && kept.idle_since.elapsed() < UPSTREAM_IDLE_REUSE
             && !kept.sender.is_closed()
             && kept.sender.ready().await.is_ok()
         {
-            return Ok(kept.sender);
+            return Ok(kept);
         }
         let stream = self.connect(host, port).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -466,28 +467,25 @@ impl ClientConnection {
                 debug!(error = %error, "an upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Upstream {
+            host: host.to_owned(),
+            port,
+            sender,
+            idle_since: Instant::now(),
+        })
     }
 
-    /// Keeps an upstream connection for this connection's next requests to its host.
-    fn keep(
-        &self,
-        host: &str,
-        port: u16,
-        sender: hyper::client::conn::http1::SendRequest<Incoming>,
-    ) {
+    /// Keeps an upstream connection for this connection's next requests to its host;
+    /// the least recently used goes when the list is full.
+    fn keep(&self, mut upstream: Upstream) {
         let Ok(mut upstreams) = self.upstreams.lock() else {
             return;
         };
         if upstreams.len() == UPSTREAMS_PER_CLIENT {
             upstreams.remove(0);
         }
-        upstreams.push(Upstream {
-            host: host.to_owned(),
-            port,
-            sender,
-            idle_since: Instant::now(),
-        });
+        upstream.idle_since = Instant::now();
+        upstreams.push(upstream);
     }
 
     /// Resolves `host`, checks every address, and connects to the first checked
@@ -563,9 +561,13 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
-    headers.remove("proxy-connection");
-    headers.remove("keep-alive");
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(KEEP_ALIVE);
 }
+
+/// Hop-by-hop headers without a constant in `http`.
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 #[cfg(test)]
 mod tests {
