@@ -73,17 +73,25 @@ impl NetworkPolicy {
         }
     }
 
+    /// Whether the policy refuses nothing at all (`network.allow_private`).
+    pub fn refuses_nothing(&self) -> bool {
+        self.allow_private
+    }
+
     /// Whether the host is allow-listed by name (`intranet.example`, `*.corp.example`):
     /// such a host may be reached whatever it resolves to.
     pub fn allows_host(&self, host: &str) -> bool {
         self.host_is_allowed(host)
     }
 
+    /// Allocates nothing: the egress proxy asks this for every connection it opens.
     fn host_is_allowed(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
         self.hosts.iter().any(|pattern| match pattern {
-            HostPattern::Exact(exact) => *exact == host,
-            HostPattern::Suffix(suffix) => host == *suffix || host.ends_with(&format!(".{suffix}")),
+            HostPattern::Exact(exact) => host.eq_ignore_ascii_case(exact),
+            HostPattern::Suffix(suffix) => {
+                host.eq_ignore_ascii_case(suffix) || is_subdomain_of(host, suffix)
+            }
         })
     }
 
@@ -144,32 +152,88 @@ impl NetworkPolicy {
             .host_str()
             .ok_or_else(|| CodedError::new(ErrorCode::InvalidUrl, "url has no host"))?;
         let port = url.port_or_known_default().unwrap_or(80);
-        let lookup_host = host.trim_matches(['[', ']']);
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((lookup_host, port))
+        self.resolve_checked(host, port)
             .await
-            .map_err(|error| {
-                CodedError::new(
-                    ErrorCode::NavigationFailed,
-                    format!("cannot resolve {host}: {error}"),
-                )
-            })?
+            .map_err(|error| match error {
+                ResolveError::Refused(refused) => refused,
+                ResolveError::Unresolvable(message) => {
+                    CodedError::new(ErrorCode::NavigationFailed, message)
+                }
+            })
+    }
+
+    /// The addresses a connection to `host:port` may use: every address the host
+    /// resolves to, each one checked. One refused address refuses the host, so a name
+    /// that answers with a public and a private address cannot be used to reach either.
+    ///
+    /// The egress proxy connects to one of these addresses and never resolves the name
+    /// again: a DNS answer that changes after the check (DNS rebinding) changes nothing.
+    /// `localhost` and `*.localhost` are loopback whatever DNS says, as in Chromium.
+    /// `host` may be an IP literal, with or without IPv6 brackets.
+    pub async fn resolve_checked(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, ResolveError> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(address) = bare.parse::<IpAddr>() {
+            self.check_address(bare, address)
+                .map_err(ResolveError::Refused)?;
+            return Ok(vec![SocketAddr::new(address, port)]);
+        }
+        if is_localhost_name(bare) {
+            // 127.0.0.1 decides, as in `check_url_statically` and the request guard; ::1
+            // is offered too when the policy allows it, for servers that listen there.
+            self.check_address(bare, IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .map_err(ResolveError::Refused)?;
+            let mut addresses = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)];
+            if self
+                .check_address(bare, IpAddr::V6(Ipv6Addr::LOCALHOST))
+                .is_ok()
+            {
+                addresses.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
+            }
+            return Ok(addresses);
+        }
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|error| ResolveError::Unresolvable(format!("cannot resolve {bare}: {error}")))?
             .collect();
         if addresses.is_empty() {
-            return Err(CodedError::new(
-                ErrorCode::NavigationFailed,
-                format!("{host} resolves to no address"),
-            ));
+            return Err(ResolveError::Unresolvable(format!(
+                "{bare} resolves to no address"
+            )));
         }
         for address in &addresses {
-            self.check_address(host, address.ip())?;
+            self.check_address(bare, address.ip())
+                .map_err(ResolveError::Refused)?;
         }
         Ok(addresses)
     }
 }
 
+/// Why [`NetworkPolicy::resolve_checked`] gave no address: the policy refuses the host
+/// (a final `url_not_allowed`), or it does not resolve (the network's failure, not the
+/// policy's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Refused(CodedError),
+    #[error("{0}")]
+    Unresolvable(String),
+}
+
 fn is_localhost_name(domain: &str) -> bool {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    domain == "localhost" || domain.ends_with(".localhost")
+    let domain = domain.trim_end_matches('.');
+    domain.eq_ignore_ascii_case("localhost") || is_subdomain_of(domain, "localhost")
+}
+
+/// Whether `host` ends with `.` + `parent`, ignoring ASCII case (`parent` is lowercase).
+fn is_subdomain_of(host: &str, parent: &str) -> bool {
+    let (host, parent) = (host.as_bytes(), parent.as_bytes());
+    host.len() > parent.len()
+        && host[host.len() - parent.len() - 1] == b'.'
+        && host[host.len() - parent.len()..].eq_ignore_ascii_case(parent)
 }
 
 fn is_host_name(text: &str) -> bool {
@@ -348,5 +412,69 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn resolve_checked_answers_checked_addresses_or_says_why_not() {
+        let default = policy(&[]);
+        for refused in [
+            "127.0.0.1",
+            "[::1]",
+            "::ffff:10.0.0.1",
+            "localhost",
+            "App.Localhost.",
+        ] {
+            let error = default
+                .resolve_checked(refused, 80)
+                .await
+                .expect_err(refused);
+            assert!(
+                matches!(&error, ResolveError::Refused(coded) if coded.code == ErrorCode::UrlNotAllowed),
+                "{refused}: {error:?}"
+            );
+        }
+        assert_eq!(
+            default.resolve_checked("93.184.215.14", 443).await,
+            Ok(vec!["93.184.215.14:443".parse().expect("address")])
+        );
+        // RFC 6761: `.invalid` never resolves.
+        assert!(matches!(
+            default.resolve_checked("no-such-host.invalid", 80).await,
+            Err(ResolveError::Unresolvable(_))
+        ));
+        // Allowed by name: loopback, whatever DNS says about `localhost`.
+        let by_name = policy(&["localhost"]);
+        let addresses = by_name
+            .resolve_checked("localhost", 3000)
+            .await
+            .expect("allowed");
+        assert_eq!(addresses[0], "127.0.0.1:3000".parse().expect("address"));
+        assert!(by_name.resolve_checked("127.0.0.1", 3000).await.is_err());
+        // Allowed by network: 127.0.0.1 decides; ::1 only joins when allowed too.
+        let v4_only = policy(&["127.0.0.0/8"]);
+        assert_eq!(
+            v4_only.resolve_checked("localhost", 80).await,
+            Ok(vec!["127.0.0.1:80".parse().expect("address")])
+        );
+        let both = policy(&["127.0.0.0/8", "::1"]);
+        assert_eq!(
+            both.resolve_checked("localhost", 80)
+                .await
+                .map(|found| found.len()),
+            Ok(2)
+        );
+    }
+
+    #[test]
+    fn host_names_match_without_regard_to_case() {
+        let allowing = policy(&["intranet", "*.corp.example"]);
+        assert!(allowing.allows_host("INTRANET."));
+        assert!(allowing.allows_host("Wiki.Corp.Example"));
+        assert!(allowing.allows_host("corp.example"));
+        assert!(!allowing.allows_host("evilcorp.example"));
+        assert!(!allowing.allows_host("corp.example.evil"));
+        assert!(is_localhost_name("A.LOCALHOST"));
+        assert!(!is_localhost_name("notlocalhost"));
+        assert!(!is_localhost_name("localhost.evil"));
     }
 }

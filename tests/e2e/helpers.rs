@@ -90,6 +90,79 @@ fn popup(Query(target): Query<Target>) -> impl IntoResponse {
     ))
 }
 
+/// `/opener?to=URL`: a button whose click opens a new window at URL (a user gesture,
+/// which the popup blocker lets through).
+#[handler]
+fn opener(Query(target): Query<Target>) -> impl IntoResponse {
+    let target = serde_json::to_string(&target.to).unwrap_or_default();
+    Html(format!(
+        "<!doctype html><html><head><title>opener</title></head><body>\
+         <button id=\"open\" style=\"width:200px;height:60px\" \
+         onclick='window.open({target}, \"_blank\")'>open</button></body></html>"
+    ))
+}
+
+/// `/websocket?to=ws://…`: opens a WebSocket as it loads; `#done` appears once the
+/// socket opened or failed.
+#[handler]
+fn websocket(Query(target): Query<Target>) -> impl IntoResponse {
+    let target = serde_json::to_string(&target.to).unwrap_or_default();
+    Html(format!(
+        "<!doctype html><html><head><title>websocket</title></head><body><script>\
+         const done = (outcome) => {{ if (document.getElementById('done')) return; \
+           const mark = document.createElement('p'); mark.id = 'done'; mark.textContent = outcome; \
+           document.body.appendChild(mark); }};\
+         const socket = new WebSocket({target});\
+         socket.onopen = () => done('open'); socket.onerror = () => done('error'); \
+         socket.onclose = () => done('closed');\
+         </script></body></html>"
+    ))
+}
+
+/// `/service-worker?to=URL`: registers `/sw.js?to=URL`, whose install handler fetches
+/// URL; `#done` appears once the worker is active (or its registration failed).
+#[handler]
+fn service_worker_page(Query(target): Query<Target>) -> impl IntoResponse {
+    let script =
+        serde_json::to_string(&format!("/sw.js?to={}", url_escape(&target.to))).unwrap_or_default();
+    Html(format!(
+        "<!doctype html><html><head><title>service worker</title></head><body><script>\
+         const done = (outcome) => {{ const mark = document.createElement('p'); mark.id = 'done'; \
+           mark.textContent = outcome; document.body.appendChild(mark); }};\
+         navigator.serviceWorker.register({script})\
+           .then(() => navigator.serviceWorker.ready).then(() => done('active'))\
+           .catch((error) => done('failed: ' + error));\
+         </script></body></html>"
+    ))
+}
+
+/// `/sw.js?to=URL`: a service worker that fetches URL when it installs.
+#[handler]
+fn service_worker_script() -> Response {
+    Response::builder()
+        .content_type("application/javascript")
+        .body(
+            "self.addEventListener('install', (event) => {\
+               const to = new URL(self.location.href).searchParams.get('to');\
+               event.waitUntil(fetch(to, { mode: 'no-cors', cache: 'no-store' }).catch(() => null));\
+               self.skipWaiting();\
+             });\
+             self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));",
+        )
+}
+
+fn url_escape(text: &str) -> String {
+    text.bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
 /// `/login`: a form that posts to `/welcome`.
 #[handler]
 fn login_form() -> Html<&'static str> {
@@ -182,6 +255,10 @@ impl PageServer {
             .at("/redirect", get(redirect))
             .at("/embed", get(embed))
             .at("/popup", get(popup))
+            .at("/opener", get(opener))
+            .at("/websocket", get(websocket))
+            .at("/service-worker", get(service_worker_page))
+            .at("/sw.js", get(service_worker_script))
             .at("/login", get(login_form))
             .at("/welcome", post(welcome))
             .at("/list", get(list))
@@ -222,6 +299,54 @@ impl PageServer {
 }
 
 impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A TCP server on loopback that counts the connections it accepts and closes them: what
+/// reaches it, whatever the protocol (a WebSocket handshake, a plain request).
+pub struct ConnectionCounter {
+    pub port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl ConnectionCounter {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let port = listener.local_addr().expect("address").port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stopped.cancelled() => return,
+                    accepted = listener.accept() => {
+                        if accepted.is_ok() {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ConnectionCounter {
     fn drop(&mut self) {
         self.stop.cancel();
     }

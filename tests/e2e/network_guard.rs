@@ -5,11 +5,14 @@
 //! page at `http://localhost:PORT` may load while anything addressed as `127.0.0.1`,
 //! or at the cloud-metadata address, is refused: the same page server, reachable by one
 //! name and refused by the other.
+//!
+//! The last tests cover what request interception does not see (WebSockets, a window a
+//! click opens, a service worker's own requests): the worker's egress proxy refuses them.
 
 use serde_json::json;
 
 use crate::TASK_DEADLINE;
-use crate::helpers::{PageServer, TestApp};
+use crate::helpers::{ConnectionCounter, PageServer, TestApp};
 
 const ENDED: [&str; 5] = ["succeeded", "failed", "dead", "timed_out", "cancelled"];
 
@@ -136,5 +139,222 @@ async fn a_sub_request_to_a_refused_address_is_blocked() {
     assert_eq!(blocked["total"], 1, "{done}");
     assert_eq!(blocked["requests"][0]["url"], refused.url("pixel"));
     assert_eq!(blocked["requests"][0]["resource_type"], "Image");
+    app.shutdown().await;
+}
+
+/// Runs a `script` task on `url` with `steps`; returns the finished task.
+async fn run_script(app: &TestApp, url: &str, steps: serde_json::Value) -> serde_json::Value {
+    let (status, task) = app
+        .submit(&json!({"kind": "script", "input": {"url": url, "steps": steps}}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    app.wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_to_a_refused_address_never_connects() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let refused = ConnectionCounter::start().await;
+    let url = format!(
+        "{}?to=ws://127.0.0.1:{}/",
+        pages.localhost_url("websocket"),
+        refused.port
+    );
+    let done = run_script(
+        &app,
+        &url,
+        json!([
+            {"action": "wait_for", "selector": "#done"},
+            {"action": "extract", "name": "outcome", "selector": "#done"}
+        ]),
+    )
+    .await;
+    assert_eq!(
+        done["state"], "succeeded",
+        "a page's refused WebSocket does not fail the task: {done}"
+    );
+    assert_eq!(
+        done["result"]["data"]["outcome"], "error",
+        "the socket failed: {done}"
+    );
+    assert_eq!(refused.connections(), 0, "no connection reached the server");
+    // The control: the same server addressed by its allowed name is reached, through
+    // the proxy's tunnel.
+    let allowed = format!(
+        "{}?to=ws://localhost:{}/",
+        pages.localhost_url("websocket"),
+        refused.port
+    );
+    let done = run_script(
+        &app,
+        &allowed,
+        json!([{"action": "wait_for", "selector": "#done"}]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(refused.connections(), 1, "the allowed WebSocket connected");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_a_click_opens_cannot_reach_a_refused_address() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let refused = PageServer::start().await;
+    let url = format!(
+        "{}?to={}",
+        pages.localhost_url("opener"),
+        refused.url("opened")
+    );
+    let done = run_script(
+        &app,
+        &url,
+        json!([
+            {"action": "click", "selector": "#open"},
+            {"action": "wait_for", "delay_ms": 1500}
+        ]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(refused.hits("opened"), 0, "the new window never reached it");
+    // The control: a window opened to the allowed name loads.
+    let allowed = format!(
+        "{}?to={}",
+        pages.localhost_url("opener"),
+        refused.localhost_url("opened-by-name")
+    );
+    let done = run_script(
+        &app,
+        &allowed,
+        json!([
+            {"action": "click", "selector": "#open"},
+            {"action": "wait_for", "delay_ms": 1500}
+        ]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        refused.hits("opened-by-name"),
+        1,
+        "the allowed window loaded"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_worker_cannot_reach_a_refused_address() {
+    let app = allowing_localhost_by_name().await;
+    let pages = PageServer::start().await;
+    let refused = PageServer::start().await;
+    let url = format!(
+        "{}?to={}",
+        pages.localhost_url("service-worker"),
+        refused.url("from-worker")
+    );
+    let done = run_script(
+        &app,
+        &url,
+        json!([
+            {"action": "wait_for", "selector": "#done"},
+            {"action": "extract", "name": "outcome", "selector": "#done"}
+        ]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["data"]["outcome"], "active",
+        "the service worker installed (its fetch ran): {done}"
+    );
+    assert!(pages.hits("sw.js") >= 1, "the worker's script was loaded");
+    assert_eq!(
+        refused.hits("from-worker"),
+        0,
+        "the service worker's fetch never reached it"
+    );
+    // The control: the worker's fetch to the allowed name arrives.
+    let allowed = format!(
+        "{}?to={}",
+        pages.localhost_url("service-worker"),
+        refused.localhost_url("from-worker-by-name")
+    );
+    let done = run_script(
+        &app,
+        &allowed,
+        json!([{"action": "wait_for", "selector": "#done"}]),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        refused.hits("from-worker-by-name"),
+        1,
+        "the allowed fetch arrived"
+    );
+    app.shutdown().await;
+}
+
+/// The port of this test process's egress proxy, read from its browser's command line
+/// (its profile directory carries this process's id).
+fn our_egress_port() -> u16 {
+    let marker = format!(
+        "--user-data-dir=/tmp/operator-chromium-{}-",
+        std::process::id()
+    );
+    for entry in std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(Result::ok)
+    {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let arguments: Vec<String> = cmdline
+            .split(|byte| *byte == 0)
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect();
+        if !arguments
+            .iter()
+            .any(|argument| argument.starts_with(&marker))
+        {
+            continue;
+        }
+        if let Some(port) = arguments.iter().find_map(|argument| {
+            argument
+                .strip_prefix("--proxy-server=http://127.0.0.1:")
+                .and_then(|port| port.parse().ok())
+        }) {
+            return port;
+        }
+    }
+    panic!("no browser of this process runs with --proxy-server");
+}
+
+/// A document the request guard lets through but the egress proxy refuses fails the
+/// task with the final `url_not_allowed`, not with a network error or the proxy's 403
+/// page as a screenshot. In production that is a name that resolves elsewhere the
+/// second time (DNS rebinding); here, with loopback allowed by network (the test
+/// default), it is the proxy's own address, which the guard allows and the proxy never
+/// connects to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_the_proxy_refuses_fails_the_task_with_url_not_allowed() {
+    let app = TestApp::embedded().await;
+    let pages = PageServer::start().await;
+    let proxy = format!("127.0.0.1:{}", our_egress_port());
+    for url in [
+        format!("http://{proxy}/"),
+        format!("https://{proxy}/"),
+        format!("{}?to=http://{proxy}/", pages.url("redirect")),
+    ] {
+        let (status, task) = app
+            .submit(&json!({"kind": "screenshot", "input": {"url": url}, "max_attempts": 3}))
+            .await;
+        assert_eq!(status, 202, "{task}");
+        let done = app
+            .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+            .await;
+        assert_eq!(done["state"], "failed", "{url}: {done}");
+        assert_eq!(done["error"]["code"], "url_not_allowed", "{url}: {done}");
+        assert_eq!(done["attempts"], 1, "a final error is not retried: {done}");
+    }
     app.shutdown().await;
 }

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use operator_shared::config::{BrowserSettings, SandboxMode};
 use operator_shared::domain::Viewport;
 use operator_shared::error::{CodedError, ErrorCode};
+use operator_shared::network::NetworkPolicy;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
@@ -45,6 +46,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::cdp::{CdpError, Connection, FailureLog, Page};
+use crate::egress::{EgressProxy, RefusalLog};
 use crate::guard::Interception;
 
 /// Flags for a quiet, reproducible headless browser on a server. The list headless_chrome
@@ -130,6 +132,8 @@ pub struct BrowserHandle {
     spares: Mutex<Vec<(String, PageParts)>>,
     spare_target: usize,
     refilling: AtomicBool,
+    /// The refusals of the egress proxy this browser goes through, if any.
+    egress: Option<Arc<RefusalLog>>,
 }
 
 /// A page and its request interception.
@@ -216,6 +220,11 @@ impl BrowserHandle {
 
     pub fn call_timeout(&self) -> Duration {
         self.call_timeout
+    }
+
+    /// The egress proxy's refusals, when this browser goes through one.
+    pub fn egress_refusals(&self) -> Option<Arc<RefusalLog>> {
+        self.egress.clone()
     }
 
     /// Fails with a retryable `browser_crashed` when the browser process is gone or the
@@ -597,10 +606,20 @@ pub struct BrowserPool {
     current: Mutex<Option<Arc<BrowserHandle>>>,
     permits: Arc<Semaphore>,
     launches: AtomicU64,
+    /// The proxy every browser of this pool goes through (see [`crate::egress`]); none
+    /// when the policy refuses nothing (`network.allow_private`), where it would only
+    /// add a hop.
+    egress: Option<EgressProxy>,
 }
 
 impl BrowserPool {
-    pub fn new(settings: BrowserSettings, max_pages: usize) -> Result<Arc<Self>, CodedError> {
+    /// A pool whose browsers reach only what `policy` allows. Starts the egress proxy,
+    /// so it must be called inside the tokio runtime.
+    pub fn new(
+        settings: BrowserSettings,
+        max_pages: usize,
+        policy: &NetworkPolicy,
+    ) -> Result<Arc<Self>, CodedError> {
         let chrome_path = find_chrome(settings.chrome_path.as_deref())?;
         let launcher = Launcher::start().map_err(|error| {
             CodedError::new(
@@ -608,6 +627,28 @@ impl BrowserPool {
                 format!("cannot start the browser launcher thread: {error}"),
             )
         })?;
+        let egress = if policy.refuses_nothing() {
+            None
+        } else {
+            let proxy = EgressProxy::start(policy.clone()).map_err(|error| {
+                CodedError::new(
+                    ErrorCode::BrowserError,
+                    format!("cannot start the egress proxy: {error}"),
+                )
+            })?;
+            Some(proxy)
+        };
+        if egress.is_some()
+            && settings
+                .extra_args
+                .iter()
+                .any(|argument| argument.starts_with("--proxy-") || argument == "--no-proxy-server")
+        {
+            warn!(
+                "browser.extra_args sets a proxy flag, which replaces the egress proxy's: \
+                 WebSockets, WebRTC, service workers and clicked windows escape the network policy"
+            );
+        }
         Ok(Arc::new(Self {
             settings,
             chrome_path,
@@ -615,6 +656,7 @@ impl BrowserPool {
             current: Mutex::new(None),
             permits: Arc::new(Semaphore::new(max_pages.max(1))),
             launches: AtomicU64::new(0),
+            egress,
         }))
     }
 
@@ -706,6 +748,9 @@ impl BrowserPool {
         profile.push(profile_dir);
         arguments.push(profile);
         arguments.push(format!("--window-size={},{}", WINDOW_SIZE.0, WINDOW_SIZE.1).into());
+        if let Some(egress) = &self.egress {
+            arguments.extend(egress.chromium_flags().map(OsString::from));
+        }
         let sandbox = match self.settings.sandbox {
             SandboxMode::On => true,
             SandboxMode::Off => false,
@@ -800,6 +845,10 @@ impl BrowserPool {
             spares: Mutex::new(Vec::new()),
             spare_target: self.settings.spare_pages,
             refilling: AtomicBool::new(false),
+            egress: self
+                .egress
+                .as_ref()
+                .map(|egress| Arc::clone(egress.refusals())),
         })
     }
 
@@ -828,7 +877,7 @@ impl BrowserPool {
         })
     }
 
-    /// Stops the browser and its processes (worker shutdown).
+    /// Stops the browser and its processes, then the egress proxy (worker shutdown).
     pub fn shutdown(&self) {
         let handle = self
             .current
@@ -838,6 +887,14 @@ impl BrowserPool {
         if let Some(handle) = handle {
             handle.process.kill();
         }
+        if let Some(egress) = &self.egress {
+            egress.stop();
+        }
+    }
+
+    /// The egress proxy's address, when the pool has one.
+    pub fn egress_address(&self) -> Option<std::net::SocketAddr> {
+        self.egress.as_ref().map(EgressProxy::address)
     }
 }
 

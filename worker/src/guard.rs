@@ -10,10 +10,17 @@
 //! `BlockedByClient`; when it was the page's own document (a navigation, or a redirect
 //! of one), the task fails with a final `url_not_allowed`.
 //!
-//! What this does not cover (see the README): WebSocket and WebRTC connections (CDP
-//! does not pause them), windows opened by a user gesture (a `click` step; the popup
-//! blocker stops the others), service workers' own requests, and a DNS answer that
-//! changes between this check and Chromium's own lookup.
+//! What interception does not see is left to the egress proxy ([`crate::egress`]), the
+//! backstop every connection of the browser goes through: WebSocket and WebRTC
+//! connections (CDP does not pause them), windows opened by a user gesture (a `click`
+//! step; the popup blocker stops the others), service workers' own requests, and a DNS
+//! answer that changes between this check and the connection (the proxy connects to the
+//! address it checked). This guard stays in front: it is what turns a refused document
+//! into the task's `url_not_allowed`, applies the task's blocked resource types and URL
+//! patterns, and lists the page's refused requests in the task's result. When the proxy
+//! refuses a document this guard let through (its name resolved elsewhere the second
+//! time), [`RequestGuard::document_refusal`] reports that too, from the proxy's
+//! [`RefusalLog`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
@@ -27,6 +34,7 @@ use tracing::{info, warn};
 use url::{Host, Url};
 
 use crate::cdp::{Event, FailureLog, Page, PendingCall, Subscription};
+use crate::egress::RefusalLog;
 
 /// How many refused requests a task remembers for its result; a page that keeps
 /// retrying a refused address must not grow the result without bound.
@@ -70,6 +78,18 @@ pub struct RequestGuard {
     blocked_types: Vec<&'static str>,
     /// URL patterns (`*` wildcards) the task asked to block.
     blocked_patterns: Vec<String>,
+    /// The egress proxy's refusals, when the browser uses one.
+    egress: Option<Arc<RefusalLog>>,
+    /// The last request for the page's own document that this guard let through: its
+    /// host and port, and the egress proxy's latest refusal number then. A refusal of
+    /// that host and port numbered after it is a refusal of the document.
+    document_target: Mutex<Option<DocumentTarget>>,
+}
+
+struct DocumentTarget {
+    host: String,
+    port: u16,
+    refusals_before: u64,
 }
 
 impl RequestGuard {
@@ -83,7 +103,17 @@ impl RequestGuard {
             document_refusal: Mutex::new(None),
             blocked_types: Vec::new(),
             blocked_patterns: Vec::new(),
+            egress: None,
+            document_target: Mutex::new(None),
         }
+    }
+
+    /// Also treats the egress proxy's refusal of the page's own document as the
+    /// guard's: the task fails with `url_not_allowed`, not with the network error
+    /// Chromium reports (or the proxy's 403 page it shows).
+    pub fn with_egress(mut self, refusals: Option<Arc<RefusalLog>>) -> Self {
+        self.egress = refusals;
+        self
     }
 
     /// Also fails requests of these resource types and URLs matching these patterns
@@ -102,12 +132,48 @@ impl RequestGuard {
                 .any(|pattern| wildcard_match(pattern, url))
     }
 
-    /// Why the page's own document was refused, if it was.
+    /// Why the page's own document was refused, if it was: by this guard, or by the
+    /// egress proxy after this guard let it through (its name resolved elsewhere).
     pub fn document_refusal(&self) -> Option<CodedError> {
-        self.document_refusal
+        if let Some(refusal) = self
+            .document_refusal
             .lock()
             .ok()
             .and_then(|refusal| refusal.clone())
+        {
+            return Some(refusal);
+        }
+        let egress = self.egress.as_ref()?;
+        let refused = {
+            let target = self.document_target.lock().ok()?;
+            let target = target.as_ref()?;
+            egress.refused_since(&target.host, target.port, target.refusals_before)?
+        };
+        if let Ok(mut slot) = self.document_refusal.lock()
+            && slot.is_none()
+        {
+            *slot = Some(refused.clone());
+        }
+        Some(refused)
+    }
+
+    /// Remembers a request for the page's own document that is about to leave.
+    fn remember_document(&self, url: &str) {
+        let Some(egress) = &self.egress else {
+            return;
+        };
+        // Read before the request is continued: a refusal of it comes later.
+        let refusals_before = egress.latest();
+        let target = Url::parse(url).ok().and_then(|url| {
+            Some(DocumentTarget {
+                host: url.host_str()?.to_owned(),
+                port: url.port_or_known_default()?,
+                refusals_before,
+            })
+        });
+        if let Ok(mut slot) = self.document_target.lock() {
+            *slot = target;
+        }
     }
 
     /// The refused requests (the first few) and how many there were in all.
@@ -129,7 +195,12 @@ impl RequestGuard {
             return Decision::Fail("BlockedByClient");
         }
         match self.check(url) {
-            Verdict::Allow => Decision::Continue,
+            Verdict::Allow => {
+                if is_main_document {
+                    self.remember_document(url);
+                }
+                Decision::Continue
+            }
             Verdict::Unresolvable(message) => {
                 info!(url = %url, error = %message, "request to an unresolvable host");
                 Decision::Fail("NameNotResolved")
@@ -461,5 +532,40 @@ mod tests {
         assert_eq!(list.len(), MAX_RECORDED_REFUSALS);
         assert_eq!(total, MAX_RECORDED_REFUSALS + 5);
         assert!(default.document_refusal().is_none());
+    }
+
+    fn paused(url: &str, resource_type: &str, frame_id: &str) -> RequestPaused {
+        RequestPaused {
+            request_id: "request".into(),
+            request: PausedRequest { url: url.into() },
+            frame_id: frame_id.into(),
+            resource_type: resource_type.into(),
+        }
+    }
+
+    #[test]
+    fn the_egress_proxy_refusing_the_document_refuses_the_task() {
+        let refusals = Arc::new(RefusalLog::default());
+        let error = CodedError::new(ErrorCode::UrlNotAllowed, "rebound to loopback");
+        // A refusal from before the document left does not count.
+        refusals.record("93.184.215.14", 80, &error);
+        let guarded = guard(&[]).with_egress(Some(Arc::clone(&refusals)));
+        let document = paused("http://93.184.215.14/page", "Document", "frame");
+        assert!(matches!(guarded.decide(&document), Decision::Continue));
+        assert!(guarded.document_refusal().is_none());
+        // The proxy refuses a sub-resource's host, then the document's.
+        refusals.record("203.0.113.9", 80, &error);
+        assert!(
+            guarded.document_refusal().is_none(),
+            "not the document's host"
+        );
+        refusals.record("93.184.215.14", 80, &error);
+        assert_eq!(guarded.document_refusal(), Some(error.clone()));
+        // A sub-frame's document is not the page's.
+        let other = guard(&[]).with_egress(Some(Arc::clone(&refusals)));
+        let frame = paused("http://93.184.215.14/frame", "Document", "child");
+        assert!(matches!(other.decide(&frame), Decision::Continue));
+        refusals.record("93.184.215.14", 80, &error);
+        assert!(other.document_refusal().is_none());
     }
 }

@@ -6,6 +6,9 @@
 //!   flattened page sessions, answers and events routed by a reader task).
 //! - [`input`]: mouse and keyboard input (clicks, hovers, key presses, typing).
 //! - [`guard`]: the network policy applied to every request a page makes.
+//! - [`egress`]: the proxy every browser connection goes through, which connects only
+//!   to addresses the network policy allows (WebSockets, WebRTC, service workers, new
+//!   windows, DNS rebinding: what request interception does not see).
 //! - [`events`]: what a page did (lifecycle, network and console logs).
 //! - [`steps`]: the step executor for `script`, `content` and `scrape` tasks.
 //! - [`render`]: what happens in a page (navigate, wait, screenshot or PDF).
@@ -30,6 +33,7 @@ use tracing::{info, warn};
 
 pub mod browser;
 pub mod cdp;
+pub mod egress;
 pub mod events;
 pub mod guard;
 pub mod input;
@@ -72,12 +76,12 @@ impl Worker {
         storage: ArtifactStore,
     ) -> Result<Self, WorkerError> {
         let concurrency = settings.worker.concurrency;
-        let pool = BrowserPool::new(settings.browser.clone(), concurrency)?;
-        pool.warm_up().await?;
-        pool.spawn_keepalive(settings.browser.call_timeout / 3);
         let policy = settings
             .network_policy()
             .map_err(|error| WorkerError::Policy(error.to_string()))?;
+        let pool = BrowserPool::new(settings.browser.clone(), concurrency, &policy)?;
+        pool.warm_up().await?;
+        pool.spawn_keepalive(settings.browser.call_timeout / 3);
         let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
         let dispatcher = settings.webhooks.dispatcher.then(|| {
             Arc::new(Dispatcher::new(

@@ -98,7 +98,8 @@ pub fn render(
     // The event log and the guard are in place before the page loads anything.
     let events = Arc::new(PageEvents::new(page.target_id()).with_log_sink(log_sink));
     let events_subscription = events.install(&page);
-    let mut guard = RequestGuard::new(policy.clone(), page.target_id());
+    let mut guard =
+        RequestGuard::new(policy.clone(), page.target_id()).with_egress(handle.egress_refusals());
     if let TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) = spec {
         guard = guard.blocking(
             input
