@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, Parts, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -63,8 +63,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An idle upstream connection older than this is not reused. Servers close idle
 /// keep-alive connections (Node.js after 5 s): a request written just as the server
-/// closes fails without an answer, and the proxy cannot replay it, since the body was
-/// streamed.
+/// closes fails without an answer. A request without a body is then sent again on a new
+/// connection; one with a body cannot be (it was streamed), so the reuse stays short.
 const UPSTREAM_IDLE_REUSE: Duration = Duration::from_secs(4);
 
 /// Upstream connections one client connection keeps (one per host). Chromium spreads
@@ -291,10 +291,33 @@ struct ClientConnection {
     upstreams: Mutex<Vec<Upstream>>,
 }
 
+/// What the proxy sends upstream: the browser's request body, or none (a request sent
+/// again, see [`bodiless_copy`]).
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// Whether a request may be sent a second time: a method without side effects, and no
+/// body (the body is streamed through, so it could not be sent twice).
+fn is_replayable(request: &Request<Incoming>) -> bool {
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) && request.body().is_end_stream()
+}
+
+/// The same request head, with an empty body.
+fn bodiless_copy(request: &Request<Incoming>) -> Request<UpstreamBody> {
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
 struct Upstream {
     host: String,
     port: u16,
-    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    sender: hyper::client::conn::http1::SendRequest<UpstreamBody>,
     idle_since: Instant,
 }
 
@@ -425,22 +448,40 @@ impl ClientConnection {
                 .map_err(|_| Failure::BadRequest("the URL's host is not a valid header"))?;
             headers.insert(header::HOST, host);
         }
-        let mut upstream = self.upstream(authority.host(), port).await?;
-        let mut response = upstream
+        let (upstream, reused) = self.upstream(authority.host(), port).await?;
+        // A kept connection may be closed by the server just as this request is written
+        // (idle keep-alive timeouts); the request then fails without an answer. As a
+        // browser does, a request without a body and without side effects is sent again
+        // once, on a new connection; any other request's failure is the page's to see.
+        let replay = (reused && is_replayable(&request)).then(|| bodiless_copy(&request));
+        let mut upstream = upstream;
+        let sent = upstream
             .sender
-            .send_request(request)
-            .await
-            .map_err(|error| {
-                Failure::Unreachable(format!("{authority} did not answer: {error}"))
-            })?;
+            .send_request(request.map(Either::Left))
+            .await;
+        let mut response = match (sent, replay) {
+            (Ok(response), _) => response,
+            (Err(error), Some(copy)) => {
+                debug!(%authority, error = %error, "a kept upstream connection failed; sending again on a new one");
+                upstream = self.open_upstream(authority.host(), port).await?;
+                upstream.sender.send_request(copy).await.map_err(|error| {
+                    Failure::Unreachable(format!("{authority} did not answer: {error}"))
+                })?
+            }
+            (Err(error), None) => {
+                return Err(Failure::Unreachable(format!(
+                    "{authority} did not answer: {error}"
+                )));
+            }
+        };
         self.keep(upstream);
         remove_hop_by_hop(response.headers_mut());
         Ok(response.map(Either::Left))
     }
 
-    /// A ready upstream connection to `host:port`: a kept one, or a new one. Taken out
-    /// of the kept list while in use.
-    async fn upstream(&self, host: &str, port: u16) -> Result<Upstream, Failure> {
+    /// A ready upstream connection to `host:port`: a kept one, or a new one (and
+    /// whether it was kept). Taken out of the kept list while in use.
+    async fn upstream(&self, host: &str, port: u16) -> Result<(Upstream, bool), Failure> {
         let kept = self.upstreams.lock().ok().and_then(|mut upstreams| {
             let index = upstreams.iter().position(|upstream| {
                 upstream.port == port && upstream.host.eq_ignore_ascii_case(host)
@@ -452,8 +493,13 @@ impl ClientConnection {
             && !kept.sender.is_closed()
             && kept.sender.ready().await.is_ok()
         {
-            return Ok(kept);
+            return Ok((kept, true));
         }
+        Ok((self.open_upstream(host, port).await?, false))
+    }
+
+    /// A new upstream connection to a checked address of `host:port`.
+    async fn open_upstream(&self, host: &str, port: u16) -> Result<Upstream, Failure> {
         let stream = self.connect(host, port).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -695,6 +741,63 @@ mod tests {
             headers,
             String::from_utf8(body.to_vec()).expect("utf-8"),
         )
+    }
+
+    /// An HTTP server whose first connection answers one request, then closes when the
+    /// second arrives, without answering (an idle timeout that fires just then); later
+    /// connections answer normally. Returns its port and its connection count.
+    async fn server_closing_its_kept_connection() -> (u16, Arc<AtomicUsize>) {
+        async fn read_head(stream: &mut TcpStream) -> bool {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return false,
+                }
+            }
+            true
+        }
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    while read_head(&mut stream).await {
+                        if stream.write_all(ANSWER).await.is_err() {
+                            return;
+                        }
+                        if first {
+                            // Read the next request, then close without answering.
+                            let _ = read_head(&mut stream).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_get_on_a_kept_connection_the_server_closed_is_sent_again() {
+        let proxy = EgressProxy::start(policy(&["127.0.0.0/8"])).expect("proxy");
+        let (port, accepted) = server_closing_its_kept_connection().await;
+        let mut sender = client(&proxy).await;
+        let url = format!("http://127.0.0.1:{port}/page");
+        let (status, _, body) = get(&mut sender, &url).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        let (status, _, body) = get(&mut sender, &url).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "ok"),
+            "sent again on a new connection"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
