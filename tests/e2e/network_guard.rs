@@ -203,20 +203,16 @@ async fn a_window_a_click_opens_cannot_reach_a_refused_address() {
     let app = allowing_localhost_by_name().await;
     let pages = PageServer::start().await;
     let refused = PageServer::start().await;
+    let click_and_wait = json!([
+        {"action": "click", "selector": "#open"},
+        {"action": "wait_for", "delay_ms": 1500}
+    ]);
     let url = format!(
         "{}?to={}",
         pages.localhost_url("opener"),
         refused.url("opened")
     );
-    let done = run_script(
-        &app,
-        &url,
-        json!([
-            {"action": "click", "selector": "#open"},
-            {"action": "wait_for", "delay_ms": 1500}
-        ]),
-    )
-    .await;
+    let done = run_script(&app, &url, click_and_wait.clone()).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(refused.hits("opened"), 0, "the new window never reached it");
     // The control: a window opened to the allowed name loads.
@@ -225,15 +221,7 @@ async fn a_window_a_click_opens_cannot_reach_a_refused_address() {
         pages.localhost_url("opener"),
         refused.localhost_url("opened-by-name")
     );
-    let done = run_script(
-        &app,
-        &allowed,
-        json!([
-            {"action": "click", "selector": "#open"},
-            {"action": "wait_for", "delay_ms": 1500}
-        ]),
-    )
-    .await;
+    let done = run_script(&app, &allowed, click_and_wait).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(
         refused.hits("opened-by-name"),

@@ -629,55 +629,60 @@ mod tests {
         NetworkPolicy::parse(&entries, false).expect("policy")
     }
 
-    /// A loopback server that counts its connections and echoes what it reads.
-    async fn echo_server() -> (u16, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let (mut reader, mut writer) = stream.split();
-                    let _closed = tokio::io::copy(&mut reader, &mut writer).await;
-                });
-            }
-        });
-        (port, accepted)
-    }
-
-    /// A loopback HTTP server answering `NAME METHOD PATH HOST`, counting connections.
-    async fn http_server(name: &'static str) -> (u16, Arc<AtomicUsize>) {
+    /// A loopback server that counts its connections and hands each to `serve`, with its
+    /// number (0 for the first). Returns its port and its connection count.
+    async fn counting_server<F, Serving>(serve: F) -> (u16, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream, usize) -> Serving + Send + 'static,
+        Serving: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&accepted);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let host = request
-                        .headers()
-                        .get(header::HOST)
-                        .and_then(|value| value.to_str().ok())
-                        .unwrap_or("-")
-                        .to_owned();
-                    let proxy_header = request.headers().contains_key("proxy-connection");
-                    let answer = format!(
-                        "{name} {} {} {host} proxy-connection={proxy_header}",
-                        request.method(),
-                        request.uri()
-                    );
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer)))) }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                let number = counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, number));
             }
         });
         (port, accepted)
+    }
+
+    /// A loopback server that counts its connections and echoes what it reads.
+    async fn echo_server() -> (u16, Arc<AtomicUsize>) {
+        counting_server(|mut stream, _| async move {
+            let (mut reader, mut writer) = stream.split();
+            let _closed = tokio::io::copy(&mut reader, &mut writer).await;
+        })
+        .await
+    }
+
+    /// A loopback HTTP server answering `NAME METHOD PATH HOST`, counting connections.
+    async fn http_server(name: &'static str) -> (u16, Arc<AtomicUsize>) {
+        counting_server(move |stream, _| {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let host = request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned();
+                let proxy_header = request.headers().contains_key("proxy-connection");
+                let answer = format!(
+                    "{name} {} {} {host} proxy-connection={proxy_header}",
+                    request.method(),
+                    request.uri()
+                );
+                async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer)))) }
+            });
+            async move {
+                let _closed = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        })
+        .await
     }
 
     /// Sends `CONNECT target` on a new connection; returns the status, the head, and
@@ -759,28 +764,19 @@ mod tests {
             true
         }
         const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
-                tokio::spawn(async move {
-                    while read_head(&mut stream).await {
-                        if stream.write_all(ANSWER).await.is_err() {
-                            return;
-                        }
-                        if first {
-                            // Read the next request, then close without answering.
-                            let _ = read_head(&mut stream).await;
-                            return;
-                        }
-                    }
-                });
+        counting_server(|mut stream, number| async move {
+            while read_head(&mut stream).await {
+                if stream.write_all(ANSWER).await.is_err() {
+                    return;
+                }
+                if number == 0 {
+                    // Read the next request, then close without answering.
+                    let _ = read_head(&mut stream).await;
+                    return;
+                }
             }
-        });
-        (port, accepted)
+        })
+        .await
     }
 
     #[tokio::test]
