@@ -250,6 +250,11 @@ pub struct BrowserSettings {
     pub call_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub launch_timeout: Duration,
+    /// Browsers per worker process (at least 1). The worker's concurrent tasks are
+    /// spread over them, each task on the least busy one: `worker.concurrency` 8 with 2
+    /// browsers runs about 4 pages in each. More browsers cost memory and isolate
+    /// crashes: a browser that dies takes only its own tasks down.
+    pub browsers: usize,
     /// A browser is replaced after this many tasks (0: never), so that leaks in a
     /// long-lived Chromium (memory, handles) cannot accumulate.
     pub recycle_after: u64,
@@ -279,6 +284,7 @@ impl Default for BrowserSettings {
             extra_args: Vec::new(),
             call_timeout: Duration::from_secs(30),
             launch_timeout: Duration::from_secs(20),
+            browsers: 1,
             recycle_after: 200,
             recycle_above_mb: 2048,
             spare_pages: 2,

@@ -184,3 +184,60 @@ async fn a_browser_above_its_memory_limit_is_recycled() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_spread_over_the_browsers_and_a_crash_takes_down_only_its_own() {
+    let app = TestApp::embedded_with(|settings| {
+        settings.browser.browsers = 2;
+        settings.worker.concurrency = 2;
+    })
+    .await;
+    let pages = PageServer::start().await;
+    let browsers = our_browsers();
+    assert_eq!(browsers.len(), 2, "two warm browsers: {browsers:?}");
+    // Two tasks at once, each waiting in a delay step: one on each browser.
+    let mut ids = Vec::new();
+    for name in ["left", "right"] {
+        let (status, task) = app
+            .submit(&json!({"kind": "script", "max_attempts": 3, "input": {"url": pages.url(name), "steps": [
+                {"action": "wait_for", "delay_ms": 3000, "timeout_ms": 6000}
+            ]}}))
+            .await;
+        assert_eq!(status, 202, "{task}");
+        ids.push(task["id"].as_str().expect("id").to_owned());
+    }
+    let deadline = std::time::Instant::now() + TASK_DEADLINE;
+    while pages.hits("left") == 0 || pages.hits("right") == 0 {
+        assert!(std::time::Instant::now() < deadline, "both tasks started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &browsers[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+
+    let mut attempts = Vec::new();
+    for id in &ids {
+        let done = app
+            .wait_for(
+                id,
+                &["succeeded", "failed", "dead", "timed_out"],
+                TASK_DEADLINE,
+            )
+            .await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        attempts.push(done["attempts"].as_u64().expect("attempts"));
+    }
+    attempts.sort_unstable();
+    assert_eq!(
+        attempts,
+        [1, 2],
+        "the killed browser's task was retried, the other browser's task was not"
+    );
+    let now = our_browsers();
+    assert_eq!(now.len(), 2, "the killed browser was replaced: {now:?}");
+    assert!(now.contains(&browsers[1]), "the other browser lives on");
+    app.shutdown().await;
+}

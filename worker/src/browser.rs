@@ -1,5 +1,6 @@
-//! The Chromium pool: one warm browser per worker process, a fresh browser context per
-//! task, and a bounded blocking pool for the browser code.
+//! The Chromium pool: `browser.browsers` warm browsers per worker process (the worker's
+//! concurrent tasks spread over them, each on the least busy), a fresh browser context
+//! per task, and a bounded blocking pool for the browser code.
 //!
 //! The pool launches Chromium itself and drives it over our own CDP connection
 //! ([`crate::cdp`]): one WebSocket per browser, which every page shares through a
@@ -31,7 +32,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -597,13 +598,34 @@ fn devtools_url(stderr: ChildStderr, timeout: Duration) -> Result<String, CodedE
     }
 }
 
+/// One of the pool's browsers, and how many tasks run on it now.
+struct Slot {
+    /// The slot's browser. A std mutex: it is only taken on blocking-pool threads, and
+    /// only to read or swap the handle (and to launch, which must not happen twice).
+    current: Mutex<Option<Arc<BrowserHandle>>>,
+    /// Tasks on this browser now; a task goes to the least busy browser.
+    busy: AtomicUsize,
+}
+
+/// A task's place on a slot, given back when the task's browser work ends.
+struct SlotUse<'a> {
+    slot: &'a Slot,
+}
+
+impl Drop for SlotUse<'_> {
+    fn drop(&mut self) {
+        self.slot.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub struct BrowserPool {
     settings: BrowserSettings,
     chrome_path: PathBuf,
     launcher: Launcher,
-    /// The current browser. A std mutex: it is only taken on blocking-pool threads, and
-    /// only to read or swap the handle (and to launch, which must not happen twice).
-    current: Mutex<Option<Arc<BrowserHandle>>>,
+    /// `browser.browsers` browsers, which share the worker's concurrency: with `c`
+    /// concurrent tasks and `b` browsers, each runs about `c / b` at once, and a browser
+    /// that crashes takes only its own tasks down.
+    slots: Vec<Slot>,
     permits: Arc<Semaphore>,
     launches: AtomicU64,
     /// The proxy every browser of this pool goes through (see [`crate::egress`]); none
@@ -649,11 +671,17 @@ impl BrowserPool {
                  WebSockets, WebRTC, service workers and clicked windows escape the network policy"
             );
         }
+        let slots = (0..settings.browsers.max(1))
+            .map(|_| Slot {
+                current: Mutex::new(None),
+                busy: AtomicUsize::new(0),
+            })
+            .collect();
         Ok(Arc::new(Self {
             settings,
             chrome_path,
             launcher,
-            current: Mutex::new(None),
+            slots,
             permits: Arc::new(Semaphore::new(max_pages.max(1))),
             launches: AtomicU64::new(0),
             egress,
@@ -664,19 +692,43 @@ impl BrowserPool {
         &self.chrome_path
     }
 
-    /// How many browsers this pool has started (1 + replacements).
+    /// How many browsers this pool has started (`browser.browsers` + replacements).
     pub fn launches(&self) -> u64 {
         self.launches.load(Ordering::SeqCst)
     }
 
-    /// Starts the browser ahead of the first task.
+    /// Starts every browser ahead of the first task. The warm-up counts as each
+    /// browser's first use.
     pub async fn warm_up(self: &Arc<Self>) -> Result<(), CodedError> {
-        self.run_blocking(|handle| {
-            info!(pid = handle.pid(), "browser ready");
-            handle.refill_spares_in_background();
-            Ok(())
-        })
-        .await
+        for index in 0..self.slots.len() {
+            let pool = Arc::clone(self);
+            tokio::task::spawn_blocking(move || {
+                let handle = pool.browser(&pool.slots[index])?;
+                handle.tasks_started.fetch_add(1, Ordering::Relaxed);
+                info!(pid = handle.pid(), browser = index, "browser ready");
+                handle.refill_spares_in_background();
+                Ok::<_, CodedError>(())
+            })
+            .await
+            .map_err(|error| {
+                CodedError::new(
+                    ErrorCode::Internal,
+                    format!("browser start panicked or was cancelled: {error}"),
+                )
+            })??;
+        }
+        Ok(())
+    }
+
+    /// The least busy browser's slot, counted as one task busier until the use drops.
+    fn take_slot(&self) -> SlotUse<'_> {
+        let slot = self
+            .slots
+            .iter()
+            .min_by_key(|slot| slot.busy.load(Ordering::SeqCst))
+            .unwrap_or(&self.slots[0]);
+        slot.busy.fetch_add(1, Ordering::SeqCst);
+        SlotUse { slot }
     }
 
     /// Runs `job` on a blocking-pool thread with a live browser.
@@ -694,7 +746,8 @@ impl BrowserPool {
         let pool = Arc::clone(self);
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let handle = pool.browser()?;
+            let slot = pool.take_slot();
+            let handle = pool.browser(slot.slot)?;
             handle.tasks_started.fetch_add(1, Ordering::Relaxed);
             job(handle)
         })
@@ -708,9 +761,9 @@ impl BrowserPool {
         }
     }
 
-    /// The current browser, launched or replaced when needed. Blocking.
-    fn browser(&self) -> Result<Arc<BrowserHandle>, CodedError> {
-        let mut current = self
+    /// The slot's browser, launched or replaced when needed. Blocking.
+    fn browser(&self, slot: &Slot) -> Result<Arc<BrowserHandle>, CodedError> {
+        let mut current = slot
             .current
             .lock()
             .map_err(|_| CodedError::new(ErrorCode::Internal, "browser pool lock poisoned"))?;
@@ -862,30 +915,40 @@ impl BrowserPool {
             loop {
                 ticker.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
-                let handle = pool.current.lock().ok().and_then(|current| current.clone());
-                // Not held across the ping: a browser replaced meanwhile can go.
+                let handles: Vec<_> = pool
+                    .slots
+                    .iter()
+                    .filter_map(|slot| slot.current.lock().ok().and_then(|current| current.clone()))
+                    .collect();
+                // Not held across the pings: a browser replaced meanwhile can go.
                 drop(pool);
-                let Some(handle) = handle else { continue };
-                if !handle.ping().await {
-                    handle.mark_broken();
-                    warn!("browser did not answer its keep-alive ping; it will be replaced");
+                for handle in handles {
+                    if !handle.ping().await {
+                        handle.mark_broken();
+                        warn!(
+                            pid = handle.pid(),
+                            "browser did not answer its keep-alive ping; it will be replaced"
+                        );
+                    }
+                    // The last reference to a replaced browser kills its processes,
+                    // which blocks: never on a runtime thread.
+                    tokio::task::spawn_blocking(move || drop(handle));
                 }
-                // The last reference to a replaced browser kills its processes, which
-                // blocks: never on a runtime thread.
-                tokio::task::spawn_blocking(move || drop(handle));
             }
         })
     }
 
-    /// Stops the browser and its processes, then the egress proxy (worker shutdown).
+    /// Stops the browsers and their processes, then the egress proxy (worker shutdown).
     pub fn shutdown(&self) {
-        let handle = self
-            .current
-            .lock()
-            .ok()
-            .and_then(|mut current| current.take());
-        if let Some(handle) = handle {
-            handle.process.kill();
+        for slot in &self.slots {
+            let handle = slot
+                .current
+                .lock()
+                .ok()
+                .and_then(|mut current| current.take());
+            if let Some(handle) = handle {
+                handle.process.kill();
+            }
         }
         if let Some(egress) = &self.egress {
             egress.stop();
