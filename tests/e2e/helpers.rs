@@ -375,7 +375,22 @@ async fn start(
     (url, tokio::spawn(application.run_until_stopped(stopped)))
 }
 
+/// Every state a task ends in.
+pub const ENDED: [&str; 5] = ["succeeded", "failed", "dead", "timed_out", "cancelled"];
+
 impl TestApp {
+    /// Submits `task` (expecting `202`) and waits until it ends; the finished task.
+    pub async fn run(&self, task: &serde_json::Value) -> serde_json::Value {
+        let (status, created) = self.submit(task).await;
+        assert_eq!(status, 202, "{created}");
+        self.wait_for(
+            created["id"].as_str().expect("id"),
+            &ENDED,
+            crate::TASK_DEADLINE,
+        )
+        .await
+    }
+
     /// `operator serve` on the embedded defaults: SQLite, the database queue, local files.
     pub async fn embedded() -> Self {
         Self::embedded_with(|_| {}).await

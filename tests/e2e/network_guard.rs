@@ -11,10 +11,7 @@
 
 use serde_json::json;
 
-use crate::TASK_DEADLINE;
 use crate::helpers::{ConnectionCounter, PageServer, TestApp};
-
-const ENDED: [&str; 5] = ["succeeded", "failed", "dead", "timed_out", "cancelled"];
 
 async fn allowing_localhost_by_name() -> TestApp {
     TestApp::embedded_with(|settings| {
@@ -60,12 +57,8 @@ async fn a_redirect_to_a_refused_address_fails_the_task_for_good() {
         pages.localhost_url("redirect")
     );
     for url in [to_loopback, to_metadata] {
-        let (status, task) = app
-            .submit(&json!({"kind": "screenshot", "input": {"url": url}, "max_attempts": 3}))
-            .await;
-        assert_eq!(status, 202, "{task}");
         let done = app
-            .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+            .run(&json!({"kind": "screenshot", "input": {"url": url}, "max_attempts": 3}))
             .await;
         assert_eq!(done["state"], "failed", "{done}");
         assert_eq!(done["error"]["code"], "url_not_allowed", "{done}");
@@ -86,15 +79,12 @@ async fn a_popup_cannot_reach_a_refused_address() {
         pages.localhost_url("popup"),
         refused.url("opened")
     );
-    let (status, task) = app
-        .submit(&json!({"kind": "script", "input": {"url": url, "steps": [
-            {"action": "wait_for", "delay_ms": 1000}
-        ]}}))
-        .await;
-    assert_eq!(status, 202, "{task}");
-    let done = app
-        .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
-        .await;
+    let done = run_script(
+        &app,
+        &url,
+        json!([{"action": "wait_for", "delay_ms": 1000}]),
+    )
+    .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(
         refused.hits("opened"),
@@ -102,11 +92,8 @@ async fn a_popup_cannot_reach_a_refused_address() {
         "the popup never reached it: {done}"
     );
     // The browser still serves the next task.
-    let (_, next) = app
-        .submit(&json!({"kind": "screenshot", "input": {"url": pages.localhost_url("next")}}))
-        .await;
     let next = app
-        .wait_for(next["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .run(&json!({"kind": "screenshot", "input": {"url": pages.localhost_url("next")}}))
         .await;
     assert_eq!(next["state"], "succeeded", "{next}");
     assert_eq!(next["attempts"], 1, "{next}");
@@ -123,12 +110,8 @@ async fn a_sub_request_to_a_refused_address_is_blocked() {
         pages.localhost_url("embed"),
         refused.url("pixel")
     );
-    let (status, task) = app
-        .submit(&json!({"kind": "screenshot", "input": {"url": url}}))
-        .await;
-    assert_eq!(status, 202, "{task}");
     let done = app
-        .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+        .run(&json!({"kind": "screenshot", "input": {"url": url}}))
         .await;
     assert_eq!(
         done["state"], "succeeded",
@@ -144,11 +127,7 @@ async fn a_sub_request_to_a_refused_address_is_blocked() {
 
 /// Runs a `script` task on `url` with `steps`; returns the finished task.
 async fn run_script(app: &TestApp, url: &str, steps: serde_json::Value) -> serde_json::Value {
-    let (status, task) = app
-        .submit(&json!({"kind": "script", "input": {"url": url, "steps": steps}}))
-        .await;
-    assert_eq!(status, 202, "{task}");
-    app.wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+    app.run(&json!({"kind": "script", "input": {"url": url, "steps": steps}}))
         .await
 }
 
@@ -333,12 +312,8 @@ async fn a_document_the_proxy_refuses_fails_the_task_with_url_not_allowed() {
         format!("https://{proxy}/"),
         format!("{}?to=http://{proxy}/", pages.url("redirect")),
     ] {
-        let (status, task) = app
-            .submit(&json!({"kind": "screenshot", "input": {"url": url}, "max_attempts": 3}))
-            .await;
-        assert_eq!(status, 202, "{task}");
         let done = app
-            .wait_for(task["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
+            .run(&json!({"kind": "screenshot", "input": {"url": url}, "max_attempts": 3}))
             .await;
         assert_eq!(done["state"], "failed", "{url}: {done}");
         assert_eq!(done["error"]["code"], "url_not_allowed", "{url}: {done}");

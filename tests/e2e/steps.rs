@@ -5,19 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::TASK_DEADLINE;
 use operator_shared::testkit::read_sse;
 
 use crate::helpers::{PageServer, TestApp, decode_png};
-
-const ENDED: [&str; 5] = ["succeeded", "failed", "dead", "timed_out", "cancelled"];
-
-async fn run(app: &TestApp, task: Value) -> Value {
-    let (status, created) = app.submit(&task).await;
-    assert_eq!(status, 202, "{created}");
-    app.wait_for(created["id"].as_str().expect("id"), &ENDED, TASK_DEADLINE)
-        .await
-}
 
 fn artifact<'a>(task: &'a Value, name: &str) -> &'a Value {
     task["artifacts"]
@@ -30,19 +20,19 @@ fn artifact<'a>(task: &'a Value, name: &str) -> &'a Value {
 async fn a_login_form_is_filled_and_submitted() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;
-    let done = run(
-        &app,
-        json!({"kind": "script", "input": {"url": pages.url("login"), "steps": [
-            {"action": "type", "selector": "#user", "text": "ada", "delay_ms": 5},
-            {"action": "type", "selector": "#password", "text": "secret"},
-            {"action": "select", "selector": "#plan", "values": ["pro"]},
-            {"action": "click", "selector": "#submit"},
-            {"action": "wait_for", "event": "navigation"},
-            {"action": "extract", "name": "greeting", "selector": "#greeting"},
-            {"action": "evaluate", "name": "title", "expression": "document.title"}
-        ]}}),
-    )
-    .await;
+    let done = app
+        .run(
+            &json!({"kind": "script", "input": {"url": pages.url("login"), "steps": [
+                {"action": "type", "selector": "#user", "text": "ada", "delay_ms": 5},
+                {"action": "type", "selector": "#password", "text": "secret"},
+                {"action": "select", "selector": "#plan", "values": ["pro"]},
+                {"action": "click", "selector": "#submit"},
+                {"action": "wait_for", "event": "navigation"},
+                {"action": "extract", "name": "greeting", "selector": "#greeting"},
+                {"action": "evaluate", "name": "title", "expression": "document.title"}
+            ]}}),
+        )
+        .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"]["data"]["greeting"], "Welcome, ada (pro)");
     assert_eq!(done["result"]["data"]["title"], "welcome");
@@ -92,14 +82,10 @@ async fn a_login_form_is_filled_and_submitted() {
 async fn console_lines_are_streamed_as_log_events() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;
-    let done = run(
-        &app,
-        json!({"kind": "script", "input": {"url": pages.url("logging"), "steps": [
+    let done = app.run(&json!({"kind": "script", "input": {"url": pages.url("logging"), "steps": [
             {"action": "evaluate", "name": "first", "expression": "console.log('first line'), 1"},
             {"action": "evaluate", "name": "second", "expression": "console.warn('second', 2), 2"}
-        ]}}),
-    )
-    .await;
+        ]}})).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let id = done["id"].as_str().expect("id");
     let response = app
@@ -134,19 +120,19 @@ async fn console_lines_are_streamed_as_log_events() {
 async fn a_list_is_scraped_into_records() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;
-    let done = run(
-        &app,
-        json!({"kind": "scrape", "input": {"url": pages.url("list"), "extract": [
-            {"name": "products", "selector": "li.item", "fields": {
-                "name": ".name",
-                "price": ".price",
-                "link": {"selector": "a", "what": "attribute", "attribute": "href"}
-            }},
-            {"name": "names", "selector": ".name", "all": true},
-            {"name": "missing", "selector": ".nothing", "optional": true}
-        ]}}),
-    )
-    .await;
+    let done = app
+        .run(
+            &json!({"kind": "scrape", "input": {"url": pages.url("list"), "extract": [
+                {"name": "products", "selector": "li.item", "fields": {
+                    "name": ".name",
+                    "price": ".price",
+                    "link": {"selector": "a", "what": "attribute", "attribute": "href"}
+                }},
+                {"name": "names", "selector": ".name", "all": true},
+                {"name": "missing", "selector": ".nothing", "optional": true}
+            ]}}),
+        )
+        .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let data = &done["result"]["data"];
     assert_eq!(
@@ -171,11 +157,9 @@ async fn a_list_is_scraped_into_records() {
 async fn content_is_the_html_after_scripts_ran() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;
-    let done = run(
-        &app,
-        json!({"kind": "content", "input": {"url": pages.url("list")}}),
-    )
-    .await;
+    let done = app
+        .run(&json!({"kind": "content", "input": {"url": pages.url("list")}}))
+        .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let html = artifact(&done, "page.html");
     let (content_type, bytes) = app.download(html["url"].as_str().expect("url")).await;
@@ -193,13 +177,13 @@ async fn content_is_the_html_after_scripts_ran() {
 async fn an_element_screenshot_has_the_element_size() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;
-    let done = run(
-        &app,
-        json!({"kind": "script", "input": {"url": pages.url("card"), "steps": [
-            {"action": "screenshot", "name": "card", "selector": "#card"}
-        ]}}),
-    )
-    .await;
+    let done = app
+        .run(
+            &json!({"kind": "script", "input": {"url": pages.url("card"), "steps": [
+                {"action": "screenshot", "name": "card", "selector": "#card"}
+            ]}}),
+        )
+        .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let card = artifact(&done, "card.png");
     let (content_type, bytes) = app.download(card["url"].as_str().expect("url")).await;
@@ -214,13 +198,9 @@ async fn an_element_screenshot_has_the_element_size() {
 async fn a_page_that_never_finishes_loading_times_out() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;
-    let done = run(
-        &app,
-        json!({"kind": "script", "timeout_ms": 3000, "input": {"url": pages.url("never-loads"), "steps": [
+    let done = app.run(&json!({"kind": "script", "timeout_ms": 3000, "input": {"url": pages.url("never-loads"), "steps": [
             {"action": "screenshot"}
-        ]}}),
-    )
-    .await;
+        ]}})).await;
     assert_eq!(done["state"], "timed_out", "{done}");
     assert_eq!(done["error"]["code"], "task_timeout");
     assert_eq!(done["attempts"], 1);
@@ -236,14 +216,14 @@ async fn a_step_may_wait_longer_than_a_browser_call() {
     })
     .await;
     let pages = PageServer::start().await;
-    let done = run(
-        &app,
-        json!({"kind": "script", "input": {"url": pages.url("slow-script"), "steps": [
-            {"action": "evaluate", "name": "late", "timeout_ms": 8000,
-             "expression": "new Promise(resolve => setTimeout(() => resolve('settled'), 3000))"}
-        ]}}),
-    )
-    .await;
+    let done = app
+        .run(
+            &json!({"kind": "script", "input": {"url": pages.url("slow-script"), "steps": [
+                {"action": "evaluate", "name": "late", "timeout_ms": 8000,
+                 "expression": "new Promise(resolve => setTimeout(() => resolve('settled'), 3000))"}
+            ]}}),
+        )
+        .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"]["data"]["late"], "settled", "{done}");
     assert_eq!(done["attempts"], 1, "{done}");
@@ -255,15 +235,11 @@ async fn a_missing_selector_fails_the_task_naming_the_step() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;
     let started = std::time::Instant::now();
-    let done = run(
-        &app,
-        json!({"kind": "script", "max_attempts": 3, "input": {"url": pages.url("login"), "steps": [
+    let done = app.run(&json!({"kind": "script", "max_attempts": 3, "input": {"url": pages.url("login"), "steps": [
             {"action": "type", "selector": "#user", "text": "ada"},
             {"action": "evaluate", "expression": "console.warn('about to fail', 42)"},
             {"action": "click", "selector": "#does-not-exist", "timeout_ms": 1000}
-        ]}}),
-    )
-    .await;
+        ]}})).await;
     assert_eq!(done["state"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "selector_not_found");
     let message = done["error"]["message"].as_str().expect("message");
@@ -293,16 +269,12 @@ async fn a_missing_selector_fails_the_task_naming_the_step() {
 async fn a_cookie_set_by_one_task_is_absent_in_the_next() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;
-    let first = run(
-        &app,
-        json!({"kind": "script", "input": {"url": pages.url("cookies"), "storage_state": true, "steps": [
+    let first = app.run(&json!({"kind": "script", "input": {"url": pages.url("cookies"), "storage_state": true, "steps": [
             {"action": "evaluate", "expression": "document.cookie = 'visitor=one; max-age=3600'"},
             {"action": "evaluate", "expression": "localStorage.setItem('seen', 'yes')"},
             {"action": "goto", "url": pages.url("cookies")},
             {"action": "extract", "name": "cookies", "selector": "#cookies"}
-        ]}}),
-    )
-    .await;
+        ]}})).await;
     assert_eq!(first["state"], "succeeded", "{first}");
     assert_eq!(first["result"]["data"]["cookies"], "visitor=one");
     let state = &first["result"]["storage_state"];
@@ -312,27 +284,27 @@ async fn a_cookie_set_by_one_task_is_absent_in_the_next() {
         "{state}"
     );
 
-    let second = run(
-        &app,
-        json!({"kind": "script", "input": {"url": pages.url("cookies"), "steps": [
-            {"action": "extract", "name": "cookies", "selector": "#cookies"},
-            {"action": "evaluate", "name": "seen", "expression": "localStorage.getItem('seen')"}
-        ]}}),
-    )
-    .await;
+    let second = app
+        .run(
+            &json!({"kind": "script", "input": {"url": pages.url("cookies"), "steps": [
+                {"action": "extract", "name": "cookies", "selector": "#cookies"},
+                {"action": "evaluate", "name": "seen", "expression": "localStorage.getItem('seen')"}
+            ]}}),
+        )
+        .await;
     assert_eq!(second["state"], "succeeded", "{second}");
     assert_eq!(second["result"]["data"]["cookies"], "", "{second}");
     assert_eq!(second["result"]["data"]["seen"], Value::Null);
 
     // Cookies in: set before the first request.
-    let third = run(
-        &app,
-        json!({"kind": "scrape", "input": {"url": pages.url("cookies"),
+    let third = app
+        .run(
+            &json!({"kind": "scrape", "input": {"url": pages.url("cookies"),
             "cookies": [{"name": "given", "value": "42"}],
             "extra_headers": {"x-test": "1"},
             "extract": [{"name": "cookies", "selector": "#cookies"}]}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(third["result"]["data"]["cookies"], "given=42", "{third}");
     app.shutdown().await;
 }
@@ -372,9 +344,7 @@ async fn page_options_apply_before_the_first_request() {
     let app = TestApp::embedded().await;
     let pages = PageServer::start().await;
     let blocked_image = format!("{}?to={}", pages.url("embed"), pages.url("pixel"));
-    let done = run(
-        &app,
-        json!({"kind": "script", "input": {
+    let done = app.run(&json!({"kind": "script", "input": {
             "url": blocked_image,
             "viewport": {"width": 800, "height": 600},
             "user_agent": "OperatorBench/1.0",
@@ -392,9 +362,7 @@ async fn page_options_apply_before_the_first_request() {
                 {"action": "hover", "selector": "#picture"},
                 {"action": "press", "key": "Tab"}
             ]
-        }}),
-    )
-    .await;
+        }})).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let data = &done["result"]["data"];
     assert_eq!(data["width"], 800);
@@ -405,11 +373,9 @@ async fn page_options_apply_before_the_first_request() {
     assert_eq!(pages.hits("pixel"), 0, "images were blocked");
 
     let blocked_url = format!("{}?to={}", pages.url("embed"), pages.url("ad"));
-    let done = run(
-        &app,
-        json!({"kind": "content", "input": {"url": blocked_url, "block_urls": ["*/ad"]}}),
-    )
-    .await;
+    let done = app
+        .run(&json!({"kind": "content", "input": {"url": blocked_url, "block_urls": ["*/ad"]}}))
+        .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(pages.hits("ad"), 0, "the pattern blocked it");
     assert_eq!(pages.hits("embed"), 2, "the pages themselves loaded");
