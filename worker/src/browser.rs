@@ -167,7 +167,7 @@ impl BrowserHandle {
 
     /// The proportional set size of the browser's processes (the main one and all
     /// below it), in bytes: what replacing the browser would give back. Blocking.
-    pub fn memory_bytes(&self) -> u64 {
+    fn memory_bytes(&self) -> u64 {
         std::iter::once(self.process.pid)
             .chain(descendants_of(self.process.pid))
             .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
@@ -953,11 +953,6 @@ impl BrowserPool {
         if let Some(egress) = &self.egress {
             egress.stop();
         }
-    }
-
-    /// The egress proxy's address, when the pool has one.
-    pub fn egress_address(&self) -> Option<std::net::SocketAddr> {
-        self.egress.as_ref().map(EgressProxy::address)
     }
 }
 
