@@ -149,6 +149,7 @@ impl Application {
                 queue: SharedQueue::clone(&services.queue),
                 storage: services.storage.clone(),
                 policy,
+                known_queues: Default::default(),
             });
             Some((server, state))
         } else {

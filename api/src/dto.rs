@@ -147,6 +147,8 @@ pub struct CreateTaskRequest {
     pub kind: TaskKindDto,
     /// Kind-specific input; see above.
     pub input: serde_json::Value,
+    /// The queue to run it from (default `default`); it must exist (`PUT /v1/queues/{name}`).
+    pub queue: Option<String>,
     /// Default `normal`.
     pub priority: Option<PriorityDto>,
     /// How many times a task failing with retryable errors runs before it is `dead`.
@@ -157,6 +159,8 @@ pub struct CreateTaskRequest {
     pub webhook_url: Option<String>,
     /// Do not start before this time (RFC 3339).
     pub run_at: Option<DateTime<Utc>>,
+    /// Or: do not start before this long from now, e.g. `"90s"` or `"1h 30m"`.
+    pub delay: Option<String>,
 }
 
 /// A task.
@@ -166,6 +170,8 @@ pub struct TaskView {
     pub id: Uuid,
     pub kind: TaskKindDto,
     pub state: TaskStateDto,
+    /// The queue it runs from.
+    pub queue: String,
     /// The normalized input, defaults filled in.
     pub input: serde_json::Value,
     pub priority: PriorityDto,
@@ -205,6 +211,7 @@ impl TaskView {
             id: record.id.as_uuid(),
             kind: record.kind.into(),
             state: record.state.into(),
+            queue: record.queue.into(),
             input: record.input,
             priority: record.priority.into(),
             attempts: record.attempts,

@@ -39,6 +39,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidJson | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
         ErrorCode::InvalidRequest
         | ErrorCode::UnknownKind
+        | ErrorCode::UnknownQueue
         | ErrorCode::InvalidInput
         | ErrorCode::InvalidUrl
         | ErrorCode::UrlSchemeNotAllowed

@@ -1,13 +1,16 @@
-//! `/v1/queues/{name}`: what a queue holds, and pausing or resuming it.
+//! `/v1/queues`: named queues, what each holds, pausing and resuming them, and their
+//! concurrency caps.
 //!
-//! There is one queue, `default`, today; the path names it so more can follow. Pausing
-//! is recorded in the database (the truth) and applied to the queue backend; the
-//! reconciler re-applies it should the backend lose its data.
+//! `default` always exists; others are created with `PUT /v1/queues/{name}`, and a task
+//! naming a queue nobody created is refused (`unknown_queue`) rather than parked where
+//! no worker looks. A queue's controls (paused, concurrency limit) are recorded in the
+//! database (the truth) and applied to the queue backend; the reconciler re-applies them
+//! should the backend lose its data.
 
 use chrono::{DateTime, Utc};
-use operator_shared::domain::TaskState;
+use operator_shared::db::QueueRecord;
+use operator_shared::domain::{QueueName, TaskState};
 use operator_shared::error::ErrorCode;
-use operator_shared::queue::DEFAULT_QUEUE;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
@@ -17,9 +20,12 @@ use crate::state::SharedState;
 
 #[derive(Tags)]
 enum QueueTags {
-    /// Queue depth, pausing and resuming.
+    /// Named queues: depth, pausing and resuming, concurrency caps.
     Queues,
 }
+
+/// The highest concurrency limit a queue may set.
+const MAX_CONCURRENCY_LIMIT: u32 = 1_000_000;
 
 /// Ready tasks by priority.
 #[derive(Debug, Clone, Object)]
@@ -43,12 +49,16 @@ pub struct TaskCounts {
     pub dead: u64,
 }
 
-/// What a queue holds now.
+/// A queue, its controls and what it holds now.
 #[derive(Debug, Clone, Object)]
+#[oai(rename = "Queue")]
 pub struct QueueView {
     pub name: String,
     /// A paused queue keeps its tasks and hands none to workers.
     pub paused: bool,
+    /// The most of its tasks running at once, across all workers; `null` when the queue
+    /// sets none (then each worker's `queue.global_concurrency` applies, 0 = no limit).
+    pub concurrency_limit: Option<u32>,
     /// Tasks ready to run now (all tenants).
     pub ready: ReadyCounts,
     /// Tasks waiting for their time: delayed submissions and retries in backoff.
@@ -58,8 +68,24 @@ pub struct QueueView {
     /// How long the task that has waited longest has been ready, in seconds.
     pub oldest_waiting_seconds: Option<f64>,
     pub oldest_waiting_since: Option<DateTime<Utc>>,
-    /// The calling tenant's tasks by state, including `dead` ones.
+    /// The calling tenant's tasks in this queue by state, including `dead` ones.
     pub tasks: TaskCounts,
+}
+
+/// Every queue, by name.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "QueueList")]
+pub struct QueueList {
+    pub items: Vec<QueueView>,
+}
+
+/// A queue's settings.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "QueueSettings")]
+pub struct QueueSettingsRequest {
+    /// The most of its tasks running at once, across all workers (1 or more); absent or
+    /// `null` for none of its own.
+    pub concurrency_limit: Option<u32>,
 }
 
 #[derive(ApiResponse)]
@@ -71,22 +97,112 @@ pub enum QueueResponse {
     NotFound(Json<ErrorBody>),
 }
 
+#[derive(ApiResponse)]
+pub enum PutQueueResponse {
+    /// The queue existed; its settings are changed.
+    #[oai(status = 200)]
+    Ok(Json<QueueView>),
+    /// The queue is created.
+    #[oai(status = 201)]
+    Created(Json<QueueView>),
+    /// `invalid_parameter`: the name is not 1-64 characters of a-z, 0-9, '-' or '_'.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `invalid_request`: a concurrency limit out of range.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListQueuesResponse {
+    #[oai(status = 200)]
+    Ok(Json<QueueList>),
+}
+
 pub struct QueuesApi {
     pub state: SharedState,
 }
 
 #[OpenApi(tag = "QueueTags::Queues")]
 impl QueuesApi {
-    /// Queue statistics: depth by priority, delayed, running, dead, oldest waiting age.
-    #[oai(path = "/v1/queues/:name", method = "get")]
-    async fn get(&self, name: Path<String>) -> poem::Result<QueueResponse> {
-        if name.0 != DEFAULT_QUEUE {
-            return Ok(unknown_queue(&name.0));
+    /// Every queue, with its statistics.
+    #[oai(path = "/v1/queues", method = "get")]
+    async fn list(&self) -> poem::Result<ListQueuesResponse> {
+        let records = self.state.repo.queues().await.map_err(ApiError::from)?;
+        let mut items = Vec::with_capacity(records.len());
+        for record in records {
+            items.push(self.view(record).await?);
         }
-        Ok(QueueResponse::Ok(Json(self.view().await?)))
+        Ok(ListQueuesResponse::Ok(Json(QueueList { items })))
     }
 
-    /// Pause a queue: workers finish what they hold and take nothing new.
+    /// Create a queue, or change its settings. Idempotent: the same request again
+    /// changes nothing. Workers take tasks from the queues their `worker.queues` lists.
+    #[oai(path = "/v1/queues/:name", method = "put")]
+    async fn put(
+        &self,
+        name: Path<String>,
+        body: Json<QueueSettingsRequest>,
+    ) -> poem::Result<PutQueueResponse> {
+        let name = match QueueName::parse(&name.0) {
+            Ok(name) => name,
+            Err(error) => {
+                return Ok(PutQueueResponse::BadRequest(Json(
+                    ApiError::new(ErrorCode::InvalidParameter, format!("name: {error}")).body(),
+                )));
+            }
+        };
+        let limit = body.0.concurrency_limit;
+        if limit.is_some_and(|limit| !(1..=MAX_CONCURRENCY_LIMIT).contains(&limit)) {
+            return Ok(PutQueueResponse::Unprocessable(Json(
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "concurrency_limit: must be between 1 and {MAX_CONCURRENCY_LIMIT}, or null for none"
+                    ),
+                )
+                .body(),
+            )));
+        }
+        let state = &self.state;
+        let (record, created) = state
+            .repo
+            .upsert_queue(&name, limit)
+            .await
+            .map_err(ApiError::from)?;
+        state
+            .queue
+            .configure(&record.name, record.controls)
+            .await
+            .map_err(ApiError::from)?;
+        state.known_queues.insert(&record.name);
+        let view = Json(self.view(record).await?);
+        Ok(if created {
+            PutQueueResponse::Created(view)
+        } else {
+            PutQueueResponse::Ok(view)
+        })
+    }
+
+    /// A queue's statistics: depth by priority, delayed, running, dead, oldest waiting age.
+    #[oai(path = "/v1/queues/:name", method = "get")]
+    async fn get(&self, name: Path<String>) -> poem::Result<QueueResponse> {
+        let record = match QueueName::parse(&name.0) {
+            Ok(queue) => self
+                .state
+                .repo
+                .queue(&queue)
+                .await
+                .map_err(ApiError::from)?,
+            Err(_) => None,
+        };
+        match record {
+            Some(record) => Ok(QueueResponse::Ok(Json(self.view(record).await?))),
+            None => Ok(unknown_queue(&name.0)),
+        }
+    }
+
+    /// Pause a queue: workers finish what they hold and take nothing new from it.
     #[oai(path = "/v1/queues/:name/pause", method = "post")]
     async fn pause(&self, name: Path<String>) -> poem::Result<QueueResponse> {
         self.set_paused(&name.0, true).await
@@ -101,28 +217,35 @@ impl QueuesApi {
 
 impl QueuesApi {
     async fn set_paused(&self, name: &str, paused: bool) -> poem::Result<QueueResponse> {
-        if name != DEFAULT_QUEUE {
+        let Ok(queue) = QueueName::parse(name) else {
             return Ok(unknown_queue(name));
-        }
+        };
         let state = &self.state;
-        state
+        let Some(record) = state
             .repo
-            .set_queue_paused(name, paused)
+            .set_queue_paused(&queue, paused)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)?
+        else {
+            return Ok(unknown_queue(name));
+        };
         state
             .queue
-            .set_paused(paused)
+            .configure(&record.name, record.controls)
             .await
             .map_err(ApiError::from)?;
-        Ok(QueueResponse::Ok(Json(self.view().await?)))
+        Ok(QueueResponse::Ok(Json(self.view(record).await?)))
     }
 
-    async fn view(&self) -> Result<QueueView, ApiError> {
+    async fn view(&self, record: QueueRecord) -> Result<QueueView, ApiError> {
         let state = &self.state;
-        let stats = state.queue.stats().await?;
+        let stats = state.queue.stats(&record.name).await?;
         let mut tasks = TaskCounts::default();
-        for (task_state, count) in state.repo.count_by_state(&state.tenant()).await? {
+        for (task_state, count) in state
+            .repo
+            .count_by_state(&state.tenant(), &record.name)
+            .await?
+        {
             let slot = match task_state {
                 TaskState::Scheduled => &mut tasks.scheduled,
                 TaskState::Queued => &mut tasks.queued,
@@ -137,8 +260,10 @@ impl QueuesApi {
         }
         let ready = stats.ready_by_priority;
         Ok(QueueView {
-            name: DEFAULT_QUEUE.to_owned(),
-            paused: stats.paused,
+            name: record.name.into(),
+            // The database's word: the backend catches up at the next reconciliation.
+            paused: record.controls.paused,
+            concurrency_limit: record.controls.concurrency_limit,
             ready: ReadyCounts {
                 high: ready.high,
                 normal: ready.normal,
@@ -160,7 +285,7 @@ fn unknown_queue(name: &str) -> QueueResponse {
     QueueResponse::NotFound(Json(
         ApiError::new(
             ErrorCode::QueueNotFound,
-            format!("no queue {name:?}; the queue is {DEFAULT_QUEUE:?}"),
+            format!("no queue {name:?}; create it with PUT /v1/queues/{{name}}"),
         )
         .body(),
     ))

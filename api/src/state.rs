@@ -1,14 +1,18 @@
 //! What every handler needs, built once at start-up and shared.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 
 use operator_shared::config::Settings;
 use operator_shared::db::TaskRepository;
-use operator_shared::domain::{TaskRecord, TenantId};
+use operator_shared::domain::{QueueName, TaskRecord, TenantId};
+use operator_shared::error::ErrorCode;
 use operator_shared::network::NetworkPolicy;
 use operator_shared::queue::{Dispatch, SharedQueue};
 use operator_shared::storage::ArtifactStore;
 use tracing::warn;
+
+use crate::error::ApiError;
 
 pub struct AppState {
     pub settings: Settings,
@@ -18,6 +22,24 @@ pub struct AppState {
     pub policy: NetworkPolicy,
     /// The address clients reach this API at, for links in responses.
     pub public_url: String,
+    /// Queues known to exist. Queues are never deleted, so a name seen once stays valid
+    /// and submissions to it need no database read.
+    pub known_queues: KnownQueues,
+}
+
+#[derive(Debug, Default)]
+pub struct KnownQueues(RwLock<HashSet<QueueName>>);
+
+impl KnownQueues {
+    fn contains(&self, queue: &QueueName) -> bool {
+        self.0.read().is_ok_and(|known| known.contains(queue))
+    }
+
+    pub fn insert(&self, queue: &QueueName) {
+        if let Ok(mut known) = self.0.write() {
+            known.insert(queue.clone());
+        }
+    }
 }
 
 pub type SharedState = Arc<AppState>;
@@ -28,10 +50,27 @@ impl AppState {
         TenantId::default_tenant()
     }
 
+    /// Refuses a task for a queue nobody created (`unknown_queue`), which no worker would
+    /// ever take it from.
+    pub async fn check_queue(&self, queue: &QueueName) -> Result<(), ApiError> {
+        if queue.is_default() || self.known_queues.contains(queue) {
+            return Ok(());
+        }
+        if self.repo.queue(queue).await?.is_some() {
+            self.known_queues.insert(queue);
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::UnknownQueue,
+            format!("queue: no queue {queue:?}; create it first with PUT /v1/queues/{queue}"),
+        ))
+    }
+
     /// Puts a committed task on the queue. A failure (or a slow queue) is logged, not
     /// returned: the task is already committed, and the reconciler dispatches it later.
     pub async fn dispatch(&self, task: &TaskRecord) {
         let dispatch = Dispatch {
+            queue: task.queue.clone(),
             task_id: task.id,
             tenant: task.tenant.clone(),
             priority: task.priority,

@@ -8,7 +8,9 @@
 
 use chrono::{DateTime, Utc};
 use operator_shared::config::Settings;
-use operator_shared::domain::{NewTask, Priority, TargetUrl, TaskKind, TaskSpec, TenantId};
+use operator_shared::domain::{
+    NewTask, Priority, QueueName, TargetUrl, TaskKind, TaskSpec, TenantId,
+};
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::network::NetworkPolicy;
 use operator_shared::storage::sha256_hex;
@@ -27,6 +29,8 @@ use crate::error::ApiError;
 struct RawSubmission {
     kind: String,
     input: serde_json::Value,
+    #[serde(default)]
+    queue: Option<QueueName>,
     #[serde(default)]
     priority: Option<Priority>,
     #[serde(default)]
@@ -269,6 +273,7 @@ impl TaskSubmission {
         let request_hash = idempotency_key.as_ref().map(|_| request_hash(&self.body));
         Ok(NewTask {
             tenant,
+            queue: raw.queue.unwrap_or_default(),
             spec,
             priority: raw.priority.unwrap_or_default(),
             max_attempts,

@@ -5,7 +5,7 @@
 #![allow(clippy::large_enum_variant)]
 
 use operator_shared::db::{CancelOutcome, RedriveOutcome, Submitted};
-use operator_shared::domain::{TaskFilter, TaskId};
+use operator_shared::domain::{QueueName, TaskFilter, TaskId};
 use operator_shared::error::ErrorCode;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -175,6 +175,12 @@ impl TasksApi {
             }
             Err(error) => return Ok(CreateTaskResponse::Unprocessable(Json(error.body()))),
         };
+        if let Err(error) = state.check_queue(&new_task.queue).await {
+            if error.code() != ErrorCode::UnknownQueue {
+                return Err(error.into());
+            }
+            return Ok(CreateTaskResponse::Unprocessable(Json(error.body())));
+        }
         let location = |task: &operator_shared::domain::TaskRecord| {
             format!("{}/v1/tasks/{}", state.public_url, task.id)
         };
@@ -242,6 +248,8 @@ impl TasksApi {
         state: Query<Option<TaskStateDto>>,
         /// Only tasks of this kind.
         kind: Query<Option<TaskKindDto>>,
+        /// Only tasks of this queue.
+        queue: Query<Option<String>>,
         /// Page size, 1-200 (default 50).
         limit: Query<Option<u32>>,
         /// `next_cursor` of the previous page.
@@ -272,9 +280,18 @@ impl TasksApi {
                 }
             },
         };
+        let queue = match queue.0.as_deref().map(QueueName::parse).transpose() {
+            Ok(queue) => queue,
+            Err(error) => {
+                return Ok(ListTasksResponse::BadRequest(Json(
+                    ApiError::new(ErrorCode::InvalidParameter, format!("queue: {error}")).body(),
+                )));
+            }
+        };
         let filter = TaskFilter {
             state: state.0.map(Into::into),
             kind: kind.0.map(Into::into),
+            queue,
             before,
             // One extra row tells whether another page follows.
             limit: u64::from(limit) + 1,
@@ -316,7 +333,7 @@ impl TasksApi {
             .map_err(ApiError::from)?
         {
             CancelOutcome::Cancelled(task) => {
-                if let Err(error) = state.queue.remove(task_id).await {
+                if let Err(error) = state.queue.remove(&task.queue, task_id).await {
                     // The worker that claims it will find it cancelled and drop it.
                     tracing::warn!(task_id = %task_id, error = %error, "removing a cancelled task from the queue failed");
                 }

@@ -84,6 +84,7 @@ pub fn run_settings(redis_url: &str) -> RedisSettings {
 
 fn no_op_task() -> Dispatch {
     Dispatch {
+        queue: Default::default(),
         task_id: TaskId::new(),
         tenant: TenantId::default_tenant(),
         priority: Priority::Normal,

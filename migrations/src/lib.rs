@@ -10,6 +10,8 @@
 //!   outbox and delivery attempts.
 //! - `m20261125_000011_partial_task_indexes`: the reconciler's and idempotency indexes
 //!   cover only the tasks they serve (live ones, ones with a key).
+//! - `m20261125_000012_named_queues`: the queue of every task and embedded-queue row,
+//!   and each queue's own concurrency limit.
 
 use sea_orm_migration::prelude::*;
 
@@ -17,6 +19,7 @@ mod m20261125_000001_initial;
 mod m20261125_000002_queue_controls;
 mod m20261125_000010_webhooks;
 mod m20261125_000011_partial_task_indexes;
+mod m20261125_000012_named_queues;
 
 pub struct Migrator;
 
@@ -28,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_queue_controls::Migration),
             Box::new(m20261125_000010_webhooks::Migration),
             Box::new(m20261125_000011_partial_task_indexes::Migration),
+            Box::new(m20261125_000012_named_queues::Migration),
         ]
     }
 }

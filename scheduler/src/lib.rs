@@ -7,8 +7,8 @@
 //!   (Redis flushed or restarted without persistence, a dispatch that failed while Redis
 //!   was down) is put back. Running it in several replicas is safe: they only repeat
 //!   idempotent work.
-//! - Each pass also re-applies a queue's paused state from the database, so a queue
-//!   backend that lost its data does not silently resume.
+//! - Each pass also re-applies every queue's controls (paused, concurrency limit) from
+//!   the database, so a queue backend that lost its data does not silently resume.
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use chrono::Utc;
 use operator_shared::config::Settings;
 use operator_shared::db::{RepoError, TaskRepository};
 use operator_shared::domain::TaskId;
-use operator_shared::queue::{DEFAULT_QUEUE, Dispatch, QueueError, SharedQueue};
+use operator_shared::queue::{Dispatch, QueueError, SharedQueue};
 use tracing::{info, warn};
 
 /// How many tasks the reconciler reads and enqueues per round trip.
@@ -59,8 +59,13 @@ impl Scheduler {
     /// One pass over the database: puts back on the queue what it should hold.
     pub async fn reconcile_once(&self) -> Result<ReconcileReport, SchedulerError> {
         let queued_before = Utc::now() - chrono::Duration::from_std(self.grace).unwrap_or_default();
-        let paused = self.repo.queue_paused(DEFAULT_QUEUE).await?;
-        self.queue.set_paused(paused).await?;
+        // The database queue reads its controls from the same rows: nothing to re-apply,
+        // and writing them back could undo a pause made since they were read.
+        if self.queue.backend() != "database" {
+            for queue in self.repo.queues().await? {
+                self.queue.configure(&queue.name, queue.controls).await?;
+            }
+        }
         let mut report = ReconcileReport::default();
         let mut after: Option<TaskId> = None;
         loop {
@@ -73,6 +78,7 @@ impl Scheduler {
             let batch: Vec<Dispatch> = page
                 .iter()
                 .map(|candidate| Dispatch {
+                    queue: candidate.queue.clone(),
                     task_id: candidate.task_id,
                     tenant: candidate.tenant.clone(),
                     priority: candidate.priority,

@@ -185,9 +185,12 @@ pub struct QueueSettings {
     /// task stays committed and the reconciler dispatches it later.
     #[serde(with = "humantime_serde")]
     pub dispatch_timeout: Duration,
-    /// Most tasks of one tenant running at once across all workers; 0 = no limit.
+    /// Most tasks of one tenant running at once in one queue, across all workers;
+    /// 0 = no limit.
     pub tenant_concurrency: u32,
-    /// Most tasks running at once across all workers and tenants; 0 = no limit.
+    /// Most tasks of one queue running at once across all workers and tenants, for a
+    /// queue without a `concurrency_limit` of its own (`PUT /v1/queues/{name}`);
+    /// 0 = no limit.
     pub global_concurrency: u32,
 }
 
@@ -299,6 +302,10 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// This worker's name in attempts and logs; `<hostname>-<pid>` when absent.
     pub id: Option<String>,
+    /// The queues this worker takes tasks from (`OPERATOR_WORKER__QUEUES=default,pdf`).
+    /// The highest priority ready in any of them goes first; queues with the same
+    /// priority ready take turns.
+    pub queues: Vec<crate::domain::QueueName>,
     /// On shutdown, how long running tasks may take to finish before their leases are
     /// handed back to the queue.
     #[serde(with = "humantime_serde")]
@@ -310,6 +317,7 @@ impl Default for WorkerSettings {
         Self {
             concurrency: 4,
             id: None,
+            queues: vec![crate::domain::QueueName::default_queue()],
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -527,8 +535,9 @@ fn is_setting_variable(name: &str) -> bool {
 }
 
 /// Settings whose values are lists, split on commas in the environment.
-const LIST_SETTINGS: [&str; 3] = [
+const LIST_SETTINGS: [&str; 4] = [
     "network.allow",
+    "worker.queues",
     "browser.extra_args",
     "webhooks.retry_schedule",
 ];
@@ -647,6 +656,9 @@ impl Settings {
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.worker.queues.is_empty() {
+            return Err(invalid("worker.queues", "must name at least one queue"));
         }
         if self.tasks.default_timeout > self.tasks.max_timeout {
             return Err(invalid(
@@ -839,6 +851,30 @@ mod tests {
             "the file wins over defaults"
         );
         assert_eq!(settings.worker.concurrency, 2);
+    }
+
+    #[test]
+    fn a_worker_serves_the_queues_listed() {
+        let names = |settings: &Settings| -> Vec<String> {
+            settings
+                .worker
+                .queues
+                .iter()
+                .map(|queue| queue.as_str().to_owned())
+                .collect()
+        };
+        let default = Settings::load(None, &env(&[])).expect("valid");
+        assert_eq!(names(&default), ["default"]);
+        let listed = Settings::load(
+            None,
+            &env(&[("OPERATOR_WORKER__QUEUES", "reports,default")]),
+        )
+        .expect("valid");
+        assert_eq!(names(&listed), ["reports", "default"]);
+        let refused = Settings::load(None, &env(&[("OPERATOR_WORKER__QUEUES", "Reports")]))
+            .expect_err("not a queue name")
+            .to_string();
+        assert!(refused.contains("queue name"), "{refused}");
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub enum ErrorCode {
     IdempotencyConflict,
     /// No queue with this name.
     QueueNotFound,
+    /// A submitted task names a queue nobody created.
+    UnknownQueue,
     /// No webhook endpoint with this id for this tenant.
     WebhookNotFound,
     /// No webhook delivery with this id for this endpoint.
@@ -109,6 +111,7 @@ impl ErrorCode {
             Self::InvalidState => "invalid_state",
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::QueueNotFound => "queue_not_found",
+            Self::UnknownQueue => "unknown_queue",
             Self::WebhookNotFound => "webhook_not_found",
             Self::DeliveryNotFound => "delivery_not_found",
             Self::NavigationFailed => "navigation_failed",

@@ -62,6 +62,7 @@ pub fn screenshot_task(tenant: &crate::domain::TenantId) -> crate::domain::NewTa
     use crate::domain::{NewTask, Priority, TaskKind, TaskSpec};
     NewTask {
         tenant: tenant.clone(),
+        queue: Default::default(),
         spec: TaskSpec::parse(
             TaskKind::Screenshot,
             &serde_json::json!({"url": "https://example.test/"}),
@@ -354,6 +355,17 @@ impl ApiClient {
             .send()
             .await
             .expect("post");
+        read_json(response).await
+    }
+
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("put");
         read_json(response).await
     }
 

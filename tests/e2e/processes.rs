@@ -11,7 +11,7 @@ use operator_shared::testkit::{ApiClient, RedisPrefix, TestDatabase, TestService
 use serde_json::json;
 
 use crate::fault_pages::FaultPages;
-use crate::helpers::{PageServer, decode_png};
+use crate::helpers::{ENDED, PageServer, decode_png};
 
 fn operator() -> Command {
     Command::new(env!("CARGO_BIN_EXE_operator"))
@@ -506,4 +506,48 @@ async fn a_killed_workers_browser_dies_with_it() {
         "{} of {warm} Chromium processes outlived their SIGKILL'd worker by 5 s: {survivors:?}",
         survivors.len()
     );
+}
+
+/// Worker processes serve the queues `OPERATOR_WORKER__QUEUES` lists: a `reports` worker
+/// runs the `reports` task and leaves the `default` one queued until a worker for
+/// `default` comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_take_tasks_only_from_the_queues_they_serve() {
+    operator_shared::install_crypto_provider();
+    let pages = PageServer::start().await;
+    let deployment = Deployment::migrated().await;
+    let (_api_process, api) = deployment.api().await;
+    let (status, _) = api.put("/v1/queues/reports", &json!({})).await;
+    assert_eq!(status, 201);
+    let _reports_worker =
+        deployment.worker("reports-worker", &[("OPERATOR_WORKER__QUEUES", "reports")]);
+
+    let screenshot = |queue: &str| json!({"kind": "screenshot", "queue": queue, "input": {"url": pages.url(queue), "viewport": {"width": 320, "height": 200}}});
+    let (status, for_default) = api.submit(&screenshot("default")).await;
+    assert_eq!(status, 202, "{for_default}");
+    let (status, for_reports) = api.submit(&screenshot("reports")).await;
+    assert_eq!(status, 202, "{for_reports}");
+    let reports_id = for_reports["id"].as_str().expect("id");
+    let done = api
+        .wait_for(reports_id, &ENDED, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(attempts_of(&api, reports_id).await.0[0].0, "reports-worker");
+
+    // The reports worker is idle now, and still leaves the default task alone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let default_id = for_default["id"].as_str().expect("id");
+    let (_, waiting) = api.get(&format!("/v1/tasks/{default_id}")).await;
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    assert_eq!(pages.hits("default"), 0);
+
+    let _default_worker = deployment.worker(
+        "both-worker",
+        &[("OPERATOR_WORKER__QUEUES", "default,reports")],
+    );
+    let done = api
+        .wait_for(default_id, &ENDED, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(attempts_of(&api, default_id).await.0[0].0, "both-worker");
 }

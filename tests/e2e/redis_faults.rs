@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use operator::{Application, Roles};
 use operator_shared::db::{self, TaskRepository};
-use operator_shared::domain::{TaskState, TenantId};
-use operator_shared::queue::SharedQueue;
+use operator_shared::domain::{QueueName, TaskState, TenantId};
 use operator_shared::queue::redis::RedisQueue;
+use operator_shared::queue::{QueueStats, SharedQueue};
 use operator_shared::testkit::{
     ApiClient, TestDatabase, complete_without_browser, distributed_settings, unique_name,
 };
@@ -127,20 +127,26 @@ impl Deployment {
         }
     }
 
+    /// A queue client that claims from `default` and `reports`.
     async fn queue(&self) -> SharedQueue {
         Arc::new(
             RedisQueue::connect(&self.settings.redis)
                 .await
-                .expect("connect to Redis"),
+                .expect("connect to Redis")
+                .serving(vec![QueueName::default(), reports()]),
         )
     }
 
-    /// Submits `count` tasks, 16 at a time; every submission must be accepted.
+    /// Submits `count` tasks to `default`, 16 at a time; every submission must be accepted.
     async fn submit(&self, count: usize) -> usize {
+        self.submit_to(&QueueName::default(), count).await
+    }
+
+    async fn submit_to(&self, queue: &QueueName, count: usize) -> usize {
         let mut accepted = 0;
         for chunk in (0..count).collect::<Vec<_>>().chunks(16) {
             let submissions = chunk.iter().map(|index| async move {
-                let task = json!({"kind": "screenshot", "input": {"url": format!("https://example.test/{index}")}});
+                let task = json!({"kind": "screenshot", "queue": queue.as_str(), "input": {"url": format!("https://example.test/{index}")}});
                 self.api.submit(&task).await
             });
             for (status, body) in futures::future::join_all(submissions).await {
@@ -151,14 +157,20 @@ impl Deployment {
         accepted
     }
 
+    /// Succeeded tasks in `default` and `reports`.
     async fn succeeded(&self) -> u64 {
-        self.repo
-            .count_by_state(&TenantId::default_tenant())
-            .await
-            .expect("count")
-            .into_iter()
-            .find(|(state, _)| *state == TaskState::Succeeded)
-            .map_or(0, |(_, count)| count)
+        let mut succeeded = 0;
+        for queue in [QueueName::default(), reports()] {
+            succeeded += self
+                .repo
+                .count_by_state(&TenantId::default_tenant(), &queue)
+                .await
+                .expect("count")
+                .into_iter()
+                .find(|(state, _)| *state == TaskState::Succeeded)
+                .map_or(0, |(_, count)| count);
+        }
+        succeeded
     }
 
     async fn wait_for_succeeded(&self, expected: u64) {
@@ -224,6 +236,10 @@ fn spawn_consumer(
     })
 }
 
+fn reports() -> QueueName {
+    QueueName::parse("reports").expect("queue name")
+}
+
 async fn flush(redis: &OwnRedis) {
     let client = Client::new(
         Config::from_url(&redis.url()).expect("url"),
@@ -242,10 +258,43 @@ async fn a_flushed_redis_loses_none_of_500_queued_tasks() {
     let deployment = Deployment::start(&redis).await;
     let queue = deployment.queue().await;
     assert_eq!(deployment.submit(500).await, 500);
-    assert_eq!(queue.stats().await.expect("stats").ready(), 500);
+    // And a paused named queue with 50 tasks of its own.
+    let (status, _) = deployment
+        .api
+        .put("/v1/queues/reports", &json!({"concurrency_limit": 8}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = deployment.api.post("/v1/queues/reports/pause").await;
+    assert_eq!(status, 200);
+    assert_eq!(deployment.submit_to(&reports(), 50).await, 50);
+    let ready = |stats: &QueueStats| (stats.ready(), stats.paused);
+    let default_stats = queue.stats(&QueueName::default()).await.expect("stats");
+    assert_eq!(ready(&default_stats), (500, false));
+    let reports_stats = queue.stats(&reports()).await.expect("stats");
+    assert_eq!(ready(&reports_stats), (50, true));
 
     flush(&redis).await;
-    assert_eq!(queue.stats().await.expect("stats").ready(), 0, "all gone");
+    for queue_name in [QueueName::default(), reports()] {
+        let stats = queue.stats(&queue_name).await.expect("stats");
+        assert_eq!(ready(&stats), (0, false), "all gone");
+    }
+    // The reconciler puts each task back on its own queue, and the pause back on
+    // `reports`: its tasks wait there, ready but not handed out.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let default_stats = queue.stats(&QueueName::default()).await.expect("stats");
+        let reports_stats = queue.stats(&reports()).await.expect("stats");
+        if ready(&default_stats) == (500, false) && ready(&reports_stats) == (50, true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restored after 30 s: default {default_stats:?}, reports {reports_stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = deployment.api.post("/v1/queues/reports/resume").await;
+    assert_eq!(status, 200);
 
     let stop = CancellationToken::new();
     let consumers: Vec<_> = (0..4)
@@ -258,7 +307,7 @@ async fn a_flushed_redis_loses_none_of_500_queued_tasks() {
             )
         })
         .collect();
-    deployment.wait_for_succeeded(500).await;
+    deployment.wait_for_succeeded(550).await;
     stop.cancel();
     for consumer in consumers {
         consumer.await.expect("consumer");
@@ -267,7 +316,7 @@ async fn a_flushed_redis_loses_none_of_500_queued_tasks() {
         deployment
             .count_rows("SELECT COUNT(*) FROM task_attempts")
             .await,
-        500,
+        550,
         "each task ran exactly once"
     );
     deployment.shutdown().await;

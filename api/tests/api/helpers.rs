@@ -49,6 +49,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
         queue: SharedQueue::clone(&queue),
         storage: ArtifactStore::from_settings(&settings).expect("storage"),
         settings,
+        known_queues: Default::default(),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run_until_stopped(state, async move {

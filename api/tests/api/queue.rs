@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use operator_shared::domain::{LeaseToken, TaskId, TaskOutcome};
+use operator_shared::domain::{LeaseToken, QueueName, TaskId, TaskOutcome};
 use operator_shared::error::{CodedError, ErrorCode};
 use operator_shared::queue::Claim;
 use operator_shared::testkit::read_json;
@@ -61,7 +61,14 @@ async fn the_same_key_and_body_return_the_first_task_and_a_different_body_is_ref
 
     let (_, page) = api.get("/v1/tasks").await;
     assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
-    assert_eq!(api.queue.stats().await.expect("stats").ready(), 2);
+    assert_eq!(
+        api.queue
+            .stats(&QueueName::default())
+            .await
+            .expect("stats")
+            .ready(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -96,7 +103,7 @@ async fn a_delay_schedules_the_task_and_is_checked() {
         .expect("run_at");
     let ahead = (run_at - before).num_seconds();
     assert!((89..=91).contains(&ahead), "run_at {ahead}s ahead");
-    let stats = api.queue.stats().await.expect("stats");
+    let stats = api.queue.stats(&QueueName::default()).await.expect("stats");
     assert_eq!((stats.ready(), stats.delayed), (0, 1));
 
     for (body, needle) in [
@@ -184,7 +191,11 @@ async fn a_dead_task_is_redriven_with_more_attempts_and_keeps_its_history() {
     assert_eq!(redriven["max_attempts"], 3);
     assert!(redriven["error"].is_null(), "the old error is cleared");
     assert_eq!(
-        api.queue.stats().await.expect("stats").ready(),
+        api.queue
+            .stats(&QueueName::default())
+            .await
+            .expect("stats")
+            .ready(),
         1,
         "dispatched"
     );
@@ -251,7 +262,11 @@ async fn queue_stats_pause_and_resume() {
         "a paused queue hands out nothing"
     );
     assert!(
-        api.repo.queue_paused("default").await.expect("read"),
+        api.repo
+            .queue(&QueueName::default())
+            .await
+            .expect("read")
+            .is_some_and(|queue| queue.controls.paused),
         "recorded in the database"
     );
     let (status, resumed) = api.post("/v1/queues/default/resume").await;
@@ -264,4 +279,114 @@ async fn queue_stats_pause_and_resume() {
     );
     let (status, _) = api.post("/v1/queues/nope/pause").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn named_queues_are_created_listed_and_take_their_tasks() {
+    let api = spawn_api().await;
+    let screenshot = |queue: &str| json!({"kind": "screenshot", "input": {"url": "https://example.com"}, "queue": queue});
+
+    // A task for a queue nobody created is refused, and nothing is written.
+    let (status, refused) = api.submit(&screenshot("reports")).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (422, Some("unknown_queue"))
+    );
+    let (_, listed) = api.get("/v1/tasks").await;
+    assert_eq!(listed["items"], json!([]));
+    let (status, malformed) = api.submit(&screenshot("Reports!")).await;
+    assert_eq!(
+        (status, malformed["code"].as_str()),
+        (422, Some("invalid_request"))
+    );
+
+    let (status, created) = api.put("/v1/queues/reports", &json!({})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        (
+            &created["name"],
+            &created["paused"],
+            &created["concurrency_limit"]
+        ),
+        (&json!("reports"), &json!(false), &Value::Null)
+    );
+    let (status, changed) = api
+        .put("/v1/queues/reports", &json!({"concurrency_limit": 3}))
+        .await;
+    assert_eq!((status, &changed["concurrency_limit"]), (200, &json!(3)));
+    let (status, bad_name) = api.put("/v1/queues/Not%20a%20name", &json!({})).await;
+    assert_eq!(
+        (status, bad_name["code"].as_str()),
+        (400, Some("invalid_parameter"))
+    );
+    let (status, bad_limit) = api
+        .put("/v1/queues/reports", &json!({"concurrency_limit": 0}))
+        .await;
+    assert_eq!(
+        (status, bad_limit["code"].as_str()),
+        (422, Some("invalid_request"))
+    );
+
+    let (status, task) = api.submit(&screenshot("reports")).await;
+    assert_eq!((status, &task["queue"]), (202, &json!("reports")), "{task}");
+    let (status, default_task) = api
+        .submit(&json!({"kind": "screenshot", "input": {"url": "https://example.com"}}))
+        .await;
+    assert_eq!((status, &default_task["queue"]), (202, &json!("default")));
+
+    // Each task went to its own queue.
+    let reports = QueueName::parse("reports").expect("name");
+    assert_eq!(api.queue.stats(&reports).await.expect("stats").ready(), 1);
+    assert_eq!(
+        api.queue
+            .stats(&QueueName::default())
+            .await
+            .expect("stats")
+            .ready(),
+        1
+    );
+    let (status, listed) = api.get("/v1/queues").await;
+    assert_eq!(status, 200);
+    let summary: Vec<(Value, Value, Value)> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|queue| {
+            (
+                queue["name"].clone(),
+                queue["ready"]["total"].clone(),
+                queue["tasks"]["queued"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (json!("default"), json!(1), json!(1)),
+            (json!("reports"), json!(1), json!(1))
+        ]
+    );
+    let (_, only_reports) = api.get("/v1/tasks?queue=reports").await;
+    assert_eq!(only_reports["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(only_reports["items"][0]["id"], task["id"]);
+    let (status, _) = api.get("/v1/tasks?queue=Not-A-Queue").await;
+    assert_eq!(status, 400);
+
+    // Pausing one queue leaves the other alone.
+    let (status, paused) = api.post("/v1/queues/reports/pause").await;
+    assert_eq!((status, &paused["paused"]), (200, &json!(true)));
+    assert!(api.queue.stats(&reports).await.expect("stats").paused);
+    let (_, default_queue) = api.get("/v1/queues/default").await;
+    assert_eq!(default_queue["paused"], json!(false));
+    let (status, missing) = api.post("/v1/queues/archive/pause").await;
+    assert_eq!(
+        (status, missing["code"].as_str()),
+        (404, Some("queue_not_found"))
+    );
+
+    // Cancelling takes the task off its own queue.
+    let id = task["id"].as_str().expect("id");
+    let (status, _) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
+    assert_eq!(status, 200);
+    assert_eq!(api.queue.stats(&reports).await.expect("stats").ready(), 0);
 }

@@ -15,8 +15,8 @@ mod repo;
 mod webhooks;
 
 pub use repo::{
-    CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, RedriveOutcome, RepoError,
-    StartOutcome, Submitted, TaskEvent, TaskRepository, now,
+    CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, QueueRecord, RedriveOutcome,
+    RepoError, StartOutcome, Submitted, TaskEvent, TaskRepository, now,
 };
 pub use webhooks::{
     ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryState, EndpointUpdate,

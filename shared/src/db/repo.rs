@@ -29,11 +29,12 @@ use super::entities::{artifact, queue, task, task_attempt, task_event};
 use super::one_statement;
 use super::webhooks::write_outbox;
 use crate::domain::{
-    ArtifactId, ArtifactRecord, AttemptRecord, LeaseToken, NewTask, Priority, TaskFilter, TaskId,
-    TaskKind, TaskOutcome, TaskRecord, TaskState, TenantId,
+    ArtifactId, ArtifactRecord, AttemptRecord, LeaseToken, NewTask, Priority, QueueName,
+    TaskFilter, TaskId, TaskKind, TaskOutcome, TaskRecord, TaskState, TenantId,
 };
 use crate::error::{CodedError, ErrorCode};
 use crate::events::{EventBus, EventNotice};
+use crate::queue::QueueControls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -119,9 +120,29 @@ pub struct TaskEvent {
     pub created_at: DateTime<Utc>,
 }
 
+/// A named queue and its controls, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueRecord {
+    pub name: QueueName,
+    pub controls: QueueControls,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn to_queue(row: queue::Model) -> Result<QueueRecord, RepoError> {
+    Ok(QueueRecord {
+        name: QueueName::parse(&row.name).map_err(|error| RepoError::Corrupt(error.to_string()))?,
+        controls: QueueControls {
+            paused: row.paused,
+            concurrency_limit: row.concurrency_limit.map(to_u32),
+        },
+        updated_at: row.updated_at,
+    })
+}
+
 /// A task the reconciler may need to dispatch again.
 #[derive(Debug, Clone)]
 pub struct DispatchCandidate {
+    pub queue: QueueName,
     pub task_id: TaskId,
     pub tenant: TenantId,
     pub priority: Priority,
@@ -475,6 +496,7 @@ impl TaskRepository {
         let model = task::ActiveModel {
             id: Set(id.as_uuid()),
             tenant_id: Set(new.tenant.as_str().to_owned()),
+            queue: Set(new.queue.as_str().to_owned()),
             kind: Set(new.spec.kind().as_str().to_owned()),
             state: Set(state.as_str().to_owned()),
             input: Set(new.spec.to_json()),
@@ -630,16 +652,18 @@ impl TaskRepository {
         Ok(RedriveOutcome::Redriven(record))
     }
 
-    /// How many of a tenant's tasks are in each state.
+    /// How many of a tenant's tasks in `queue` are in each state.
     pub async fn count_by_state(
         &self,
         tenant: &TenantId,
+        queue: &QueueName,
     ) -> Result<Vec<(TaskState, u64)>, RepoError> {
         let rows: Vec<(String, i64)> = task::Entity::find()
             .select_only()
             .column(task::Column::State)
             .column_as(task::Column::Id.count(), "count")
             .filter(task::Column::TenantId.eq(tenant.as_str()))
+            .filter(task::Column::Queue.eq(queue.as_str()))
             .group_by(task::Column::State)
             .into_tuple()
             .all(&self.db)
@@ -653,31 +677,81 @@ impl TaskRepository {
             .collect()
     }
 
-    /// Records whether a queue is paused: the database keeps it, so a queue backend
-    /// that loses its data (Redis) gets it back from the reconciler.
-    pub async fn set_queue_paused(&self, name: &str, paused: bool) -> Result<(), RepoError> {
+    /// Creates a queue, or changes its concurrency limit; `true` when it was created.
+    /// The database keeps every queue's controls, so a queue backend that loses its data
+    /// (Redis) gets them back from the reconciler.
+    pub async fn upsert_queue(
+        &self,
+        name: &QueueName,
+        concurrency_limit: Option<u32>,
+    ) -> Result<(QueueRecord, bool), RepoError> {
+        let now = now();
+        let limit = concurrency_limit.map(to_i32);
+        let transaction = self.db.begin().await?;
+        let existing = queue::Entity::find_by_id(name.as_str().to_owned())
+            .one(&transaction)
+            .await?;
+        let created = existing.is_none();
         let row = queue::ActiveModel {
-            name: Set(name.to_owned()),
-            paused: Set(paused),
-            updated_at: Set(now()),
+            name: Set(name.as_str().to_owned()),
+            paused: Set(existing.as_ref().is_some_and(|row| row.paused)),
+            concurrency_limit: Set(limit),
+            served_seq: Set(existing.as_ref().map_or(0, |row| row.served_seq)),
+            updated_at: Set(now),
         };
         queue::Entity::insert(row)
             .on_conflict(
                 sea_orm::sea_query::OnConflict::column(queue::Column::Name)
-                    .update_columns([queue::Column::Paused, queue::Column::UpdatedAt])
+                    .update_columns([queue::Column::ConcurrencyLimit, queue::Column::UpdatedAt])
                     .to_owned(),
             )
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&transaction)
             .await?;
-        Ok(())
+        let stored = queue::Entity::find_by_id(name.as_str().to_owned())
+            .one(&transaction)
+            .await?
+            .ok_or_else(|| RepoError::Corrupt(format!("queue {name} vanished")))?;
+        transaction.commit().await?;
+        Ok((to_queue(stored)?, created))
     }
 
-    /// Whether a queue was paused through the API.
-    pub async fn queue_paused(&self, name: &str) -> Result<bool, RepoError> {
-        Ok(queue::Entity::find_by_id(name.to_owned())
+    /// Records whether a queue is paused; `None` when there is no such queue.
+    pub async fn set_queue_paused(
+        &self,
+        name: &QueueName,
+        paused: bool,
+    ) -> Result<Option<QueueRecord>, RepoError> {
+        let updated = queue::Entity::update_many()
+            .col_expr(queue::Column::Paused, Expr::value(paused))
+            .col_expr(queue::Column::UpdatedAt, Expr::value(now()))
+            .filter(queue::Column::Name.eq(name.as_str()))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        if updated == 0 {
+            return Ok(None);
+        }
+        self.queue(name).await
+    }
+
+    /// A queue and its controls; `None` when nobody created it.
+    pub async fn queue(&self, name: &QueueName) -> Result<Option<QueueRecord>, RepoError> {
+        queue::Entity::find_by_id(name.as_str().to_owned())
             .one(&self.db)
             .await?
-            .is_some_and(|row| row.paused))
+            .map(to_queue)
+            .transpose()
+    }
+
+    /// Every queue, by name.
+    pub async fn queues(&self) -> Result<Vec<QueueRecord>, RepoError> {
+        queue::Entity::find()
+            .order_by_asc(queue::Column::Name)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_queue)
+            .collect()
     }
 
     /// A tenant's task.
@@ -713,6 +787,9 @@ impl TaskRepository {
         }
         if let Some(kind) = filter.kind {
             query = query.filter(task::Column::Kind.eq(kind.as_str()));
+        }
+        if let Some(queue) = &filter.queue {
+            query = query.filter(task::Column::Queue.eq(queue.as_str()));
         }
         if let Some(before) = filter.before {
             query = query.filter(task::Column::Id.lt(before.as_uuid()));
@@ -1224,6 +1301,8 @@ impl TaskRepository {
             .into_iter()
             .map(|row| {
                 Ok(DispatchCandidate {
+                    queue: QueueName::parse(&row.queue)
+                        .map_err(|error| RepoError::Corrupt(error.to_string()))?,
                     task_id: TaskId::from(row.id),
                     tenant: TenantId::parse(&row.tenant_id)
                         .map_err(|error| RepoError::Corrupt(error.to_string()))?,
@@ -1446,6 +1525,7 @@ fn to_record(row: task::Model) -> Result<TaskRecord, RepoError> {
     Ok(TaskRecord {
         id: TaskId::from(row.id),
         tenant: TenantId::parse(&row.tenant_id).map_err(|error| corrupt(error.to_string()))?,
+        queue: QueueName::parse(&row.queue).map_err(|error| corrupt(error.to_string()))?,
         kind: TaskKind::parse(&row.kind).map_err(|error| corrupt(error.message))?,
         state: TaskState::parse(&row.state).map_err(|error| corrupt(error.to_string()))?,
         input: row.input.clone(),

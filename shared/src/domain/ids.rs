@@ -74,58 +74,114 @@ impl std::fmt::Display for ArtifactId {
     }
 }
 
-/// A tenant's id: a short slug, safe to embed in storage keys and Redis keys.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TenantId(String);
+/// Defines a short-slug identifier (1-64 characters of a-z, 0-9, '-' or '_'), safe to
+/// embed in storage keys and Redis keys, with its parse error.
+macro_rules! slug_id {
+    ($(#[$meta:meta])* $name:ident, $error:ident, $what:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $error(String);
+
+        impl std::fmt::Display for $error {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    formatter,
+                    "{} must be 1-64 characters of a-z, 0-9, '-' or '_', got {:?}",
+                    $what, self.0
+                )
+            }
+        }
+
+        impl std::error::Error for $error {}
+
+        impl $name {
+            pub fn parse(text: &str) -> Result<Self, $error> {
+                if is_slug(text) {
+                    Ok(Self(text.to_owned()))
+                } else {
+                    Err($error(text.to_owned()))
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $error;
+
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> Self {
+                value.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(&self.0)
+            }
+        }
+    };
+}
+
+fn is_slug(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text.bytes().all(|byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'_'
+        })
+}
+
+slug_id!(
+    /// A tenant's id.
+    TenantId,
+    InvalidTenantId,
+    "tenant id"
+);
 
 /// The tenant every request belongs to until authentication assigns real ones.
 pub const DEFAULT_TENANT: &str = "default";
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("tenant id must be 1-64 characters of a-z, 0-9, '-' or '_', got {0:?}")]
-pub struct InvalidTenantId(String);
-
 impl TenantId {
-    pub fn parse(text: &str) -> Result<Self, InvalidTenantId> {
-        let well_formed = !text.is_empty()
-            && text.len() <= 64
-            && text.bytes().all(|byte| {
-                byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'_'
-            });
-        if well_formed {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(InvalidTenantId(text.to_owned()))
-        }
-    }
-
     pub fn default_tenant() -> Self {
         Self(DEFAULT_TENANT.to_owned())
     }
+}
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+slug_id!(
+    /// A named queue. Tasks go to `default` unless they name another; each worker
+    /// serves the queues its settings list (`worker.queues`).
+    QueueName,
+    InvalidQueueName,
+    "queue name"
+);
+
+/// The queue that always exists, and where tasks go unless they name another.
+pub const DEFAULT_QUEUE: &str = "default";
+
+impl QueueName {
+    pub fn default_queue() -> Self {
+        Self(DEFAULT_QUEUE.to_owned())
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.0 == DEFAULT_QUEUE
     }
 }
 
-impl TryFrom<String> for TenantId {
-    type Error = InvalidTenantId;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<TenantId> for String {
-    fn from(value: TenantId) -> Self {
-        value.0
-    }
-}
-
-impl std::fmt::Display for TenantId {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(&self.0)
+impl Default for QueueName {
+    fn default() -> Self {
+        Self::default_queue()
     }
 }
 
@@ -178,11 +234,18 @@ mod tests {
     }
 
     #[test]
-    fn tenant_ids_are_slugs() {
+    fn tenant_ids_and_queue_names_are_slugs() {
         assert!(TenantId::parse("acme-prod_1").is_ok());
         assert!(TenantId::parse("").is_err());
         assert!(TenantId::parse("Acme").is_err());
         assert!(TenantId::parse("a/b").is_err());
         assert!(TenantId::parse(&"x".repeat(65)).is_err());
+        assert!(QueueName::parse("pdf-high_2").is_ok());
+        assert!(QueueName::parse("PDF").is_err());
+        assert!(
+            QueueName::parse("a:b").is_err(),
+            "':' would split Redis keys"
+        );
+        assert!(QueueName::default().is_default());
     }
 }

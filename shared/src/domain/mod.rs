@@ -7,7 +7,10 @@ mod state;
 mod steps;
 mod task;
 
-pub use ids::{ArtifactId, DEFAULT_TENANT, InvalidTenantId, LeaseToken, TaskId, TenantId};
+pub use ids::{
+    ArtifactId, DEFAULT_QUEUE, DEFAULT_TENANT, InvalidQueueName, InvalidTenantId, LeaseToken,
+    QueueName, TaskId, TenantId,
+};
 pub use spec::{
     CssLength, ImageFormat, MAX_URL_LENGTH, PaperFormat, PaperGeometry, PdfInput, PdfMargins,
     Priority, ScreenshotInput, TargetUrl, TaskKind, TaskSpec, Viewport, WaitSpec, WaitUntil,

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::ids::{ArtifactId, LeaseToken, TaskId, TenantId};
+use super::ids::{ArtifactId, LeaseToken, QueueName, TaskId, TenantId};
 use super::spec::{Priority, TaskKind, TaskSpec};
 use super::state::TaskState;
 use crate::error::{CodedError, ErrorCode};
@@ -13,6 +13,7 @@ use crate::error::{CodedError, ErrorCode};
 #[derive(Debug, Clone)]
 pub struct NewTask {
     pub tenant: TenantId,
+    pub queue: QueueName,
     pub spec: TaskSpec,
     pub priority: Priority,
     pub max_attempts: u32,
@@ -32,6 +33,7 @@ pub struct NewTask {
 pub struct TaskRecord {
     pub id: TaskId,
     pub tenant: TenantId,
+    pub queue: QueueName,
     pub kind: TaskKind,
     pub state: TaskState,
     pub input: serde_json::Value,
@@ -204,6 +206,7 @@ impl TaskOutcome {
 pub struct TaskFilter {
     pub state: Option<TaskState>,
     pub kind: Option<TaskKind>,
+    pub queue: Option<QueueName>,
     /// Return tasks created before this one (the cursor of the previous page).
     pub before: Option<TaskId>,
     pub limit: u64,

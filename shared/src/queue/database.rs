@@ -19,9 +19,10 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    Claim, DEFAULT_QUEUE, Dispatch, PriorityCounts, Queue, QueueError, QueueLimits, QueueStats,
+    Claim, Dispatch, PriorityCounts, Queue, QueueControls, QueueError, QueueLimits, QueueStats,
+    served_queues,
 };
-use crate::domain::{LeaseToken, Priority, TaskId, TenantId};
+use crate::domain::{LeaseToken, Priority, QueueName, TaskId, TenantId};
 
 pub struct DatabaseQueue {
     db: DatabaseConnection,
@@ -31,9 +32,11 @@ pub struct DatabaseQueue {
     wakeup: Notify,
     poll_interval: Duration,
     limits: QueueLimits,
+    /// The queues claims take from.
+    serves: Vec<QueueName>,
 }
 
-/// Rows per multi-row insert: 5 parameters each stays far below every database's limit.
+/// Rows per multi-row insert: 6 parameters each stays far below every database's limit.
 const INSERT_CHUNK: usize = 500;
 
 impl DatabaseQueue {
@@ -43,12 +46,19 @@ impl DatabaseQueue {
             wakeup: Notify::new(),
             poll_interval,
             limits: QueueLimits::default(),
+            serves: served_queues(Vec::new()),
         }
     }
 
-    /// Applies per-tenant and global concurrency limits to claims.
+    /// Applies per-tenant and per-queue concurrency limits to claims.
     pub fn with_limits(mut self, limits: QueueLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// The queues claims take from (`default` when none are given).
+    pub fn serving(mut self, queues: Vec<QueueName>) -> Self {
+        self.serves = served_queues(queues);
         self
     }
 
@@ -88,48 +98,53 @@ impl DatabaseQueue {
         } else {
             ""
         };
+        let served = vec!["?"; self.serves.len()].join(", ");
+        // A queue's own limit wins over the default one; 0 means none.
         let sql = format!(
             "UPDATE queue_jobs SET lease_token = ?, lease_expires_at = ? \
              WHERE task_id = (SELECT job.task_id FROM queue_jobs job \
                  LEFT JOIN queue_tenants turn ON turn.tenant_id = job.tenant_id \
-                 WHERE job.available_at <= ? \
+                 LEFT JOIN queues settings ON settings.name = job.queue \
+                 WHERE job.queue IN ({served}) AND job.available_at <= ? \
                  AND (job.lease_expires_at IS NULL OR job.lease_expires_at <= ?) \
-                 AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ? AND paused = ?) \
+                 AND (settings.paused IS NULL OR settings.paused = ?) \
+                 AND (COALESCE(settings.concurrency_limit, ?) = 0 \
+                     OR (SELECT COUNT(*) FROM queue_jobs leased \
+                         WHERE leased.queue = job.queue AND leased.lease_expires_at > ?) \
+                     < COALESCE(settings.concurrency_limit, ?)) \
                  AND (? = 0 OR (SELECT COUNT(*) FROM queue_jobs leased \
-                     WHERE leased.lease_expires_at > ?) < ?) \
-                 AND (? = 0 OR (SELECT COUNT(*) FROM queue_jobs leased \
-                     WHERE leased.tenant_id = job.tenant_id AND leased.lease_expires_at > ?) < ?) \
-                 ORDER BY job.priority DESC, COALESCE(turn.served_seq, 0) ASC, \
+                     WHERE leased.queue = job.queue AND leased.tenant_id = job.tenant_id \
+                     AND leased.lease_expires_at > ?) < ?) \
+                 ORDER BY job.priority DESC, COALESCE(settings.served_seq, 0) ASC, \
+                     COALESCE(turn.served_seq, 0) ASC, \
                      job.available_at ASC, job.task_id ASC LIMIT 1{skip_locked}) \
              AND (lease_expires_at IS NULL OR lease_expires_at <= ?) \
-             RETURNING task_id, tenant_id, priority"
+             RETURNING task_id, tenant_id, priority, queue"
         );
         let global = i64::from(self.limits.global_concurrency);
         let per_tenant = i64::from(self.limits.tenant_concurrency);
-        let statement = self.statement(
-            &sql,
-            vec![
-                token.as_uuid().into(),
-                lease_until.into(),
-                now.into(),
-                now.into(),
-                DEFAULT_QUEUE.into(),
-                true.into(),
-                global.into(),
-                now.into(),
-                global.into(),
-                per_tenant.into(),
-                now.into(),
-                per_tenant.into(),
-                now.into(),
-            ],
-        );
+        let mut values: Vec<Value> = vec![token.as_uuid().into(), lease_until.into()];
+        values.extend(self.serves.iter().map(|queue| Value::from(queue.as_str())));
+        values.extend([
+            now.into(),
+            now.into(),
+            false.into(),
+            global.into(),
+            now.into(),
+            global.into(),
+            per_tenant.into(),
+            now.into(),
+            per_tenant.into(),
+            now.into(),
+        ]);
+        let statement = self.statement(&sql, values);
         let Some(row) = self.db.query_one_raw(statement).await? else {
             return Ok(None);
         };
         let task_id: Uuid = row.try_get("", "task_id")?;
         let tenant: String = row.try_get("", "tenant_id")?;
         let priority: i16 = row.try_get("", "priority")?;
+        let queue: String = row.try_get("", "queue")?;
         // The tenant's turn: it goes behind every tenant served before it.
         self.execute(
             "INSERT INTO queue_tenants (tenant_id, served_seq) \
@@ -138,7 +153,19 @@ impl DatabaseQueue {
             vec![tenant.as_str().into()],
         )
         .await?;
+        // With several queues, the queue's turn too: equal priorities take turns.
+        if self.serves.len() > 1 {
+            self.execute(
+                "INSERT INTO queues (name, paused, updated_at, served_seq) \
+                 VALUES (?, ?, ?, (SELECT COALESCE(MAX(served_seq), 0) + 1 FROM queues)) \
+                 ON CONFLICT (name) DO UPDATE SET served_seq = excluded.served_seq",
+                vec![queue.as_str().into(), false.into(), now.into()],
+            )
+            .await?;
+        }
         Ok(Some(Claim {
+            queue: QueueName::parse(&queue)
+                .map_err(|error| QueueError::Protocol(error.to_string()))?,
             task_id: TaskId::from(task_id),
             tenant: TenantId::parse(&tenant)
                 .map_err(|error| QueueError::Protocol(error.to_string()))?,
@@ -169,7 +196,7 @@ impl Queue for DatabaseQueue {
         let now = Utc::now().trunc_subsecs(6);
         let mut inserted = 0;
         for chunk in batch.chunks(INSERT_CHUNK) {
-            let mut values = Vec::with_capacity(chunk.len() * 5);
+            let mut values = Vec::with_capacity(chunk.len() * 6);
             for dispatch in chunk {
                 let available_at = dispatch
                     .not_before
@@ -177,6 +204,7 @@ impl Queue for DatabaseQueue {
                     .unwrap_or(now)
                     .max(now);
                 values.extend([
+                    dispatch.queue.as_str().into(),
                     dispatch.task_id.as_uuid().into(),
                     dispatch.tenant.as_str().into(),
                     dispatch.priority.rank().into(),
@@ -184,11 +212,11 @@ impl Queue for DatabaseQueue {
                     now.into(),
                 ]);
             }
-            let rows = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             inserted += self
                 .execute(
                     &format!(
-                        "INSERT INTO queue_jobs (task_id, tenant_id, priority, available_at, enqueued_at) \
+                        "INSERT INTO queue_jobs (queue, task_id, tenant_id, priority, available_at, enqueued_at) \
                          VALUES {rows} ON CONFLICT (task_id) DO NOTHING"
                     ),
                     values,
@@ -284,7 +312,7 @@ impl Queue for DatabaseQueue {
         Ok(requeued == 1)
     }
 
-    async fn remove(&self, task_id: TaskId) -> Result<bool, QueueError> {
+    async fn remove(&self, _queue: &QueueName, task_id: TaskId) -> Result<bool, QueueError> {
         let now = Utc::now().trunc_subsecs(6);
         let removed = self
             .execute(
@@ -296,21 +324,31 @@ impl Queue for DatabaseQueue {
         Ok(removed == 1)
     }
 
-    async fn set_paused(&self, paused: bool) -> Result<(), QueueError> {
+    async fn configure(
+        &self,
+        queue: &QueueName,
+        controls: QueueControls,
+    ) -> Result<(), QueueError> {
         self.execute(
-            "INSERT INTO queues (name, paused, updated_at) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
-            vec![DEFAULT_QUEUE.into(), paused.into(), Utc::now().into()],
+            "INSERT INTO queues (name, paused, concurrency_limit, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, \
+             concurrency_limit = excluded.concurrency_limit, updated_at = excluded.updated_at",
+            vec![
+                queue.as_str().into(),
+                controls.paused.into(),
+                controls.concurrency_limit.map(i64::from).into(),
+                Utc::now().into(),
+            ],
         )
         .await?;
-        if !paused {
+        if !controls.paused {
             self.wakeup.notify_waiters();
             self.wakeup.notify_one();
         }
         Ok(())
     }
 
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats, QueueError> {
         let now = Utc::now().trunc_subsecs(6);
         let free = "(lease_expires_at IS NULL OR lease_expires_at <= ?)";
         let statement = self.statement(
@@ -323,7 +361,7 @@ impl Queue for DatabaseQueue {
                    COALESCE(SUM(CASE WHEN lease_expires_at > ? THEN 1 ELSE 0 END), 0) AS leased, \
                    MIN(CASE WHEN {free} AND available_at <= ? THEN available_at END) AS oldest, \
                    (SELECT COUNT(*) FROM queues WHERE name = ? AND paused = ?) AS paused \
-                 FROM queue_jobs"
+                 FROM queue_jobs WHERE queue = ?"
             ),
             vec![
                 now.into(),
@@ -337,8 +375,9 @@ impl Queue for DatabaseQueue {
                 now.into(),
                 now.into(),
                 now.into(),
-                DEFAULT_QUEUE.into(),
+                queue.as_str().into(),
                 true.into(),
+                queue.as_str().into(),
             ],
         );
         let row = self

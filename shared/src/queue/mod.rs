@@ -6,9 +6,11 @@
 //! happened to the worker. Operations on a claim are guarded by its token, so a worker
 //! whose lease expired cannot acknowledge or requeue what another worker now owns.
 //!
-//! Claims are fair across tenants (they take turns; within a tenant the highest
-//! priority, then the oldest, goes first), a higher priority goes first across tenants,
-//! and optional per-tenant and global concurrency limits hold claims back.
+//! Tasks live in named queues ([`QueueName`]); a worker claims from the queues it was
+//! built for (`worker.queues`), each pausable and with its own concurrency cap. Claims
+//! are fair across tenants (they take turns; within a tenant the highest priority, then
+//! the oldest, goes first), a higher priority goes first across tenants and queues, and
+//! optional per-tenant and per-queue concurrency limits hold claims back.
 //!
 //! Backends:
 //! - [`redis::RedisQueue`]: Redis via fred; every multi-key step is one Lua script.
@@ -20,7 +22,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::config::{QueueBackendKind, Settings};
-use crate::domain::{LeaseToken, Priority, TaskId, TenantId};
+pub use crate::domain::DEFAULT_QUEUE;
+use crate::domain::{LeaseToken, Priority, QueueName, TaskId, TenantId};
 
 pub mod database;
 pub mod redis;
@@ -35,12 +38,10 @@ pub enum QueueError {
     Protocol(String),
 }
 
-/// The queue every task goes to; the API names queues so more can follow.
-pub const DEFAULT_QUEUE: &str = "default";
-
 /// A task to put on the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispatch {
+    pub queue: QueueName,
     pub task_id: TaskId,
     pub tenant: TenantId,
     pub priority: Priority,
@@ -51,6 +52,8 @@ pub struct Dispatch {
 /// A worker's hold on one task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
+    /// The queue the task was claimed from.
+    pub queue: QueueName,
     pub task_id: TaskId,
     pub tenant: TenantId,
     pub priority: Priority,
@@ -93,10 +96,20 @@ impl QueueStats {
 /// Concurrency limits a claim respects; 0 means no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueLimits {
-    /// Most tasks of one tenant leased at once, across all workers.
+    /// Most tasks of one tenant leased at once in one queue, across all workers.
     pub tenant_concurrency: u32,
-    /// Most tasks leased at once, across all workers and tenants.
+    /// Most tasks of one queue leased at once, across all workers and tenants, for a
+    /// queue that sets no `concurrency_limit` of its own.
     pub global_concurrency: u32,
+}
+
+/// A queue's own controls, kept in the database (the truth) and applied to the backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueControls {
+    /// A paused queue keeps its tasks but hands none out.
+    pub paused: bool,
+    /// Most of its tasks leased at once; `None` falls back to `queue.global_concurrency`.
+    pub concurrency_limit: Option<u32>,
 }
 
 impl QueueLimits {
@@ -128,7 +141,9 @@ pub trait Queue: Send + Sync + 'static {
         Ok(added)
     }
 
-    /// Claims the next task for `worker`, waiting up to `wait` for one to arrive.
+    /// Claims the next task for `worker` from the queues this instance serves (see
+    /// [`connect`]), waiting up to `wait` for one to arrive. The highest priority ready
+    /// in any of them goes first; queues with the same priority ready take turns.
     async fn claim(
         &self,
         worker: &str,
@@ -155,13 +170,15 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Takes a waiting task off the queue (cancelled). A leased task stays: its worker
     /// finds out from the database.
-    async fn remove(&self, task_id: TaskId) -> Result<bool, QueueError>;
+    async fn remove(&self, queue: &QueueName, task_id: TaskId) -> Result<bool, QueueError>;
 
-    /// Stops (or resumes) handing out tasks. Waiting tasks stay queued; leased ones
-    /// run to their end.
-    async fn set_paused(&self, paused: bool) -> Result<(), QueueError>;
+    /// Applies a queue's controls. Pausing stops it handing out tasks (waiting tasks
+    /// stay queued; leased ones run to their end); resuming, or raising its limit, wakes
+    /// idle workers at once.
+    async fn configure(&self, queue: &QueueName, controls: QueueControls)
+    -> Result<(), QueueError>;
 
-    async fn stats(&self) -> Result<QueueStats, QueueError>;
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats, QueueError>;
 
     /// Checks the backend answers, for readiness probes.
     async fn ping(&self) -> Result<(), QueueError>;
@@ -169,21 +186,41 @@ pub trait Queue: Send + Sync + 'static {
 
 pub type SharedQueue = Arc<dyn Queue>;
 
-/// Builds the queue backend the settings select.
+/// Builds the queue backend the settings select; its claims take from the queues
+/// `worker.queues` lists.
 pub async fn connect(
     settings: &Settings,
     db: sea_orm::DatabaseConnection,
 ) -> Result<SharedQueue, QueueError> {
+    let limits = QueueLimits::from_settings(settings);
+    let serves = settings.worker.queues.clone();
     match settings.queue_backend() {
         QueueBackendKind::Redis => {
             let queue = redis::RedisQueue::connect(&settings.redis)
                 .await?
-                .with_limits(QueueLimits::from_settings(settings));
+                .with_limits(limits)
+                .serving(serves);
             Ok(Arc::new(queue))
         }
         QueueBackendKind::Database | QueueBackendKind::Auto => Ok(Arc::new(
             database::DatabaseQueue::new(db, settings.queue.poll_interval)
-                .with_limits(QueueLimits::from_settings(settings)),
+                .with_limits(limits)
+                .serving(serves),
         )),
     }
+}
+
+/// The queues a claimer serves: the given ones in order, without repeats, or `default`
+/// when none are given.
+pub(crate) fn served_queues(queues: Vec<QueueName>) -> Vec<QueueName> {
+    let mut served: Vec<QueueName> = Vec::with_capacity(queues.len().max(1));
+    for queue in queues {
+        if !served.contains(&queue) {
+            served.push(queue);
+        }
+    }
+    if served.is_empty() {
+        served.push(QueueName::default_queue());
+    }
+    served
 }

@@ -1,27 +1,32 @@
 //! The Redis queue backend (fred).
 //!
-//! Keys, all under one hash tag `{p}` so the scripts also run on a cluster:
-//! - `{p}:ready:<tenant>` one sorted set of ready task ids per tenant; score = priority
+//! Keys, all under one hash tag `{p}` so the scripts also run on a cluster. Each named
+//! queue has its own key base `<q>`: `{p}` for `default` (the layout from before named
+//! queues), `{p}:q:<name>` for every other queue. Under each base:
+//! - `<q>:ready:<tenant>` one sorted set of ready task ids per tenant; score = priority
 //!   band + the time the task became ready (ms), so `ZPOPMIN` gives the tenant's highest
 //!   priority, oldest task;
-//! - `{p}:tenants` the dispatch ring: tenants that have ready tasks, scored by the
+//! - `<q>:tenants` the dispatch ring: tenants that have ready tasks, scored by the
 //!   priority band of their best task, then by their turn (a counter drawn from
-//!   `{p}:seq` each time the tenant is served). A claim serves the first tenant in
+//!   `<q>:seq` each time the tenant is served). A claim serves the first tenant in
 //!   the ring that is under its concurrency limit, so tenants take turns and one
 //!   tenant's flood cannot starve another tenant's single task;
-//! - `{p}:running` hash tenant → number of leased tasks (the per-tenant limit);
-//! - `{p}:delayed` sorted set of task ids scored by the time they become due;
-//! - `{p}:leases`  sorted set of claimed task ids scored by lease deadline;
-//! - `{p}:tokens`  hash task id → lease token of the current owner;
-//! - `{p}:jobs`    hash task id → `tenant|priority`, the routing data;
-//! - `{p}:paused`  present while the queue is paused: nothing is claimed;
-//! - `{p}:signal`  list; each enqueue pushes one element, and an idle worker blocks on
-//!   `BLPOP` of it, so a new task wakes one worker at once instead of being polled for.
+//! - `<q>:running` hash tenant → number of leased tasks (the per-tenant limit);
+//! - `<q>:delayed` sorted set of task ids scored by the time they become due;
+//! - `<q>:leases`  sorted set of claimed task ids scored by lease deadline;
+//! - `<q>:tokens`  hash task id → lease token of the current owner;
+//! - `<q>:jobs`    hash task id → `tenant|priority`, the routing data;
+//! - `<q>:paused`  present while the queue is paused: nothing is claimed;
+//! - `<q>:limit`   the queue's own concurrency cap, when it has one;
+//! - `<q>:signal`  list; each enqueue pushes one element, and an idle worker blocks on
+//!   `BLPOP` of the signal lists of the queues it serves, so a new task wakes one worker
+//!   at once instead of being polled for.
 //!
 //! Every step that touches more than one key is one Lua script (atomic, loaded once and
-//! run by `EVALSHA`). The scripts get the key base as their first argument and derive
-//! the per-tenant keys from it; the first declared key carries the hash tag, so the
-//! script is routed to the slot every one of its keys lives in. Times come from the
+//! run by `EVALSHA`). The scripts get the queue's key base as their first argument and
+//! derive the other keys from it; the first declared key carries the hash tag, so the
+//! script is routed to the slot every one of its keys lives in. A claim gets the bases of
+//! every queue the worker serves and looks at them in one script. Times come from the
 //! Redis server's clock (`TIME`), one clock for all workers. The claim script also moves
 //! due delayed tasks and expired leases back to ready, so recovery needs no sweeper.
 
@@ -34,9 +39,14 @@ use fred::types::{ClusterHash, CustomCommand};
 use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
-use super::{Claim, Dispatch, PriorityCounts, Queue, QueueError, QueueLimits, QueueStats};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{
+    Claim, Dispatch, PriorityCounts, Queue, QueueControls, QueueError, QueueLimits, QueueStats,
+    served_queues,
+};
 use crate::config::RedisSettings;
-use crate::domain::{LeaseToken, Priority, TaskId, TenantId};
+use crate::domain::{LeaseToken, Priority, QueueName, TaskId, TenantId};
 
 /// Priority bands of the ready sets are this many milliseconds apart: above any time
 /// until the year 2286, so a higher band always sorts first.
@@ -124,61 +134,80 @@ end
 return 1
 "#;
 
-/// ARGV: base, token, ttl_ms, tenant_limit, global_limit (0 = none).
-/// Returns {id, job, deadline_ms}, or {'', wait_hint_ms} when nothing may be claimed.
+/// ARGV: base (unused), token, ttl_ms, tenant_limit, default_queue_limit (0 = none), then
+/// the base of each queue to claim from, in the order ties are broken. Returns
+/// {id, job, deadline_ms, queue_index (1-based)}, or {'', wait_hint_ms} when nothing may
+/// be claimed.
 const CLAIM: &str = r#"
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', key('delayed'), '-inf', now, 'LIMIT', 0, 512)
-for _, id in ipairs(due) do
-  redis.call('ZREM', key('delayed'), id)
-  local job = redis.call('HGET', key('jobs'), id)
-  if job then make_ready(id, job, now) end
+local tenant_limit, default_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local first_queue = 6
+local hint = -1
+local function earlier(at)
+  local wait = at - now
+  if hint < 0 or wait < hint then hint = wait end
 end
-local expired = redis.call('ZRANGEBYSCORE', key('leases'), '-inf', now, 'LIMIT', 0, 512)
-for _, id in ipairs(expired) do
-  redis.call('ZREM', key('leases'), id)
-  redis.call('HDEL', key('tokens'), id)
-  local job = redis.call('HGET', key('jobs'), id)
-  if job then
-    release_slot(job)
-    make_ready(id, job, now)
+-- Per queue: recover due and expired tasks, note when the next one comes due, and
+-- find the band of its best ready tenant when it may hand a task out.
+local candidates = {}
+for index = first_queue, #ARGV do
+  base = ARGV[index]
+  local due = redis.call('ZRANGEBYSCORE', key('delayed'), '-inf', now, 'LIMIT', 0, 512)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', key('delayed'), id)
+    local job = redis.call('HGET', key('jobs'), id)
+    if job then make_ready(id, job, now) end
   end
-end
-local function wait_hint()
-  local hint = -1
+  local expired = redis.call('ZRANGEBYSCORE', key('leases'), '-inf', now, 'LIMIT', 0, 512)
+  for _, id in ipairs(expired) do
+    redis.call('ZREM', key('leases'), id)
+    redis.call('HDEL', key('tokens'), id)
+    local job = redis.call('HGET', key('jobs'), id)
+    if job then
+      release_slot(job)
+      make_ready(id, job, now)
+    end
+  end
   local next_due = redis.call('ZRANGE', key('delayed'), 0, 0, 'WITHSCORES')
-  if #next_due > 0 then hint = tonumber(next_due[2]) - now end
+  if #next_due > 0 then earlier(tonumber(next_due[2])) end
   local next_expiry = redis.call('ZRANGE', key('leases'), 0, 0, 'WITHSCORES')
-  if #next_expiry > 0 then
-    local until_expiry = tonumber(next_expiry[2]) - now
-    if hint < 0 or until_expiry < hint then hint = until_expiry end
-  end
-  return {'', hint}
-end
-if redis.call('EXISTS', key('paused')) == 1 then return wait_hint() end
-local global_limit = tonumber(ARGV[5])
-if global_limit > 0 and redis.call('ZCARD', key('leases')) >= global_limit then
-  return wait_hint()
-end
-local tenant_limit = tonumber(ARGV[4])
-local ring = redis.call('ZRANGE', key('tenants'), 0, RING_SCAN - 1)
-for _, tenant in ipairs(ring) do
-  local running = tonumber(redis.call('HGET', key('running'), tenant) or '0')
-  if tenant_limit == 0 or running < tenant_limit then
-    local popped = redis.call('ZPOPMIN', ready_key(tenant))
-    touch_tenant(tenant, true)
-    if #popped > 0 then
-      local id = popped[1]
-      local deadline = now + tonumber(ARGV[3])
-      redis.call('ZADD', key('leases'), deadline, id)
-      redis.call('HSET', key('tokens'), id, ARGV[2])
-      redis.call('HINCRBY', key('running'), tenant, 1)
-      local job = redis.call('HGET', key('jobs'), id) or (tenant .. '|1')
-      return {id, job, deadline}
+  if #next_expiry > 0 then earlier(tonumber(next_expiry[2])) end
+  if redis.call('EXISTS', key('paused')) == 0 then
+    local limit = tonumber(redis.call('GET', key('limit')) or default_limit)
+    if limit == 0 or redis.call('ZCARD', key('leases')) < limit then
+      local head = redis.call('ZRANGE', key('tenants'), 0, 0, 'WITHSCORES')
+      if #head > 0 then
+        candidates[#candidates + 1] = {index, math.floor(tonumber(head[2]) / TURN_BAND)}
+      end
     end
   end
 end
-return wait_hint()
+-- The best priority band first; among equals, the order the claimer gave.
+table.sort(candidates, function(a, b)
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return a[1] < b[1]
+end)
+for _, candidate in ipairs(candidates) do
+  base = ARGV[candidate[1]]
+  local ring = redis.call('ZRANGE', key('tenants'), 0, RING_SCAN - 1)
+  for _, tenant in ipairs(ring) do
+    local running = tonumber(redis.call('HGET', key('running'), tenant) or '0')
+    if tenant_limit == 0 or running < tenant_limit then
+      local popped = redis.call('ZPOPMIN', ready_key(tenant))
+      touch_tenant(tenant, true)
+      if #popped > 0 then
+        local id = popped[1]
+        local deadline = now + tonumber(ARGV[3])
+        redis.call('ZADD', key('leases'), deadline, id)
+        redis.call('HSET', key('tokens'), id, ARGV[2])
+        redis.call('HINCRBY', key('running'), tenant, 1)
+        local job = redis.call('HGET', key('jobs'), id) or (tenant .. '|1')
+        return {id, job, deadline, candidate[1] - first_queue + 1}
+      end
+    end
+  end
+end
+return {'', hint}
 "#;
 
 /// ARGV: base, id, token, ttl_ms. Returns the new deadline, or 0 when the lease is lost.
@@ -230,11 +259,15 @@ end
 return removed
 "#;
 
-/// ARGV: base, paused (1|0). Resuming wakes as many idle workers as there is work.
-const SET_PAUSED: &str = r#"
-if ARGV[2] == '1' then
-  redis.call('SET', key('paused'), '1')
-elseif redis.call('DEL', key('paused')) == 1 then
+/// ARGV: base, paused (1|0), limit (-1 = none). Resuming, or changing the limit, wakes
+/// as many idle workers as there is work.
+const CONFIGURE: &str = r#"
+local was_paused = redis.call('EXISTS', key('paused')) == 1
+local old_limit = tonumber(redis.call('GET', key('limit')) or '-1')
+local paused, limit = ARGV[2] == '1', tonumber(ARGV[3])
+if paused then redis.call('SET', key('paused'), '1') else redis.call('DEL', key('paused')) end
+if limit < 0 then redis.call('DEL', key('limit')) else redis.call('SET', key('limit'), limit) end
+if not paused and (was_paused or limit ~= old_limit) then
   local ready = 0
   for _, tenant in ipairs(redis.call('ZRANGE', key('tenants'), 0, 1023)) do
     ready = ready + redis.call('ZCARD', ready_key(tenant))
@@ -264,7 +297,7 @@ return {counts[1], counts[2], counts[3], redis.call('ZCARD', key('delayed')),
   redis.call('ZCARD', key('leases')), redis.call('EXISTS', key('paused')), oldest, now_ms()}
 "#;
 
-/// ARGV: base. Deletes every key under the base.
+/// ARGV: base. Deletes every key under the base (for `{p}`, every queue's).
 const PURGE: &str = r#"
 local cursor = '0'
 local deleted = 0
@@ -283,7 +316,7 @@ struct Scripts {
     ack: Script,
     requeue: Script,
     remove: Script,
-    set_paused: Script,
+    configure: Script,
     stats: Script,
     purge: Script,
 }
@@ -297,7 +330,8 @@ impl Scripts {
         let with_prelude = |body: &str| {
             let body = body
                 .replace("RING_SCAN", &RING_SCAN.to_string())
-                .replace("PRIORITY_BAND", &PRIORITY_BAND_MS.to_string());
+                .replace("PRIORITY_BAND", &PRIORITY_BAND_MS.to_string())
+                .replace("TURN_BAND", &TURN_BAND.to_string());
             Script::from_lua(format!("{prelude}\n{body}"))
         };
         Self {
@@ -307,7 +341,7 @@ impl Scripts {
             ack: with_prelude(ACK),
             requeue: with_prelude(REQUEUE),
             remove: with_prelude(REMOVE),
-            set_paused: with_prelude(SET_PAUSED),
+            configure: with_prelude(CONFIGURE),
             stats: with_prelude(STATS),
             purge: with_prelude(PURGE),
         }
@@ -320,12 +354,17 @@ pub struct RedisQueue {
     /// Behind an async mutex because one waiter per process is enough (the worker runtime
     /// claims one task at a time) and a second would only steal the first one's wake-up.
     waiter: Mutex<Client>,
-    /// `{prefix}`: the hash-tagged base of every key.
-    base: String,
+    /// `{prefix}`: the hash-tagged root of every key, and the `default` queue's base.
+    root: String,
     /// Declared to Redis as each script's key, so a cluster routes it to the slot of
     /// the hash tag.
     routing_key: String,
-    signal_key: String,
+    /// The queues claims take from, and their key bases and signal lists.
+    serves: Vec<QueueName>,
+    serve_bases: Vec<String>,
+    signal_keys: Vec<String>,
+    /// Rotates the order claims look at equal-priority queues in, so they take turns.
+    turn: AtomicUsize,
     scripts: Scripts,
     limits: QueueLimits,
     command_timeout: Duration,
@@ -346,28 +385,60 @@ impl RedisQueue {
         for connection in [&client, &waiter] {
             connection.init().await?;
         }
-        let base = format!("{{{}}}", settings.key_prefix);
-        Ok(Self {
+        let root = format!("{{{}}}", settings.key_prefix);
+        let mut queue = Self {
             client,
             waiter: Mutex::new(waiter),
-            routing_key: format!("{base}:jobs"),
-            signal_key: format!("{base}:signal"),
-            base,
+            routing_key: format!("{root}:jobs"),
+            root,
+            serves: Vec::new(),
+            serve_bases: Vec::new(),
+            signal_keys: Vec::new(),
+            turn: AtomicUsize::new(0),
             scripts: Scripts::new(),
             limits: QueueLimits::default(),
             command_timeout: settings.command_timeout,
-        })
+        };
+        queue.set_serves(Vec::new());
+        Ok(queue)
     }
 
-    /// Applies per-tenant and global concurrency limits to this process's claims.
+    /// Applies per-tenant and per-queue concurrency limits to this process's claims.
     pub fn with_limits(mut self, limits: QueueLimits) -> Self {
         self.limits = limits;
         self
     }
 
-    /// Deletes every key of this queue (tests and `operator` maintenance).
+    /// The queues this process's claims take from (`default` when none are given).
+    pub fn serving(mut self, queues: Vec<QueueName>) -> Self {
+        self.set_serves(queues);
+        self
+    }
+
+    fn set_serves(&mut self, queues: Vec<QueueName>) {
+        self.serves = served_queues(queues);
+        self.serve_bases = self.serves.iter().map(|queue| self.base(queue)).collect();
+        self.signal_keys = self
+            .serve_bases
+            .iter()
+            .map(|base| format!("{base}:signal"))
+            .collect();
+    }
+
+    /// The key base of `queue`.
+    fn base(&self, queue: &QueueName) -> String {
+        if queue.is_default() {
+            self.root.clone()
+        } else {
+            format!("{}:q:{}", self.root, queue.as_str())
+        }
+    }
+
+    /// Deletes every key of every queue under this prefix (tests and maintenance).
     pub async fn purge(&self) -> Result<(), QueueError> {
-        let _: i64 = self.run(&self.scripts.purge, Vec::new()).await?;
+        let _: i64 = self
+            .run(&self.scripts.purge, &self.root, Vec::new())
+            .await?;
         Ok(())
     }
 
@@ -375,10 +446,15 @@ impl RedisQueue {
         &self.client
     }
 
-    /// Runs `script` with the key base as its first argument, then `args`.
-    async fn run<R: FromValue>(&self, script: &Script, args: Vec<Value>) -> Result<R, QueueError> {
+    /// Runs `script` with a queue's key base as its first argument, then `args`.
+    async fn run<R: FromValue>(
+        &self,
+        script: &Script,
+        base: &str,
+        args: Vec<Value>,
+    ) -> Result<R, QueueError> {
         let mut arguments: Vec<Value> = Vec::with_capacity(args.len() + 1);
-        arguments.push(self.base.as_str().into());
+        arguments.push(base.into());
         arguments.extend(args);
         Ok(script
             .evalsha_with_reload(&self.client, vec![self.routing_key.as_str()], arguments)
@@ -391,16 +467,27 @@ impl RedisQueue {
         token: LeaseToken,
         lease: Duration,
     ) -> Result<Result<Claim, Option<Duration>>, QueueError> {
+        // Equal-priority queues are looked at from a rotating start, so they take turns.
+        let count = self.serves.len();
+        let start = if count > 1 {
+            self.turn.fetch_add(1, Ordering::Relaxed) % count
+        } else {
+            0
+        };
+        let order: Vec<usize> = (0..count).map(|offset| (start + offset) % count).collect();
+        let mut arguments: Vec<Value> = vec![
+            token.to_string().into(),
+            millis(lease).into(),
+            i64::from(self.limits.tenant_concurrency).into(),
+            i64::from(self.limits.global_concurrency).into(),
+        ];
+        arguments.extend(
+            order
+                .iter()
+                .map(|index| Value::from(self.serve_bases[*index].as_str())),
+        );
         let reply: Vec<Value> = self
-            .run(
-                &self.scripts.claim,
-                vec![
-                    token.to_string().into(),
-                    millis(lease).into(),
-                    i64::from(self.limits.tenant_concurrency).into(),
-                    i64::from(self.limits.global_concurrency).into(),
-                ],
-            )
+            .run(&self.scripts.claim, &self.serve_bases[order[0]], arguments)
             .await?;
         let id = reply.first().and_then(Value::as_string).unwrap_or_default();
         if id.is_empty() {
@@ -415,7 +502,15 @@ impl RedisQueue {
         let task_id = TaskId::parse(&id)
             .map_err(|error| QueueError::Protocol(format!("bad task id {id:?}: {error}")))?;
         let (tenant, priority) = parse_job(&job);
+        let queue = reply
+            .get(3)
+            .and_then(Value::as_i64)
+            .and_then(|position| usize::try_from(position).ok()?.checked_sub(1))
+            .and_then(|position| order.get(position))
+            .map(|index| self.serves[*index].clone())
+            .ok_or_else(|| QueueError::Protocol(format!("claim reply without queue: {reply:?}")))?;
         Ok(Ok(Claim {
+            queue,
             task_id,
             tenant,
             priority,
@@ -489,7 +584,11 @@ impl Queue for RedisQueue {
 
     async fn enqueue(&self, dispatch: &Dispatch) -> Result<bool, QueueError> {
         let added: i64 = self
-            .run(&self.scripts.enqueue, Self::enqueue_arguments(dispatch))
+            .run(
+                &self.scripts.enqueue,
+                &self.base(&dispatch.queue),
+                Self::enqueue_arguments(dispatch),
+            )
             .await?;
         Ok(added == 1)
     }
@@ -509,7 +608,7 @@ impl Queue for RedisQueue {
                 self.scripts.enqueue.sha1().clone().into(),
                 1.into(),
                 self.routing_key.as_str().into(),
-                self.base.as_str().into(),
+                self.base(&dispatch.queue).into(),
             ];
             arguments.extend(Self::enqueue_arguments(dispatch));
             let _: () = pipeline.custom(evalsha.clone(), arguments).await?;
@@ -549,7 +648,7 @@ impl Queue for RedisQueue {
             };
             let woken: Result<Option<(String, String)>, _> = waiter
                 .with_options(&options)
-                .blpop(self.signal_key.as_str(), seconds)
+                .blpop(self.signal_keys.clone(), seconds)
                 .await;
             match woken {
                 Ok(_) => {}
@@ -568,6 +667,7 @@ impl Queue for RedisQueue {
         let deadline: i64 = self
             .run(
                 &self.scripts.renew,
+                &self.base(&claim.queue),
                 vec![
                     claim.task_id.to_string().into(),
                     claim.token.to_string().into(),
@@ -582,6 +682,7 @@ impl Queue for RedisQueue {
         let acked: i64 = self
             .run(
                 &self.scripts.ack,
+                &self.base(&claim.queue),
                 vec![
                     claim.task_id.to_string().into(),
                     claim.token.to_string().into(),
@@ -600,6 +701,7 @@ impl Queue for RedisQueue {
         let requeued: i64 = self
             .run(
                 &self.scripts.requeue,
+                &self.base(&claim.queue),
                 vec![
                     claim.task_id.to_string().into(),
                     claim.token.to_string().into(),
@@ -610,23 +712,38 @@ impl Queue for RedisQueue {
         Ok(requeued == 1)
     }
 
-    async fn remove(&self, task_id: TaskId) -> Result<bool, QueueError> {
+    async fn remove(&self, queue: &QueueName, task_id: TaskId) -> Result<bool, QueueError> {
         let removed: i64 = self
-            .run(&self.scripts.remove, vec![task_id.to_string().into()])
+            .run(
+                &self.scripts.remove,
+                &self.base(queue),
+                vec![task_id.to_string().into()],
+            )
             .await?;
         Ok(removed > 0)
     }
 
-    async fn set_paused(&self, paused: bool) -> Result<(), QueueError> {
-        let flag = if paused { "1" } else { "0" };
+    async fn configure(
+        &self,
+        queue: &QueueName,
+        controls: QueueControls,
+    ) -> Result<(), QueueError> {
+        let flag = if controls.paused { "1" } else { "0" };
+        let limit = controls.concurrency_limit.map(i64::from).unwrap_or(-1);
         let _: i64 = self
-            .run(&self.scripts.set_paused, vec![flag.into()])
+            .run(
+                &self.scripts.configure,
+                &self.base(queue),
+                vec![flag.into(), limit.into()],
+            )
             .await?;
         Ok(())
     }
 
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let reply: Vec<Value> = self.run(&self.scripts.stats, Vec::new()).await?;
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats, QueueError> {
+        let reply: Vec<Value> = self
+            .run(&self.scripts.stats, &self.base(queue), Vec::new())
+            .await?;
         let oldest = reply.get(6).and_then(Value::as_i64).unwrap_or(-1);
         Ok(QueueStats {
             ready_by_priority: PriorityCounts {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use operator_shared::db::{self, TaskRepository};
+use operator_shared::domain::QueueName;
 use operator_shared::queue::database::DatabaseQueue;
 use operator_shared::queue::redis::RedisQueue;
 use operator_shared::queue::{QueueLimits, SharedQueue};
@@ -22,12 +23,14 @@ impl QueueUnderTest {
     }
 }
 
-pub async fn redis_queue(limits: QueueLimits) -> QueueUnderTest {
+/// Claims of the queues under test take from `serves`.
+pub async fn redis_queue(limits: QueueLimits, serves: Vec<QueueName>) -> QueueUnderTest {
     let prefix = RedisPrefix::new();
     let redis = RedisQueue::connect(prefix.settings())
         .await
         .expect("Redis is reachable (run scripts/services.sh)")
-        .with_limits(limits);
+        .with_limits(limits)
+        .serving(serves);
     QueueUnderTest {
         queue: Arc::new(redis),
         _redis: Some(prefix),
@@ -35,25 +38,34 @@ pub async fn redis_queue(limits: QueueLimits) -> QueueUnderTest {
     }
 }
 
-async fn database_queue(database: TestDatabase, limits: QueueLimits) -> QueueUnderTest {
+async fn database_queue(
+    database: TestDatabase,
+    limits: QueueLimits,
+    serves: Vec<QueueName>,
+) -> QueueUnderTest {
     let connection = db::connect_url(database.url(), 4, Duration::from_secs(10))
         .await
         .expect("connect");
     QueueUnderTest {
         queue: Arc::new(
-            DatabaseQueue::new(connection, Duration::from_millis(50)).with_limits(limits),
+            DatabaseQueue::new(connection, Duration::from_millis(50))
+                .with_limits(limits)
+                .serving(serves),
         ),
         _redis: None,
         _database: Some(database),
     }
 }
 
-pub async fn database_queue_sqlite(limits: QueueLimits) -> QueueUnderTest {
-    database_queue(TestDatabase::sqlite().await, limits).await
+pub async fn database_queue_sqlite(limits: QueueLimits, serves: Vec<QueueName>) -> QueueUnderTest {
+    database_queue(TestDatabase::sqlite().await, limits, serves).await
 }
 
-pub async fn database_queue_postgres(limits: QueueLimits) -> QueueUnderTest {
-    database_queue(TestDatabase::postgres().await, limits).await
+pub async fn database_queue_postgres(
+    limits: QueueLimits,
+    serves: Vec<QueueName>,
+) -> QueueUnderTest {
+    database_queue(TestDatabase::postgres().await, limits, serves).await
 }
 
 /// A repository on a fresh database; keep the `TestDatabase` alive for the test.

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use operator_shared::domain::{Priority, TaskId, TenantId};
-use operator_shared::queue::{Dispatch, SharedQueue};
+use operator_shared::domain::{Priority, QueueName, TaskId, TenantId};
+use operator_shared::queue::{Dispatch, QueueControls, SharedQueue};
 
 const LEASE: Duration = Duration::from_secs(30);
 const NO_WAIT: Duration = Duration::ZERO;
@@ -16,6 +16,7 @@ fn dispatch(priority: Priority) -> Dispatch {
 
 fn dispatch_for(tenant: TenantId, priority: Priority) -> Dispatch {
     Dispatch {
+        queue: QueueName::default(),
         task_id: TaskId::new(),
         tenant,
         priority,
@@ -39,6 +40,14 @@ fn spawn_idle_claim(
         let claim = queue.claim("w", LEASE, Duration::from_secs(10)).await;
         (claim, Instant::now())
     })
+}
+
+async fn pause(queue: &SharedQueue, name: &QueueName, paused: bool) {
+    let controls = QueueControls {
+        paused,
+        concurrency_limit: None,
+    };
+    queue.configure(name, controls).await.expect("configure");
 }
 
 async fn claim_now(queue: &SharedQueue) -> Option<operator_shared::queue::Claim> {
@@ -86,7 +95,14 @@ async fn enqueue_is_idempotent(queue: SharedQueue) {
         !queue.enqueue(&job).await.expect("enqueue while leased"),
         "already leased"
     );
-    assert_eq!(queue.stats().await.expect("stats").leased, 1);
+    assert_eq!(
+        queue
+            .stats(&QueueName::default())
+            .await
+            .expect("stats")
+            .leased,
+        1
+    );
     assert!(
         queue
             .claim("w", LEASE, NO_WAIT)
@@ -96,7 +112,10 @@ async fn enqueue_is_idempotent(queue: SharedQueue) {
         "no duplicate"
     );
     assert!(queue.ack(&claim).await.expect("ack"));
-    assert_eq!(queue.stats().await.expect("stats"), Default::default());
+    assert_eq!(
+        queue.stats(&QueueName::default()).await.expect("stats"),
+        Default::default()
+    );
 }
 
 async fn an_expired_lease_moves_to_a_new_owner_and_the_old_token_is_refused(queue: SharedQueue) {
@@ -189,7 +208,14 @@ async fn delayed_tasks_wait_until_due(queue: SharedQueue) {
             .is_none(),
         "not due yet"
     );
-    assert_eq!(queue.stats().await.expect("stats").delayed, 1);
+    assert_eq!(
+        queue
+            .stats(&QueueName::default())
+            .await
+            .expect("stats")
+            .delayed,
+        1
+    );
     let claim = queue
         .claim("w", LEASE, Duration::from_secs(5))
         .await
@@ -245,10 +271,18 @@ async fn remove_takes_off_waiting_tasks_but_not_leased_ones(queue: SharedQueue) 
         .expect("a task");
     assert_eq!(claim.task_id, leased.task_id);
     assert!(
-        !queue.remove(leased.task_id).await.expect("remove"),
+        !queue
+            .remove(&QueueName::default(), leased.task_id)
+            .await
+            .expect("remove"),
         "its worker decides"
     );
-    assert!(queue.remove(waiting.task_id).await.expect("remove"));
+    assert!(
+        queue
+            .remove(&QueueName::default(), waiting.task_id)
+            .await
+            .expect("remove")
+    );
     assert!(
         queue
             .claim("w", LEASE, NO_WAIT)
@@ -275,7 +309,14 @@ async fn enqueue_many_reports_what_was_new(queue: SharedQueue) {
     let jobs: Vec<Dispatch> = (0..20).map(|_| dispatch(Priority::Normal)).collect();
     queue.enqueue(&jobs[0]).await.expect("enqueue");
     assert_eq!(queue.enqueue_many(&jobs).await.expect("enqueue many"), 19);
-    assert_eq!(queue.stats().await.expect("stats").ready(), 20);
+    assert_eq!(
+        queue
+            .stats(&QueueName::default())
+            .await
+            .expect("stats")
+            .ready(),
+        20
+    );
 }
 
 async fn a_high_task_behind_ten_thousand_normal_ones_starts_next(queue: SharedQueue) {
@@ -346,22 +387,28 @@ async fn a_higher_priority_goes_first_across_tenants(queue: SharedQueue) {
 async fn a_paused_queue_hands_out_nothing_until_resumed(queue: SharedQueue) {
     let job = dispatch(Priority::Normal);
     queue.enqueue(&job).await.expect("enqueue");
-    queue.set_paused(true).await.expect("pause");
+    pause(&queue, &QueueName::default(), true).await;
     assert!(claim_now(&queue).await.is_none(), "paused");
-    let stats = queue.stats().await.expect("stats");
+    let stats = queue.stats(&QueueName::default()).await.expect("stats");
     assert!(stats.paused);
     assert_eq!(stats.ready(), 1, "the task stays queued");
     let waiter = spawn_idle_claim(&queue);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resumed_at = Instant::now();
-    queue.set_paused(false).await.expect("resume");
+    pause(&queue, &QueueName::default(), false).await;
     let (claim, claimed_at) = waiter.await.expect("join");
     assert_eq!(claim.expect("claim").expect("a task").task_id, job.task_id);
     assert!(
         claimed_at.duration_since(resumed_at) < Duration::from_secs(2),
         "an idle worker wakes on resume"
     );
-    assert!(!queue.stats().await.expect("stats").paused);
+    assert!(
+        !queue
+            .stats(&QueueName::default())
+            .await
+            .expect("stats")
+            .paused
+    );
 }
 
 async fn stats_count_by_priority_and_age(queue: SharedQueue) {
@@ -379,7 +426,7 @@ async fn stats_count_by_priority_and_age(queue: SharedQueue) {
     queue.enqueue(&later).await.expect("enqueue");
     let claim = claim_now(&queue).await.expect("a task");
     assert_eq!(claim.priority, Priority::High);
-    let stats = queue.stats().await.expect("stats");
+    let stats = queue.stats(&QueueName::default()).await.expect("stats");
     assert_eq!(
         (
             stats.ready_by_priority.high,
@@ -398,11 +445,14 @@ async fn stats_count_by_priority_and_age(queue: SharedQueue) {
 
 macro_rules! contract {
     ($limits:expr; $($name:ident),* $(,)?) => {
+        contract!($limits, vec![operator_shared::domain::QueueName::default()]; $($name),*);
+    };
+    ($limits:expr, $serves:expr; $($name:ident),* $(,)?) => {
         mod redis_backend {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let queue = crate::helpers::redis_queue($limits).await;
+                    let queue = crate::helpers::redis_queue($limits, $serves).await;
                     super::$name(queue.queue()).await;
                 }
             )*
@@ -411,7 +461,7 @@ macro_rules! contract {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let queue = crate::helpers::database_queue_sqlite($limits).await;
+                    let queue = crate::helpers::database_queue_sqlite($limits, $serves).await;
                     super::$name(queue.queue()).await;
                 }
             )*
@@ -420,7 +470,7 @@ macro_rules! contract {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let queue = crate::helpers::database_queue_postgres($limits).await;
+                    let queue = crate::helpers::database_queue_postgres($limits, $serves).await;
                     super::$name(queue.queue()).await;
                 }
             )*
@@ -506,4 +556,183 @@ mod limited {
             the_global_cap_holds_claims_back,
         );
     }
+}
+
+/// Named queues: the queues under test serve `alpha` and `beta`, not `default`.
+mod named {
+    use super::*;
+
+    pub fn name(text: &str) -> QueueName {
+        QueueName::parse(text).expect("queue name")
+    }
+
+    fn dispatch_to(queue: &str, priority: Priority) -> Dispatch {
+        Dispatch {
+            queue: name(queue),
+            ..dispatch(priority)
+        }
+    }
+
+    async fn a_worker_takes_only_from_its_queues(queue: SharedQueue) {
+        let elsewhere = dispatch(Priority::High);
+        let alpha = dispatch_to("alpha", Priority::Normal);
+        let beta = dispatch_to("beta", Priority::Low);
+        for job in [&elsewhere, &alpha, &beta] {
+            assert!(queue.enqueue(job).await.expect("enqueue"));
+        }
+        let mut claimed = Vec::new();
+        while let Some(claim) = claim_now(&queue).await {
+            claimed.push((claim.queue.as_str().to_owned(), claim.task_id));
+            // Lease operations go to the claim's own queue.
+            assert!(queue.renew(&claim, LEASE).await.expect("renew").is_some());
+            assert!(queue.ack(&claim).await.expect("ack"));
+        }
+        claimed.sort();
+        assert_eq!(
+            claimed,
+            vec![
+                ("alpha".to_owned(), alpha.task_id),
+                ("beta".to_owned(), beta.task_id)
+            ],
+            "the default queue's task is not this worker's, however high its priority"
+        );
+        let default_stats = queue.stats(&QueueName::default()).await.expect("stats");
+        assert_eq!(default_stats.ready(), 1, "it waits in its own queue");
+        for (queue_name, expected_ready) in [("alpha", 0), ("beta", 0)] {
+            let stats = queue.stats(&name(queue_name)).await.expect("stats");
+            assert_eq!((stats.ready(), stats.leased), (expected_ready, 0));
+        }
+    }
+
+    async fn equal_priority_queues_take_turns(queue: SharedQueue) {
+        let alpha: Vec<Dispatch> = (0..20)
+            .map(|_| dispatch_to("alpha", Priority::Normal))
+            .collect();
+        queue.enqueue_many(&alpha).await.expect("enqueue many");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let beta: Vec<Dispatch> = (0..2)
+            .map(|_| dispatch_to("beta", Priority::Normal))
+            .collect();
+        queue.enqueue_many(&beta).await.expect("enqueue many");
+        let mut first_four = Vec::new();
+        for _ in 0..4 {
+            let claim = claim_now(&queue).await.expect("a task");
+            first_four.push(claim.queue.as_str().to_owned());
+        }
+        let from_beta = first_four.iter().filter(|queue| *queue == "beta").count();
+        assert_eq!(
+            from_beta, 2,
+            "beta's two tasks are not stuck behind alpha's twenty: {first_four:?}"
+        );
+    }
+
+    async fn a_higher_priority_goes_first_across_queues(queue: SharedQueue) {
+        let normal: Vec<Dispatch> = (0..20)
+            .map(|_| dispatch_to("alpha", Priority::Normal))
+            .collect();
+        queue.enqueue_many(&normal).await.expect("enqueue many");
+        let high = dispatch_to("beta", Priority::High);
+        queue.enqueue(&high).await.expect("enqueue");
+        // alpha is first in the claimer's order, but beta's high task goes first.
+        let first = claim_now(&queue).await.expect("a task");
+        assert_eq!(first.task_id, high.task_id);
+    }
+
+    async fn pausing_one_queue_leaves_the_others_running(queue: SharedQueue) {
+        let alpha = dispatch_to("alpha", Priority::High);
+        let beta = dispatch_to("beta", Priority::Normal);
+        queue.enqueue(&alpha).await.expect("enqueue");
+        queue.enqueue(&beta).await.expect("enqueue");
+        pause(&queue, &name("alpha"), true).await;
+        assert!(queue.stats(&name("alpha")).await.expect("stats").paused);
+        assert!(!queue.stats(&name("beta")).await.expect("stats").paused);
+        let claim = claim_now(&queue).await.expect("beta runs");
+        assert_eq!(claim.task_id, beta.task_id);
+        assert!(claim_now(&queue).await.is_none(), "alpha is paused");
+        let waiter = spawn_idle_claim(&queue);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let resumed_at = Instant::now();
+        pause(&queue, &name("alpha"), false).await;
+        let (claim, claimed_at) = waiter.await.expect("join");
+        assert_eq!(
+            claim.expect("claim").expect("a task").task_id,
+            alpha.task_id
+        );
+        assert!(
+            claimed_at.duration_since(resumed_at) < Duration::from_secs(2),
+            "an idle worker wakes on resume"
+        );
+    }
+
+    async fn a_queues_own_limit_caps_only_that_queue(queue: SharedQueue) {
+        let limited = QueueControls {
+            paused: false,
+            concurrency_limit: Some(1),
+        };
+        queue
+            .configure(&name("alpha"), limited)
+            .await
+            .expect("configure");
+        for queue_name in ["alpha", "alpha", "alpha", "beta", "beta", "beta"] {
+            queue
+                .enqueue(&dispatch_to(queue_name, Priority::Normal))
+                .await
+                .expect("enqueue");
+        }
+        let mut held = Vec::new();
+        while let Some(claim) = claim_now(&queue).await {
+            held.push(claim);
+        }
+        let count = |held: &[operator_shared::queue::Claim], queue_name: &str| {
+            held.iter()
+                .filter(|claim| claim.queue.as_str() == queue_name)
+                .count()
+        };
+        assert_eq!((count(&held, "alpha"), count(&held, "beta")), (1, 3));
+        let alpha_claim = held
+            .iter()
+            .find(|claim| claim.queue.as_str() == "alpha")
+            .expect("alpha's one");
+        assert!(queue.ack(alpha_claim).await.expect("ack"));
+        let next = claim_now(&queue).await.expect("a slot opened");
+        assert_eq!(next.queue.as_str(), "alpha");
+        assert!(claim_now(&queue).await.is_none(), "back at alpha's limit");
+        // Lifting the limit lets the rest go.
+        let waiter = spawn_idle_claim(&queue);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        queue
+            .configure(&name("alpha"), QueueControls::default())
+            .await
+            .expect("configure");
+        let (claim, _) = waiter.await.expect("join");
+        assert_eq!(
+            claim.expect("claim").expect("a task").queue.as_str(),
+            "alpha"
+        );
+    }
+
+    async fn an_idle_claim_wakes_for_any_of_its_queues(queue: SharedQueue) {
+        let waiter = spawn_idle_claim(&queue);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let job = dispatch_to("beta", Priority::Normal);
+        let sent_at = Instant::now();
+        queue.enqueue(&job).await.expect("enqueue");
+        let (claim, claimed_at) = waiter.await.expect("join");
+        assert_eq!(claim.expect("claim").expect("a task").task_id, job.task_id);
+        assert!(
+            claimed_at.duration_since(sent_at) < Duration::from_millis(500),
+            "woken by the enqueue, not found by a poll"
+        );
+    }
+
+    contract!(
+        operator_shared::queue::QueueLimits::default(),
+        vec![crate::queue::named::name("alpha"), crate::queue::named::name("beta")];
+        a_worker_takes_only_from_its_queues,
+        equal_priority_queues_take_turns,
+        a_higher_priority_goes_first_across_queues,
+        pausing_one_queue_leaves_the_others_running,
+        a_queues_own_limit_caps_only_that_queue,
+        an_idle_claim_wakes_for_any_of_its_queues,
+    );
 }

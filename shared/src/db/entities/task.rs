@@ -6,6 +6,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
     pub tenant_id: String,
+    pub queue: String,
     pub kind: String,
     pub state: String,
     pub input: Json,
