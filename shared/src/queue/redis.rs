@@ -142,13 +142,8 @@ const CLAIM: &str = r#"
 local now = now_ms()
 local tenant_limit, default_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 local first_queue = 6
-local hint = -1
-local function earlier(at)
-  local wait = at - now
-  if hint < 0 or wait < hint then hint = wait end
-end
--- Per queue: recover due and expired tasks, note when the next one comes due, and
--- find the band of its best ready tenant when it may hand a task out.
+-- Per queue: recover due and expired tasks, and find the band of its best ready tenant
+-- when it may hand a task out.
 local candidates = {}
 for index = first_queue, #ARGV do
   base = ARGV[index]
@@ -168,10 +163,6 @@ for index = first_queue, #ARGV do
       make_ready(id, job, now)
     end
   end
-  local next_due = redis.call('ZRANGE', key('delayed'), 0, 0, 'WITHSCORES')
-  if #next_due > 0 then earlier(tonumber(next_due[2])) end
-  local next_expiry = redis.call('ZRANGE', key('leases'), 0, 0, 'WITHSCORES')
-  if #next_expiry > 0 then earlier(tonumber(next_expiry[2])) end
   if redis.call('EXISTS', key('paused')) == 0 then
     local limit = tonumber(redis.call('GET', key('limit')) or default_limit)
     if limit == 0 or redis.call('ZCARD', key('leases')) < limit then
@@ -204,6 +195,18 @@ for _, candidate in ipairs(candidates) do
         local job = redis.call('HGET', key('jobs'), id) or (tenant .. '|1')
         return {id, job, deadline, candidate[1] - first_queue + 1}
       end
+    end
+  end
+end
+-- Nothing to hand out: how long until a delayed task comes due or a lease runs out.
+local hint = -1
+for index = first_queue, #ARGV do
+  base = ARGV[index]
+  for _, name in ipairs({'delayed', 'leases'}) do
+    local head = redis.call('ZRANGE', key(name), 0, 0, 'WITHSCORES')
+    if #head > 0 then
+      local wait = tonumber(head[2]) - now
+      if hint < 0 or wait < hint then hint = wait end
     end
   end
 end
