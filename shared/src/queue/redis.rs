@@ -16,8 +16,8 @@
 //! - `<q>:leases`  sorted set of claimed task ids scored by lease deadline;
 //! - `<q>:tokens`  hash task id → lease token of the current owner;
 //! - `<q>:jobs`    hash task id → `tenant|priority`, the routing data;
-//! - `<q>:paused`  present while the queue is paused: nothing is claimed;
-//! - `<q>:limit`   the queue's own concurrency cap, when it has one;
+//! - `<q>:controls` hash: `paused` (present while the queue is paused: nothing is
+//!   claimed) and `limit` (the queue's own concurrency cap, when it has one);
 //! - `<q>:signal`  list; each enqueue pushes one element, and an idle worker blocks on
 //!   `BLPOP` of the signal lists of the queues it serves, so a new task wakes one worker
 //!   at once instead of being polled for.
@@ -163,21 +163,29 @@ for index = first_queue, #ARGV do
       make_ready(id, job, now)
     end
   end
-  if redis.call('EXISTS', key('paused')) == 0 then
-    local limit = tonumber(redis.call('GET', key('limit')) or default_limit)
+  local controls = redis.call('HMGET', key('controls'), 'paused', 'limit')
+  if not controls[1] then
+    local limit = tonumber(controls[2] or default_limit)
     if limit == 0 or redis.call('ZCARD', key('leases')) < limit then
-      local head = redis.call('ZRANGE', key('tenants'), 0, 0, 'WITHSCORES')
-      if #head > 0 then
-        candidates[#candidates + 1] = {index, math.floor(tonumber(head[2]) / TURN_BAND)}
+      if #ARGV == first_queue then
+        -- One queue: nothing to rank.
+        candidates[1] = {index, 0}
+      else
+        local head = redis.call('ZRANGE', key('tenants'), 0, 0, 'WITHSCORES')
+        if #head > 0 then
+          candidates[#candidates + 1] = {index, math.floor(tonumber(head[2]) / TURN_BAND)}
+        end
       end
     end
   end
 end
 -- The best priority band first; among equals, the order the claimer gave.
-table.sort(candidates, function(a, b)
-  if a[2] ~= b[2] then return a[2] < b[2] end
-  return a[1] < b[1]
-end)
+if #candidates > 1 then
+  table.sort(candidates, function(a, b)
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return a[1] < b[1]
+  end)
+end
 for _, candidate in ipairs(candidates) do
   base = ARGV[candidate[1]]
   local ring = redis.call('ZRANGE', key('tenants'), 0, RING_SCAN - 1)
@@ -221,12 +229,16 @@ redis.call('ZADD', key('leases'), 'XX', deadline, ARGV[2])
 return deadline
 "#;
 
-/// ARGV: base, id, token. Wakes a worker when others wait, since a slot under a
-/// concurrency limit may have opened.
+/// ARGV: base, id, token, limited (1 when this worker has concurrency limits). Wakes a
+/// worker when others wait, since a slot under a concurrency limit may have opened.
+/// Without limits nobody can be waiting for one: an idle worker would have claimed the
+/// ready tasks already. (A worker configured with limits that another lacks still finds
+/// the slot at its next claim, within its claim wait.)
 const ACK: &str = r#"
 if not drop_lease(ARGV[2], ARGV[3]) then return 0 end
 redis.call('HDEL', key('jobs'), ARGV[2])
-if redis.call('EXISTS', key('tenants')) == 1 then signal(1) end
+local limited = ARGV[4] == '1' or redis.call('HEXISTS', key('controls'), 'limit') == 1
+if limited and redis.call('EXISTS', key('tenants')) == 1 then signal(1) end
 return 1
 "#;
 
@@ -265,11 +277,19 @@ return removed
 /// ARGV: base, paused (1|0), limit (-1 = none). Resuming, or changing the limit, wakes
 /// as many idle workers as there is work.
 const CONFIGURE: &str = r#"
-local was_paused = redis.call('EXISTS', key('paused')) == 1
-local old_limit = tonumber(redis.call('GET', key('limit')) or '-1')
+local old = redis.call('HMGET', key('controls'), 'paused', 'limit')
+local was_paused, old_limit = old[1] ~= false, tonumber(old[2] or '-1')
 local paused, limit = ARGV[2] == '1', tonumber(ARGV[3])
-if paused then redis.call('SET', key('paused'), '1') else redis.call('DEL', key('paused')) end
-if limit < 0 then redis.call('DEL', key('limit')) else redis.call('SET', key('limit'), limit) end
+if paused then
+  redis.call('HSET', key('controls'), 'paused', '1')
+else
+  redis.call('HDEL', key('controls'), 'paused')
+end
+if limit < 0 then
+  redis.call('HDEL', key('controls'), 'limit')
+else
+  redis.call('HSET', key('controls'), 'limit', limit)
+end
 if not paused and (was_paused or limit ~= old_limit) then
   local ready = 0
   for _, tenant in ipairs(redis.call('ZRANGE', key('tenants'), 0, 1023)) do
@@ -297,7 +317,8 @@ for _, tenant in ipairs(redis.call('ZRANGE', key('tenants'), 0, -1)) do
   end
 end
 return {counts[1], counts[2], counts[3], redis.call('ZCARD', key('delayed')),
-  redis.call('ZCARD', key('leases')), redis.call('EXISTS', key('paused')), oldest, now_ms()}
+  redis.call('ZCARD', key('leases')), redis.call('HEXISTS', key('controls'), 'paused'), oldest,
+  now_ms()}
 "#;
 
 /// ARGV: base. Deletes every key under the base (for `{p}`, every queue's).
@@ -689,6 +710,12 @@ impl Queue for RedisQueue {
                 vec![
                     claim.task_id.to_string().into(),
                     claim.token.to_string().into(),
+                    if self.limits == QueueLimits::default() {
+                        "0"
+                    } else {
+                        "1"
+                    }
+                    .into(),
                 ],
             )
             .await?;

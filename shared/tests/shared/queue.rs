@@ -538,7 +538,18 @@ mod limited {
         // Four tenants with one task each: only the global cap can stop the third.
         assert!(claim_now(&queue).await.is_none(), "global cap of 2 reached");
         assert!(queue.requeue(&first, None).await.expect("requeue"));
-        assert!(claim_now(&queue).await.is_some(), "a slot opened");
+        let third = claim_now(&queue).await.expect("a slot opened");
+        // An idle claimer held back by the cap wakes when a task ends.
+        let waiter = spawn_idle_claim(&queue);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let acked_at = Instant::now();
+        assert!(queue.ack(&third).await.expect("ack"));
+        let (claim, claimed_at) = waiter.await.expect("join");
+        assert!(claim.expect("claim").is_some());
+        assert!(
+            claimed_at.duration_since(acked_at) < Duration::from_millis(500),
+            "woken by the ack"
+        );
     }
 
     mod per_tenant {
