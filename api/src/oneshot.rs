@@ -112,8 +112,11 @@ impl OneShotApi {
         body: TaskSubmission,
         /// Milliseconds one attempt may take (default 60000).
         timeout_ms: Query<Option<u64>>,
+        /// The queue to run it from (default `default`).
+        queue: Query<Option<String>>,
     ) -> poem::Result<FileResponse> {
-        self.file(TaskKind::Screenshot, body, timeout_ms.0, "screenshot.")
+        let options = Options::new(timeout_ms, queue);
+        self.file(TaskKind::Screenshot, body, options, "screenshot.")
             .await
     }
 
@@ -124,8 +127,11 @@ impl OneShotApi {
         body: TaskSubmission,
         /// Milliseconds one attempt may take (default 60000).
         timeout_ms: Query<Option<u64>>,
+        /// The queue to run it from (default `default`).
+        queue: Query<Option<String>>,
     ) -> poem::Result<FileResponse> {
-        self.file(TaskKind::Pdf, body, timeout_ms.0, "document.pdf")
+        let options = Options::new(timeout_ms, queue);
+        self.file(TaskKind::Pdf, body, options, "document.pdf")
             .await
     }
 
@@ -136,8 +142,11 @@ impl OneShotApi {
         body: TaskSubmission,
         /// Milliseconds one attempt may take (default 60000).
         timeout_ms: Query<Option<u64>>,
+        /// The queue to run it from (default `default`).
+        queue: Query<Option<String>>,
     ) -> poem::Result<FileResponse> {
-        self.file(TaskKind::Content, body, timeout_ms.0, "page.html")
+        let options = Options::new(timeout_ms, queue);
+        self.file(TaskKind::Content, body, options, "page.html")
             .await
     }
 
@@ -148,32 +157,48 @@ impl OneShotApi {
         body: TaskSubmission,
         /// Milliseconds one attempt may take (default 60000).
         timeout_ms: Query<Option<u64>>,
+        /// The queue to run it from (default `default`).
+        queue: Query<Option<String>>,
     ) -> poem::Result<DataResponse> {
         let location_base = format!("{}/v1/tasks", self.state.public_url);
-        Ok(
-            match self.run(TaskKind::Scrape, body, timeout_ms.0).await? {
-                Waited::Invalid(error) => {
-                    DataResponse::Rejected(status_for(error.code()), Json(error.body()), None)
+        let options = Options::new(timeout_ms, queue);
+        Ok(match self.run(TaskKind::Scrape, body, options).await? {
+            Waited::Invalid(error) => {
+                DataResponse::Rejected(status_for(error.code()), Json(error.body()), None)
+            }
+            Waited::Pending(task) => {
+                let location = format!("{location_base}/{}", task.id);
+                DataResponse::Accepted(Json(TaskView::from_record(task, None)), location)
+            }
+            Waited::Failed(task, error) => {
+                let (status, body) = failure_body(&task, error);
+                let id = Some(task.id.to_string());
+                if status.is_client_error() {
+                    DataResponse::Rejected(status, Json(body), id)
+                } else {
+                    DataResponse::Failed(status, Json(body), id)
                 }
-                Waited::Pending(task) => {
-                    let location = format!("{location_base}/{}", task.id);
-                    DataResponse::Accepted(Json(TaskView::from_record(task, None)), location)
-                }
-                Waited::Failed(task, error) => {
-                    let (status, body) = failure_body(&task, error);
-                    let id = Some(task.id.to_string());
-                    if status.is_client_error() {
-                        DataResponse::Rejected(status, Json(body), id)
-                    } else {
-                        DataResponse::Failed(status, Json(body), id)
-                    }
-                }
-                Waited::Succeeded(task) => {
-                    let id = task.id.to_string();
-                    DataResponse::Ok(Json(task.result.unwrap_or_default()), id)
-                }
-            },
-        )
+            }
+            Waited::Succeeded(task) => {
+                let id = task.id.to_string();
+                DataResponse::Ok(Json(task.result.unwrap_or_default()), id)
+            }
+        })
+    }
+}
+
+/// The query options of a one-call request.
+struct Options {
+    timeout_ms: Option<u64>,
+    queue: Option<String>,
+}
+
+impl Options {
+    fn new(timeout_ms: Query<Option<u64>>, queue: Query<Option<String>>) -> Self {
+        Self {
+            timeout_ms: timeout_ms.0,
+            queue: queue.0,
+        }
     }
 }
 
@@ -182,11 +207,11 @@ impl OneShotApi {
         &self,
         kind: TaskKind,
         body: TaskSubmission,
-        timeout_ms: Option<u64>,
+        options: Options,
         artifact_prefix: &str,
     ) -> poem::Result<FileResponse> {
         let state = &self.state;
-        Ok(match self.run(kind, body, timeout_ms).await? {
+        Ok(match self.run(kind, body, options).await? {
             Waited::Invalid(error) => {
                 FileResponse::Rejected(status_for(error.code()), Json(error.body()), None)
             }
@@ -243,14 +268,17 @@ impl OneShotApi {
         &self,
         kind: TaskKind,
         body: TaskSubmission,
-        timeout_ms: Option<u64>,
+        options: Options,
     ) -> poem::Result<Waited> {
         let state = &self.state;
-        let options = match timeout_ms {
-            Some(timeout) => serde_json::json!({ "timeout_ms": timeout }),
-            None => serde_json::json!({}),
-        };
-        let submission = TaskSubmission::from_input(kind, body, options);
+        let mut fields = serde_json::Map::new();
+        if let Some(timeout) = options.timeout_ms {
+            fields.insert("timeout_ms".to_owned(), timeout.into());
+        }
+        if let Some(queue) = options.queue {
+            fields.insert("queue".to_owned(), queue.into());
+        }
+        let submission = TaskSubmission::from_input(kind, body, fields.into());
         let rules = SubmissionRules {
             settings: &state.settings,
             policy: &state.policy,
@@ -259,6 +287,13 @@ impl OneShotApi {
             Ok(new_task) => new_task,
             Err(error) => return Ok(Waited::Invalid(error)),
         };
+        match state.check_queue(&new_task.queue).await {
+            Ok(()) => {}
+            Err(error) if error.code() == ErrorCode::UnknownQueue => {
+                return Ok(Waited::Invalid(error));
+            }
+            Err(error) => return Err(error.into()),
+        }
         // Subscribed before the task exists, so that no event of it can be missed.
         let mut notices = state.repo.event_bus().map(EventBus::subscribe);
         let task = state.repo.create(new_task).await.map_err(ApiError::from)?;

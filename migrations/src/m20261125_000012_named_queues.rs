@@ -89,11 +89,7 @@ impl MigrationTrait for Migration {
                 Query::insert()
                     .into_table(Queues::Table)
                     .columns([Queues::Name, Queues::Paused, Queues::UpdatedAt])
-                    .values_panic([
-                        "default".into(),
-                        false.into(),
-                        Expr::current_timestamp(),
-                    ])
+                    .values_panic(["default".into(), false.into(), Expr::current_timestamp()])
                     .on_conflict(OnConflict::column(Queues::Name).do_nothing().to_owned())
                     .to_owned(),
             )

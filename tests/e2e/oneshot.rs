@@ -161,6 +161,16 @@ async fn errors_come_back_with_their_codes() {
     .await;
     assert_eq!(answer.status, 504);
     assert_eq!(answer.json()["code"], "task_timeout");
+
+    let answer = call(
+        &app,
+        "/v1/screenshot?queue=nowhere",
+        &json!({"url": pages.url("list")}).to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 422);
+    assert_eq!(answer.json()["code"], "unknown_queue");
+    assert!(answer.task_id.is_none(), "no task was created");
     app.shutdown().await;
 }
 
@@ -190,5 +200,21 @@ async fn a_task_that_outlasts_the_wait_is_answered_with_202() {
         )
         .await;
     assert_eq!(done["error"]["code"], "task_timeout");
+
+    // A queue no worker here serves: the task waits in it.
+    let (status, _) = app.put("/v1/queues/elsewhere", &json!({})).await;
+    assert_eq!(status, 201);
+    let answer = call(
+        &app,
+        "/v1/screenshot?queue=elsewhere",
+        &json!({"url": pages.url("list")}).to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 202);
+    let task = answer.json();
+    assert_eq!(
+        (&task["queue"], &task["state"]),
+        (&json!("elsewhere"), &json!("queued"))
+    );
     app.shutdown().await;
 }
