@@ -338,7 +338,7 @@ async fn a_high_task_behind_ten_thousand_normal_ones_starts_next(queue: SharedQu
 }
 
 async fn tenants_take_turns(queue: SharedQueue) {
-    let flood: Vec<Dispatch> = (0..2_000)
+    let flood: Vec<Dispatch> = (0..10_000)
         .map(|_| dispatch_for(tenant("flooder"), Priority::Normal))
         .collect();
     queue.enqueue_many(&flood).await.expect("enqueue many");
@@ -351,7 +351,7 @@ async fn tenants_take_turns(queue: SharedQueue) {
     }
     assert!(
         claimed.iter().any(|claim| claim.task_id == single.task_id),
-        "the quiet tenant's one task runs within the first two claims, not after 2,000"
+        "the quiet tenant's one task runs within the first two claims, not after 10,000"
     );
     // Two tenants with backlogs alternate.
     let more: Vec<Dispatch> = (0..10)
