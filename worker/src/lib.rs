@@ -25,6 +25,7 @@ use std::time::Duration;
 use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use operator_shared::config::Settings;
 use operator_shared::db::{TaskRepository, WebhookRepository};
+use operator_shared::domain::QueueName;
 use operator_shared::error::CodedError;
 use operator_shared::queue::{Claim, SharedQueue};
 use operator_shared::storage::ArtifactStore;
@@ -83,6 +84,7 @@ impl Worker {
         pool.warm_up().await?;
         pool.spawn_keepalive(settings.browser.call_timeout / 3);
         let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
+        warn_of_missing_queues(&repo, &settings.worker.queues).await;
         let dispatcher = settings.webhooks.dispatcher.then(|| {
             Arc::new(Dispatcher::new(
                 WebhookRepository::new(repo.connection().clone()),
@@ -194,4 +196,21 @@ fn default_worker_id() -> String {
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "worker".to_owned());
     format!("{host}-{}", std::process::id())
+}
+
+/// A worker serving a queue nobody created idles on it; say so at start, since the
+/// likely cause is a typo in `worker.queues` or a queue not created yet.
+async fn warn_of_missing_queues(repo: &TaskRepository, queues: &[QueueName]) {
+    for queue in queues {
+        match repo.queue(queue).await {
+            Ok(Some(_)) => {}
+            Ok(None) => warn!(
+                queue = %queue,
+                "worker.queues names a queue that does not exist (yet); tasks can go to it once it is created with PUT /v1/queues/{queue}"
+            ),
+            Err(error) => {
+                warn!(queue = %queue, error = %error, "could not check that a served queue exists")
+            }
+        }
+    }
 }
