@@ -43,47 +43,48 @@ fn queue_column<T: IntoIden>(name: T) -> ColumnDef {
         .to_owned()
 }
 
+/// One column per statement: SQLite alters one at a time.
+async fn add_column<T: IntoTableRef>(
+    manager: &SchemaManager<'_>,
+    table: T,
+    mut column: ColumnDef,
+) -> Result<(), DbErr> {
+    manager
+        .alter_table(
+            Table::alter()
+                .table(table)
+                .add_column(&mut column)
+                .to_owned(),
+        )
+        .await
+}
+
+async fn drop_column<T: IntoTableRef, C: IntoIden>(
+    manager: &SchemaManager<'_>,
+    table: T,
+    column: C,
+) -> Result<(), DbErr> {
+    manager
+        .alter_table(Table::alter().table(table).drop_column(column).to_owned())
+        .await
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Tasks::Table)
-                    .add_column(queue_column(Tasks::Queue))
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(QueueJobs::Table)
-                    .add_column(queue_column(QueueJobs::Queue))
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Queues::Table)
-                    .add_column(ColumnDef::new(Queues::ConcurrencyLimit).integer().null())
-                    .to_owned(),
-            )
-            .await?;
-        // SQLite adds one column per statement.
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Queues::Table)
-                    .add_column(
-                        ColumnDef::new(Queues::ServedSeq)
-                            .big_integer()
-                            .not_null()
-                            .default(0),
-                    )
-                    .to_owned(),
-            )
-            .await?;
+        add_column(manager, Tasks::Table, queue_column(Tasks::Queue)).await?;
+        add_column(manager, QueueJobs::Table, queue_column(QueueJobs::Queue)).await?;
+        let limit = ColumnDef::new(Queues::ConcurrencyLimit)
+            .integer()
+            .null()
+            .to_owned();
+        add_column(manager, Queues::Table, limit).await?;
+        let served = ColumnDef::new(Queues::ServedSeq)
+            .big_integer()
+            .not_null()
+            .default(0)
+            .to_owned();
+        add_column(manager, Queues::Table, served).await?;
         manager
             .exec_stmt(
                 Query::insert()
@@ -97,31 +98,9 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in [Queues::ConcurrencyLimit, Queues::ServedSeq] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Queues::Table)
-                        .drop_column(column)
-                        .to_owned(),
-                )
-                .await?;
-        }
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(QueueJobs::Table)
-                    .drop_column(QueueJobs::Queue)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Tasks::Table)
-                    .drop_column(Tasks::Queue)
-                    .to_owned(),
-            )
-            .await
+        drop_column(manager, Queues::Table, Queues::ConcurrencyLimit).await?;
+        drop_column(manager, Queues::Table, Queues::ServedSeq).await?;
+        drop_column(manager, QueueJobs::Table, QueueJobs::Queue).await?;
+        drop_column(manager, Tasks::Table, Tasks::Queue).await
     }
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 use operator_api::{ApiServer, AppState};
 use operator_shared::config::Settings;
 use operator_shared::db::{self, TaskRepository};
+use operator_shared::domain::QueueName;
 use operator_shared::events::EventBus;
-use operator_shared::queue::SharedQueue;
 use operator_shared::queue::database::DatabaseQueue;
+use operator_shared::queue::{QueueStats, SharedQueue};
 use operator_shared::storage::ArtifactStore;
 use operator_shared::testkit::{ApiClient, TestDatabase, embedded_settings};
 use tokio::sync::oneshot;
@@ -62,6 +63,14 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
         stop: Some(stop),
         _database: database,
         _directory: directory,
+    }
+}
+
+impl TestApi {
+    /// What the queue backend holds for `queue`.
+    pub async fn stats(&self, queue: &str) -> QueueStats {
+        let queue = QueueName::parse(queue).expect("queue name");
+        self.queue.stats(&queue).await.expect("stats")
     }
 }
 

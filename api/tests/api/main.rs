@@ -7,7 +7,6 @@ mod queue;
 mod webhooks;
 
 use helpers::{spawn_api, spawn_api_with};
-use operator_shared::domain::QueueName;
 use operator_shared::testkit::read_json;
 use serde_json::json;
 
@@ -48,7 +47,7 @@ async fn every_bad_input_gets_a_clear_4xx_and_nothing_is_written() {
         "no bad submission left a task behind"
     );
     assert_eq!(
-        api.queue.stats(&QueueName::default()).await.expect("stats"),
+        api.stats("default").await,
         Default::default(),
         "nor a queue entry"
     );
@@ -140,7 +139,7 @@ async fn a_valid_task_is_stored_queued_and_dispatched() {
     assert_eq!(status, 200);
     assert_eq!(fetched["id"], task["id"]);
     assert_eq!(fetched["artifacts"], json!([]));
-    let stats = api.queue.stats(&QueueName::default()).await.expect("stats");
+    let stats = api.stats("default").await;
     assert_eq!(stats.ready(), 1, "dispatched to the queue");
 }
 
@@ -196,14 +195,7 @@ async fn cancelling_a_queued_task_takes_it_off_the_queue() {
     assert_eq!(status, 200);
     assert_eq!(cancelled["state"], "cancelled");
     assert_eq!(cancelled["error"]["code"], "cancelled");
-    assert_eq!(
-        api.queue
-            .stats(&QueueName::default())
-            .await
-            .expect("stats")
-            .ready(),
-        0
-    );
+    assert_eq!(api.stats("default").await.ready(), 0);
     let (status, again) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
     assert_eq!(
         (status, again["code"].as_str()),

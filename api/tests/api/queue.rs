@@ -61,14 +61,7 @@ async fn the_same_key_and_body_return_the_first_task_and_a_different_body_is_ref
 
     let (_, page) = api.get("/v1/tasks").await;
     assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
-    assert_eq!(
-        api.queue
-            .stats(&QueueName::default())
-            .await
-            .expect("stats")
-            .ready(),
-        2
-    );
+    assert_eq!(api.stats("default").await.ready(), 2);
 }
 
 #[tokio::test]
@@ -103,7 +96,7 @@ async fn a_delay_schedules_the_task_and_is_checked() {
         .expect("run_at");
     let ahead = (run_at - before).num_seconds();
     assert!((89..=91).contains(&ahead), "run_at {ahead}s ahead");
-    let stats = api.queue.stats(&QueueName::default()).await.expect("stats");
+    let stats = api.stats("default").await;
     assert_eq!((stats.ready(), stats.delayed), (0, 1));
 
     for (body, needle) in [
@@ -190,15 +183,7 @@ async fn a_dead_task_is_redriven_with_more_attempts_and_keeps_its_history() {
     assert_eq!(redriven["attempts"], 1);
     assert_eq!(redriven["max_attempts"], 3);
     assert!(redriven["error"].is_null(), "the old error is cleared");
-    assert_eq!(
-        api.queue
-            .stats(&QueueName::default())
-            .await
-            .expect("stats")
-            .ready(),
-        1,
-        "dispatched"
-    );
+    assert_eq!(api.stats("default").await.ready(), 1, "dispatched");
 
     run_once(
         &api,
@@ -335,16 +320,8 @@ async fn named_queues_are_created_listed_and_take_their_tasks() {
     assert_eq!((status, &default_task["queue"]), (202, &json!("default")));
 
     // Each task went to its own queue.
-    let reports = QueueName::parse("reports").expect("name");
-    assert_eq!(api.queue.stats(&reports).await.expect("stats").ready(), 1);
-    assert_eq!(
-        api.queue
-            .stats(&QueueName::default())
-            .await
-            .expect("stats")
-            .ready(),
-        1
-    );
+    assert_eq!(api.stats("reports").await.ready(), 1);
+    assert_eq!(api.stats("default").await.ready(), 1);
     let (status, listed) = api.get("/v1/queues").await;
     assert_eq!(status, 200);
     let summary: Vec<(Value, Value, Value)> = listed["items"]
@@ -375,7 +352,7 @@ async fn named_queues_are_created_listed_and_take_their_tasks() {
     // Pausing one queue leaves the other alone.
     let (status, paused) = api.post("/v1/queues/reports/pause").await;
     assert_eq!((status, &paused["paused"]), (200, &json!(true)));
-    assert!(api.queue.stats(&reports).await.expect("stats").paused);
+    assert!(api.stats("reports").await.paused);
     let (_, default_queue) = api.get("/v1/queues/default").await;
     assert_eq!(default_queue["paused"], json!(false));
     let (status, missing) = api.post("/v1/queues/archive/pause").await;
@@ -388,5 +365,5 @@ async fn named_queues_are_created_listed_and_take_their_tasks() {
     let id = task["id"].as_str().expect("id");
     let (status, _) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
     assert_eq!(status, 200);
-    assert_eq!(api.queue.stats(&reports).await.expect("stats").ready(), 0);
+    assert_eq!(api.stats("reports").await.ready(), 0);
 }

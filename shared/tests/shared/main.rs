@@ -3,6 +3,7 @@
 
 mod events;
 mod helpers;
+mod migrations;
 mod outbox;
 mod queue;
 mod repository;
