@@ -62,7 +62,7 @@ impl AppState {
         }
         Err(ApiError::new(
             ErrorCode::UnknownQueue,
-            format!("queue: no queue {queue:?}; create it first with PUT /v1/queues/{queue}"),
+            format!("queue: no queue \"{queue}\"; create it first with PUT /v1/queues/{queue}"),
         ))
     }
 

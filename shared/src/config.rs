@@ -302,10 +302,11 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// This worker's name in attempts and logs; `<hostname>-<pid>` when absent.
     pub id: Option<String>,
-    /// The queues this worker takes tasks from (`OPERATOR_WORKER__QUEUES=default,pdf`).
-    /// The highest priority ready in any of them goes first; queues with the same
-    /// priority ready take turns.
-    pub queues: Vec<crate::domain::QueueName>,
+    /// The queues this worker takes tasks from (`OPERATOR_WORKER__QUEUES=default,pdf`),
+    /// or `*` for every queue, including ones created while it runs. The highest
+    /// priority ready in any of them goes first; queues with the same priority ready
+    /// take turns.
+    pub queues: Vec<String>,
     /// On shutdown, how long running tasks may take to finish before their leases are
     /// handed back to the queue.
     #[serde(with = "humantime_serde")]
@@ -317,10 +318,21 @@ impl Default for WorkerSettings {
         Self {
             concurrency: 4,
             id: None,
-            queues: vec![crate::domain::QueueName::default_queue()],
+            queues: vec![ALL_QUEUES.to_owned()],
             shutdown_grace: Duration::from_secs(30),
         }
     }
+}
+
+/// `worker.queues` meaning every queue.
+pub const ALL_QUEUES: &str = "*";
+
+/// Which queues a worker takes tasks from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServedQueues {
+    /// Every queue that exists, followed as queues are created.
+    All,
+    Only(Vec<crate::domain::QueueName>),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -658,7 +670,26 @@ impl Settings {
             return Err(invalid("worker.concurrency", "must be at least 1"));
         }
         if self.worker.queues.is_empty() {
-            return Err(invalid("worker.queues", "must name at least one queue"));
+            return Err(invalid(
+                "worker.queues",
+                "must name at least one queue, or *",
+            ));
+        }
+        if self.worker.queues.len() > 1 && self.worker.queues.iter().any(|name| name == ALL_QUEUES)
+        {
+            return Err(invalid(
+                "worker.queues",
+                "* stands alone: it already means every queue",
+            ));
+        }
+        if let Some(problem) = self
+            .worker
+            .queues
+            .iter()
+            .filter(|name| *name != ALL_QUEUES)
+            .find_map(|name| crate::domain::QueueName::parse(name).err())
+        {
+            return Err(invalid("worker.queues", problem.to_string()));
         }
         if self.tasks.default_timeout > self.tasks.max_timeout {
             return Err(invalid(
@@ -722,6 +753,20 @@ impl Settings {
             Some(url) => url.clone(),
             None => format!("file://{}", self.data_dir.join("artifacts").display()),
         }
+    }
+
+    /// The queues this process's worker takes tasks from.
+    pub fn served_queues(&self) -> ServedQueues {
+        if self.worker.queues.iter().any(|name| name == ALL_QUEUES) {
+            return ServedQueues::All;
+        }
+        ServedQueues::Only(
+            self.worker
+                .queues
+                .iter()
+                .filter_map(|name| crate::domain::QueueName::parse(name).ok())
+                .collect(),
+        )
     }
 
     /// The queue backend in effect, once `auto` is resolved.
@@ -855,26 +900,29 @@ mod tests {
 
     #[test]
     fn a_worker_serves_the_queues_listed() {
-        let names = |settings: &Settings| -> Vec<String> {
-            settings
-                .worker
-                .queues
-                .iter()
-                .map(|queue| queue.as_str().to_owned())
-                .collect()
-        };
         let default = Settings::load(None, &env(&[])).expect("valid");
-        assert_eq!(names(&default), ["default"]);
+        assert_eq!(default.served_queues(), ServedQueues::All);
         let listed = Settings::load(
             None,
             &env(&[("OPERATOR_WORKER__QUEUES", "reports,default")]),
         )
         .expect("valid");
-        assert_eq!(names(&listed), ["reports", "default"]);
-        let refused = Settings::load(None, &env(&[("OPERATOR_WORKER__QUEUES", "Reports")]))
-            .expect_err("not a queue name")
-            .to_string();
-        assert!(refused.contains("queue name"), "{refused}");
+        let name = |text: &str| crate::domain::QueueName::parse(text).expect("name");
+        assert_eq!(
+            listed.served_queues(),
+            ServedQueues::Only(vec![name("reports"), name("default")])
+        );
+        let refused = |value: &str| {
+            Settings::load(None, &env(&[("OPERATOR_WORKER__QUEUES", value)]))
+                .expect_err("refused")
+                .to_string()
+        };
+        let message = refused("Reports");
+        assert!(
+            message.contains("worker.queues") && message.contains("queue name"),
+            "{message}"
+        );
+        assert!(refused("*,default").contains("stands alone"));
     }
 
     #[test]

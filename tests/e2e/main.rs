@@ -226,8 +226,45 @@ async fn retries_back_off_dead_tasks_redrive_and_delays_are_kept(app: TestApp) {
     app.shutdown().await;
 }
 
+/// A worker on the default settings (`worker.queues = *`) serves a queue created while
+/// it runs, within the queue list's refresh and one claim wait.
+async fn a_queue_created_while_the_worker_runs_is_served(app: TestApp) {
+    let pages = PageServer::start().await;
+    // Let the worker settle on the queue list it starts with.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, created) = app.put("/v1/queues/latecomer", &json!({})).await;
+    assert_eq!(status, 201, "{created}");
+    let done = app
+        .run(&json!({"kind": "screenshot", "queue": "latecomer", "input": {"url": pages.url("latecomer"), "viewport": {"width": 320, "height": 200}}}))
+        .await;
+    assert_eq!(
+        (&done["state"], &done["queue"]),
+        (&json!("succeeded"), &json!("latecomer")),
+        "{done}"
+    );
+    let created_at: chrono::DateTime<chrono::Utc> = done["created_at"]
+        .as_str()
+        .and_then(|at| at.parse().ok())
+        .expect("created_at");
+    let started_at: chrono::DateTime<chrono::Utc> = done["started_at"]
+        .as_str()
+        .and_then(|at| at.parse().ok())
+        .expect("started_at");
+    assert!(
+        started_at - created_at < chrono::Duration::seconds(10),
+        "started {} after it was submitted",
+        started_at - created_at
+    );
+    app.shutdown().await;
+}
+
 mod embedded {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_created_while_the_worker_runs_is_served() {
+        super::a_queue_created_while_the_worker_runs_is_served(TestApp::embedded().await).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retries_back_off_dead_tasks_redrive_and_delays_are_kept() {
@@ -248,6 +285,11 @@ mod embedded {
 
 mod distributed {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_created_while_the_worker_runs_is_served() {
+        super::a_queue_created_while_the_worker_runs_is_served(TestApp::distributed().await).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn retries_back_off_dead_tasks_redrive_and_delays_are_kept() {

@@ -178,6 +178,8 @@ async fn errors_come_back_with_their_codes() {
 async fn a_task_that_outlasts_the_wait_is_answered_with_202() {
     let app = TestApp::embedded_with(|settings| {
         settings.server.sync_wait = Duration::from_millis(1500);
+        // Only `default`: the queue created below is served by nobody.
+        settings.worker.queues = vec!["default".to_owned()];
     })
     .await;
     let pages = PageServer::start().await;

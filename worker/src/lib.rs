@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
-use operator_shared::config::Settings;
+use operator_shared::config::{ServedQueues, Settings};
 use operator_shared::db::{TaskRepository, WebhookRepository};
 use operator_shared::domain::QueueName;
 use operator_shared::error::CodedError;
@@ -66,7 +66,13 @@ pub struct Worker {
     shutdown_grace: Duration,
     /// The webhook dispatcher, unless `webhooks.dispatcher` turned it off.
     dispatcher: Option<Arc<Dispatcher>>,
+    /// `worker.queues = *`: the queues served follow the queue list.
+    follows_all_queues: bool,
 }
+
+/// How often a worker serving every queue (`*`) reads the queue list, so that a queue
+/// created while it runs is served within this long.
+const QUEUE_LIST_REFRESH: Duration = Duration::from_secs(2);
 
 impl Worker {
     /// Builds the worker and starts its browser, so the first task does not wait for it.
@@ -84,7 +90,16 @@ impl Worker {
         pool.warm_up().await?;
         pool.spawn_keepalive(settings.browser.call_timeout / 3);
         let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
-        warn_of_missing_queues(&repo, &settings.worker.queues).await;
+        let follows_all_queues = match settings.served_queues() {
+            ServedQueues::All => {
+                follow_queue_list(&repo, &queue, &mut Vec::new()).await;
+                true
+            }
+            ServedQueues::Only(queues) => {
+                warn_of_missing_queues(&repo, &queues).await;
+                false
+            }
+        };
         let dispatcher = settings.webhooks.dispatcher.then(|| {
             Arc::new(Dispatcher::new(
                 WebhookRepository::new(repo.connection().clone()),
@@ -113,6 +128,7 @@ impl Worker {
             concurrency,
             shutdown_grace: settings.worker.shutdown_grace,
             dispatcher,
+            follows_all_queues,
         })
     }
 
@@ -136,6 +152,20 @@ impl Worker {
         let hard_stop = runner.hard_stop.clone();
         let grace = self.shutdown_grace;
         let dispatcher_stop = CancellationToken::new();
+        let follower = self.follows_all_queues.then(|| {
+            let runner = Arc::clone(&self.runner);
+            let stop = dispatcher_stop.clone();
+            tokio::spawn(async move {
+                let mut served = Vec::new();
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(QUEUE_LIST_REFRESH) => {}
+                    }
+                    follow_queue_list(&runner.repo, &runner.queue, &mut served).await;
+                }
+            })
+        });
         let dispatcher = self
             .dispatcher
             .clone()
@@ -169,6 +199,9 @@ impl Worker {
         info!(worker = %self.runner.worker_id, concurrency, "worker running");
         let result = monitor.run_with_signal(signal).await;
         dispatcher_stop.cancel();
+        if let Some(follower) = follower {
+            let _ = follower.await;
+        }
         if let Some(dispatcher) = dispatcher
             && tokio::time::timeout(webhooks::DRAIN_TIMEOUT, dispatcher)
                 .await
@@ -196,6 +229,28 @@ fn default_worker_id() -> String {
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "worker".to_owned());
     format!("{host}-{}", std::process::id())
+}
+
+/// Serves every queue there is; `served` is the list served so far (nothing is changed
+/// when the list is the same). A failed read keeps the current list.
+async fn follow_queue_list(
+    repo: &TaskRepository,
+    queue: &SharedQueue,
+    served: &mut Vec<QueueName>,
+) {
+    match repo.queues().await {
+        Ok(records) => {
+            let names: Vec<QueueName> = records.into_iter().map(|record| record.name).collect();
+            if names != *served {
+                info!(queues = ?names.iter().map(QueueName::as_str).collect::<Vec<_>>(), "serving every queue");
+                queue.serve(names.clone());
+                *served = names;
+            }
+        }
+        Err(error) => {
+            warn!(error = %error, "could not read the queue list; serving the queues known so far")
+        }
+    }
 }
 
 /// A worker serving a queue nobody created idles on it; say so at start, since the

@@ -11,6 +11,7 @@
 //! other processes is found by polling every `poll_interval`. That makes it the right
 //! queue for one process (`operator serve`) and a working, slower one for several.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -33,7 +34,7 @@ pub struct DatabaseQueue {
     poll_interval: Duration,
     limits: QueueLimits,
     /// The queues claims take from.
-    serves: Vec<QueueName>,
+    serves: std::sync::RwLock<Arc<Vec<QueueName>>>,
 }
 
 /// Rows per multi-row insert: 6 parameters each stays far below every database's limit.
@@ -46,7 +47,7 @@ impl DatabaseQueue {
             wakeup: Notify::new(),
             poll_interval,
             limits: QueueLimits::default(),
-            serves: served_queues(Vec::new()),
+            serves: std::sync::RwLock::new(Arc::new(served_queues(Vec::new()))),
         }
     }
 
@@ -57,9 +58,16 @@ impl DatabaseQueue {
     }
 
     /// The queues claims take from (`default` when none are given).
-    pub fn serving(mut self, queues: Vec<QueueName>) -> Self {
-        self.serves = served_queues(queues);
+    pub fn serving(self, queues: Vec<QueueName>) -> Self {
+        self.serve(queues);
         self
+    }
+
+    fn served(&self) -> Arc<Vec<QueueName>> {
+        match self.serves.read() {
+            Ok(served) => Arc::clone(&served),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
     }
 
     /// The SQL dialect (not to be confused with `Queue::backend`, the queue's name).
@@ -98,7 +106,8 @@ impl DatabaseQueue {
         } else {
             ""
         };
-        let served = vec!["?"; self.serves.len()].join(", ");
+        let serves = self.served();
+        let served = vec!["?"; serves.len()].join(", ");
         // A queue's own limit wins over the default one; 0 means none.
         let sql = format!(
             "UPDATE queue_jobs SET lease_token = ?, lease_expires_at = ? \
@@ -124,7 +133,7 @@ impl DatabaseQueue {
         let global = i64::from(self.limits.global_concurrency);
         let per_tenant = i64::from(self.limits.tenant_concurrency);
         let mut values: Vec<Value> = vec![token.as_uuid().into(), lease_until.into()];
-        values.extend(self.serves.iter().map(|queue| Value::from(queue.as_str())));
+        values.extend(serves.iter().map(|queue| Value::from(queue.as_str())));
         values.extend([
             now.into(),
             now.into(),
@@ -154,7 +163,7 @@ impl DatabaseQueue {
         )
         .await?;
         // With several queues, the queue's turn too: equal priorities take turns.
-        if self.serves.len() > 1 {
+        if serves.len() > 1 {
             self.execute(
                 "INSERT INTO queues (name, paused, updated_at, served_seq) \
                  VALUES (?, ?, ?, (SELECT COALESCE(MAX(served_seq), 0) + 1 FROM queues)) \
@@ -185,6 +194,16 @@ impl DatabaseQueue {
 impl Queue for DatabaseQueue {
     fn backend(&self) -> &'static str {
         "database"
+    }
+
+    fn serve(&self, queues: Vec<QueueName>) {
+        let served = Arc::new(served_queues(queues));
+        match self.serves.write() {
+            Ok(mut current) => *current = served,
+            Err(poisoned) => *poisoned.into_inner() = served,
+        }
+        // A waiting claim looks again with the new set.
+        self.wakeup.notify_waiters();
     }
 
     async fn enqueue(&self, dispatch: &Dispatch) -> Result<bool, QueueError> {

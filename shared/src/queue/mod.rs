@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{QueueBackendKind, Settings};
+use crate::config::{QueueBackendKind, ServedQueues, Settings};
 pub use crate::domain::DEFAULT_QUEUE;
 use crate::domain::{LeaseToken, Priority, QueueName, TaskId, TenantId};
 
@@ -126,6 +126,10 @@ pub trait Queue: Send + Sync + 'static {
     /// `redis` or `database`.
     fn backend(&self) -> &'static str;
 
+    /// Sets the queues this instance's claims take from (`default` when none are
+    /// given); a claim waiting when the set changes keeps the old set until it returns.
+    fn serve(&self, queues: Vec<QueueName>);
+
     /// Puts a task on the queue. Idempotent: a task already waiting or leased is left
     /// as it is (returns `false`).
     async fn enqueue(&self, dispatch: &Dispatch) -> Result<bool, QueueError>;
@@ -187,13 +191,18 @@ pub trait Queue: Send + Sync + 'static {
 pub type SharedQueue = Arc<dyn Queue>;
 
 /// Builds the queue backend the settings select; its claims take from the queues
-/// `worker.queues` lists.
+/// `worker.queues` lists (see [`Queue::serve`] for `*`).
 pub async fn connect(
     settings: &Settings,
     db: sea_orm::DatabaseConnection,
 ) -> Result<SharedQueue, QueueError> {
     let limits = QueueLimits::from_settings(settings);
-    let serves = settings.worker.queues.clone();
+    // With `*`, the worker follows the queue list itself (it has the database); until
+    // then, `default`.
+    let serves = match settings.served_queues() {
+        ServedQueues::Only(queues) => queues,
+        ServedQueues::All => Vec::new(),
+    };
     match settings.queue_backend() {
         QueueBackendKind::Redis => {
             let queue = redis::RedisQueue::connect(&settings.redis)

@@ -39,6 +39,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{
@@ -372,6 +373,14 @@ impl Scripts {
     }
 }
 
+/// The queues a claimer serves.
+#[derive(Default)]
+struct Served {
+    names: Vec<QueueName>,
+    bases: Vec<String>,
+    signal_keys: Vec<String>,
+}
+
 pub struct RedisQueue {
     client: Client,
     /// A second connection for `BLPOP`: a blocked connection cannot carry other commands.
@@ -383,10 +392,9 @@ pub struct RedisQueue {
     /// Declared to Redis as each script's key, so a cluster routes it to the slot of
     /// the hash tag.
     routing_key: String,
-    /// The queues claims take from, and their key bases and signal lists.
-    serves: Vec<QueueName>,
-    serve_bases: Vec<String>,
-    signal_keys: Vec<String>,
+    /// The queues claims take from, with their key bases and signal lists; replaced
+    /// whole when the worker's set of queues changes.
+    served: std::sync::RwLock<Arc<Served>>,
     /// Rotates the order claims look at equal-priority queues in, so they take turns.
     turn: AtomicUsize,
     scripts: Scripts,
@@ -410,20 +418,18 @@ impl RedisQueue {
             connection.init().await?;
         }
         let root = format!("{{{}}}", settings.key_prefix);
-        let mut queue = Self {
+        let queue = Self {
             client,
             waiter: Mutex::new(waiter),
             routing_key: format!("{root}:jobs"),
             root,
-            serves: Vec::new(),
-            serve_bases: Vec::new(),
-            signal_keys: Vec::new(),
+            served: std::sync::RwLock::new(Arc::new(Served::default())),
             turn: AtomicUsize::new(0),
             scripts: Scripts::new(),
             limits: QueueLimits::default(),
             command_timeout: settings.command_timeout,
         };
-        queue.set_serves(Vec::new());
+        queue.serve(Vec::new());
         Ok(queue)
     }
 
@@ -434,19 +440,16 @@ impl RedisQueue {
     }
 
     /// The queues this process's claims take from (`default` when none are given).
-    pub fn serving(mut self, queues: Vec<QueueName>) -> Self {
-        self.set_serves(queues);
+    pub fn serving(self, queues: Vec<QueueName>) -> Self {
+        self.serve(queues);
         self
     }
 
-    fn set_serves(&mut self, queues: Vec<QueueName>) {
-        self.serves = served_queues(queues);
-        self.serve_bases = self.serves.iter().map(|queue| self.base(queue)).collect();
-        self.signal_keys = self
-            .serve_bases
-            .iter()
-            .map(|base| format!("{base}:signal"))
-            .collect();
+    fn served(&self) -> Arc<Served> {
+        match self.served.read() {
+            Ok(served) => Arc::clone(&served),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
     }
 
     /// The key base of `queue`.
@@ -491,8 +494,9 @@ impl RedisQueue {
         token: LeaseToken,
         lease: Duration,
     ) -> Result<Result<Claim, Option<Duration>>, QueueError> {
+        let served = self.served();
         // Equal-priority queues are looked at from a rotating start, so they take turns.
-        let count = self.serves.len();
+        let count = served.names.len();
         let start = if count > 1 {
             self.turn.fetch_add(1, Ordering::Relaxed) % count
         } else {
@@ -508,10 +512,10 @@ impl RedisQueue {
         arguments.extend(
             order
                 .iter()
-                .map(|index| Value::from(self.serve_bases[*index].as_str())),
+                .map(|index| Value::from(served.bases[*index].as_str())),
         );
         let reply: Vec<Value> = self
-            .run(&self.scripts.claim, &self.serve_bases[order[0]], arguments)
+            .run(&self.scripts.claim, &served.bases[order[0]], arguments)
             .await?;
         let id = reply.first().and_then(Value::as_string).unwrap_or_default();
         if id.is_empty() {
@@ -531,7 +535,7 @@ impl RedisQueue {
             .and_then(Value::as_i64)
             .and_then(|position| usize::try_from(position).ok()?.checked_sub(1))
             .and_then(|position| order.get(position))
-            .map(|index| self.serves[*index].clone())
+            .map(|index| served.names[*index].clone())
             .ok_or_else(|| QueueError::Protocol(format!("claim reply without queue: {reply:?}")))?;
         Ok(Ok(Claim {
             queue,
@@ -606,6 +610,21 @@ impl Queue for RedisQueue {
         "redis"
     }
 
+    fn serve(&self, queues: Vec<QueueName>) {
+        let names = served_queues(queues);
+        let bases: Vec<String> = names.iter().map(|queue| self.base(queue)).collect();
+        let signal_keys = bases.iter().map(|base| format!("{base}:signal")).collect();
+        let served = Arc::new(Served {
+            names,
+            bases,
+            signal_keys,
+        });
+        match self.served.write() {
+            Ok(mut current) => *current = served,
+            Err(poisoned) => *poisoned.into_inner() = served,
+        }
+    }
+
     async fn enqueue(&self, dispatch: &Dispatch) -> Result<bool, QueueError> {
         let added: i64 = self
             .run(
@@ -672,7 +691,7 @@ impl Queue for RedisQueue {
             };
             let woken: Result<Option<(String, String)>, _> = waiter
                 .with_options(&options)
-                .blpop(self.signal_keys.clone(), seconds)
+                .blpop(self.served().signal_keys.clone(), seconds)
                 .await;
             match woken {
                 Ok(_) => {}
