@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use operator_shared::config::RedisSettings;
-use operator_shared::domain::{Priority, TaskId, TenantId};
+use operator_shared::domain::{Priority, QueueName, TaskId, TenantId};
 use operator_shared::queue::redis::RedisQueue;
 use operator_shared::queue::{Dispatch, Queue, SharedQueue};
 use secrecy::SecretString;
@@ -92,37 +92,52 @@ fn no_op_task() -> Dispatch {
     }
 }
 
+/// `default`, where the tasks are, and `served - 1` empty queues after it.
+fn served_queues(served: usize) -> Vec<QueueName> {
+    std::iter::once(QueueName::default())
+        .chain((1..served).filter_map(|index| QueueName::parse(&format!("idle-{index}")).ok()))
+        .collect()
+}
+
 async fn connect_workers(
     settings: &RedisSettings,
     workers: usize,
     sharing: Sharing,
+    served: usize,
 ) -> anyhow::Result<Vec<SharedQueue>> {
     let mut queues: Vec<SharedQueue> = Vec::with_capacity(workers);
+    let serving = served_queues(served);
     match sharing {
         Sharing::OwnConnection => {
             for _ in 0..workers {
-                queues.push(Arc::new(RedisQueue::connect(settings).await?));
+                let queue = RedisQueue::connect(settings)
+                    .await?
+                    .serving(serving.clone());
+                queues.push(Arc::new(queue));
             }
         }
         Sharing::Shared => {
-            let shared: SharedQueue = Arc::new(RedisQueue::connect(settings).await?);
+            let shared: SharedQueue =
+                Arc::new(RedisQueue::connect(settings).await?.serving(serving));
             queues.extend((0..workers).map(|_| SharedQueue::clone(&shared)));
         }
     }
     Ok(queues)
 }
 
-/// Enqueues `tasks` with `enqueue_many`, then drains them with `workers` claim → ack loops.
+/// Enqueues `tasks` with `enqueue_many`, then drains them with `workers` claim → ack loops
+/// whose claims look at `served` queues (the tasks are all in the first).
 pub async fn drain(
     redis_url: &str,
     profiler: &Profiler,
     workers: usize,
     sharing: Sharing,
+    served: usize,
     tasks: usize,
 ) -> anyhow::Result<DrainOutcome> {
     let settings = run_settings(redis_url);
     let producer = RedisQueue::connect(&settings).await?;
-    let queues = connect_workers(&settings, workers, sharing).await?;
+    let queues = connect_workers(&settings, workers, sharing, served).await?;
     let batches: Vec<Vec<Dispatch>> = (0..tasks)
         .map(|_| no_op_task())
         .collect::<Vec<_>>()
@@ -214,7 +229,7 @@ pub async fn pickup(
 ) -> anyhow::Result<PickupOutcome> {
     let settings = run_settings(redis_url);
     let producer = RedisQueue::connect(&settings).await?;
-    let queues = connect_workers(&settings, workers, sharing).await?;
+    let queues = connect_workers(&settings, workers, sharing, 1).await?;
     let book = Arc::new(PickupBook {
         sent: Mutex::new(HashMap::with_capacity(tasks)),
         latencies: Mutex::new(Vec::with_capacity(tasks)),

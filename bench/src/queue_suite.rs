@@ -11,6 +11,9 @@ use crate::report::{self, Row};
 use crate::stats::per_second;
 use crate::{apalis_baseline, ceiling, end_to_end, queue_backend};
 
+/// Queues served per claim in the many-queues rows (the tasks are all in one of them).
+const SERVED_QUEUE_COUNTS: [usize; 2] = [10, 50];
+
 /// The goals, checked at the end of the report.
 const GOAL_BACKEND_TASKS_PER_SECOND: f64 = 20_000.0;
 const GOAL_END_TO_END_TASKS_PER_SECOND: f64 = 2_000.0;
@@ -125,7 +128,8 @@ pub async fn run(options: &Options, fallback_redis_url: &str) -> anyhow::Result<
             sharing.label()
         ));
         let outcome =
-            queue_backend::drain(&redis_url, &profiler, *workers, *sharing, options.tasks).await?;
+            queue_backend::drain(&redis_url, &profiler, *workers, *sharing, 1, options.tasks)
+                .await?;
         if *workers == options.worker_counts[0] && *sharing == Sharing::OwnConnection {
             rows.push(
                 Row::new("RedisQueue enqueue_many (batches of 1000)", "1 producer")
@@ -152,6 +156,35 @@ pub async fn run(options: &Options, fallback_redis_url: &str) -> anyhow::Result<
             sharing.label(),
             outcome.drain_profile.per_task(outcome.tasks)
         ));
+    }
+    // What serving many queues costs a claim: the same drain with every claim also
+    // looking at empty queues (a worker on `worker.queues = *` in a deployment with many).
+    if let Some(most) = options.worker_counts.iter().max() {
+        for served in SERVED_QUEUE_COUNTS {
+            progress(&format!(
+                "RedisQueue drain, {most} workers, one shared queue, serving {served} queues"
+            ));
+            let outcome = queue_backend::drain(
+                &redis_url,
+                &profiler,
+                *most,
+                Sharing::Shared,
+                served,
+                options.tasks,
+            )
+            .await?;
+            rows.push(
+                Row::new(
+                    format!("RedisQueue claim+ack (one shared queue, serving {served} queues)"),
+                    most.to_string(),
+                )
+                .rate(per_second(outcome.tasks, outcome.drain_elapsed)),
+            );
+            notes.push(format!(
+                "RedisQueue claim+ack, {most} workers, serving {served} queues: {}",
+                outcome.drain_profile.per_task(outcome.tasks)
+            ));
+        }
     }
     for (workers, sharing) in &runs {
         progress(&format!(

@@ -69,6 +69,11 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- `{p}:active`: the bases of the queues that may hold work, so that a claim over many
+-- queues skips the idle ones in one command. Added to by every script that adds work;
+-- a claim removes a queue it finds empty.
+local active_key = string.sub(KEYS[1], 1, -6) .. ':active'
+local function mark_active() redis.call('SADD', active_key, base) end
 local function job_tenant(job) return string.match(job, '^(.*)|') or job end
 local function job_rank(job) return tonumber(string.match(job, '|(%-?%d+)$')) or 1 end
 local function signal(count)
@@ -120,6 +125,7 @@ end
 /// ARGV: base, id, tenant|priority, not_before_ms. 1 when added, 0 when already held.
 const ENQUEUE: &str = r#"
 local id, job = ARGV[2], ARGV[3]
+mark_active()
 if redis.call('HEXISTS', key('tokens'), id) == 1 then return 0 end
 if redis.call('ZSCORE', key('delayed'), id) then return 0 end
 if redis.call('ZSCORE', ready_key(job_tenant(job)), id) then return 0 end
@@ -146,35 +152,53 @@ local first_queue = 6
 -- Per queue: recover due and expired tasks, and find the band of its best ready tenant
 -- when it may hand a task out.
 local candidates = {}
+local many = #ARGV > first_queue
+-- With several queues, only the active ones are looked at.
+local active = {}
+if many then
+  local bases = {}
+  for index = first_queue, #ARGV do bases[#bases + 1] = ARGV[index] end
+  local members = redis.call('SMISMEMBER', active_key, unpack(bases))
+  for position, member in ipairs(members) do
+    active[first_queue + position - 1] = member == 1
+  end
+end
+local function looked_at(index) return not many or active[index] end
 for index = first_queue, #ARGV do
-  base = ARGV[index]
-  local due = redis.call('ZRANGEBYSCORE', key('delayed'), '-inf', now, 'LIMIT', 0, 512)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', key('delayed'), id)
-    local job = redis.call('HGET', key('jobs'), id)
-    if job then make_ready(id, job, now) end
-  end
-  local expired = redis.call('ZRANGEBYSCORE', key('leases'), '-inf', now, 'LIMIT', 0, 512)
-  for _, id in ipairs(expired) do
-    redis.call('ZREM', key('leases'), id)
-    redis.call('HDEL', key('tokens'), id)
-    local job = redis.call('HGET', key('jobs'), id)
-    if job then
-      release_slot(job)
-      make_ready(id, job, now)
+  if looked_at(index) then
+    base = ARGV[index]
+    local due = redis.call('ZRANGEBYSCORE', key('delayed'), '-inf', now, 'LIMIT', 0, 512)
+    for _, id in ipairs(due) do
+      redis.call('ZREM', key('delayed'), id)
+      local job = redis.call('HGET', key('jobs'), id)
+      if job then make_ready(id, job, now) end
     end
-  end
-  local controls = redis.call('HMGET', key('controls'), 'paused', 'limit')
-  if not controls[1] then
-    local limit = tonumber(controls[2] or default_limit)
-    if limit == 0 or redis.call('ZCARD', key('leases')) < limit then
-      if #ARGV == first_queue then
-        -- One queue: nothing to rank.
-        candidates[1] = {index, 0}
-      else
-        local head = redis.call('ZRANGE', key('tenants'), 0, 0, 'WITHSCORES')
-        if #head > 0 then
-          candidates[#candidates + 1] = {index, math.floor(tonumber(head[2]) / TURN_BAND)}
+    local expired = redis.call('ZRANGEBYSCORE', key('leases'), '-inf', now, 'LIMIT', 0, 512)
+    for _, id in ipairs(expired) do
+      redis.call('ZREM', key('leases'), id)
+      redis.call('HDEL', key('tokens'), id)
+      local job = redis.call('HGET', key('jobs'), id)
+      if job then
+        release_slot(job)
+        make_ready(id, job, now)
+      end
+    end
+    local controls = redis.call('HMGET', key('controls'), 'paused', 'limit')
+    if not controls[1] then
+      local limit = tonumber(controls[2] or default_limit)
+      if limit == 0 or redis.call('ZCARD', key('leases')) < limit then
+        if not many then
+          -- One queue: nothing to rank.
+          candidates[1] = {index, 0}
+        else
+          local head = redis.call('ZRANGE', key('tenants'), 0, 0, 'WITHSCORES')
+          if #head > 0 then
+            candidates[#candidates + 1] = {index, math.floor(tonumber(head[2]) / TURN_BAND)}
+          elseif redis.call('ZCARD', key('delayed')) == 0
+            and redis.call('ZCARD', key('leases')) == 0 then
+            -- Nothing ready, waiting or running: idle until an enqueue marks it again.
+            redis.call('SREM', active_key, base)
+          end
         end
       end
     end
@@ -210,12 +234,14 @@ end
 -- Nothing to hand out: how long until a delayed task comes due or a lease runs out.
 local hint = -1
 for index = first_queue, #ARGV do
-  base = ARGV[index]
-  for _, name in ipairs({'delayed', 'leases'}) do
-    local head = redis.call('ZRANGE', key(name), 0, 0, 'WITHSCORES')
-    if #head > 0 then
-      local wait = tonumber(head[2]) - now
-      if hint < 0 or wait < hint then hint = wait end
+  if looked_at(index) then
+    base = ARGV[index]
+    for _, name in ipairs({'delayed', 'leases'}) do
+      local head = redis.call('ZRANGE', key(name), 0, 0, 'WITHSCORES')
+      if #head > 0 then
+        local wait = tonumber(head[2]) - now
+        if hint < 0 or wait < hint then hint = wait end
+      end
     end
   end
 end
@@ -247,6 +273,7 @@ return 1
 const REQUEUE: &str = r#"
 local id = ARGV[2]
 if not drop_lease(id, ARGV[3]) then return 0 end
+mark_active()
 local job = redis.call('HGET', key('jobs'), id)
 if not job then return 1 end
 local now = now_ms()

@@ -736,9 +736,46 @@ mod named {
         );
     }
 
+    async fn a_queue_found_empty_is_served_again_when_work_returns(queue: SharedQueue) {
+        let first = dispatch_to("alpha", Priority::Normal);
+        queue.enqueue(&first).await.expect("enqueue");
+        let claim = claim_now(&queue).await.expect("a task");
+        assert!(queue.ack(&claim).await.expect("ack"));
+        assert!(
+            claim_now(&queue).await.is_none(),
+            "both queues are empty now"
+        );
+        // A delayed task in the queue that was found empty.
+        let mut later = dispatch_to("alpha", Priority::Normal);
+        later.not_before = Some(Utc::now() + chrono::Duration::milliseconds(300));
+        queue.enqueue(&later).await.expect("enqueue");
+        let claim = queue
+            .claim("w", LEASE, Duration::from_secs(5))
+            .await
+            .expect("claim")
+            .expect("the delayed task, once due");
+        assert_eq!(claim.task_id, later.task_id);
+        // A retry handed back with a delay.
+        let retry_at = Utc::now() + chrono::Duration::milliseconds(300);
+        assert!(
+            queue
+                .requeue(&claim, Some(retry_at))
+                .await
+                .expect("requeue")
+        );
+        assert!(claim_now(&queue).await.is_none(), "not due yet");
+        let again = queue
+            .claim("w", LEASE, Duration::from_secs(5))
+            .await
+            .expect("claim")
+            .expect("the retry, once due");
+        assert_eq!(again.task_id, later.task_id);
+    }
+
     contract!(
         operator_shared::queue::QueueLimits::default(),
         vec![crate::queue::named::name("alpha"), crate::queue::named::name("beta")];
+        a_queue_found_empty_is_served_again_when_work_returns,
         a_worker_takes_only_from_its_queues,
         equal_priority_queues_take_turns,
         a_higher_priority_goes_first_across_queues,
