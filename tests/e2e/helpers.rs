@@ -288,6 +288,12 @@ impl PageServer {
         self.url(name).replace("127.0.0.1", "localhost")
     }
 
+    /// The page `name` (one of the `?to=URL` pages above), by the name `localhost`,
+    /// pointed at `target`.
+    pub fn localhost_url_to(&self, name: &str, target: &str) -> String {
+        format!("{}?to={target}", self.localhost_url(name))
+    }
+
     pub fn hits(&self, name: &str) -> usize {
         self.hits
             .lock()

@@ -47,15 +47,9 @@ async fn refused_addresses_are_refused_at_submission() {
 async fn a_redirect_to_a_refused_address_fails_the_task_for_good() {
     let app = allowing_localhost_by_name().await;
     let pages = PageServer::start().await;
-    let to_loopback = format!(
-        "{}?to={}",
-        pages.localhost_url("redirect"),
-        pages.url("secret")
-    );
-    let to_metadata = format!(
-        "{}?to=http://169.254.169.254/latest/meta-data/",
-        pages.localhost_url("redirect")
-    );
+    let to_loopback = pages.localhost_url_to("redirect", &pages.url("secret"));
+    let to_metadata =
+        pages.localhost_url_to("redirect", "http://169.254.169.254/latest/meta-data/");
     for url in [to_loopback, to_metadata] {
         let done = app
             .run(&json!({"kind": "screenshot", "input": {"url": url}, "max_attempts": 3}))
@@ -74,11 +68,7 @@ async fn a_popup_cannot_reach_a_refused_address() {
     let app = allowing_localhost_by_name().await;
     let pages = PageServer::start().await;
     let refused = PageServer::start().await;
-    let url = format!(
-        "{}?to={}",
-        pages.localhost_url("popup"),
-        refused.url("opened")
-    );
+    let url = pages.localhost_url_to("popup", &refused.url("opened"));
     let done = run_script(
         &app,
         &url,
@@ -105,11 +95,7 @@ async fn a_sub_request_to_a_refused_address_is_blocked() {
     let app = allowing_localhost_by_name().await;
     let pages = PageServer::start().await;
     let refused = PageServer::start().await;
-    let url = format!(
-        "{}?to={}",
-        pages.localhost_url("embed"),
-        refused.url("pixel")
-    );
+    let url = pages.localhost_url_to("embed", &refused.url("pixel"));
     let done = app
         .run(&json!({"kind": "screenshot", "input": {"url": url}}))
         .await;
@@ -136,11 +122,7 @@ async fn a_websocket_to_a_refused_address_never_connects() {
     let app = allowing_localhost_by_name().await;
     let pages = PageServer::start().await;
     let refused = ConnectionCounter::start().await;
-    let url = format!(
-        "{}?to=ws://127.0.0.1:{}/",
-        pages.localhost_url("websocket"),
-        refused.port
-    );
+    let url = pages.localhost_url_to("websocket", &format!("ws://127.0.0.1:{}/", refused.port));
     let done = run_script(
         &app,
         &url,
@@ -161,11 +143,7 @@ async fn a_websocket_to_a_refused_address_never_connects() {
     assert_eq!(refused.connections(), 0, "no connection reached the server");
     // The control: the same server addressed by its allowed name is reached, through
     // the proxy's tunnel.
-    let allowed = format!(
-        "{}?to=ws://localhost:{}/",
-        pages.localhost_url("websocket"),
-        refused.port
-    );
+    let allowed = pages.localhost_url_to("websocket", &format!("ws://localhost:{}/", refused.port));
     let done = run_script(
         &app,
         &allowed,
@@ -186,20 +164,12 @@ async fn a_window_a_click_opens_cannot_reach_a_refused_address() {
         {"action": "click", "selector": "#open"},
         {"action": "wait_for", "delay_ms": 1500}
     ]);
-    let url = format!(
-        "{}?to={}",
-        pages.localhost_url("opener"),
-        refused.url("opened")
-    );
+    let url = pages.localhost_url_to("opener", &refused.url("opened"));
     let done = run_script(&app, &url, click_and_wait.clone()).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(refused.hits("opened"), 0, "the new window never reached it");
     // The control: a window opened to the allowed name loads.
-    let allowed = format!(
-        "{}?to={}",
-        pages.localhost_url("opener"),
-        refused.localhost_url("opened-by-name")
-    );
+    let allowed = pages.localhost_url_to("opener", &refused.localhost_url("opened-by-name"));
     let done = run_script(&app, &allowed, click_and_wait).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(
@@ -215,11 +185,7 @@ async fn a_service_worker_cannot_reach_a_refused_address() {
     let app = allowing_localhost_by_name().await;
     let pages = PageServer::start().await;
     let refused = PageServer::start().await;
-    let url = format!(
-        "{}?to={}",
-        pages.localhost_url("service-worker"),
-        refused.url("from-worker")
-    );
+    let url = pages.localhost_url_to("service-worker", &refused.url("from-worker"));
     let done = run_script(
         &app,
         &url,
@@ -241,10 +207,9 @@ async fn a_service_worker_cannot_reach_a_refused_address() {
         "the service worker's fetch never reached it"
     );
     // The control: the worker's fetch to the allowed name arrives.
-    let allowed = format!(
-        "{}?to={}",
-        pages.localhost_url("service-worker"),
-        refused.localhost_url("from-worker-by-name")
+    let allowed = pages.localhost_url_to(
+        "service-worker",
+        &refused.localhost_url("from-worker-by-name"),
     );
     let done = run_script(
         &app,
