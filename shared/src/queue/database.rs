@@ -11,7 +11,6 @@
 //! other processes is found by polling every `poll_interval`. That makes it the right
 //! queue for one process (`operator serve`) and a working, slower one for several.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -21,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     Claim, Dispatch, PriorityCounts, Queue, QueueControls, QueueError, QueueLimits, QueueStats,
-    served_queues,
+    Swappable, served_queues,
 };
 use crate::domain::{LeaseToken, Priority, QueueName, TaskId, TenantId};
 
@@ -34,7 +33,7 @@ pub struct DatabaseQueue {
     poll_interval: Duration,
     limits: QueueLimits,
     /// The queues claims take from.
-    serves: std::sync::RwLock<Arc<Vec<QueueName>>>,
+    serves: Swappable<Vec<QueueName>>,
 }
 
 /// Rows per multi-row insert: 6 parameters each stays far below every database's limit.
@@ -47,7 +46,7 @@ impl DatabaseQueue {
             wakeup: Notify::new(),
             poll_interval,
             limits: QueueLimits::default(),
-            serves: std::sync::RwLock::new(Arc::new(served_queues(Vec::new()))),
+            serves: Swappable::new(served_queues(Vec::new())),
         }
     }
 
@@ -61,13 +60,6 @@ impl DatabaseQueue {
     pub fn serving(self, queues: Vec<QueueName>) -> Self {
         self.serve(queues);
         self
-    }
-
-    fn served(&self) -> Arc<Vec<QueueName>> {
-        match self.serves.read() {
-            Ok(served) => Arc::clone(&served),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
     }
 
     /// The SQL dialect (not to be confused with `Queue::backend`, the queue's name).
@@ -106,7 +98,7 @@ impl DatabaseQueue {
         } else {
             ""
         };
-        let serves = self.served();
+        let serves = self.serves.get();
         let served = vec!["?"; serves.len()].join(", ");
         // A queue's own limit wins over the default one; 0 means none.
         let sql = format!(
@@ -197,11 +189,7 @@ impl Queue for DatabaseQueue {
     }
 
     fn serve(&self, queues: Vec<QueueName>) {
-        let served = Arc::new(served_queues(queues));
-        match self.serves.write() {
-            Ok(mut current) => *current = served,
-            Err(poisoned) => *poisoned.into_inner() = served,
-        }
+        self.serves.set(served_queues(queues));
         // A waiting claim looks again with the new set.
         self.wakeup.notify_waiters();
     }

@@ -22,7 +22,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::config::{QueueBackendKind, ServedQueues, Settings};
-pub use crate::domain::DEFAULT_QUEUE;
 use crate::domain::{LeaseToken, Priority, QueueName, TaskId, TenantId};
 
 pub mod database;
@@ -216,6 +215,31 @@ pub async fn connect(
                 .with_limits(limits)
                 .serving(serves),
         )),
+    }
+}
+
+/// A value claims read while another task may replace it (the served queues): a read
+/// takes the current one whole, so a claim never sees half of a change.
+pub(crate) struct Swappable<T>(std::sync::RwLock<Arc<T>>);
+
+impl<T> Swappable<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(value)))
+    }
+
+    pub(crate) fn get(&self) -> Arc<T> {
+        match self.0.read() {
+            Ok(current) => Arc::clone(&current),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub(crate) fn set(&self, value: T) {
+        let value = Arc::new(value);
+        match self.0.write() {
+            Ok(mut current) => *current = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
     }
 }
 

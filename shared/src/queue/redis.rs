@@ -39,12 +39,11 @@ use fred::types::{ClusterHash, CustomCommand};
 use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{
     Claim, Dispatch, PriorityCounts, Queue, QueueControls, QueueError, QueueLimits, QueueStats,
-    served_queues,
+    Swappable, served_queues,
 };
 use crate::config::RedisSettings;
 use crate::domain::{LeaseToken, Priority, QueueName, TaskId, TenantId};
@@ -421,7 +420,7 @@ pub struct RedisQueue {
     routing_key: String,
     /// The queues claims take from, with their key bases and signal lists; replaced
     /// whole when the worker's set of queues changes.
-    served: std::sync::RwLock<Arc<Served>>,
+    served: Swappable<Served>,
     /// Rotates the order claims look at equal-priority queues in, so they take turns.
     turn: AtomicUsize,
     scripts: Scripts,
@@ -450,7 +449,7 @@ impl RedisQueue {
             waiter: Mutex::new(waiter),
             routing_key: format!("{root}:jobs"),
             root,
-            served: std::sync::RwLock::new(Arc::new(Served::default())),
+            served: Swappable::new(Served::default()),
             turn: AtomicUsize::new(0),
             scripts: Scripts::new(),
             limits: QueueLimits::default(),
@@ -470,13 +469,6 @@ impl RedisQueue {
     pub fn serving(self, queues: Vec<QueueName>) -> Self {
         self.serve(queues);
         self
-    }
-
-    fn served(&self) -> Arc<Served> {
-        match self.served.read() {
-            Ok(served) => Arc::clone(&served),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
     }
 
     /// The key base of `queue`.
@@ -521,7 +513,7 @@ impl RedisQueue {
         token: LeaseToken,
         lease: Duration,
     ) -> Result<Result<Claim, Option<Duration>>, QueueError> {
-        let served = self.served();
+        let served = self.served.get();
         // Equal-priority queues are looked at from a rotating start, so they take turns.
         let count = served.names.len();
         let start = if count > 1 {
@@ -641,15 +633,11 @@ impl Queue for RedisQueue {
         let names = served_queues(queues);
         let bases: Vec<String> = names.iter().map(|queue| self.base(queue)).collect();
         let signal_keys = bases.iter().map(|base| format!("{base}:signal")).collect();
-        let served = Arc::new(Served {
+        self.served.set(Served {
             names,
             bases,
             signal_keys,
         });
-        match self.served.write() {
-            Ok(mut current) => *current = served,
-            Err(poisoned) => *poisoned.into_inner() = served,
-        }
     }
 
     async fn enqueue(&self, dispatch: &Dispatch) -> Result<bool, QueueError> {
@@ -718,7 +706,7 @@ impl Queue for RedisQueue {
             };
             let woken: Result<Option<(String, String)>, _> = waiter
                 .with_options(&options)
-                .blpop(self.served().signal_keys.clone(), seconds)
+                .blpop(self.served.get().signal_keys.clone(), seconds)
                 .await;
             match woken {
                 Ok(_) => {}
