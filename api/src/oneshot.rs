@@ -287,12 +287,8 @@ impl OneShotApi {
             Ok(new_task) => new_task,
             Err(error) => return Ok(Waited::Invalid(error)),
         };
-        match state.check_queue(&new_task.queue).await {
-            Ok(()) => {}
-            Err(error) if error.code() == ErrorCode::UnknownQueue => {
-                return Ok(Waited::Invalid(error));
-            }
-            Err(error) => return Err(error.into()),
+        if let Err(refused) = state.check_queue(&new_task.queue).await? {
+            return Ok(Waited::Invalid(refused));
         }
         // Subscribed before the task exists, so that no event of it can be missed.
         let mut notices = state.repo.event_bus().map(EventBus::subscribe);

@@ -50,20 +50,21 @@ impl AppState {
         TenantId::default_tenant()
     }
 
-    /// Refuses a task for a queue nobody created (`unknown_queue`), which no worker would
-    /// ever take it from.
-    pub async fn check_queue(&self, queue: &QueueName) -> Result<(), ApiError> {
+    /// Refuses a task for a queue nobody created, which no worker would ever take it
+    /// from: the inner error is that refusal (`unknown_queue`), the outer one a failure
+    /// to look the queue up.
+    pub async fn check_queue(&self, queue: &QueueName) -> Result<Result<(), ApiError>, ApiError> {
         if queue.is_default() || self.known_queues.contains(queue) {
-            return Ok(());
+            return Ok(Ok(()));
         }
         if self.repo.queue(queue).await?.is_some() {
             self.known_queues.insert(queue);
-            return Ok(());
+            return Ok(Ok(()));
         }
-        Err(ApiError::new(
+        Ok(Err(ApiError::new(
             ErrorCode::UnknownQueue,
             format!("queue: no queue \"{queue}\"; create it first with PUT /v1/queues/{queue}"),
-        ))
+        )))
     }
 
     /// Puts a committed task on the queue. A failure (or a slow queue) is logged, not

@@ -175,11 +175,8 @@ impl TasksApi {
             }
             Err(error) => return Ok(CreateTaskResponse::Unprocessable(Json(error.body()))),
         };
-        if let Err(error) = state.check_queue(&new_task.queue).await {
-            if error.code() != ErrorCode::UnknownQueue {
-                return Err(error.into());
-            }
-            return Ok(CreateTaskResponse::Unprocessable(Json(error.body())));
+        if let Err(refused) = state.check_queue(&new_task.queue).await? {
+            return Ok(CreateTaskResponse::Unprocessable(Json(refused.body())));
         }
         let location = |task: &operator_shared::domain::TaskRecord| {
             format!("{}/v1/tasks/{}", state.public_url, task.id)
