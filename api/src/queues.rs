@@ -170,13 +170,8 @@ impl QueuesApi {
             .upsert_queue(&name, limit)
             .await
             .map_err(ApiError::from)?;
-        state
-            .queue
-            .configure(&record.name, record.controls)
-            .await
-            .map_err(ApiError::from)?;
         state.known_queues.insert(&record.name);
-        let view = Json(self.view(record).await?);
+        let view = Json(self.apply(record).await?);
         Ok(if created {
             PutQueueResponse::Created(view)
         } else {
@@ -229,12 +224,16 @@ impl QueuesApi {
         else {
             return Ok(unknown_queue(name));
         };
-        state
+        Ok(QueueResponse::Ok(Json(self.apply(record).await?)))
+    }
+
+    /// Applies a queue's recorded controls to the queue backend; the queue as it is now.
+    async fn apply(&self, record: QueueRecord) -> Result<QueueView, ApiError> {
+        self.state
             .queue
             .configure(&record.name, record.controls)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(QueueResponse::Ok(Json(self.view(record).await?)))
+            .await?;
+        self.view(record).await
     }
 
     async fn view(&self, record: QueueRecord) -> Result<QueueView, ApiError> {
