@@ -10,13 +10,13 @@ use std::future::Future;
 
 use anyhow::Context;
 use operator_api::{ApiServer, AppState, SharedState};
+use operator_config::Settings;
 use operator_migrations::Migrator;
 use operator_scheduler::Scheduler;
-use operator_shared::config::Settings;
-use operator_shared::db::{self, TaskRepository};
-use operator_shared::events::EventBus;
-use operator_shared::queue::{self, SharedQueue};
-use operator_shared::storage::ArtifactStore;
+use operator_store::db::{self, TaskRepository};
+use operator_store::events::EventBus;
+use operator_store::queue::{self, SharedQueue};
+use operator_store::storage::ArtifactStore;
 use operator_worker::Worker;
 use sea_orm_migration::MigratorTrait;
 use tokio_util::sync::CancellationToken;

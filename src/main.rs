@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use operator::{Application, Roles};
-use operator_shared::config::Settings;
+use operator_config::Settings;
+
+mod telemetry;
 
 /// mimalloc rather than glibc's malloc: with glibc, allocating and freeing took about a
 /// quarter of the API's CPU in the queue bench's end-to-end run (perf).
@@ -42,7 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    operator_shared::install_crypto_provider();
+    operator_store::install_crypto_provider();
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
     let settings = match Settings::load(cli.config.as_deref(), &env) {
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command, settings: Settings, rust_log: Option<String>) -> anyhow::Result<()> {
-    let mut telemetry = operator_shared::telemetry::init(&settings.telemetry, rust_log.as_deref())?;
+    let mut telemetry = crate::telemetry::init(&settings.telemetry, rust_log.as_deref())?;
     let roles = match command {
         Command::Migrate => {
             let result = operator::migrate(&settings).await;

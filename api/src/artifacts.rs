@@ -1,8 +1,8 @@
 //! `/v1/artifacts/{id}`: download a file a task produced.
 
 use futures::TryStreamExt;
-use operator_shared::domain::ArtifactId;
-use operator_shared::error::ErrorCode;
+use operator_domain::ArtifactId;
+use operator_domain::error::ErrorCode;
 use poem::http::header;
 use poem::{Body, IntoResponse, Response};
 use poem_openapi::payload::{Json, Payload};

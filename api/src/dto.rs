@@ -1,9 +1,7 @@
 //! The API's wire types. Their doc comments become the OpenAPI schema descriptions.
 
 use chrono::{DateTime, Utc};
-use operator_shared::domain::{
-    ArtifactRecord, AttemptRecord, Priority, TaskKind, TaskRecord, TaskState,
-};
+use operator_domain::{ArtifactRecord, AttemptRecord, Priority, TaskKind, TaskRecord, TaskState};
 use poem_openapi::{Enum, Object};
 use uuid::Uuid;
 

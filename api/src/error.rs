@@ -5,10 +5,10 @@
 //! [`error_response`], so they carry a code too. 5xx bodies stay opaque; the cause is
 //! logged.
 
-use operator_shared::db::RepoError;
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::queue::QueueError;
-use operator_shared::storage::StorageError;
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_store::db::RepoError;
+use operator_store::queue::QueueError;
+use operator_store::storage::StorageError;
 use poem::Response;
 use poem::http::StatusCode;
 use poem_openapi::Object;

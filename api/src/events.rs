@@ -11,10 +11,10 @@
 //! poem-openapi's event-stream payload cannot set event ids.
 
 use futures::{SinkExt, StreamExt};
-use operator_shared::db::TaskEvent;
-use operator_shared::domain::TaskId;
-use operator_shared::error::ErrorCode;
-use operator_shared::events::task_events;
+use operator_domain::TaskEvent;
+use operator_domain::TaskId;
+use operator_domain::error::ErrorCode;
+use operator_store::task_stream::task_events;
 use poem::web::sse::{Event, SSE};
 use poem::web::websocket::{CloseCode, Message, WebSocket};
 use poem::web::{Data, Path};

@@ -15,9 +15,9 @@
 
 use std::time::Duration;
 
-use operator_shared::domain::{TaskId, TaskKind, TaskRecord, TaskState};
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::events::{EventBus, EventNotice};
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::{TaskId, TaskKind, TaskRecord, TaskState};
+use operator_store::events::{EventBus, EventNotice};
 use poem::Body;
 use poem::http::StatusCode;
 use poem_openapi::param::Query;

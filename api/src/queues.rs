@@ -8,9 +8,9 @@
 //! should the backend lose its data.
 
 use chrono::{DateTime, Utc};
-use operator_shared::db::QueueRecord;
-use operator_shared::domain::{QueueName, TaskState};
-use operator_shared::error::ErrorCode;
+use operator_domain::error::ErrorCode;
+use operator_domain::{QueueName, TaskState};
+use operator_store::db::QueueRecord;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};

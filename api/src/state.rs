@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
-use operator_shared::config::Settings;
-use operator_shared::db::TaskRepository;
-use operator_shared::domain::{QueueName, TaskRecord, TenantId};
-use operator_shared::error::ErrorCode;
-use operator_shared::network::NetworkPolicy;
-use operator_shared::queue::{Dispatch, SharedQueue};
-use operator_shared::storage::ArtifactStore;
+use operator_config::Settings;
+use operator_domain::error::ErrorCode;
+use operator_domain::network::NetworkPolicy;
+use operator_domain::{QueueName, TaskRecord, TenantId};
+use operator_store::db::TaskRepository;
+use operator_store::queue::{Dispatch, SharedQueue};
+use operator_store::storage::ArtifactStore;
 use tracing::warn;
 
 use crate::error::ApiError;

@@ -7,13 +7,11 @@
 //! [`TaskSubmission`] reports it as its own.
 
 use chrono::{DateTime, Utc};
-use operator_shared::config::Settings;
-use operator_shared::domain::{
-    NewTask, Priority, QueueName, TargetUrl, TaskKind, TaskSpec, TenantId,
-};
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::network::NetworkPolicy;
-use operator_shared::storage::sha256_hex;
+use operator_config::Settings;
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::network::NetworkPolicy;
+use operator_domain::{NewTask, Priority, QueueName, TargetUrl, TaskKind, TaskSpec, TenantId};
+use operator_store::storage::sha256_hex;
 use poem::{Request, RequestBody};
 use poem_openapi::payload::{ParsePayload, Payload};
 use poem_openapi::registry::{MetaSchemaRef, Registry};

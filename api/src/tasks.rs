@@ -4,9 +4,9 @@
 // only add an allocation per request.
 #![allow(clippy::large_enum_variant)]
 
-use operator_shared::db::{CancelOutcome, RedriveOutcome, Submitted};
-use operator_shared::domain::{QueueName, TaskFilter, TaskId};
-use operator_shared::error::ErrorCode;
+use operator_domain::error::ErrorCode;
+use operator_domain::{QueueName, TaskFilter, TaskId};
+use operator_store::db::{CancelOutcome, RedriveOutcome, Submitted};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi, Tags};
@@ -178,7 +178,7 @@ impl TasksApi {
         if let Err(refused) = state.check_queue(&new_task.queue).await? {
             return Ok(CreateTaskResponse::Unprocessable(Json(refused.body())));
         }
-        let location = |task: &operator_shared::domain::TaskRecord| {
+        let location = |task: &operator_domain::TaskRecord| {
             format!("{}/v1/tasks/{}", state.public_url, task.id)
         };
         match state.repo.submit(new_task).await.map_err(ApiError::from)? {

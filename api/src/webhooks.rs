@@ -9,13 +9,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use operator_shared::db::{
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::webhooks::EVENT_TYPES;
+use operator_domain::{TargetUrl, TaskId};
+use operator_store::db::{
     Delivery, DeliveryAttempt, DeliveryFilter, EndpointUpdate, NewEndpoint, TenantSigningKey,
     WebhookEndpoint, WebhookRepository,
 };
-use operator_shared::domain::{TargetUrl, TaskId};
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::webhooks::EVENT_TYPES;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
@@ -210,7 +210,7 @@ pub struct DeliveryView {
 
 impl DeliveryView {
     fn new(delivery: Delivery, attempts: Vec<DeliveryAttempt>) -> Self {
-        let pending = delivery.state == operator_shared::db::DeliveryState::Pending;
+        let pending = delivery.state == operator_store::db::DeliveryState::Pending;
         Self {
             id: delivery.id,
             task_id: delivery.task_id.as_uuid(),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use operator::{Application, Roles};
-use operator_shared::testkit::embedded_settings;
+use operator_testkit::embedded_settings;
 use poem::web::Html;
 use poem::{Route, Server, get, handler};
 use tokio_util::sync::CancellationToken;

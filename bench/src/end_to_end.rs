@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use operator::{Application, Roles};
-use operator_shared::config::{QueueBackendKind, Settings};
-use operator_shared::db::{self, TaskRepository};
-use operator_shared::domain::TaskId;
-use operator_shared::queue::SharedQueue;
-use operator_shared::queue::redis::RedisQueue;
-use operator_shared::testkit::{TestDatabase, complete_without_browser};
+use operator_config::{QueueBackendKind, Settings};
+use operator_domain::TaskId;
+use operator_store::db::{self, TaskRepository};
+use operator_store::queue::SharedQueue;
+use operator_store::queue::redis::RedisQueue;
+use operator_testkit::{TestDatabase, complete_without_browser};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 

@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use operator_shared::config::RedisSettings;
-use operator_shared::domain::{Priority, QueueName, TaskId, TenantId};
-use operator_shared::queue::redis::RedisQueue;
-use operator_shared::queue::{Dispatch, Queue, SharedQueue};
+use operator_config::RedisSettings;
+use operator_domain::{Priority, QueueName, TaskId, TenantId};
+use operator_store::queue::redis::RedisQueue;
+use operator_store::queue::{Dispatch, Queue, SharedQueue};
 use secrecy::SecretString;
 
 use crate::profile::{Profile, Profiler};

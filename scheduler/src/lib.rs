@@ -13,10 +13,10 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use operator_shared::config::Settings;
-use operator_shared::db::{RepoError, TaskRepository};
-use operator_shared::domain::TaskId;
-use operator_shared::queue::{Dispatch, QueueError, SharedQueue};
+use operator_config::Settings;
+use operator_domain::TaskId;
+use operator_store::db::{RepoError, TaskRepository};
+use operator_store::queue::{Dispatch, QueueError, SharedQueue};
 use tracing::{info, warn};
 
 /// How many tasks the reconciler reads and enqueues per round trip.

@@ -6,9 +6,7 @@
 use std::time::Duration;
 
 use operator::{Application, Roles};
-use operator_shared::testkit::{
-    ApiClient, RedisPrefix, TestDatabase, distributed_settings, read_sse,
-};
+use operator_testkit::{ApiClient, RedisPrefix, TestDatabase, distributed_settings, read_sse};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +15,7 @@ use crate::helpers::PageServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_of_another_api_replica_sees_every_event_in_order() {
-    operator_shared::install_crypto_provider();
+    operator_store::install_crypto_provider();
     let database = TestDatabase::postgres().await;
     let redis = RedisPrefix::new();
     let mut settings = distributed_settings(&database, redis.prefix());

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use operator::{Application, Roles};
-use operator_shared::config::Settings;
-use operator_shared::testkit::{
+use operator_config::Settings;
+use operator_testkit::{
     ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings,
 };
 use poem::http::StatusCode;
@@ -404,7 +404,7 @@ impl TestApp {
 
     /// [`TestApp::embedded`] with its settings adjusted first.
     pub async fn embedded_with(adjust: impl FnOnce(&mut Settings)) -> Self {
-        operator_shared::install_crypto_provider();
+        operator_store::install_crypto_provider();
         let directory = tempfile::tempdir().expect("tempdir");
         let mut settings = embedded_settings(directory.path());
         adjust(&mut settings);
@@ -423,7 +423,7 @@ impl TestApp {
     /// The distributed setup: an API instance, a separate worker instance and a
     /// scheduler, sharing PostgreSQL, Redis and S3.
     pub async fn distributed() -> Self {
-        operator_shared::install_crypto_provider();
+        operator_store::install_crypto_provider();
         let directory = tempfile::tempdir().expect("tempdir");
         let database = TestDatabase::postgres().await;
         let redis = RedisPrefix::new();
@@ -453,7 +453,7 @@ impl TestApp {
             ._redis
             .as_ref()
             .expect("a distributed app has a Redis prefix");
-        let queue = operator_shared::queue::redis::RedisQueue::connect(prefix.settings())
+        let queue = operator_store::queue::redis::RedisQueue::connect(prefix.settings())
             .await
             .expect("connect to Redis");
         queue.purge().await.expect("purge");

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use operator_shared::testkit::{ApiClient, RedisPrefix, TestDatabase, TestServices, unique_name};
+use operator_testkit::{ApiClient, RedisPrefix, TestDatabase, TestServices, unique_name};
 use serde_json::json;
 
 use crate::fault_pages::FaultPages;
@@ -218,7 +218,7 @@ fn chromium_pids_of(worker_pid: u32) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_and_worker_processes_run_a_task_together() {
-    operator_shared::install_crypto_provider();
+    operator_store::install_crypto_provider();
     let pages = PageServer::start().await;
     let database = TestDatabase::postgres_unmigrated().await;
     let redis = RedisPrefix::new();
@@ -374,7 +374,7 @@ async fn attempts_of(
 /// was loaded twice, once per attempt, and no more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_loses_it_to_another_worker_after_its_lease() {
-    operator_shared::install_crypto_provider();
+    operator_store::install_crypto_provider();
     let pages = FaultPages::start(Duration::from_secs(4), 0).await;
     let deployment = Deployment::migrated().await;
     let (_api_process, api) = deployment.api().await;
@@ -425,7 +425,7 @@ async fn a_worker_killed_mid_task_loses_it_to_another_worker_after_its_lease() {
 /// and another worker starts the task at once, long before the lease would expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_hands_its_task_back_at_once() {
-    operator_shared::install_crypto_provider();
+    operator_store::install_crypto_provider();
     let pages = FaultPages::start(Duration::from_secs(6), 0).await;
     let deployment = Deployment::migrated().await;
     let (_api_process, api) = deployment.api().await;
@@ -476,7 +476,7 @@ async fn a_stopping_worker_hands_its_task_back_at_once() {
 /// Chromium's helper processes follow, so nothing carrying its profile is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_browser_dies_with_it() {
-    operator_shared::install_crypto_provider();
+    operator_store::install_crypto_provider();
     let deployment = Deployment::migrated().await;
     let mut worker = deployment.worker("killed-idle-worker", &[]);
     let worker_pid = worker.id();
@@ -513,7 +513,7 @@ async fn a_killed_workers_browser_dies_with_it() {
 /// `default` comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_take_tasks_only_from_the_queues_they_serve() {
-    operator_shared::install_crypto_provider();
+    operator_store::install_crypto_provider();
     let pages = PageServer::start().await;
     let deployment = Deployment::migrated().await;
     let (_api_process, api) = deployment.api().await;

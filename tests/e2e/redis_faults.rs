@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use operator::{Application, Roles};
-use operator_shared::db::{self, TaskRepository};
-use operator_shared::domain::{QueueName, TaskState, TenantId};
-use operator_shared::queue::redis::RedisQueue;
-use operator_shared::queue::{QueueStats, SharedQueue};
-use operator_shared::testkit::{
+use operator_domain::{QueueName, TaskState, TenantId};
+use operator_store::db::{self, TaskRepository};
+use operator_store::queue::redis::RedisQueue;
+use operator_store::queue::{QueueStats, SharedQueue};
+use operator_testkit::{
     ApiClient, TestDatabase, complete_without_browser, distributed_settings, unique_name,
 };
 use sea_orm::{ConnectionTrait, Statement};
@@ -85,7 +85,7 @@ impl Drop for OwnRedis {
 /// The API and scheduler roles on PostgreSQL and the test's own Redis.
 struct Deployment {
     api: ApiClient,
-    settings: operator_shared::config::Settings,
+    settings: operator_config::Settings,
     repo: TaskRepository,
     stop: CancellationToken,
     roles: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -94,7 +94,7 @@ struct Deployment {
 
 impl Deployment {
     async fn start(redis: &OwnRedis) -> Self {
-        operator_shared::install_crypto_provider();
+        operator_store::install_crypto_provider();
         let database = TestDatabase::postgres().await;
         let mut settings = distributed_settings(&database, &unique_name("redis-faults"));
         settings.redis.url = Some(redis.url().into());

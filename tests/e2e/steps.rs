@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use operator_shared::testkit::read_sse;
+use operator_testkit::read_sse;
 
 use crate::helpers::{PageServer, TestApp, decode_png};
 

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use operator_shared::testkit::{ReceivedRequest, WebhookReceiver};
-use operator_shared::webhooks::SigningSecret;
+use operator_domain::webhooks::SigningSecret;
+use operator_testkit::{ReceivedRequest, WebhookReceiver};
 use serde_json::{Value, json};
 
 use crate::TASK_DEADLINE;
@@ -48,7 +48,7 @@ async fn a_finished_task_is_delivered_signed_to_its_webhooks(app: TestApp, presi
         .send()
         .await
         .expect("create the endpoint");
-    let (status, endpoint) = operator_shared::testkit::read_json(response).await;
+    let (status, endpoint) = operator_testkit::read_json(response).await;
     assert_eq!(status, 201, "{endpoint}");
     let endpoint_secret = endpoint["secret"].as_str().expect("secret").to_owned();
     let endpoint_id = endpoint["id"].as_str().expect("id").to_owned();

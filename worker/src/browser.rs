@@ -36,10 +36,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use operator_shared::config::{BrowserSettings, SandboxMode};
-use operator_shared::domain::Viewport;
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::network::NetworkPolicy;
+use operator_config::{BrowserSettings, SandboxMode};
+use operator_domain::Viewport;
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::network::NetworkPolicy;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};

@@ -11,7 +11,7 @@
 //! nothing itself and opens no connection of its own.
 //!
 //! For each target the proxy resolves the host, checks every address it resolves to
-//! ([`NetworkPolicy::resolve_checked`]; a host allow-listed by name may go anywhere),
+//! ([`crate::resolve::resolve_checked`]; a host allow-listed by name may go anywhere),
 //! and connects to a checked address, never to a fresh answer for the name. A refused
 //! target gets `403` with `X-Operator-Refused: url_not_allowed`; an unresolvable or
 //! unreachable one gets `502`. Refusals are logged, and remembered for a while in a
@@ -45,8 +45,8 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, Parts, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::network::{NetworkPolicy, ResolveError};
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::network::{NetworkPolicy, ResolveError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -537,7 +537,8 @@ impl ClientConnection {
     /// Resolves `host`, checks every address, and connects to the first checked
     /// address that answers.
     async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, Failure> {
-        let addresses = match self.shared.policy.resolve_checked(host, port).await {
+        let addresses = match crate::resolve::resolve_checked(&self.shared.policy, host, port).await
+        {
             Ok(addresses) => addresses,
             Err(ResolveError::Refused(error)) => return Err(self.refuse(host, port, error)),
             Err(ResolveError::Unresolvable(message)) => {

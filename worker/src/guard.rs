@@ -26,8 +26,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::network::NetworkPolicy;
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::network::NetworkPolicy;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};

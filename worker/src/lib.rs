@@ -6,6 +6,7 @@
 //!   flattened page sessions, answers and events routed by a reader task).
 //! - [`input`]: mouse and keyboard input (clicks, hovers, key presses, typing).
 //! - [`guard`]: the network policy applied to every request a page makes.
+//! - [`resolve`]: DNS look-ups checked against the network policy.
 //! - [`egress`]: the proxy every browser connection goes through, which connects only
 //!   to addresses the network policy allows (WebSockets, WebRTC, service workers, new
 //!   windows, DNS rebinding: what request interception does not see).
@@ -23,12 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{Data, Monitor, WorkerBuilder, WorkerBuilderExt};
-use operator_shared::config::{ServedQueues, Settings};
-use operator_shared::db::{TaskRepository, WebhookRepository};
-use operator_shared::domain::QueueName;
-use operator_shared::error::CodedError;
-use operator_shared::queue::{Claim, SharedQueue};
-use operator_shared::storage::ArtifactStore;
+use operator_config::{ServedQueues, Settings};
+use operator_domain::QueueName;
+use operator_domain::error::CodedError;
+use operator_store::db::{TaskRepository, WebhookRepository};
+use operator_store::queue::{Claim, SharedQueue};
+use operator_store::storage::ArtifactStore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -39,6 +40,7 @@ pub mod events;
 pub mod guard;
 pub mod input;
 pub mod render;
+pub mod resolve;
 pub mod runner;
 pub mod source;
 pub mod steps;

@@ -11,12 +11,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use operator_shared::domain::{
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::network::NetworkPolicy;
+use operator_domain::{
     BlockableResource, ImageFormat, PaperFormat, PdfInput, ScreenshotInput, TaskSpec, Viewport,
     WaitSpec, WaitUntil,
 };
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::network::NetworkPolicy;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use operator_shared::db::{FinishOutcome, LeaseRenewal, StartOutcome, TaskRepository};
-use operator_shared::domain::{
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::network::NetworkPolicy;
+use operator_domain::{
     ArtifactId, LeaseToken, NewArtifact, TaskId, TaskOutcome, TaskRecord, TaskSpec,
 };
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::network::NetworkPolicy;
-use operator_shared::queue::{Claim, SharedQueue};
-use operator_shared::storage::ArtifactStore;
+use operator_store::db::{FinishOutcome, LeaseRenewal, StartOutcome, TaskRepository};
+use operator_store::queue::{Claim, SharedQueue};
+use operator_store::storage::ArtifactStore;
 use rand::Rng;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -268,7 +268,7 @@ impl TaskRunner {
         CodedError,
     > {
         if let Some(url) = spec.start_url() {
-            self.policy.check_url(url.as_url()).await?;
+            crate::resolve::check_url(&self.policy, url.as_url()).await?;
         }
         let policy = self.policy.clone();
         // Step outcomes go from the browser thread to a writer task that records the

@@ -14,7 +14,7 @@ use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::layers::Identity;
 use futures::future::BoxFuture;
-use operator_shared::queue::{Claim, QueueError, SharedQueue};
+use operator_store::queue::{Claim, QueueError, SharedQueue};
 use tracing::warn;
 
 /// How long one claim call waits for work before the source loops (and notices shutdown).

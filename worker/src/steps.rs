@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use operator_shared::domain::{
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::{
     BrowseInput, CookieSpec, ElementState, Extraction, PageEvent, Step, TaskKind, WaitSpec,
 };
-use operator_shared::error::{CodedError, ErrorCode};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
@@ -337,7 +337,7 @@ impl Run<'_, '_> {
         let deadline = session.step_deadline(
             extraction
                 .timeout_ms
-                .unwrap_or(operator_shared::domain::DEFAULT_STEP_TIMEOUT_MS),
+                .unwrap_or(operator_domain::DEFAULT_STEP_TIMEOUT_MS),
         );
         let fields: Option<HashMap<&String, Value>> = extraction.fields.as_ref().map(|fields| {
             fields

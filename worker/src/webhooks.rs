@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use operator_shared::config::WebhookSettings;
-use operator_shared::db::{
+use operator_config::WebhookSettings;
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::network::NetworkPolicy;
+use operator_domain::webhooks::{SigningKeys, artifact_keys, next_delay, render_body};
+use operator_store::db::{
     ClaimedDelivery, DeliveryAttempt, RecordOutcome, RepoError, Verdict, WebhookRepository, now,
 };
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::network::NetworkPolicy;
-use operator_shared::storage::ArtifactStore;
-use operator_shared::webhooks::{SigningKeys, artifact_keys, next_delay, render_body};
+use operator_store::storage::ArtifactStore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use url::{Host, Url};
@@ -218,8 +218,11 @@ impl Dispatcher {
         };
         // The system resolver has timeouts of its own, but they can add up to more than
         // a request may take: bound the lookup like the request.
-        let checked =
-            tokio::time::timeout(self.settings.request_timeout, self.policy.check_url(&url)).await;
+        let checked = tokio::time::timeout(
+            self.settings.request_timeout,
+            crate::resolve::check_url(&self.policy, &url),
+        )
+        .await;
         let Ok(checked) = checked else {
             let error = CodedError::new(
                 ErrorCode::WebhookConnectionFailed,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use operator_shared::testkit::{read_json, read_sse};
+use operator_testkit::{read_json, read_sse};
 use serde_json::json;
 
 use crate::helpers::{TestApi, spawn_api};

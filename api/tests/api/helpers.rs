@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use operator_api::{ApiServer, AppState};
-use operator_shared::config::Settings;
-use operator_shared::db::{self, TaskRepository};
-use operator_shared::domain::QueueName;
-use operator_shared::events::EventBus;
-use operator_shared::queue::database::DatabaseQueue;
-use operator_shared::queue::{QueueStats, SharedQueue};
-use operator_shared::storage::ArtifactStore;
-use operator_shared::testkit::{ApiClient, TestDatabase, embedded_settings};
+use operator_config::Settings;
+use operator_domain::QueueName;
+use operator_store::db::{self, TaskRepository};
+use operator_store::events::EventBus;
+use operator_store::queue::database::DatabaseQueue;
+use operator_store::queue::{QueueStats, SharedQueue};
+use operator_store::storage::ArtifactStore;
+use operator_testkit::{ApiClient, TestDatabase, embedded_settings};
 use tokio::sync::oneshot;
 
 pub struct TestApi {

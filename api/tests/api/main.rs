@@ -7,7 +7,7 @@ mod queue;
 mod webhooks;
 
 use helpers::{spawn_api, spawn_api_with};
-use operator_shared::testkit::read_json;
+use operator_testkit::read_json;
 use serde_json::json;
 
 #[tokio::test]

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use operator_shared::domain::{LeaseToken, QueueName, TaskId, TaskOutcome};
-use operator_shared::error::{CodedError, ErrorCode};
-use operator_shared::queue::Claim;
-use operator_shared::testkit::read_json;
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::{LeaseToken, QueueName, TaskId, TaskOutcome};
+use operator_store::queue::Claim;
+use operator_testkit::read_json;
 use serde_json::{Value, json};
 
 use crate::helpers::spawn_api;

@@ -1,7 +1,7 @@
 //! `/v1/webhooks` over HTTP: endpoints' life cycle, secrets and their rotation, the
 //! tenant's signing key, and a clear 4xx code for every bad input.
 
-use operator_shared::testkit::read_json;
+use operator_testkit::read_json;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApi, spawn_api, spawn_api_with};

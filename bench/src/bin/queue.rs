@@ -42,7 +42,7 @@ struct Arguments {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    operator_shared::install_crypto_provider();
+    operator_store::install_crypto_provider();
     let arguments = Arguments::parse();
     let mut options = if arguments.quick {
         Options::quick()

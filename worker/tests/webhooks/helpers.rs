@@ -1,17 +1,17 @@
 //! A database with a finished task whose deliveries wait in the outbox, and dispatchers
 //! built the way the worker builds them.
 
-use operator_shared::testkit::screenshot_task;
+use operator_testkit::screenshot_task;
 use std::time::Duration;
 
-use operator_shared::config::WebhookSettings;
-use operator_shared::db::{
+use operator_config::WebhookSettings;
+use operator_domain::network::NetworkPolicy;
+use operator_domain::{LeaseToken, NewTask, TaskOutcome, TaskRecord, TenantId};
+use operator_store::db::{
     self, Delivery, DeliveryFilter, FinishOutcome, NewEndpoint, StartOutcome, TaskRepository,
     WebhookRepository,
 };
-use operator_shared::domain::{LeaseToken, NewTask, TaskOutcome, TaskRecord, TenantId};
-use operator_shared::network::NetworkPolicy;
-use operator_shared::testkit::TestDatabase;
+use operator_testkit::TestDatabase;
 use operator_worker::webhooks::Dispatcher;
 use serde_json::json;
 
@@ -65,7 +65,7 @@ pub fn dispatcher(
 }
 
 impl Fixture {
-    pub async fn endpoint(&self, url: &str) -> operator_shared::db::WebhookEndpoint {
+    pub async fn endpoint(&self, url: &str) -> operator_store::db::WebhookEndpoint {
         self.webhooks
             .create_endpoint(NewEndpoint {
                 tenant: self.tenant.clone(),

@@ -7,12 +7,12 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::{Fixture, dispatcher, fixture, loopback_policy, quick_settings};
-use operator_shared::db::DeliveryState;
-use operator_shared::domain::TaskState;
-use operator_shared::error::ErrorCode;
-use operator_shared::network::NetworkPolicy;
-use operator_shared::testkit::{ReceivedRequest, TestDatabase, WebhookReceiver, free_port};
-use operator_shared::webhooks::SigningSecret;
+use operator_domain::TaskState;
+use operator_domain::error::ErrorCode;
+use operator_domain::network::NetworkPolicy;
+use operator_domain::webhooks::SigningSecret;
+use operator_store::db::DeliveryState;
+use operator_testkit::{ReceivedRequest, TestDatabase, WebhookReceiver, free_port};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -240,7 +240,7 @@ async fn a_dead_dispatchers_delivery_is_sent_by_another_postgres() {
 async fn a_dispatcher_killed_mid_request_is_replaced(fixture: Fixture) {
     let receiver = WebhookReceiver::start(vec![0]).await;
     let task = fixture.finished_task(Some(&receiver.url)).await;
-    let settings = operator_shared::config::WebhookSettings {
+    let settings = operator_config::WebhookSettings {
         request_timeout: Duration::from_secs(2),
         lease_ttl: Duration::from_secs(3),
         ..quick_settings()

@@ -1,0 +1,957 @@
+//! Settings: one typed tree, layered defaults → optional TOML file → environment.
+//!
+//! Environment variables are `OPERATOR_<SECTION>__<KEY>` (`__` nests), e.g.
+//! `OPERATOR_SERVER__PORT=9000`, `OPERATOR_NETWORK__ALLOW=10.0.0.0/8,intranet.example`.
+//! The conventional names `DATABASE_URL`, `REDIS_URL`, `STORAGE_URL`, `CHROME_PATH`,
+//! `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_REGION` are
+//! honoured too and win over the `OPERATOR_*` forms.
+//!
+//! The loader takes the environment as a map, so tests build settings without touching
+//! the process environment. Settings are read once at start-up; anything invalid stops
+//! start-up with a message naming the setting.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use operator_domain::network::{NetworkPolicy, PolicyParseError};
+
+/// The environment variable that names an optional settings file.
+pub const CONFIG_FILE_ENV: &str = "OPERATOR_CONFIG_FILE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {setting}: {problem}")]
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
+    #[error("cannot read settings file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded defaults keep their files (SQLite database, artifacts).
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub queue: QueueSettings,
+    pub storage: StorageSettings,
+    pub browser: BrowserSettings,
+    pub worker: WorkerSettings,
+    pub scheduler: SchedulerSettings,
+    pub tasks: TaskSettings,
+    pub network: NetworkSettings,
+    pub webhooks: WebhookSettings,
+    pub events: EventSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            redis: RedisSettings::default(),
+            queue: QueueSettings::default(),
+            storage: StorageSettings::default(),
+            browser: BrowserSettings::default(),
+            worker: WorkerSettings::default(),
+            scheduler: SchedulerSettings::default(),
+            tasks: TaskSettings::default(),
+            network: NetworkSettings::default(),
+            webhooks: WebhookSettings::default(),
+            events: EventSettings::default(),
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Loopback by default: the API has no authentication yet, so it is not exposed
+    /// unless the operator binds a public address on purpose (the Helm chart does).
+    pub host: String,
+    pub port: u16,
+    /// The address clients use to reach the API, for links in responses; derived from
+    /// host and port when absent.
+    pub public_url: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long the one-call endpoints (`POST /v1/screenshot`, ...) wait for their task
+    /// before answering `202` with the task instead. Bounded so a slow queue cannot hold
+    /// connections open indefinitely.
+    #[serde(with = "humantime_serde")]
+    pub sync_wait: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            public_url: None,
+            max_body_bytes: 256 * 1024,
+            sync_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`; `sqlite://<data_dir>/operator.db` when absent.
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://…` or `rediss://…`. When set, the queue runs on Redis.
+    pub url: Option<SecretString>,
+    /// Every key lives under `{<key_prefix>}:…` (one hash slot, so Lua scripts work on a cluster).
+    pub key_prefix: String,
+    /// How long a Redis command may take before it fails (and the caller falls back).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "operator".into(),
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueBackendKind {
+    /// Redis when `redis.url` is set, the database otherwise.
+    Auto,
+    Redis,
+    /// The embedded queue: a table in the task database.
+    Database,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    pub backend: QueueBackendKind,
+    /// How long a claim lasts without a heartbeat; a worker that dies loses its tasks
+    /// to another worker after at most this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the database queue looks for work written by other processes (work
+    /// enqueued in-process wakes workers at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long the API waits for the queue when dispatching a new task; past it the
+    /// task stays committed and the reconciler dispatches it later.
+    #[serde(with = "humantime_serde")]
+    pub dispatch_timeout: Duration,
+    /// Most tasks of one tenant running at once in one queue, across all workers;
+    /// 0 = no limit.
+    pub tenant_concurrency: u32,
+    /// Most tasks of one queue running at once across all workers and tenants, for a
+    /// queue without a `concurrency_limit` of its own (`PUT /v1/queues/{name}`);
+    /// 0 = no limit.
+    pub global_concurrency: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            backend: QueueBackendKind::Auto,
+            lease_ttl: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            dispatch_timeout: Duration::from_secs(1),
+            tenant_concurrency: 0,
+            global_concurrency: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `file:///abs/dir`, `file://./rel/dir`, `s3://bucket[/prefix]` or `memory://`;
+    /// `<data_dir>/artifacts` when absent.
+    pub url: Option<String>,
+    /// S3 endpoint for S3-compatible servers (MinIO, s3s, R2…); AWS when absent.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+    /// Path-style requests (`endpoint/bucket/key`), which most S3-compatible servers need.
+    pub path_style: bool,
+    /// Allow a plain-http endpoint (local S3-compatible servers).
+    pub allow_http: bool,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: true,
+            allow_http: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrowserSettings {
+    /// The Chromium binary; searched on PATH (`chromium`, `chromium-browser`,
+    /// `google-chrome`) when absent.
+    pub chrome_path: Option<PathBuf>,
+    /// Chromium refuses to start its sandbox as root; `auto` turns it off only then.
+    pub sandbox: SandboxMode,
+    /// Extra Chromium command-line flags.
+    pub extra_args: Vec<String>,
+    /// Upper bound for any single browser call, so a hung renderer cannot stall a worker.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub launch_timeout: Duration,
+    /// Browsers per worker process (at least 1). The worker's concurrent tasks are
+    /// spread over them, each task on the least busy one: `worker.concurrency` 8 with 2
+    /// browsers runs about 4 pages in each. More browsers cost memory and isolate
+    /// crashes: a browser that dies takes only its own tasks down.
+    pub browsers: usize,
+    /// A browser is replaced after this many tasks (0: never), so that leaks in a
+    /// long-lived Chromium (memory, handles) cannot accumulate.
+    pub recycle_after: u64,
+    /// A browser is also replaced once its processes together hold more than this much
+    /// memory (MiB of proportional set size, each shared page counted once; 0: never).
+    /// Measured when a task takes the browser, at most once a second, and only after
+    /// the browser has served a task: a new browser always gets its first task.
+    pub recycle_above_mb: u64,
+    /// Blank pages (each in a fresh context) kept open ahead of tasks; opening one costs
+    /// about half a second of a task's latency. Each holds a renderer process.
+    pub spare_pages: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl Default for BrowserSettings {
+    fn default() -> Self {
+        Self {
+            chrome_path: None,
+            sandbox: SandboxMode::Auto,
+            extra_args: Vec::new(),
+            call_timeout: Duration::from_secs(30),
+            launch_timeout: Duration::from_secs(20),
+            browsers: 1,
+            recycle_after: 200,
+            recycle_above_mb: 2048,
+            spare_pages: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Tasks one worker process runs at once.
+    pub concurrency: usize,
+    /// This worker's name in attempts and logs; `<hostname>-<pid>` when absent.
+    pub id: Option<String>,
+    /// The queues this worker takes tasks from (`OPERATOR_WORKER__QUEUES=default,pdf`),
+    /// or `*` for every queue, including ones created while it runs. The highest
+    /// priority ready in any of them goes first; queues with the same priority ready
+    /// take turns.
+    pub queues: Vec<String>,
+    /// On shutdown, how long running tasks may take to finish before their leases are
+    /// handed back to the queue.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            id: None,
+            queues: vec![ALL_QUEUES.to_owned()],
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `worker.queues` meaning every queue.
+pub const ALL_QUEUES: &str = "*";
+
+/// Which queues a worker takes tasks from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServedQueues {
+    /// Every queue that exists, followed as queues are created.
+    All,
+    Only(Vec<operator_domain::QueueName>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// How often the reconciler compares the database with the queue.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// A queued task younger than this is left alone by the reconciler: its dispatch
+    /// may still be in flight.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_grace: Duration,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            reconcile_interval: Duration::from_secs(10),
+            reconcile_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskSettings {
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    pub default_max_attempts: u32,
+    pub max_attempts_limit: u32,
+    /// First retry delay; doubles per attempt, with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(60),
+            max_timeout: Duration::from_secs(600),
+            default_max_attempts: 3,
+            max_attempts_limit: 10,
+            retry_base_delay: Duration::from_secs(2),
+            retry_max_delay: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Hosts (`intranet.example`, `*.corp.example`) and networks (`10.0.0.0/8`) that
+    /// browsers may reach even though they are private, loopback or link-local.
+    pub allow: Vec<String>,
+    /// Turns the private-address guard off entirely (trusted networks only).
+    pub allow_private: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Whether worker processes run the webhook dispatcher.
+    pub dispatcher: bool,
+    /// Delays before the 2nd, 3rd… attempt of a delivery (each jittered by ±20%); after
+    /// the last one the delivery has failed. The default spans about a day and a half.
+    pub retry_schedule: Vec<humantime_serde::Serde<Duration>>,
+    /// How long a receiver may take to answer one attempt.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How much of a receiver's answer is kept with the attempt.
+    pub response_excerpt_bytes: usize,
+    /// An endpoint whose every delivery has failed for this long is disabled.
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+    /// How long a dispatcher holds a claimed delivery; if it dies, another dispatcher
+    /// sends the delivery after at most this long. Longer than `request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often an idle dispatcher looks for due deliveries.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Deliveries one dispatcher sends at once.
+    pub concurrency: usize,
+    /// How long a rotated-out secret keeps signing, unless the rotation says otherwise.
+    #[serde(with = "humantime_serde")]
+    pub rotation_overlap: Duration,
+    /// How long the presigned S3 `download_url`s in payloads stay valid (at most 7
+    /// days, S3's limit); zero leaves them out.
+    #[serde(with = "humantime_serde")]
+    pub artifact_url_ttl: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let minutes = |count: u64| Duration::from_secs(count * 60);
+        let hours = |count: u64| Duration::from_secs(count * 3600);
+        Self {
+            dispatcher: true,
+            retry_schedule: [
+                Duration::from_secs(5),
+                minutes(5),
+                minutes(30),
+                hours(2),
+                hours(5),
+                hours(10),
+                hours(14),
+            ]
+            .into_iter()
+            .map(humantime_serde::Serde::from)
+            .collect(),
+            request_timeout: Duration::from_secs(10),
+            response_excerpt_bytes: 1024,
+            disable_after: hours(5 * 24),
+            lease_ttl: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            concurrency: 8,
+            rotation_overlap: hours(24),
+            artifact_url_ttl: hours(24),
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The retry schedule as plain durations.
+    pub fn retry_delays(&self) -> Vec<Duration> {
+        self.retry_schedule.iter().map(|delay| **delay).collect()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// How often a live-event stream re-reads the task's events even without a notice:
+    /// the bound on latency when a notice is lost (Redis pub/sub does not retry) or when
+    /// processes share no bus (separate processes without Redis).
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
+    /// How often an idle stream sends a keep-alive, so proxies do not close it.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            resync_interval: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `tracing` filter directives; `RUST_LOG` wins when set.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    /// OTLP/HTTP traces endpoint (e.g. `http://collector:4318/v1/traces`); traces are
+    /// exported only when set.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_filter: "info,sqlx=warn,sea_orm=warn,tungstenite=warn".into(),
+            log_format: LogFormat::Pretty,
+            otlp_endpoint: None,
+            service_name: "operator".into(),
+        }
+    }
+}
+
+/// Conventional variable names and the setting each one fills.
+const CONVENTIONAL_ENV: [(&str, &str); 8] = [
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("STORAGE_URL", "storage.url"),
+    ("CHROME_PATH", "browser.chrome_path"),
+    ("AWS_ENDPOINT_URL", "storage.endpoint"),
+    ("AWS_ACCESS_KEY_ID", "storage.access_key_id"),
+    ("AWS_SECRET_ACCESS_KEY", "storage.secret_access_key"),
+    ("AWS_REGION", "storage.region"),
+];
+
+/// Top-level settings that are plain values (not sections), settable as `OPERATOR_<KEY>`.
+const TOP_LEVEL_SETTINGS: [&str; 1] = ["DATA_DIR"];
+
+/// Whether an environment variable is a setting: `OPERATOR_<SECTION>__<KEY>`, or a
+/// known top-level `OPERATOR_<KEY>`.
+///
+/// Other `OPERATOR_*` names are left alone rather than refused: Kubernetes injects
+/// `OPERATOR_PORT`, `OPERATOR_SERVICE_HOST`… into every pod when a Service is named
+/// `operator`, and those must not stop start-up. `OPERATOR_CONFIG_FILE` names the file.
+fn is_setting_variable(name: &str) -> bool {
+    match name.strip_prefix("OPERATOR_") {
+        Some(rest) => rest.contains("__") || TOP_LEVEL_SETTINGS.contains(&rest),
+        None => false,
+    }
+}
+
+/// Settings whose values are lists, split on commas in the environment.
+const LIST_SETTINGS: [&str; 4] = [
+    "network.allow",
+    "worker.queues",
+    "browser.extra_args",
+    "webhooks.retry_schedule",
+];
+
+impl Settings {
+    /// Loads settings from the optional file and the given environment, then validates them.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get(CONFIG_FILE_ENV).map(PathBuf::from));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+                path: path.clone(),
+                source,
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+
+        let operator_env: HashMap<String, String> = env
+            .iter()
+            .filter(|(key, _)| is_setting_variable(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let mut environment = config::Environment::with_prefix("OPERATOR")
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true)
+            .source(Some(operator_env));
+        for key in LIST_SETTINGS {
+            environment = environment.with_list_parse_key(key);
+        }
+        builder = builder.add_source(environment);
+
+        for (variable, setting) in CONVENTIONAL_ENV {
+            if let Some(value) = env.get(variable).filter(|value| !value.is_empty()) {
+                builder = builder.set_override(setting, value.as_str())?;
+            }
+        }
+
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let database_url = self.database_url();
+        if !(database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+            || database_url.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if let Some(url) = &self.redis.url {
+            let url = url.expose_secret();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+        }
+        if !self
+            .redis
+            .key_prefix
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b':' | b'.'))
+            || self.redis.key_prefix.is_empty()
+        {
+            return Err(invalid(
+                "redis.key_prefix",
+                "must be non-empty and use only letters, digits, '-', '_', ':' and '.'",
+            ));
+        }
+        if self.queue.backend == QueueBackendKind::Redis && self.redis.url.is_none() {
+            return Err(invalid(
+                "queue.backend",
+                "is redis but redis.url is not set",
+            ));
+        }
+        if self.queue.lease_ttl < Duration::from_secs(2) {
+            return Err(invalid("queue.lease_ttl", "must be at least 2s"));
+        }
+        let storage_url = self.storage_url();
+        if !["file://", "s3://", "memory://"]
+            .iter()
+            .any(|scheme| storage_url.starts_with(scheme))
+        {
+            return Err(invalid(
+                "storage.url",
+                format!("{storage_url:?} must start with file://, s3:// or memory://"),
+            ));
+        }
+        if storage_url.starts_with("s3://") {
+            let bucket = storage_url
+                .trim_start_matches("s3://")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if bucket.is_empty() {
+                return Err(invalid("storage.url", "s3:// URL names no bucket"));
+            }
+            if self.storage.access_key_id.is_some() != self.storage.secret_access_key.is_some() {
+                return Err(invalid(
+                    "storage.secret_access_key",
+                    "access_key_id and secret_access_key must be set together",
+                ));
+            }
+        }
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.worker.queues.is_empty() {
+            return Err(invalid(
+                "worker.queues",
+                "must name at least one queue, or *",
+            ));
+        }
+        if self.worker.queues.len() > 1 && self.worker.queues.iter().any(|name| name == ALL_QUEUES)
+        {
+            return Err(invalid(
+                "worker.queues",
+                "* stands alone: it already means every queue",
+            ));
+        }
+        if let Some(problem) = self
+            .worker
+            .queues
+            .iter()
+            .filter(|name| *name != ALL_QUEUES)
+            .find_map(|name| operator_domain::QueueName::parse(name).err())
+        {
+            return Err(invalid("worker.queues", problem.to_string()));
+        }
+        if self.tasks.default_timeout > self.tasks.max_timeout {
+            return Err(invalid(
+                "tasks.default_timeout",
+                "must not exceed tasks.max_timeout",
+            ));
+        }
+        if self.tasks.default_max_attempts == 0
+            || self.tasks.default_max_attempts > self.tasks.max_attempts_limit
+        {
+            return Err(invalid(
+                "tasks.default_max_attempts",
+                "must be between 1 and tasks.max_attempts_limit",
+            ));
+        }
+        self.network_policy()
+            .map_err(|error: PolicyParseError| invalid("network.allow", error.to_string()))?;
+        if self.webhooks.lease_ttl <= self.webhooks.request_timeout {
+            return Err(invalid(
+                "webhooks.lease_ttl",
+                "must be longer than webhooks.request_timeout",
+            ));
+        }
+        if self.webhooks.artifact_url_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(invalid(
+                "webhooks.artifact_url_ttl",
+                "must be at most 7 days (the longest S3 presigned URL)",
+            ));
+        }
+        if self.webhooks.concurrency == 0 {
+            return Err(invalid("webhooks.concurrency", "must be at least 1"));
+        }
+        if self
+            .telemetry
+            .log_filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "telemetry.log_filter",
+                "is not a valid tracing filter",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.expose_secret().to_owned(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("operator.db").display()
+            ),
+        }
+    }
+
+    /// The storage URL in effect.
+    pub fn storage_url(&self) -> String {
+        match &self.storage.url {
+            Some(url) => url.clone(),
+            None => format!("file://{}", self.data_dir.join("artifacts").display()),
+        }
+    }
+
+    /// The queues this process's worker takes tasks from.
+    pub fn served_queues(&self) -> ServedQueues {
+        if self.worker.queues.iter().any(|name| name == ALL_QUEUES) {
+            return ServedQueues::All;
+        }
+        ServedQueues::Only(
+            self.worker
+                .queues
+                .iter()
+                .filter_map(|name| operator_domain::QueueName::parse(name).ok())
+                .collect(),
+        )
+    }
+
+    /// The queue backend in effect, once `auto` is resolved.
+    pub fn queue_backend(&self) -> QueueBackendKind {
+        match self.queue.backend {
+            QueueBackendKind::Auto if self.redis.url.is_some() => QueueBackendKind::Redis,
+            QueueBackendKind::Auto => QueueBackendKind::Database,
+            chosen => chosen,
+        }
+    }
+
+    pub fn network_policy(&self) -> Result<NetworkPolicy, PolicyParseError> {
+        NetworkPolicy::parse(&self.network.allow, self.network.allow_private)
+    }
+
+    /// The address clients use to reach the API, given the port it is bound to.
+    pub fn public_url(&self, bound_port: u16) -> String {
+        match &self.server.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let host = match self.server.host.as_str() {
+                    "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+                    host => host,
+                };
+                format!("http://{host}:{bound_port}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let settings = Settings::load(None, &HashMap::new()).expect("defaults are valid");
+        assert_eq!(
+            settings.database_url(),
+            "sqlite://./data/operator.db?mode=rwc"
+        );
+        assert_eq!(settings.storage_url(), "file://./data/artifacts");
+        assert_eq!(settings.queue_backend(), QueueBackendKind::Database);
+        assert_eq!(settings.server.port, 8080);
+    }
+
+    #[test]
+    fn operator_variables_nest_with_double_underscores() {
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("OPERATOR_SERVER__PORT", "9001"),
+                ("OPERATOR_QUEUE__LEASE_TTL", "45s"),
+                ("OPERATOR_NETWORK__ALLOW", "10.0.0.0/8,intranet.example"),
+                ("OPERATOR_DATA_DIR", "/var/lib/operator"),
+                ("UNRELATED", "ignored"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(settings.server.port, 9001);
+        assert_eq!(settings.queue.lease_ttl, Duration::from_secs(45));
+        assert_eq!(
+            settings.network.allow,
+            vec!["10.0.0.0/8", "intranet.example"]
+        );
+        assert_eq!(settings.storage_url(), "file:///var/lib/operator/artifacts");
+    }
+
+    #[test]
+    fn the_webhook_retry_schedule_is_a_list_of_durations() {
+        let defaults = Settings::load(None, &HashMap::new()).expect("defaults");
+        assert_eq!(defaults.webhooks.retry_delays().len(), 7);
+        let settings = Settings::load(
+            None,
+            &env(&[("OPERATOR_WEBHOOKS__RETRY_SCHEDULE", "100ms,1s,2m")]),
+        )
+        .expect("valid");
+        assert_eq!(
+            settings.webhooks.retry_delays(),
+            vec![
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+                Duration::from_secs(120)
+            ]
+        );
+    }
+
+    #[test]
+    fn conventional_variables_select_the_distributed_setup() {
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://db/operator"),
+                ("REDIS_URL", "redis://cache:6379"),
+                ("STORAGE_URL", "s3://artifacts/prod"),
+                ("AWS_ACCESS_KEY_ID", "key"),
+                ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(settings.queue_backend(), QueueBackendKind::Redis);
+        assert_eq!(settings.database_url(), "postgres://db/operator");
+        assert_eq!(settings.storage_url(), "s3://artifacts/prod");
+    }
+
+    #[test]
+    fn the_file_layer_sits_between_defaults_and_environment() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("operator.toml");
+        std::fs::write(
+            &path,
+            "[server]\nport = 7000\nhost = \"0.0.0.0\"\n[worker]\nconcurrency = 2\n",
+        )
+        .expect("write");
+        let settings =
+            Settings::load(Some(&path), &env(&[("OPERATOR_SERVER__PORT", "7001")])).expect("valid");
+        assert_eq!(settings.server.port, 7001, "environment wins over the file");
+        assert_eq!(
+            settings.server.host, "0.0.0.0",
+            "the file wins over defaults"
+        );
+        assert_eq!(settings.worker.concurrency, 2);
+    }
+
+    #[test]
+    fn a_worker_serves_the_queues_listed() {
+        let default = Settings::load(None, &env(&[])).expect("valid");
+        assert_eq!(default.served_queues(), ServedQueues::All);
+        let listed = Settings::load(
+            None,
+            &env(&[("OPERATOR_WORKER__QUEUES", "reports,default")]),
+        )
+        .expect("valid");
+        let name = |text: &str| operator_domain::QueueName::parse(text).expect("name");
+        assert_eq!(
+            listed.served_queues(),
+            ServedQueues::Only(vec![name("reports"), name("default")])
+        );
+        let refused = |value: &str| {
+            Settings::load(None, &env(&[("OPERATOR_WORKER__QUEUES", value)]))
+                .expect_err("refused")
+                .to_string()
+        };
+        let message = refused("Reports");
+        assert!(
+            message.contains("worker.queues") && message.contains("queue name"),
+            "{message}"
+        );
+        assert!(refused("*,default").contains("stands alone"));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let message = |pairs: &[(&str, &str)]| {
+            Settings::load(None, &env(pairs))
+                .expect_err("must be refused")
+                .to_string()
+        };
+        assert!(message(&[("OPERATOR_SERVER__PORT", "eighty")]).contains("server.port"));
+        assert!(message(&[("STORAGE_URL", "ftp://x")]).contains("storage.url"));
+        assert!(message(&[("OPERATOR_QUEUE__BACKEND", "redis")]).contains("queue.backend"));
+        assert!(message(&[("OPERATOR_NETWORK__ALLOW", "10.0.0.0/99")]).contains("network.allow"));
+        assert!(message(&[("OPERATOR_WORKER__CONCURENCY", "3")]).contains("concurency"));
+        assert!(message(&[("DATABASE_URL", "mysql://x")]).contains("database.url"));
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_settings() {
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("OPERATOR_PORT", "tcp://10.0.0.7:8080"),
+                ("OPERATOR_SERVICE_HOST", "10.0.0.7"),
+                ("OPERATOR_PORT_8080_TCP_ADDR", "10.0.0.7"),
+                ("OPERATOR_CONFIG_FILE_UNUSED", "x"),
+            ]),
+        )
+        .expect("service-link variables are ignored");
+        assert_eq!(settings.server.port, 8080);
+    }
+}

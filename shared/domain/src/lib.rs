@@ -1,0 +1,45 @@
+//! OperatorNext's domain: the types every role agrees on, with no I/O (no database,
+//! network or runtime dependency), so each can be tested alone.
+//!
+//! - `ids` (re-exported): task, artifact, tenant and queue ids and lease tokens.
+//! - `spec` and `steps` (re-exported): task kinds, their validated inputs, the step
+//!   language.
+//! - `state` (re-exported): the task state machine and its checked transitions.
+//! - `task` (re-exported): tasks, attempts, artifacts and events as records.
+//! - [`queue`]: a named queue's controls.
+//! - [`error`]: the stable machine-readable error codes.
+//! - [`network`]: the policy deciding which addresses browsers and webhooks may reach
+//!   (the DNS look-up itself is the worker's).
+//! - [`webhooks`]: event types, signing secrets, Standard Webhooks signatures, the
+//!   retry schedule, payloads.
+
+mod ids;
+mod spec;
+mod state;
+mod steps;
+mod task;
+
+pub mod error;
+pub mod network;
+pub mod queue;
+pub mod webhooks;
+
+pub use queue::QueueControls;
+
+pub use ids::{
+    ArtifactId, DEFAULT_QUEUE, DEFAULT_TENANT, InvalidQueueName, InvalidTenantId, LeaseToken,
+    QueueName, TaskId, TenantId,
+};
+pub use spec::{
+    CssLength, ImageFormat, MAX_URL_LENGTH, PaperFormat, PaperGeometry, PdfInput, PdfMargins,
+    Priority, ScreenshotInput, TargetUrl, TaskKind, TaskSpec, Viewport, WaitSpec, WaitUntil,
+};
+pub use state::{InvalidTransition, TaskState, UnknownState};
+pub use steps::{
+    BlockableResource, BrowseInput, CookieSpec, DEFAULT_STEP_TIMEOUT_MS, ElementState, ExtractWhat,
+    Extraction, FieldDetail, FieldSpec, PageEvent, Step,
+};
+pub use task::{
+    ArtifactRecord, AttemptOutcome, AttemptRecord, NewArtifact, NewTask, TaskEvent, TaskFilter,
+    TaskOutcome, TaskRecord,
+};

@@ -1,0 +1,91 @@
+//! Persistence: the connection, the sea-orm entities, the task repository (the only
+//! code that reads or writes task rows) and the webhook repository (endpoints, signing
+//! keys, the delivery outbox).
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+use operator_config::Settings;
+
+mod coalesce;
+pub mod entities;
+mod one_statement;
+mod repo;
+mod webhooks;
+
+pub use repo::{
+    CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, QueueRecord, RedriveOutcome,
+    RepoError, StartOutcome, Submitted, TaskRepository, now,
+};
+pub use webhooks::{
+    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryState, EndpointUpdate,
+    NewEndpoint, RecordOutcome, TenantSigningKey, Verdict, WebhookEndpoint, WebhookRepository,
+};
+
+/// Opens the database named by the settings.
+///
+/// SQLite gets one connection: with WAL, a transaction that reads and then writes fails
+/// with `SQLITE_BUSY_SNAPSHOT` (no retry) when another connection wrote in between, and
+/// one connection makes that impossible. The embedded setup is for one process, where a
+/// single writer is what SQLite does best anyway.
+pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
+    let url = settings.database_url();
+    connect_url(
+        &url,
+        settings.database.max_connections,
+        settings.database.connect_timeout,
+    )
+    .await
+}
+
+pub async fn connect_url(
+    url: &str,
+    max_connections: u32,
+    connect_timeout: Duration,
+) -> Result<DatabaseConnection, DbErr> {
+    let is_sqlite = url.starts_with("sqlite:");
+    if is_sqlite {
+        create_sqlite_parent_directory(url)?;
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .connect_timeout(connect_timeout)
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    if is_sqlite {
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .map_sqlx_sqlite_opts(|sqlite| {
+                sqlite
+                    .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+    } else {
+        options.max_connections(max_connections).min_connections(1);
+    }
+    Database::connect(options).await
+}
+
+fn create_sqlite_parent_directory(url: &str) -> Result<(), DbErr> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|error| {
+            DbErr::Custom(format!("cannot create {}: {error}", parent.display()))
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! OperatorNext's adapters to the outside state: everything that reads or writes the
+//! database, Redis or object storage.
+//!
+//! - [`db`]: the connection, the sea-orm entities, the task repository (the only code
+//!   that writes task rows) and the webhook repository (endpoints, keys, outbox).
+//! - [`queue`]: the dispatch queue trait with its Redis and embedded (database)
+//!   backends.
+//! - [`events`]: the live-event bus (in-process, Redis pub/sub).
+//! - [`task_stream`]: one task's event stream, from the table and the bus.
+//! - [`storage`]: artifact storage over object_store (local files, S3, memory).
+//!
+//! The types it stores are `operator_domain`'s; its settings are `operator_config`'s.
+
+pub mod db;
+pub mod events;
+pub mod queue;
+pub mod storage;
+pub mod task_stream;
+
+/// Installs the process-wide TLS crypto provider.
+///
+/// sqlx brings rustls with ring, object_store and reqwest bring aws-lc-rs; with two
+/// providers compiled in, rustls refuses to pick one and TLS set-up panics. Call this
+/// first thing in `main` (and in tests that open TLS connections). Idempotent.
+pub fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

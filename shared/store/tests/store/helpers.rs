@@ -1,0 +1,77 @@
+//! Per-test backends on the real services.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use operator_domain::QueueName;
+use operator_store::db::{self, TaskRepository};
+use operator_store::queue::database::DatabaseQueue;
+use operator_store::queue::redis::RedisQueue;
+use operator_store::queue::{QueueLimits, SharedQueue};
+use operator_testkit::{RedisPrefix, TestDatabase};
+
+/// A queue backend for one test, with the guards that clean up after it.
+pub struct QueueUnderTest {
+    queue: SharedQueue,
+    _redis: Option<RedisPrefix>,
+    _database: Option<TestDatabase>,
+}
+
+impl QueueUnderTest {
+    pub fn queue(&self) -> SharedQueue {
+        SharedQueue::clone(&self.queue)
+    }
+}
+
+/// Claims of the queues under test take from `serves`.
+pub async fn redis_queue(limits: QueueLimits, serves: Vec<QueueName>) -> QueueUnderTest {
+    let prefix = RedisPrefix::new();
+    let redis = RedisQueue::connect(prefix.settings())
+        .await
+        .expect("Redis is reachable (run scripts/services.sh)")
+        .with_limits(limits)
+        .serving(serves);
+    QueueUnderTest {
+        queue: Arc::new(redis),
+        _redis: Some(prefix),
+        _database: None,
+    }
+}
+
+async fn database_queue(
+    database: TestDatabase,
+    limits: QueueLimits,
+    serves: Vec<QueueName>,
+) -> QueueUnderTest {
+    let connection = db::connect_url(database.url(), 4, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    QueueUnderTest {
+        queue: Arc::new(
+            DatabaseQueue::new(connection, Duration::from_millis(50))
+                .with_limits(limits)
+                .serving(serves),
+        ),
+        _redis: None,
+        _database: Some(database),
+    }
+}
+
+pub async fn database_queue_sqlite(limits: QueueLimits, serves: Vec<QueueName>) -> QueueUnderTest {
+    database_queue(TestDatabase::sqlite().await, limits, serves).await
+}
+
+pub async fn database_queue_postgres(
+    limits: QueueLimits,
+    serves: Vec<QueueName>,
+) -> QueueUnderTest {
+    database_queue(TestDatabase::postgres().await, limits, serves).await
+}
+
+/// A repository on a fresh database; keep the `TestDatabase` alive for the test.
+pub async fn repository(database: &TestDatabase) -> TaskRepository {
+    let connection = db::connect_url(database.url(), 4, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    TaskRepository::new(connection)
+}
