@@ -58,7 +58,7 @@ impl Scheduler {
 
     /// One pass over the database: puts back on the queue what it should hold.
     pub async fn reconcile_once(&self) -> Result<ReconcileReport, SchedulerError> {
-        let queued_before = Utc::now() - chrono::Duration::from_std(self.grace).unwrap_or_default();
+        let queued_before = operator_domain::time::earlier(Utc::now(), self.grace);
         // The database queue reads its controls from the same rows: nothing to re-apply,
         // and writing them back could undo a pause made since they were read.
         if self.queue.backend() != "database" {

@@ -189,9 +189,7 @@ impl Dispatcher {
         };
         let retry_or_fail =
             || match next_delay(&self.settings.retry_delays(), delivery.attempts + 1) {
-                Some(delay) => Verdict::Retry(
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-                ),
+                Some(delay) => Verdict::Retry(operator_domain::time::later(Utc::now(), delay)),
                 None => Verdict::Failed,
             };
 

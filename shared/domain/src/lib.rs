@@ -8,6 +8,7 @@
 //! - `task` (re-exported): tasks, attempts, artifacts and events as records.
 //! - [`queue`]: a named queue's controls.
 //! - [`error`]: the stable machine-readable error codes.
+//! - [`time`]: instants a duration away, saturating rather than wrapping to zero.
 //! - [`network`]: the policy deciding which addresses browsers and webhooks may reach
 //!   (the DNS look-up itself is the worker's).
 //! - [`webhooks`]: event types, signing secrets, Standard Webhooks signatures, the
@@ -22,6 +23,7 @@ mod task;
 pub mod error;
 pub mod network;
 pub mod queue;
+pub mod time;
 pub mod webhooks;
 
 pub use queue::QueueControls;

@@ -123,7 +123,10 @@ fn to_queue(row: queue::Model) -> Result<QueueRecord, RepoError> {
         name: QueueName::parse(&row.name).map_err(|error| RepoError::Corrupt(error.to_string()))?,
         controls: QueueControls {
             paused: row.paused,
-            concurrency_limit: row.concurrency_limit.map(to_u32),
+            concurrency_limit: row
+                .concurrency_limit
+                .map(|limit| to_u32("concurrency_limit", limit))
+                .transpose()?,
         },
         updated_at: row.updated_at,
     })
@@ -1189,18 +1192,19 @@ impl TaskRepository {
             .order_by_asc(task_attempt::Column::Attempt)
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| AttemptRecord {
-                task_id: TaskId::from(row.task_id),
-                attempt: to_u32(row.attempt),
-                worker_id: row.worker_id,
-                started_at: row.started_at,
-                finished_at: row.finished_at,
-                outcome: row.outcome,
-                error: coded_error(row.error_code, row.error_message),
+        rows.into_iter()
+            .map(|row| {
+                Ok(AttemptRecord {
+                    task_id: TaskId::from(row.task_id),
+                    attempt: to_u32("attempt", row.attempt)?,
+                    worker_id: row.worker_id,
+                    started_at: row.started_at,
+                    finished_at: row.finished_at,
+                    outcome: row.outcome,
+                    error: coded_error(row.error_code, row.error_message),
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub async fn artifacts(
@@ -1520,18 +1524,17 @@ fn to_record(row: task::Model) -> Result<TaskRecord, RepoError> {
         state: TaskState::parse(&row.state).map_err(|error| corrupt(error.to_string()))?,
         input: row.input.clone(),
         priority: Priority::from_rank(row.priority),
-        attempts: to_u32(row.attempts),
-        max_attempts: to_u32(row.max_attempts),
-        timeout_ms: u64::try_from(row.timeout_ms).unwrap_or_default(),
+        attempts: to_u32("attempts", row.attempts)?,
+        max_attempts: to_u32("max_attempts", row.max_attempts)?,
+        timeout_ms: u64::try_from(row.timeout_ms)
+            .map_err(|_| corrupt(format!("timeout_ms is negative ({})", row.timeout_ms)))?,
         idempotency_key: row.idempotency_key.clone(),
         webhook_url: row.webhook_url.clone(),
         progress: row.progress.clone(),
         result: row.result.clone(),
         error: coded_error(row.error_code.clone(), row.error_message.clone()),
         cancel_requested: row.cancel_requested,
-        lease_token: row
-            .lease_token
-            .map(|token| LeaseToken::parse(&token.to_string()).unwrap_or_default()),
+        lease_token: row.lease_token.map(LeaseToken::from),
         lease_expires_at: row.lease_expires_at,
         worker_id: row.worker_id.clone(),
         trace_parent: row.trace_parent.clone(),
@@ -1573,6 +1576,7 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn to_u32(value: i32) -> u32 {
-    u32::try_from(value).unwrap_or_default()
+/// A count the schema keeps non-negative; a negative one is a corrupt row, not zero.
+fn to_u32(field: &str, value: i32) -> Result<u32, RepoError> {
+    u32::try_from(value).map_err(|_| RepoError::Corrupt(format!("{field} is negative ({value})")))
 }

@@ -371,7 +371,7 @@ impl WebhookRepository {
             return Ok(None);
         };
         let secret = SigningSecret::generate();
-        let until = now + chrono::Duration::from_std(overlap).unwrap_or_default();
+        let until = operator_domain::time::later(now, overlap);
         webhook_endpoint::Entity::update_many()
             .col_expr(
                 webhook_endpoint::Column::Secret,
@@ -459,7 +459,7 @@ impl WebhookRepository {
     ) -> Result<TenantSigningKey, RepoError> {
         let current = self.signing_key(tenant).await?;
         let now = now();
-        let until = now + chrono::Duration::from_std(overlap).unwrap_or_default();
+        let until = operator_domain::time::later(now, overlap);
         webhook_signing_key::Entity::update_many()
             .col_expr(
                 webhook_signing_key::Column::Secret,
@@ -587,8 +587,7 @@ impl WebhookRepository {
     ) -> Result<Vec<ClaimedDelivery>, RepoError> {
         let now = now();
         let token = Uuid::new_v4();
-        let lease_until =
-            (now + chrono::Duration::from_std(lease).unwrap_or_default()).trunc_subsecs(6);
+        let lease_until = operator_domain::time::later(now, lease).trunc_subsecs(6);
         let claimable = || {
             Condition::all()
                 .add(webhook_delivery::Column::State.eq(DeliveryState::Pending.as_str()))

@@ -91,8 +91,7 @@ impl DatabaseQueue {
 
     async fn try_claim(&self, lease: Duration) -> Result<Option<Claim>, QueueError> {
         let now = Utc::now().trunc_subsecs(6);
-        let lease_until =
-            (now + chrono::Duration::from_std(lease).unwrap_or_default()).trunc_subsecs(6);
+        let lease_until = operator_domain::time::later(now, lease).trunc_subsecs(6);
         let token = LeaseToken::new();
         let skip_locked = if self.db_backend() == DbBackend::Postgres {
             " FOR UPDATE OF job SKIP LOCKED"
@@ -268,8 +267,7 @@ impl Queue for DatabaseQueue {
         claim: &Claim,
         lease: Duration,
     ) -> Result<Option<DateTime<Utc>>, QueueError> {
-        let lease_until =
-            (Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default()).trunc_subsecs(6);
+        let lease_until = operator_domain::time::later(Utc::now(), lease).trunc_subsecs(6);
         let renewed = self
             .execute(
                 "UPDATE queue_jobs SET lease_expires_at = ? WHERE task_id = ? AND lease_token = ?",
