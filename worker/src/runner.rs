@@ -11,11 +11,14 @@
 //! Failures are classified: final ones fail the task at once, retryable ones go back to
 //! the queue with exponential backoff and full jitter until the attempts run out (`dead`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_domain::network::NetworkPolicy;
 use operator_domain::{
@@ -28,7 +31,8 @@ use rand::Rng;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::browser::BrowserPool;
 use crate::events::ConsoleEntry;
@@ -48,6 +52,24 @@ impl RetryPolicy {
         let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(rand::rng().random_range(0..=millis))
     }
+}
+
+/// The span of one attempt. It continues the trace of the request that submitted the
+/// task (the W3C `traceparent` stored with it), so the client's trace shows the work its
+/// request caused, however long the task waited in the queue. It is made after the
+/// attempt has started, since a span's parent can only be set before it is first
+/// entered; the claim's own `task` span stays the worker's.
+pub fn attempt_span(task_id: TaskId, attempt: u32, trace_parent: Option<&str>) -> Span {
+    let span = info_span!("attempt", task_id = %task_id, attempt);
+    if let Some(trace_parent) = trace_parent {
+        let carrier = HashMap::from([("traceparent".to_owned(), trace_parent.to_owned())]);
+        let parent = TraceContextPropagator::new().extract(&carrier);
+        // Without trace export (no OpenTelemetry layer) there is nothing to join.
+        if let Err(error) = span.set_parent(parent) {
+            debug!(error = %error, "attempt span not linked to the submitter's trace");
+        }
+    }
+    span
 }
 
 /// Why a running task must stop before it finishes on its own.
@@ -114,7 +136,12 @@ impl TaskRunner {
             }
         };
         info!(attempt = record.attempts, kind = %record.kind, "task started");
+        let span = attempt_span(record.id, record.attempts, record.trace_parent.as_deref());
+        self.run_attempt(claim, record).instrument(span).await;
+    }
 
+    /// Runs a started attempt to its recorded outcome.
+    async fn run_attempt(&self, claim: Claim, record: TaskRecord) {
         let (interrupt_sender, interrupt) = watch::channel(Interrupt::None);
         let heartbeat = tokio::spawn(heartbeat(
             self.repo.clone(),
@@ -154,7 +181,11 @@ impl TaskRunner {
             Ok(FinishOutcome::LeaseLost) => {
                 warn!("lease lost before the outcome was recorded; discarding it");
                 for key in uploaded {
-                    let _ = self.storage.delete(&key).await;
+                    // The new owner uploads its own artifacts under its own attempt's
+                    // keys; a file left here is an orphan, not a wrong result.
+                    if let Err(error) = self.storage.delete(&key).await {
+                        warn!(key = %key, error = %error, "cannot delete an artifact of the discarded outcome; it stays orphaned in storage");
+                    }
                 }
             }
             Err(error) => {
@@ -248,7 +279,7 @@ impl TaskRunner {
             return TaskOutcome::Dead { error };
         }
         let delay = self.retry.delay(record.attempts);
-        let run_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let run_at = operator_domain::time::later(Utc::now(), delay);
         info!(code = %error.code, delay_ms = delay.as_millis() as u64, "retryable failure; requeueing");
         TaskOutcome::Retry { error, run_at }
     }
@@ -517,11 +548,11 @@ async fn heartbeat(
             Ok(Some(until)) => until,
             Ok(None) => {
                 warn!(task_id = %claim.task_id, "queue lease gone; the database lease still guards the task");
-                Utc::now() + chrono::Duration::from_std(lease_ttl).unwrap_or_default()
+                operator_domain::time::later(Utc::now(), lease_ttl)
             }
             Err(error) => {
                 warn!(task_id = %claim.task_id, error = %error, "renewing the queue lease failed");
-                Utc::now() + chrono::Duration::from_std(lease_ttl).unwrap_or_default()
+                operator_domain::time::later(Utc::now(), lease_ttl)
             }
         };
         match repo
@@ -550,6 +581,47 @@ async fn heartbeat(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_attempt_span_continues_the_submitters_trace() {
+        use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("worker")));
+        let submitted = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = attempt_span(TaskId::new(), 1, Some(submitted));
+            span.in_scope(|| info!("working"));
+            drop(span);
+            let without = attempt_span(TaskId::new(), 1, None);
+            without.in_scope(|| info!("working"));
+        });
+        provider.force_flush().expect("flush");
+        let spans = exporter.get_finished_spans().expect("spans");
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let linked = &spans[0];
+        assert_eq!(linked.name, "attempt");
+        assert_eq!(
+            linked.span_context.trace_id(),
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex")
+        );
+        assert_eq!(
+            linked.parent_span_id,
+            SpanId::from_hex("00f067aa0ba902b7").expect("hex")
+        );
+        // Without a stored traceparent the attempt starts a trace of its own.
+        assert_ne!(
+            spans[1].span_context.trace_id(),
+            linked.span_context.trace_id()
+        );
+        assert_eq!(spans[1].parent_span_id, SpanId::INVALID);
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {
