@@ -1,4 +1,4 @@
-//! Test support (feature `testkit`, for dev-dependencies only): real services, one
+//! Test support (a crate for dev-dependencies only): real services, one
 //! isolated slice of each per test, cleaned up afterwards.
 //!
 //! - a PostgreSQL database per test (created, migrated, dropped), or a SQLite file in a
