@@ -504,3 +504,69 @@ pub fn pdf_page_count(bytes: &[u8]) -> usize {
         .filter(|(index, matched)| !text[index + matched.len()..].starts_with('s'))
         .count()
 }
+
+/// A flag that only one test's browsers carry (Chromium ignores flags it does not
+/// know), so a test finds its own browser processes whether the tests share a process
+/// (`cargo test`) or not (nextest), and never counts another test's.
+pub struct BrowserMarker(String);
+
+impl BrowserMarker {
+    pub fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(format!(
+            "--operator-test-marker={}-{next}",
+            std::process::id()
+        ))
+    }
+
+    /// Adds the flag to the browsers these settings start.
+    pub fn mark(&self, settings: &mut Settings) {
+        settings.browser.extra_args.push(self.0.clone());
+    }
+
+    /// The command lines of the live processes that carry the flag, by pid.
+    pub fn command_lines(&self) -> Vec<(u32, Vec<String>)> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc")
+            .expect("proc")
+            .filter_map(Result::ok)
+        {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let arguments: Vec<String> = cmdline
+                .split(|byte| *byte == 0)
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect();
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            if !zombie && arguments.contains(&self.0) {
+                found.push((pid, arguments));
+            }
+        }
+        found
+    }
+
+    /// The browsers' main processes: Chromium's own process has no `--type=`.
+    pub fn browsers(&self) -> Vec<u32> {
+        self.command_lines()
+            .into_iter()
+            .filter(|(_, arguments)| {
+                !arguments
+                    .iter()
+                    .any(|argument| argument.starts_with("--type="))
+            })
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+}

@@ -11,7 +11,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{ConnectionCounter, PageServer, TestApp};
+use crate::helpers::{BrowserMarker, ConnectionCounter, PageServer, TestApp};
 
 async fn allowing_localhost_by_name() -> TestApp {
     TestApp::embedded_with(|settings| {
@@ -226,39 +226,18 @@ async fn a_service_worker_cannot_reach_a_refused_address() {
     app.shutdown().await;
 }
 
-/// The port of this test process's egress proxy, read from its browser's command line
-/// (its profile directory carries this process's id).
-fn our_egress_port() -> u16 {
-    let marker = format!(
-        "--user-data-dir=/tmp/operator-chromium-{}-",
-        std::process::id()
-    );
-    for entry in std::fs::read_dir("/proc")
-        .expect("proc")
-        .filter_map(Result::ok)
-    {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let arguments: Vec<String> = cmdline
-            .split(|byte| *byte == 0)
-            .map(|part| String::from_utf8_lossy(part).into_owned())
-            .collect();
-        if !arguments
-            .iter()
-            .any(|argument| argument.starts_with(&marker))
-        {
-            continue;
-        }
-        if let Some(port) = arguments.iter().find_map(|argument| {
+/// The port of the egress proxy the marked browsers use, read from their command line.
+fn egress_port(marker: &BrowserMarker) -> u16 {
+    marker
+        .command_lines()
+        .into_iter()
+        .flat_map(|(_, arguments)| arguments)
+        .find_map(|argument| {
             argument
                 .strip_prefix("--proxy-server=http://127.0.0.1:")
                 .and_then(|port| port.parse().ok())
-        }) {
-            return port;
-        }
-    }
-    panic!("no browser of this process runs with --proxy-server");
+        })
+        .expect("a marked browser runs with --proxy-server")
 }
 
 /// A document the request guard lets through but the egress proxy refuses fails the
@@ -269,9 +248,10 @@ fn our_egress_port() -> u16 {
 /// connects to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_the_proxy_refuses_fails_the_task_with_url_not_allowed() {
-    let app = TestApp::embedded().await;
+    let marker = BrowserMarker::new();
+    let app = TestApp::embedded_with(|settings| marker.mark(settings)).await;
     let pages = PageServer::start().await;
-    let proxy = format!("127.0.0.1:{}", our_egress_port());
+    let proxy = format!("127.0.0.1:{}", egress_port(&marker));
     for url in [
         format!("http://{proxy}/"),
         format!("https://{proxy}/"),

@@ -1,15 +1,15 @@
 //! The browser pool heals itself: a browser killed mid-task is replaced, the task's
 //! attempt fails with a retryable error and the retry succeeds; a browser is recycled
-//! after its quota of tasks or above its memory limit. Only this test process's browsers are looked at (their
-//! profile directories carry its pid), so Chromium run by other tests or other users
-//! of the machine is never counted or touched.
+//! after its quota of tasks or above its memory limit. Each test looks only at its own
+//! browsers (they carry its [`BrowserMarker`]), so Chromium run by other tests or other
+//! users of the machine is never counted or touched.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::TASK_DEADLINE;
-use crate::helpers::{PageServer, TestApp};
+use crate::helpers::{BrowserMarker, PageServer, TestApp};
 
 /// Submits a screenshot of the page server's `path` and waits for the task to end.
 async fn screenshot(app: &TestApp, pages: &PageServer, path: &str) -> serde_json::Value {
@@ -17,55 +17,12 @@ async fn screenshot(app: &TestApp, pages: &PageServer, path: &str) -> serde_json
         .await
 }
 
-/// Main browser processes started by this test process: Chromium's own process is the
-/// one whose command line has our profile marker and no `--type=`.
-fn our_browsers() -> Vec<u32> {
-    let marker = format!(
-        "--user-data-dir=/tmp/operator-chromium-{}-",
-        std::process::id()
-    );
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc")
-        .expect("proc")
-        .filter_map(Result::ok)
-    {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let arguments: Vec<String> = cmdline
-            .split(|byte| *byte == 0)
-            .map(|part| String::from_utf8_lossy(part).into_owned())
-            .collect();
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = state
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if !zombie
-            && arguments
-                .iter()
-                .any(|argument| argument.starts_with(&marker))
-            && !arguments
-                .iter()
-                .any(|argument| argument.starts_with("--type="))
-        {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried() {
-    let app = TestApp::embedded().await;
+    let marker = BrowserMarker::new();
+    let app = TestApp::embedded_with(|settings| marker.mark(settings)).await;
     let pages = PageServer::start().await;
-    let browsers = our_browsers();
+    let browsers = marker.browsers();
     assert_eq!(browsers.len(), 1, "one warm browser: {browsers:?}");
     let (status, task) = app
         .submit(&json!({"kind": "script", "max_attempts": 3, "input": {"url": pages.url("home"), "steps": [
@@ -107,7 +64,7 @@ async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried() {
         "{attempts}"
     );
 
-    let replacement = our_browsers();
+    let replacement = marker.browsers();
     assert_eq!(replacement.len(), 1, "{replacement:?}");
     assert_ne!(replacement[0], browsers[0], "a new browser");
     // The pool is healthy: the next task runs at once on the new browser.
@@ -119,12 +76,14 @@ async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_is_recycled_after_its_quota_of_tasks() {
+    let marker = BrowserMarker::new();
     let app = TestApp::embedded_with(|settings| {
+        marker.mark(settings);
         settings.browser.recycle_after = 2;
     })
     .await;
     let pages = PageServer::start().await;
-    let first = our_browsers();
+    let first = marker.browsers();
     assert_eq!(first.len(), 1);
     for index in 0..3 {
         let done = screenshot(&app, &pages, &format!("r{index}")).await;
@@ -132,7 +91,7 @@ async fn a_browser_is_recycled_after_its_quota_of_tasks() {
     }
     // The warm-up counts as the first browser's first use, so the second task already
     // gets a new one; each replaced browser's processes end with its last task.
-    let now = our_browsers();
+    let now = marker.browsers();
     assert_eq!(
         now.len(),
         1,
@@ -146,12 +105,14 @@ async fn a_browser_is_recycled_after_its_quota_of_tasks() {
 async fn a_browser_above_its_memory_limit_is_recycled() {
     // Every browser holds more than 1 MiB, so each is measured over the limit once it has
     // served a task (the warm-up counts as one), and the next task gets a new browser.
+    let marker = BrowserMarker::new();
     let app = TestApp::embedded_with(|settings| {
+        marker.mark(settings);
         settings.browser.recycle_above_mb = 1;
     })
     .await;
     let pages = PageServer::start().await;
-    let mut previous = our_browsers();
+    let mut previous = marker.browsers();
     assert_eq!(previous.len(), 1);
     for index in 0..2 {
         let done = screenshot(&app, &pages, &format!("m{index}")).await;
@@ -159,11 +120,11 @@ async fn a_browser_above_its_memory_limit_is_recycled() {
         assert_eq!(done["attempts"], 1, "{done}");
         // The replaced browser goes with its last user (its spare-page refill may still
         // hold it for a moment).
-        let mut now = our_browsers();
+        let mut now = marker.browsers();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while now.len() > 1 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            now = our_browsers();
+            now = marker.browsers();
         }
         assert_eq!(
             now.len(),
@@ -178,13 +139,15 @@ async fn a_browser_above_its_memory_limit_is_recycled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_spread_over_the_browsers_and_a_crash_takes_down_only_its_own() {
+    let marker = BrowserMarker::new();
     let app = TestApp::embedded_with(|settings| {
+        marker.mark(settings);
         settings.browser.browsers = 2;
         settings.worker.concurrency = 2;
     })
     .await;
     let pages = PageServer::start().await;
-    let browsers = our_browsers();
+    let browsers = marker.browsers();
     assert_eq!(browsers.len(), 2, "two warm browsers: {browsers:?}");
     // Two tasks at once, each waiting in a delay step: one on each browser.
     let mut ids = Vec::new();
@@ -227,7 +190,7 @@ async fn tasks_spread_over_the_browsers_and_a_crash_takes_down_only_its_own() {
         [1, 2],
         "the killed browser's task was retried, the other browser's task was not"
     );
-    let now = our_browsers();
+    let now = marker.browsers();
     assert_eq!(now.len(), 2, "the killed browser was replaced: {now:?}");
     assert!(now.contains(&browsers[1]), "the other browser lives on");
     app.shutdown().await;

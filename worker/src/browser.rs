@@ -823,12 +823,15 @@ impl BrowserPool {
     fn launch(&self) -> Result<BrowserHandle, CodedError> {
         let started = Instant::now();
         let call_timeout = self.settings.call_timeout;
+        // Unique in the process, not only in this pool: several pools (workers) in one
+        // process must never share, or delete, each other's profile.
+        static PROFILES: AtomicU64 = AtomicU64::new(0);
         let profile_dir = std::env::temp_dir().join(format!(
             "operator-chromium-{}-{}",
             std::process::id(),
-            self.launches.load(Ordering::SeqCst)
+            PROFILES.fetch_add(1, Ordering::Relaxed)
         ));
-        // A leftover from an earlier failed launch of this process would be reused as is.
+        // A leftover of a process that had the same id would be reused as is.
         let _ = std::fs::remove_dir_all(&profile_dir);
         let mut command = Command::new(&self.chrome_path);
         command
