@@ -142,15 +142,14 @@ impl Application {
                     )
                 })?;
             let policy = settings.network_policy().context("network.allow")?;
-            let state = std::sync::Arc::new(AppState {
-                public_url: settings.public_url(server.port()),
-                settings: settings.clone(),
-                repo: services.repo.clone(),
-                queue: SharedQueue::clone(&services.queue),
-                storage: services.storage.clone(),
+            let state = std::sync::Arc::new(AppState::new(
+                settings.clone(),
+                services.repo.clone(),
+                SharedQueue::clone(&services.queue),
+                services.storage.clone(),
                 policy,
-                known_queues: Default::default(),
-            });
+                settings.public_url(server.port()),
+            ));
             Some((server, state))
         } else {
             None

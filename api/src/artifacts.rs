@@ -5,12 +5,13 @@ use operator_domain::ArtifactId;
 use operator_domain::error::ErrorCode;
 use poem::http::header;
 use poem::{Body, IntoResponse, Response};
-use poem_openapi::payload::{Json, Payload};
+use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::{ApiResponse, OpenApi, param::Path};
 use uuid::Uuid;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::codes;
+use crate::error::{ApiError, ApiResult};
 use crate::state::SharedState;
 use crate::tasks::ApiTags;
 
@@ -56,13 +57,12 @@ impl IntoResponse for ArtifactBody {
 
 #[derive(ApiResponse)]
 pub enum DownloadResponse {
-    /// The file, with its content type, length and SHA-256 ETag.
+    /// The file, with its content type, length and `ETag` (its SHA-256).
     #[oai(status = 200)]
     Ok(ArtifactBody),
-    /// `artifact_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
 }
+
+codes!(DownloadCodes: InvalidParameter, ArtifactNotFound);
 
 pub struct ArtifactsApi {
     pub state: SharedState,
@@ -72,23 +72,20 @@ pub struct ArtifactsApi {
 impl ArtifactsApi {
     /// Download an artifact.
     #[oai(path = "/v1/artifacts/:id", method = "get")]
-    async fn download(&self, id: Path<Uuid>) -> poem::Result<DownloadResponse> {
+    async fn download(&self, id: Path<Uuid>) -> ApiResult<DownloadResponse, DownloadCodes> {
         let state = &self.state;
         let Some(artifact) = state
             .repo
             .artifact(&state.tenant(), ArtifactId::from(id.0))
-            .await
-            .map_err(ApiError::from)?
+            .await?
         else {
-            return Ok(DownloadResponse::NotFound(Json(
-                ApiError::new(ErrorCode::ArtifactNotFound, format!("no artifact {}", id.0)).body(),
-            )));
+            return Err(ApiError::new(
+                ErrorCode::ArtifactNotFound,
+                format!("no artifact {}", id.0),
+            )
+            .into());
         };
-        let object = state
-            .storage
-            .get(&artifact.storage_key)
-            .await
-            .map_err(ApiError::from)?;
+        let object = state.storage.get(&artifact.storage_key).await?;
         let stream = object.stream.map_err(std::io::Error::other);
         Ok(DownloadResponse::Ok(ArtifactBody {
             content_type: artifact.content_type,

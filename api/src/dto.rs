@@ -260,7 +260,7 @@ pub struct ArtifactView {
 impl ArtifactView {
     pub fn from_record(record: ArtifactRecord, public_url: &str) -> Self {
         Self {
-            url: format!("{public_url}/v1/artifacts/{}", record.id),
+            url: operator_domain::links::artifact_url(public_url, record.id),
             id: record.id.as_uuid(),
             task_id: record.task_id.as_uuid(),
             name: record.name,

@@ -1,9 +1,20 @@
 //! API errors: the only place error codes become HTTP statuses.
 //!
+//! A handler returns its value or an [`ApiError`], which knows its code; [`status_for`]
+//! turns the code into the status, here and nowhere else. An operation declares the
+//! codes it can answer with once, as a [`Codes`] list (see [`codes!`]), and its return
+//! type `Result<T, Failure<List>>` puts one response per status in the OpenAPI
+//! document, with the codes behind it; `internal` (500) and `unavailable` (503) are on
+//! every operation.
+//!
 //! Every error body is `{code, message}`. Errors raised before a handler runs (an
 //! unknown route, a malformed path parameter, a body over the size limit) go through
 //! [`error_response`], so they carry a code too. 5xx bodies stay opaque; the cause is
 //! logged.
+
+use std::collections::{BTreeMap, HashSet};
+use std::marker::PhantomData;
+use std::sync::{Mutex, OnceLock};
 
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_store::db::RepoError;
@@ -11,7 +22,10 @@ use operator_store::queue::QueueError;
 use operator_store::storage::StorageError;
 use poem::Response;
 use poem::http::StatusCode;
-use poem_openapi::Object;
+use poem_openapi::payload::{Json, Payload};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiResponse, Object};
 use tracing::error;
 
 /// The body of every error response.
@@ -148,6 +162,139 @@ impl poem::error::ResponseError for ApiError {
     fn as_response(&self) -> Response {
         json_error(status_for(self.error.code), self.body())
     }
+}
+
+/// The codes one operation can answer with (besides `internal` and `unavailable`,
+/// which every operation can). Declared with [`codes!`].
+pub trait Codes: Send + Sync + 'static {
+    const CODES: &'static [ErrorCode];
+}
+
+/// Declares a zero-sized [`Codes`] list: `codes!(GetTask: InvalidParameter, TaskNotFound);`
+#[macro_export]
+macro_rules! codes {
+    ($(#[$meta:meta])* $name:ident: $($code:ident),* $(,)?) => {
+        $(#[$meta])*
+        pub struct $name;
+
+        impl $crate::error::Codes for $name {
+            const CODES: &'static [operator_domain::error::ErrorCode] =
+                &[$(operator_domain::error::ErrorCode::$code),*];
+        }
+    };
+}
+
+codes!(
+    /// An operation that fails only when the server or a dependency does.
+    NoCodes:
+);
+
+/// The error an operation answers with; `C` lists the codes it may carry, for the
+/// OpenAPI document. Anything that converts into an [`ApiError`] converts into it, so
+/// handlers use `?` on repository, queue and storage errors alike.
+pub struct Failure<C: Codes> {
+    error: ApiError,
+    codes: PhantomData<fn() -> C>,
+}
+
+/// What a handler returns.
+pub type ApiResult<T, C> = Result<T, Failure<C>>;
+
+impl<C: Codes> Failure<C> {
+    pub fn code(&self) -> ErrorCode {
+        self.error.code()
+    }
+}
+
+impl<C: Codes> std::fmt::Debug for Failure<C> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(formatter)
+    }
+}
+
+impl<C: Codes, E: Into<ApiError>> From<E> for Failure<C> {
+    fn from(error: E) -> Self {
+        let error = error.into();
+        debug_assert!(
+            is_declared(C::CODES, error.code()),
+            "{} answered with `{}`, which its code list does not declare",
+            std::any::type_name::<C>(),
+            error.code()
+        );
+        Self {
+            error,
+            codes: PhantomData,
+        }
+    }
+}
+
+impl<C: Codes> From<Failure<C>> for poem::Error {
+    fn from(failure: Failure<C>) -> Self {
+        poem::Error::from(failure.error)
+    }
+}
+
+/// Codes every operation can answer with: the server failed, or a dependency did not
+/// answer.
+const ALWAYS: [ErrorCode; 2] = [ErrorCode::Internal, ErrorCode::Unavailable];
+
+fn is_declared(codes: &[ErrorCode], code: ErrorCode) -> bool {
+    codes.contains(&code) || ALWAYS.contains(&code)
+}
+
+impl<C: Codes> ApiResponse for Failure<C> {
+    fn meta() -> MetaResponses {
+        let mut by_status: BTreeMap<u16, Vec<ErrorCode>> = BTreeMap::new();
+        for &code in C::CODES.iter().chain(ALWAYS.iter()) {
+            let codes = by_status.entry(status_for(code).as_u16()).or_default();
+            if !codes.contains(&code) {
+                codes.push(code);
+            }
+        }
+        let responses = by_status
+            .into_iter()
+            .map(|(status, codes)| MetaResponse {
+                description: intern(describe(&codes)),
+                status: Some(status),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: <Json<ErrorBody> as Payload>::CONTENT_TYPE,
+                    schema: <Json<ErrorBody> as Payload>::schema_ref(),
+                }],
+                headers: Vec::new(),
+            })
+            .collect();
+        MetaResponses { responses }
+    }
+
+    fn register(registry: &mut Registry) {
+        ErrorBody::register(registry);
+    }
+}
+
+/// One line per code: `` `task_not_found`: No task with this id for this tenant. ``
+fn describe(codes: &[ErrorCode]) -> String {
+    codes
+        .iter()
+        .map(|code| format!("`{code}`: {}", code.meaning()))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// The document wants `&'static str` descriptions; each distinct one is leaked once,
+/// however often the document is built.
+fn intern(text: String) -> &'static str {
+    static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = seen.get(text.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(text.into_boxed_str());
+    seen.insert(leaked);
+    leaked
 }
 
 fn json_error(status: StatusCode, body: ErrorBody) -> Response {

@@ -160,25 +160,14 @@ impl OneShotApi {
         /// The queue to run it from (default `default`).
         queue: Query<Option<String>>,
     ) -> poem::Result<DataResponse> {
-        let location_base = format!("{}/v1/tasks", self.state.public_url);
         let options = Options::new(timeout_ms, queue);
         Ok(match self.run(TaskKind::Scrape, body, options).await? {
-            Waited::Invalid(error) => {
-                DataResponse::Rejected(status_for(error.code()), Json(error.body()), None)
-            }
+            Waited::Invalid(error) => ErrorAnswer::invalid(error).into(),
             Waited::Pending(task) => {
-                let location = format!("{location_base}/{}", task.id);
+                let location = self.state.task_url(task.id);
                 DataResponse::Accepted(Json(TaskView::from_record(task, None)), location)
             }
-            Waited::Failed(task, error) => {
-                let (status, body) = failure_body(&task, error);
-                let id = Some(task.id.to_string());
-                if status.is_client_error() {
-                    DataResponse::Rejected(status, Json(body), id)
-                } else {
-                    DataResponse::Failed(status, Json(body), id)
-                }
-            }
+            Waited::Failed(task, error) => ErrorAnswer::failed(&task, error).into(),
             Waited::Succeeded(task) => {
                 let id = task.id.to_string();
                 DataResponse::Ok(Json(task.result.unwrap_or_default()), id)
@@ -212,22 +201,12 @@ impl OneShotApi {
     ) -> poem::Result<FileResponse> {
         let state = &self.state;
         Ok(match self.run(kind, body, options).await? {
-            Waited::Invalid(error) => {
-                FileResponse::Rejected(status_for(error.code()), Json(error.body()), None)
-            }
+            Waited::Invalid(error) => ErrorAnswer::invalid(error).into(),
             Waited::Pending(task) => {
-                let location = format!("{}/v1/tasks/{}", state.public_url, task.id);
+                let location = state.task_url(task.id);
                 FileResponse::Accepted(Json(TaskView::from_record(task, None)), location)
             }
-            Waited::Failed(task, error) => {
-                let (status, body) = failure_body(&task, error);
-                let id = Some(task.id.to_string());
-                if status.is_client_error() {
-                    FileResponse::Rejected(status, Json(body), id)
-                } else {
-                    FileResponse::Failed(status, Json(body), id)
-                }
-            }
+            Waited::Failed(task, error) => ErrorAnswer::failed(&task, error).into(),
             Waited::Succeeded(task) => {
                 let artifacts = state
                     .repo
@@ -287,13 +266,16 @@ impl OneShotApi {
             Ok(new_task) => new_task,
             Err(error) => return Ok(Waited::Invalid(error)),
         };
-        if let Err(refused) = state.check_queue(&new_task.queue).await? {
+        if let Err(refused) = state.check_queue(&new_task.queue).await {
             return Ok(Waited::Invalid(refused));
         }
         // Subscribed before the task exists, so that no event of it can be missed.
         let mut notices = state.repo.event_bus().map(EventBus::subscribe);
-        let task = state.repo.create(new_task).await.map_err(ApiError::from)?;
-        state.dispatch(&task).await;
+        let task = state
+            .submitter
+            .create(new_task)
+            .await
+            .map_err(ApiError::from)?;
         let deadline = tokio::time::Instant::now() + state.settings.server.sync_wait;
         // Without an event bus: a primary-key read per poll, every 50 ms at most.
         let mut pause = Duration::from_millis(20);
@@ -363,20 +345,64 @@ async fn next_notice(receiver: &mut broadcast::Receiver<EventNotice>, id: TaskId
 
 /// The status and error body for a failed task. 500 and 503 bodies keep the code but
 /// not the message (it may describe internals; it is logged instead).
-fn failure_body(task: &TaskRecord, error: CodedError) -> (StatusCode, ErrorBody) {
-    let status = status_for(error.code);
-    if matches!(status.as_u16(), 500 | 503) {
-        warn!(task_id = %task.id, code = %error.code, error = %error.message, "one-call task failed");
-        return (
-            status,
+/// An error answer with the status its code maps to: `Rejected` (4xx) or `Failed` (5xx),
+/// with the task's id once a task exists.
+struct ErrorAnswer {
+    status: StatusCode,
+    body: ErrorBody,
+    task_id: Option<String>,
+}
+
+impl ErrorAnswer {
+    /// The request was refused before a task existed.
+    fn invalid(error: ApiError) -> Self {
+        Self {
+            status: status_for(error.code()),
+            body: error.body(),
+            task_id: None,
+        }
+    }
+
+    /// The task ran and failed: its own code and message, except that the cause of an
+    /// internal or infrastructure failure (500, 503) is left to the log.
+    fn failed(task: &TaskRecord, error: CodedError) -> Self {
+        let status = status_for(error.code);
+        let body = if matches!(status.as_u16(), 500 | 503) {
+            warn!(task_id = %task.id, code = %error.code, error = %error.message, "one-call task failed");
             ErrorBody {
                 code: error.code.as_str().to_owned(),
                 message: format!(
                     "the task failed ({}); see GET /v1/tasks/{} and the server log",
                     error.code, task.id
                 ),
-            },
-        );
+            }
+        } else {
+            ErrorBody::from(error)
+        };
+        Self {
+            status,
+            body,
+            task_id: Some(task.id.to_string()),
+        }
     }
-    (status, ErrorBody::from(error))
+}
+
+impl From<ErrorAnswer> for FileResponse {
+    fn from(answer: ErrorAnswer) -> Self {
+        if answer.status.is_client_error() {
+            Self::Rejected(answer.status, Json(answer.body), answer.task_id)
+        } else {
+            Self::Failed(answer.status, Json(answer.body), answer.task_id)
+        }
+    }
+}
+
+impl From<ErrorAnswer> for DataResponse {
+    fn from(answer: ErrorAnswer) -> Self {
+        if answer.status.is_client_error() {
+            Self::Rejected(answer.status, Json(answer.body), answer.task_id)
+        } else {
+            Self::Failed(answer.status, Json(answer.body), answer.task_id)
+        }
+    }
 }

@@ -15,7 +15,8 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
-use crate::error::{ApiError, ErrorBody};
+use crate::codes;
+use crate::error::{ApiError, ApiResult, NoCodes};
 use crate::state::SharedState;
 
 #[derive(Tags)]
@@ -89,15 +90,6 @@ pub struct QueueSettingsRequest {
 }
 
 #[derive(ApiResponse)]
-pub enum QueueResponse {
-    #[oai(status = 200)]
-    Ok(Json<QueueView>),
-    /// `queue_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-}
-
-#[derive(ApiResponse)]
 pub enum PutQueueResponse {
     /// The queue existed; its settings are changed.
     #[oai(status = 200)]
@@ -105,19 +97,10 @@ pub enum PutQueueResponse {
     /// The queue is created.
     #[oai(status = 201)]
     Created(Json<QueueView>),
-    /// `invalid_parameter`: the name is not 1-64 characters of a-z, 0-9, '-' or '_'.
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// `invalid_request`: a concurrency limit out of range.
-    #[oai(status = 422)]
-    Unprocessable(Json<ErrorBody>),
 }
 
-#[derive(ApiResponse)]
-pub enum ListQueuesResponse {
-    #[oai(status = 200)]
-    Ok(Json<QueueList>),
-}
+codes!(PutCodes: InvalidJson, InvalidParameter, InvalidRequest);
+codes!(QueueCodes: QueueNotFound);
 
 pub struct QueuesApi {
     pub state: SharedState,
@@ -127,13 +110,13 @@ pub struct QueuesApi {
 impl QueuesApi {
     /// Every queue, with its statistics.
     #[oai(path = "/v1/queues", method = "get")]
-    async fn list(&self) -> poem::Result<ListQueuesResponse> {
-        let records = self.state.repo.queues().await.map_err(ApiError::from)?;
+    async fn list(&self) -> ApiResult<Json<QueueList>, NoCodes> {
+        let records = self.state.repo.queues().await?;
         let mut items = Vec::with_capacity(records.len());
         for record in records {
             items.push(self.view(record).await?);
         }
-        Ok(ListQueuesResponse::Ok(Json(QueueList { items })))
+        Ok(Json(QueueList { items }))
     }
 
     /// Create a queue, or change its settings. Idempotent: the same request again
@@ -143,33 +126,22 @@ impl QueuesApi {
         &self,
         name: Path<String>,
         body: Json<QueueSettingsRequest>,
-    ) -> poem::Result<PutQueueResponse> {
-        let name = match QueueName::parse(&name.0) {
-            Ok(name) => name,
-            Err(error) => {
-                return Ok(PutQueueResponse::BadRequest(Json(
-                    ApiError::new(ErrorCode::InvalidParameter, format!("name: {error}")).body(),
-                )));
-            }
-        };
+    ) -> ApiResult<PutQueueResponse, PutCodes> {
+        let name = QueueName::parse(&name.0).map_err(|error| {
+            ApiError::new(ErrorCode::InvalidParameter, format!("name: {error}"))
+        })?;
         let limit = body.0.concurrency_limit;
         if limit.is_some_and(|limit| !(1..=MAX_CONCURRENCY_LIMIT).contains(&limit)) {
-            return Ok(PutQueueResponse::Unprocessable(Json(
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "concurrency_limit: must be between 1 and {MAX_CONCURRENCY_LIMIT}, or null for none"
-                    ),
-                )
-                .body(),
-            )));
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "concurrency_limit: must be between 1 and {MAX_CONCURRENCY_LIMIT}, or null for none"
+                ),
+            )
+            .into());
         }
         let state = &self.state;
-        let (record, created) = state
-            .repo
-            .upsert_queue(&name, limit)
-            .await
-            .map_err(ApiError::from)?;
+        let (record, created) = state.repo.upsert_queue(&name, limit).await?;
         state.known_queues.insert(&record.name);
         let view = Json(self.apply(record).await?);
         Ok(if created {
@@ -181,50 +153,39 @@ impl QueuesApi {
 
     /// A queue's statistics: depth by priority, delayed, running, dead, oldest waiting age.
     #[oai(path = "/v1/queues/:name", method = "get")]
-    async fn get(&self, name: Path<String>) -> poem::Result<QueueResponse> {
+    async fn get(&self, name: Path<String>) -> ApiResult<Json<QueueView>, QueueCodes> {
         let record = match QueueName::parse(&name.0) {
-            Ok(queue) => self
-                .state
-                .repo
-                .queue(&queue)
-                .await
-                .map_err(ApiError::from)?,
+            Ok(queue) => self.state.repo.queue(&queue).await?,
             Err(_) => None,
         };
         match record {
-            Some(record) => Ok(QueueResponse::Ok(Json(self.view(record).await?))),
-            None => Ok(unknown_queue(&name.0)),
+            Some(record) => Ok(Json(self.view(record).await?)),
+            None => Err(unknown_queue(&name.0).into()),
         }
     }
 
     /// Pause a queue: workers finish what they hold and take nothing new from it.
     #[oai(path = "/v1/queues/:name/pause", method = "post")]
-    async fn pause(&self, name: Path<String>) -> poem::Result<QueueResponse> {
+    async fn pause(&self, name: Path<String>) -> ApiResult<Json<QueueView>, QueueCodes> {
         self.set_paused(&name.0, true).await
     }
 
     /// Resume a paused queue: idle workers are woken at once.
     #[oai(path = "/v1/queues/:name/resume", method = "post")]
-    async fn resume(&self, name: Path<String>) -> poem::Result<QueueResponse> {
+    async fn resume(&self, name: Path<String>) -> ApiResult<Json<QueueView>, QueueCodes> {
         self.set_paused(&name.0, false).await
     }
 }
 
 impl QueuesApi {
-    async fn set_paused(&self, name: &str, paused: bool) -> poem::Result<QueueResponse> {
+    async fn set_paused(&self, name: &str, paused: bool) -> ApiResult<Json<QueueView>, QueueCodes> {
         let Ok(queue) = QueueName::parse(name) else {
-            return Ok(unknown_queue(name));
+            return Err(unknown_queue(name).into());
         };
-        let state = &self.state;
-        let Some(record) = state
-            .repo
-            .set_queue_paused(&queue, paused)
-            .await
-            .map_err(ApiError::from)?
-        else {
-            return Ok(unknown_queue(name));
+        let Some(record) = self.state.repo.set_queue_paused(&queue, paused).await? else {
+            return Err(unknown_queue(name).into());
         };
-        Ok(QueueResponse::Ok(Json(self.apply(record).await?)))
+        Ok(Json(self.apply(record).await?))
     }
 
     /// Applies a queue's recorded controls to the queue backend; the queue as it is now.
@@ -280,12 +241,9 @@ impl QueuesApi {
     }
 }
 
-fn unknown_queue(name: &str) -> QueueResponse {
-    QueueResponse::NotFound(Json(
-        ApiError::new(
-            ErrorCode::QueueNotFound,
-            format!("no queue {name:?}; create it with PUT /v1/queues/{{name}}"),
-        )
-        .body(),
-    ))
+fn unknown_queue(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::QueueNotFound,
+        format!("no queue {name:?}; create it with PUT /v1/queues/{{name}}"),
+    )
 }

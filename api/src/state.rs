@@ -5,12 +5,13 @@ use std::sync::{Arc, RwLock};
 
 use operator_config::Settings;
 use operator_domain::error::ErrorCode;
+use operator_domain::links;
 use operator_domain::network::NetworkPolicy;
-use operator_domain::{QueueName, TaskRecord, TenantId};
+use operator_domain::{QueueName, TaskId, TenantId};
 use operator_store::db::TaskRepository;
-use operator_store::queue::{Dispatch, SharedQueue};
+use operator_store::queue::SharedQueue;
 use operator_store::storage::ArtifactStore;
-use tracing::warn;
+use operator_store::submit::Submitter;
 
 use crate::error::ApiError;
 
@@ -18,6 +19,9 @@ pub struct AppState {
     pub settings: Settings,
     pub repo: TaskRepository,
     pub queue: SharedQueue,
+    /// Stores tasks and dispatches them: every handler that creates or re-drives a
+    /// task goes through it.
+    pub submitter: Submitter,
     pub storage: ArtifactStore,
     pub policy: NetworkPolicy,
     /// The address clients reach this API at, for links in responses.
@@ -45,47 +49,54 @@ impl KnownQueues {
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
+    pub fn new(
+        settings: Settings,
+        repo: TaskRepository,
+        queue: SharedQueue,
+        storage: ArtifactStore,
+        policy: NetworkPolicy,
+        public_url: String,
+    ) -> Self {
+        let submitter = Submitter::new(
+            repo.clone(),
+            SharedQueue::clone(&queue),
+            settings.queue.dispatch_timeout,
+        );
+        Self {
+            settings,
+            repo,
+            queue,
+            submitter,
+            storage,
+            policy,
+            public_url,
+            known_queues: KnownQueues::default(),
+        }
+    }
+
     /// The tenant of a request. One tenant until authentication assigns them.
     pub fn tenant(&self) -> TenantId {
         TenantId::default_tenant()
     }
 
+    /// A task's address, for `Location` headers.
+    pub fn task_url(&self, id: TaskId) -> String {
+        links::task_url(&self.public_url, id)
+    }
+
     /// Refuses a task for a queue nobody created, which no worker would ever take it
-    /// from: the inner error is that refusal (`unknown_queue`), the outer one a failure
-    /// to look the queue up.
-    pub async fn check_queue(&self, queue: &QueueName) -> Result<Result<(), ApiError>, ApiError> {
+    /// from (`unknown_queue`); a failure to look the queue up is `unavailable`.
+    pub async fn check_queue(&self, queue: &QueueName) -> Result<(), ApiError> {
         if queue.is_default() || self.known_queues.contains(queue) {
-            return Ok(Ok(()));
+            return Ok(());
         }
         if self.repo.queue(queue).await?.is_some() {
             self.known_queues.insert(queue);
-            return Ok(Ok(()));
+            return Ok(());
         }
-        Ok(Err(ApiError::new(
+        Err(ApiError::new(
             ErrorCode::UnknownQueue,
             format!("queue: no queue \"{queue}\"; create it first with PUT /v1/queues/{queue}"),
-        )))
-    }
-
-    /// Puts a committed task on the queue. A failure (or a slow queue) is logged, not
-    /// returned: the task is already committed, and the reconciler dispatches it later.
-    pub async fn dispatch(&self, task: &TaskRecord) {
-        let dispatch = Dispatch {
-            queue: task.queue.clone(),
-            task_id: task.id,
-            tenant: task.tenant.clone(),
-            priority: task.priority,
-            not_before: Some(task.run_at),
-        };
-        let timeout = self.settings.queue.dispatch_timeout;
-        match tokio::time::timeout(timeout, self.queue.enqueue(&dispatch)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                warn!(task_id = %task.id, error = %error, "dispatch failed; the reconciler will retry it")
-            }
-            Err(_) => {
-                warn!(task_id = %task.id, timeout_ms = timeout.as_millis() as u64, "dispatch timed out; the reconciler will retry it")
-            }
-        }
+        ))
     }
 }

@@ -12,11 +12,12 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi, Tags};
 use uuid::Uuid;
 
+use crate::codes;
 use crate::dto::{
     ArtifactList, ArtifactView, AttemptList, AttemptView, TaskKindDto, TaskPage, TaskStateDto,
     TaskView,
 };
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ApiResult};
 use crate::state::SharedState;
 use crate::submission::{SubmissionRules, TaskSubmission};
 
@@ -44,90 +45,21 @@ pub enum CreateTaskResponse {
     /// created, as it is now. Nothing new was queued.
     #[oai(status = 200)]
     Replayed(Json<TaskView>, #[oai(header = "Location")] String),
-    /// The body is not JSON (`invalid_json`) or a parameter is malformed.
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// The `Idempotency-Key` was used for a different request (`idempotency_conflict`).
-    #[oai(status = 409)]
-    Conflict(Json<ErrorBody>),
-    /// The task is invalid: `invalid_request`, `unknown_kind`, `invalid_input`,
-    /// `invalid_url`, `url_scheme_not_allowed`, `url_not_allowed`.
-    #[oai(status = 422)]
-    Unprocessable(Json<ErrorBody>),
 }
 
-#[derive(ApiResponse)]
-pub enum GetTaskResponse {
-    #[oai(status = 200)]
-    Ok(Json<TaskView>),
-    /// `task_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-}
-
-#[derive(ApiResponse)]
-pub enum ListTasksResponse {
-    #[oai(status = 200)]
-    Ok(Json<TaskPage>),
-    /// A malformed filter or cursor (`invalid_parameter`).
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-}
-
-#[derive(ApiResponse)]
-pub enum CancelTaskResponse {
-    /// Cancelled (it had not started), or, when `cancel_requested` is true, its
-    /// worker stops it shortly.
-    #[oai(status = 200)]
-    Ok(Json<TaskView>),
-    /// `task_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-    /// The task has already ended (`invalid_state`).
-    #[oai(status = 409)]
-    Conflict(Json<ErrorBody>),
-}
-
-#[derive(ApiResponse)]
-pub enum RetryTaskResponse {
-    /// Queued again.
-    #[oai(status = 200)]
-    Ok(Json<TaskView>),
-    /// `attempts` is out of range (`invalid_parameter`).
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// `task_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-    /// Only `failed`, `timed_out` and `dead` tasks can be re-driven (`invalid_state`).
-    #[oai(status = 409)]
-    Conflict(Json<ErrorBody>),
-}
-
-#[derive(ApiResponse)]
-pub enum ListArtifactsResponse {
-    #[oai(status = 200)]
-    Ok(Json<ArtifactList>),
-    /// `task_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-}
-
-#[derive(ApiResponse)]
-pub enum ListAttemptsResponse {
-    #[oai(status = 200)]
-    Ok(Json<AttemptList>),
-    /// `task_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-}
+codes!(CreateCodes: InvalidJson, InvalidParameter, IdempotencyConflict, InvalidRequest,
+    UnknownKind, UnknownQueue, InvalidInput, InvalidUrl, UrlSchemeNotAllowed, UrlNotAllowed);
+codes!(TaskCodes: InvalidParameter, TaskNotFound);
+codes!(ListCodes: InvalidParameter);
+codes!(CancelCodes: InvalidParameter, TaskNotFound, InvalidState);
+codes!(RetryCodes: InvalidParameter, TaskNotFound, InvalidState);
 
 pub struct TasksApi {
     pub state: SharedState,
 }
 
-fn not_found(id: Uuid) -> Json<ErrorBody> {
-    Json(ApiError::new(ErrorCode::TaskNotFound, format!("no task {id}")).body())
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::new(ErrorCode::TaskNotFound, format!("no task {id}"))
 }
 
 #[OpenApi(tag = "ApiTags::Tasks")]
@@ -146,95 +78,62 @@ impl TasksApi {
         idempotency_key: Header<Option<String>>,
         /// W3C trace context; the worker's spans join this trace.
         traceparent: Header<Option<String>>,
-    ) -> poem::Result<CreateTaskResponse> {
+    ) -> ApiResult<CreateTaskResponse, CreateCodes> {
         let state = &self.state;
         let idempotency_key = idempotency_key.0.filter(|key| !key.is_empty());
         if idempotency_key
             .as_ref()
             .is_some_and(|key| key.len() > MAX_IDEMPOTENCY_KEY_LENGTH)
         {
-            return Ok(CreateTaskResponse::BadRequest(Json(
-                ApiError::new(
-                    ErrorCode::InvalidParameter,
-                    format!(
-                        "Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-                    ),
-                )
-                .body(),
-            )));
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!("Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"),
+            )
+            .into());
         }
         let trace_parent = traceparent.0.filter(|value| is_traceparent(value));
         let rules = SubmissionRules {
             settings: &state.settings,
             policy: &state.policy,
         };
-        let new_task = match body.validate(&rules, state.tenant(), idempotency_key, trace_parent) {
-            Ok(new_task) => new_task,
-            Err(error) if error.code() == ErrorCode::InvalidJson => {
-                return Ok(CreateTaskResponse::BadRequest(Json(error.body())));
-            }
-            Err(error) => return Ok(CreateTaskResponse::Unprocessable(Json(error.body()))),
-        };
-        if let Err(refused) = state.check_queue(&new_task.queue).await? {
-            return Ok(CreateTaskResponse::Unprocessable(Json(refused.body())));
-        }
-        let location = |task: &operator_domain::TaskRecord| {
-            format!("{}/v1/tasks/{}", state.public_url, task.id)
-        };
-        match state.repo.submit(new_task).await.map_err(ApiError::from)? {
+        let new_task = body.validate(&rules, state.tenant(), idempotency_key, trace_parent)?;
+        state.check_queue(&new_task.queue).await?;
+        match state.submitter.submit(new_task).await? {
             Submitted::Created(task) => {
-                state.dispatch(&task).await;
-                let location = location(&task);
+                let location = state.task_url(task.id);
                 Ok(CreateTaskResponse::Accepted(
                     Json(TaskView::from_record(task, Some(Vec::new()))),
                     location,
                 ))
             }
             Submitted::Replayed(task) => {
-                let location = location(&task);
+                let location = state.task_url(task.id);
                 Ok(CreateTaskResponse::Replayed(
                     Json(TaskView::from_record(task, None)),
                     location,
                 ))
             }
-            Submitted::KeyReused(task) => Ok(CreateTaskResponse::Conflict(Json(
-                ApiError::new(
-                    ErrorCode::IdempotencyConflict,
-                    format!(
-                        "this Idempotency-Key was used for a different request (task {}); use a new key",
-                        task.id
-                    ),
-                )
-                .body(),
-            ))),
+            Submitted::KeyReused(task) => Err(ApiError::new(
+                ErrorCode::IdempotencyConflict,
+                format!(
+                    "this Idempotency-Key was used for a different request (task {}); use a new key",
+                    task.id
+                ),
+            )
+            .into()),
         }
     }
 
     /// Get a task, with its artifacts.
     #[oai(path = "/v1/tasks/:id", method = "get")]
-    async fn get(&self, id: Path<Uuid>) -> poem::Result<GetTaskResponse> {
+    async fn get(&self, id: Path<Uuid>) -> ApiResult<Json<TaskView>, TaskCodes> {
         let state = &self.state;
         let tenant = state.tenant();
-        let Some(task) = state
-            .repo
-            .get(&tenant, TaskId::from(id.0))
-            .await
-            .map_err(ApiError::from)?
-        else {
-            return Ok(GetTaskResponse::NotFound(not_found(id.0)));
+        let Some(task) = state.repo.get(&tenant, TaskId::from(id.0)).await? else {
+            return Err(not_found(id.0).into());
         };
-        let artifacts = state
-            .repo
-            .artifacts(&tenant, task.id)
-            .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(|artifact| ArtifactView::from_record(artifact, &state.public_url))
-            .collect();
-        Ok(GetTaskResponse::Ok(Json(TaskView::from_record(
-            task,
-            Some(artifacts),
-        ))))
+        let artifacts = self.artifact_views(task.id).await?;
+        Ok(Json(TaskView::from_record(task, Some(artifacts))))
     }
 
     /// List tasks, newest first.
@@ -251,40 +150,25 @@ impl TasksApi {
         limit: Query<Option<u32>>,
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
-    ) -> poem::Result<ListTasksResponse> {
+    ) -> ApiResult<Json<TaskPage>, ListCodes> {
+        let invalid = |message: String| ApiError::new(ErrorCode::InvalidParameter, message);
         let limit = limit.0.unwrap_or(DEFAULT_PAGE_SIZE);
         if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-            return Ok(ListTasksResponse::BadRequest(Json(
-                ApiError::new(
-                    ErrorCode::InvalidParameter,
-                    format!("limit: must be between 1 and {MAX_PAGE_SIZE}"),
-                )
-                .body(),
-            )));
+            return Err(invalid(format!("limit: must be between 1 and {MAX_PAGE_SIZE}")).into());
         }
-        let before = match cursor.0.as_deref().filter(|cursor| !cursor.is_empty()) {
-            None => None,
-            Some(cursor) => match TaskId::parse(cursor) {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    return Ok(ListTasksResponse::BadRequest(Json(
-                        ApiError::new(
-                            ErrorCode::InvalidParameter,
-                            "cursor: not a cursor this API returned",
-                        )
-                        .body(),
-                    )));
-                }
-            },
-        };
-        let queue = match queue.0.as_deref().map(QueueName::parse).transpose() {
-            Ok(queue) => queue,
-            Err(error) => {
-                return Ok(ListTasksResponse::BadRequest(Json(
-                    ApiError::new(ErrorCode::InvalidParameter, format!("queue: {error}")).body(),
-                )));
-            }
-        };
+        let before = cursor
+            .0
+            .as_deref()
+            .filter(|cursor| !cursor.is_empty())
+            .map(TaskId::parse)
+            .transpose()
+            .map_err(|_| invalid("cursor: not a cursor this API returned".to_owned()))?;
+        let queue = queue
+            .0
+            .as_deref()
+            .map(QueueName::parse)
+            .transpose()
+            .map_err(|error| invalid(format!("queue: {error}")))?;
         let filter = TaskFilter {
             state: state.0.map(Into::into),
             kind: kind.0.map(Into::into),
@@ -294,24 +178,20 @@ impl TasksApi {
             limit: u64::from(limit) + 1,
         };
         let app = &self.state;
-        let mut tasks = app
-            .repo
-            .list(&app.tenant(), &filter)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tasks = app.repo.list(&app.tenant(), &filter).await?;
         let next_cursor = if tasks.len() > limit as usize {
             tasks.truncate(limit as usize);
             tasks.last().map(|task| task.id.to_string())
         } else {
             None
         };
-        Ok(ListTasksResponse::Ok(Json(TaskPage {
+        Ok(Json(TaskPage {
             items: tasks
                 .into_iter()
                 .map(|task| TaskView::from_record(task, None))
                 .collect(),
             next_cursor,
-        })))
+        }))
     }
 
     /// Cancel a task.
@@ -320,35 +200,24 @@ impl TasksApi {
     /// is stopped by its worker within a few seconds; the answer shows
     /// `cancel_requested: true` until then.
     #[oai(path = "/v1/tasks/:id/cancel", method = "post")]
-    async fn cancel(&self, id: Path<Uuid>) -> poem::Result<CancelTaskResponse> {
+    async fn cancel(&self, id: Path<Uuid>) -> ApiResult<Json<TaskView>, CancelCodes> {
         let state = &self.state;
         let task_id = TaskId::from(id.0);
-        match state
-            .repo
-            .cancel(&state.tenant(), task_id)
-            .await
-            .map_err(ApiError::from)?
-        {
+        match state.repo.cancel(&state.tenant(), task_id).await? {
             CancelOutcome::Cancelled(task) => {
                 if let Err(error) = state.queue.remove(&task.queue, task_id).await {
                     // The worker that claims it will find it cancelled and drop it.
                     tracing::warn!(task_id = %task_id, error = %error, "removing a cancelled task from the queue failed");
                 }
-                Ok(CancelTaskResponse::Ok(Json(TaskView::from_record(
-                    task, None,
-                ))))
+                Ok(Json(TaskView::from_record(task, None)))
             }
-            CancelOutcome::Requested(task) => Ok(CancelTaskResponse::Ok(Json(
-                TaskView::from_record(task, None),
-            ))),
-            CancelOutcome::AlreadyFinished(task) => Ok(CancelTaskResponse::Conflict(Json(
-                ApiError::new(
-                    ErrorCode::InvalidState,
-                    format!("task {} has already ended ({})", task.id, task.state),
-                )
-                .body(),
-            ))),
-            CancelOutcome::NotFound => Ok(CancelTaskResponse::NotFound(not_found(id.0))),
+            CancelOutcome::Requested(task) => Ok(Json(TaskView::from_record(task, None))),
+            CancelOutcome::AlreadyFinished(task) => Err(ApiError::new(
+                ErrorCode::InvalidState,
+                format!("task {} has already ended ({})", task.id, task.state),
+            )
+            .into()),
+            CancelOutcome::NotFound => Err(not_found(id.0).into()),
         }
     }
 
@@ -363,45 +232,35 @@ impl TasksApi {
         id: Path<Uuid>,
         /// How many more attempts it gets, 1 to `tasks.max_attempts_limit`.
         attempts: Query<Option<u32>>,
-    ) -> poem::Result<RetryTaskResponse> {
+    ) -> ApiResult<Json<TaskView>, RetryCodes> {
         let state = &self.state;
         let tasks = &state.settings.tasks;
         let attempts = attempts.0.unwrap_or(tasks.default_max_attempts);
         if !(1..=tasks.max_attempts_limit).contains(&attempts) {
-            return Ok(RetryTaskResponse::BadRequest(Json(
-                ApiError::new(
-                    ErrorCode::InvalidParameter,
-                    format!(
-                        "attempts: must be between 1 and {}",
-                        tasks.max_attempts_limit
-                    ),
-                )
-                .body(),
-            )));
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "attempts: must be between 1 and {}",
+                    tasks.max_attempts_limit
+                ),
+            )
+            .into());
         }
         match state
-            .repo
+            .submitter
             .redrive(&state.tenant(), TaskId::from(id.0), attempts)
-            .await
-            .map_err(ApiError::from)?
+            .await?
         {
-            RedriveOutcome::Redriven(task) => {
-                state.dispatch(&task).await;
-                Ok(RetryTaskResponse::Ok(Json(TaskView::from_record(
-                    task, None,
-                ))))
-            }
-            RedriveOutcome::NotRedrivable(task) => Ok(RetryTaskResponse::Conflict(Json(
-                ApiError::new(
-                    ErrorCode::InvalidState,
-                    format!(
-                        "task {} is {}; only failed, timed_out and dead tasks can be retried",
-                        task.id, task.state
-                    ),
-                )
-                .body(),
-            ))),
-            RedriveOutcome::NotFound => Ok(RetryTaskResponse::NotFound(not_found(id.0))),
+            RedriveOutcome::Redriven(task) => Ok(Json(TaskView::from_record(task, None))),
+            RedriveOutcome::NotRedrivable(task) => Err(ApiError::new(
+                ErrorCode::InvalidState,
+                format!(
+                    "task {} is {}; only failed, timed_out and dead tasks can be retried",
+                    task.id, task.state
+                ),
+            )
+            .into()),
+            RedriveOutcome::NotFound => Err(not_found(id.0).into()),
         }
     }
 
@@ -411,53 +270,48 @@ impl TasksApi {
         method = "get",
         tag = "ApiTags::Artifacts"
     )]
-    async fn artifacts(&self, id: Path<Uuid>) -> poem::Result<ListArtifactsResponse> {
-        let state = &self.state;
-        let tenant = state.tenant();
-        let task_id = TaskId::from(id.0);
-        if state
-            .repo
-            .get(&tenant, task_id)
-            .await
-            .map_err(ApiError::from)?
-            .is_none()
-        {
-            return Ok(ListArtifactsResponse::NotFound(not_found(id.0)));
-        }
-        let items = state
-            .repo
-            .artifacts(&tenant, task_id)
-            .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(|artifact| ArtifactView::from_record(artifact, &state.public_url))
-            .collect();
-        Ok(ListArtifactsResponse::Ok(Json(ArtifactList { items })))
+    async fn artifacts(&self, id: Path<Uuid>) -> ApiResult<Json<ArtifactList>, TaskCodes> {
+        let task_id = self.existing(id.0).await?;
+        let items = self.artifact_views(task_id).await?;
+        Ok(Json(ArtifactList { items }))
     }
 
     /// List a task's attempts: which worker ran it, when, and how each run ended.
     #[oai(path = "/v1/tasks/:id/attempts", method = "get")]
-    async fn attempts(&self, id: Path<Uuid>) -> poem::Result<ListAttemptsResponse> {
+    async fn attempts(&self, id: Path<Uuid>) -> ApiResult<Json<AttemptList>, TaskCodes> {
         let state = &self.state;
-        let task_id = TaskId::from(id.0);
-        if state
-            .repo
-            .get(&state.tenant(), task_id)
-            .await
-            .map_err(ApiError::from)?
-            .is_none()
-        {
-            return Ok(ListAttemptsResponse::NotFound(not_found(id.0)));
-        }
+        let task_id = self.existing(id.0).await?;
         let items = state
             .repo
             .attempts(&state.tenant(), task_id)
-            .await
-            .map_err(ApiError::from)?
+            .await?
             .into_iter()
             .map(AttemptView::from)
             .collect();
-        Ok(ListAttemptsResponse::Ok(Json(AttemptList { items })))
+        Ok(Json(AttemptList { items }))
+    }
+}
+
+impl TasksApi {
+    /// The task's id when the tenant has it; `task_not_found` otherwise.
+    async fn existing(&self, id: Uuid) -> Result<TaskId, ApiError> {
+        let state = &self.state;
+        let task_id = TaskId::from(id);
+        match state.repo.get(&state.tenant(), task_id).await? {
+            Some(_) => Ok(task_id),
+            None => Err(not_found(id)),
+        }
+    }
+
+    async fn artifact_views(&self, task_id: TaskId) -> Result<Vec<ArtifactView>, ApiError> {
+        let state = &self.state;
+        Ok(state
+            .repo
+            .artifacts(&state.tenant(), task_id)
+            .await?
+            .into_iter()
+            .map(|artifact| ArtifactView::from_record(artifact, &state.public_url))
+            .collect())
     }
 }
 

@@ -22,7 +22,8 @@ use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::codes;
+use crate::error::{ApiError, ApiResult, ErrorBody, NoCodes};
 use crate::state::SharedState;
 
 #[derive(Tags)]
@@ -238,91 +239,42 @@ pub struct DeliveryList {
     pub next_cursor: Option<String>,
 }
 
+codes!(CreateCodes: InvalidJson, InvalidRequest, InvalidUrl, UrlSchemeNotAllowed, UrlNotAllowed);
+codes!(EndpointCodes: InvalidParameter, WebhookNotFound);
+codes!(UpdateCodes: InvalidJson, InvalidParameter, WebhookNotFound, InvalidRequest, InvalidUrl,
+    UrlSchemeNotAllowed, UrlNotAllowed);
+codes!(RotateCodes: InvalidJson, InvalidParameter, WebhookNotFound, InvalidRequest);
+codes!(RedeliverCodes: InvalidParameter, DeliveryNotFound, InvalidState);
+codes!(TaskDeliveriesCodes: InvalidParameter, TaskNotFound);
+codes!(RotateKeyCodes: InvalidJson, InvalidRequest);
+
 #[derive(ApiResponse)]
-pub enum CreateWebhookResponse {
+pub enum CreatedWebhook {
     /// Created; the answer carries its secret.
     #[oai(status = 201)]
     Created(Json<WebhookView>),
-    /// `invalid_request` (a malformed body).
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// `invalid_request`, `invalid_url`, `url_scheme_not_allowed`, `url_not_allowed`.
-    #[oai(status = 422)]
-    Unprocessable(Json<ErrorBody>),
 }
 
 #[derive(ApiResponse)]
-pub enum WebhookResponse {
-    #[oai(status = 200)]
-    Ok(Json<WebhookView>),
-    /// `webhook_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-    /// `invalid_request`, `invalid_url`, `url_scheme_not_allowed`, `url_not_allowed`.
-    #[oai(status = 422)]
-    Unprocessable(Json<ErrorBody>),
-}
-
-#[derive(ApiResponse)]
-pub enum ListWebhooksResponse {
-    #[oai(status = 200)]
-    Ok(Json<WebhookList>),
-}
-
-#[derive(ApiResponse)]
-pub enum DeleteWebhookResponse {
+pub enum DeletedWebhook {
     /// Deleted, with its deliveries.
     #[oai(status = 204)]
     Deleted,
-    /// `webhook_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
 }
 
 #[derive(ApiResponse)]
-pub enum ListDeliveriesResponse {
-    #[oai(status = 200)]
-    Ok(Json<DeliveryList>),
-    /// `invalid_parameter`.
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// `webhook_not_found` or `task_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-}
-
-#[derive(ApiResponse)]
-pub enum RedeliverResponse {
+pub enum Redelivered {
     /// Queued for one more attempt, now.
     #[oai(status = 202)]
     Accepted(Json<DeliveryView>),
-    /// `webhook_not_found` or `delivery_not_found`.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-    /// It is still pending (`invalid_state`).
-    #[oai(status = 409)]
-    Conflict(Json<ErrorBody>),
-}
-
-#[derive(ApiResponse)]
-pub enum SigningKeyResponse {
-    #[oai(status = 200)]
-    Ok(Json<SigningKeyView>),
-    /// `invalid_request`.
-    #[oai(status = 422)]
-    Unprocessable(Json<ErrorBody>),
 }
 
 pub struct WebhooksApi {
     pub state: SharedState,
 }
 
-fn webhook_not_found(id: Uuid) -> Json<ErrorBody> {
-    Json(ApiError::new(ErrorCode::WebhookNotFound, format!("no webhook {id}")).body())
-}
-
-fn unprocessable(error: CodedError) -> Json<ErrorBody> {
-    Json(ErrorBody::from(error))
+fn webhook_not_found(id: Uuid) -> ApiError {
+    ApiError::new(ErrorCode::WebhookNotFound, format!("no webhook {id}"))
 }
 
 impl WebhooksApi {
@@ -351,15 +303,15 @@ impl WebhooksApi {
         }
     }
 
-    async fn delivery_views(&self, deliveries: Vec<Delivery>) -> poem::Result<Vec<DeliveryView>> {
+    async fn delivery_views(
+        &self,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Vec<DeliveryView>, ApiError> {
         let repo = self.repo();
         let tenant = self.state.tenant();
         let mut views = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let attempts = repo
-                .delivery_attempts(&tenant, delivery.id)
-                .await
-                .map_err(ApiError::from)?;
+            let attempts = repo.delivery_attempts(&tenant, delivery.id).await?;
             views.push(DeliveryView::new(delivery, attempts));
         }
         Ok(views)
@@ -392,15 +344,12 @@ fn validate_description(description: Option<&String>) -> Result<(), CodedError> 
     Ok(())
 }
 
-fn page_limit(limit: Option<u32>) -> Result<u64, Json<ErrorBody>> {
+fn page_limit(limit: Option<u32>) -> Result<u64, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_DELIVERY_PAGE);
     if !(1..=MAX_DELIVERY_PAGE).contains(&limit) {
-        return Err(Json(
-            ApiError::new(
-                ErrorCode::InvalidParameter,
-                format!("limit: must be between 1 and {MAX_DELIVERY_PAGE}"),
-            )
-            .body(),
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("limit: must be between 1 and {MAX_DELIVERY_PAGE}"),
         ));
     }
     Ok(u64::from(limit))
@@ -416,18 +365,12 @@ impl WebhooksApi {
     async fn create(
         &self,
         body: Json<CreateWebhookRequest>,
-    ) -> poem::Result<CreateWebhookResponse> {
+    ) -> ApiResult<CreatedWebhook, CreateCodes> {
         let Json(request) = body;
-        let url = match self.validate_url(&request.url) {
-            Ok(url) => url,
-            Err(error) => return Ok(CreateWebhookResponse::Unprocessable(unprocessable(error))),
-        };
+        let url = self.validate_url(&request.url)?;
         let event_types = request.event_types.unwrap_or_default();
-        if let Err(error) = validate_event_types(&event_types)
-            .and_then(|()| validate_description(request.description.as_ref()))
-        {
-            return Ok(CreateWebhookResponse::Unprocessable(unprocessable(error)));
-        }
+        validate_event_types(&event_types)?;
+        validate_description(request.description.as_ref())?;
         let endpoint = self
             .repo()
             .create_endpoint(NewEndpoint {
@@ -437,40 +380,31 @@ impl WebhooksApi {
                 event_types,
                 enabled: request.enabled.unwrap_or(true),
             })
-            .await
-            .map_err(ApiError::from)?;
-        Ok(CreateWebhookResponse::Created(Json(
-            WebhookView::from_endpoint(endpoint, true),
-        )))
+            .await?;
+        Ok(CreatedWebhook::Created(Json(WebhookView::from_endpoint(
+            endpoint, true,
+        ))))
     }
 
     /// List the tenant's endpoints.
     #[oai(path = "/v1/webhooks", method = "get")]
-    async fn list(&self) -> poem::Result<ListWebhooksResponse> {
+    async fn list(&self) -> ApiResult<Json<WebhookList>, NoCodes> {
         let items = self
             .repo()
             .endpoints(&self.state.tenant())
-            .await
-            .map_err(ApiError::from)?
+            .await?
             .into_iter()
             .map(|endpoint| WebhookView::from_endpoint(endpoint, false))
             .collect();
-        Ok(ListWebhooksResponse::Ok(Json(WebhookList { items })))
+        Ok(Json(WebhookList { items }))
     }
 
     /// Get an endpoint (without its secret).
     #[oai(path = "/v1/webhooks/:id", method = "get")]
-    async fn get(&self, id: Path<Uuid>) -> poem::Result<WebhookResponse> {
-        match self
-            .repo()
-            .endpoint(&self.state.tenant(), id.0)
-            .await
-            .map_err(ApiError::from)?
-        {
-            Some(endpoint) => Ok(WebhookResponse::Ok(Json(WebhookView::from_endpoint(
-                endpoint, false,
-            )))),
-            None => Ok(WebhookResponse::NotFound(webhook_not_found(id.0))),
+    async fn get(&self, id: Path<Uuid>) -> ApiResult<Json<WebhookView>, EndpointCodes> {
+        match self.repo().endpoint(&self.state.tenant(), id.0).await? {
+            Some(endpoint) => Ok(Json(WebhookView::from_endpoint(endpoint, false))),
+            None => Err(webhook_not_found(id.0).into()),
         }
     }
 
@@ -480,18 +414,15 @@ impl WebhooksApi {
         &self,
         id: Path<Uuid>,
         body: Json<UpdateWebhookRequest>,
-    ) -> poem::Result<WebhookResponse> {
+    ) -> ApiResult<Json<WebhookView>, UpdateCodes> {
         let Json(request) = body;
-        let url = match request.url.as_deref().map(|url| self.validate_url(url)) {
-            Some(Err(error)) => return Ok(WebhookResponse::Unprocessable(unprocessable(error))),
-            Some(Ok(url)) => Some(url),
-            None => None,
-        };
-        if let Err(error) = validate_event_types(request.event_types.as_deref().unwrap_or_default())
-            .and_then(|()| validate_description(request.description.value()))
-        {
-            return Ok(WebhookResponse::Unprocessable(unprocessable(error)));
-        }
+        let url = request
+            .url
+            .as_deref()
+            .map(|url| self.validate_url(url))
+            .transpose()?;
+        validate_event_types(request.event_types.as_deref().unwrap_or_default())?;
+        validate_description(request.description.value())?;
         let description = match request.description {
             MaybeUndefined::Undefined => None,
             MaybeUndefined::Null => Some(None),
@@ -506,28 +437,24 @@ impl WebhooksApi {
         match self
             .repo()
             .update_endpoint(&self.state.tenant(), id.0, update)
-            .await
-            .map_err(ApiError::from)?
+            .await?
         {
-            Some(endpoint) => Ok(WebhookResponse::Ok(Json(WebhookView::from_endpoint(
-                endpoint, false,
-            )))),
-            None => Ok(WebhookResponse::NotFound(webhook_not_found(id.0))),
+            Some(endpoint) => Ok(Json(WebhookView::from_endpoint(endpoint, false))),
+            None => Err(webhook_not_found(id.0).into()),
         }
     }
 
     /// Delete an endpoint and its deliveries.
     #[oai(path = "/v1/webhooks/:id", method = "delete")]
-    async fn delete(&self, id: Path<Uuid>) -> poem::Result<DeleteWebhookResponse> {
+    async fn delete(&self, id: Path<Uuid>) -> ApiResult<DeletedWebhook, EndpointCodes> {
         if self
             .repo()
             .delete_endpoint(&self.state.tenant(), id.0)
-            .await
-            .map_err(ApiError::from)?
+            .await?
         {
-            Ok(DeleteWebhookResponse::Deleted)
+            Ok(DeletedWebhook::Deleted)
         } else {
-            Ok(DeleteWebhookResponse::NotFound(webhook_not_found(id.0)))
+            Err(webhook_not_found(id.0).into())
         }
     }
 
@@ -540,21 +467,15 @@ impl WebhooksApi {
         &self,
         id: Path<Uuid>,
         body: Json<RotateSecretRequest>,
-    ) -> poem::Result<WebhookResponse> {
-        let overlap = match self.overlap(body) {
-            Ok(overlap) => overlap,
-            Err(error) => return Ok(WebhookResponse::Unprocessable(unprocessable(error))),
-        };
+    ) -> ApiResult<Json<WebhookView>, RotateCodes> {
+        let overlap = self.overlap(body)?;
         match self
             .repo()
             .rotate_endpoint_secret(&self.state.tenant(), id.0, overlap)
-            .await
-            .map_err(ApiError::from)?
+            .await?
         {
-            Some(endpoint) => Ok(WebhookResponse::Ok(Json(WebhookView::from_endpoint(
-                endpoint, true,
-            )))),
-            None => Ok(WebhookResponse::NotFound(webhook_not_found(id.0))),
+            Some(endpoint) => Ok(Json(WebhookView::from_endpoint(endpoint, true))),
+            None => Err(webhook_not_found(id.0).into()),
         }
     }
 
@@ -567,35 +488,24 @@ impl WebhooksApi {
         limit: Query<Option<u32>>,
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
-    ) -> poem::Result<ListDeliveriesResponse> {
-        let limit = match page_limit(limit.0) {
-            Ok(limit) => limit,
-            Err(body) => return Ok(ListDeliveriesResponse::BadRequest(body)),
-        };
-        let before = match cursor.0.as_deref().filter(|cursor| !cursor.is_empty()) {
-            None => None,
-            Some(cursor) => match Uuid::parse_str(cursor) {
-                Ok(before) => Some(before),
-                Err(_) => {
-                    return Ok(ListDeliveriesResponse::BadRequest(Json(
-                        ApiError::new(
-                            ErrorCode::InvalidParameter,
-                            "cursor: not a cursor this API returned",
-                        )
-                        .body(),
-                    )));
-                }
-            },
-        };
+    ) -> ApiResult<Json<DeliveryList>, EndpointCodes> {
+        let limit = page_limit(limit.0)?;
+        let before = cursor
+            .0
+            .as_deref()
+            .filter(|cursor| !cursor.is_empty())
+            .map(Uuid::parse_str)
+            .transpose()
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "cursor: not a cursor this API returned",
+                )
+            })?;
         let tenant = self.state.tenant();
         let repo = self.repo();
-        if repo
-            .endpoint(&tenant, id.0)
-            .await
-            .map_err(ApiError::from)?
-            .is_none()
-        {
-            return Ok(ListDeliveriesResponse::NotFound(webhook_not_found(id.0)));
+        if repo.endpoint(&tenant, id.0).await?.is_none() {
+            return Err(webhook_not_found(id.0).into());
         }
         let filter = DeliveryFilter {
             endpoint_id: Some(id.0),
@@ -604,10 +514,7 @@ impl WebhooksApi {
             limit: limit + 1,
             ..DeliveryFilter::default()
         };
-        let mut deliveries = repo
-            .deliveries(&tenant, &filter)
-            .await
-            .map_err(ApiError::from)?;
+        let mut deliveries = repo.deliveries(&tenant, &filter).await?;
         let next_cursor = if deliveries.len() as u64 > limit {
             deliveries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
             deliveries.last().map(|delivery| delivery.id.to_string())
@@ -615,10 +522,7 @@ impl WebhooksApi {
             None
         };
         let items = self.delivery_views(deliveries).await?;
-        Ok(ListDeliveriesResponse::Ok(Json(DeliveryList {
-            items,
-            next_cursor,
-        })))
+        Ok(Json(DeliveryList { items, next_cursor }))
     }
 
     /// Send a finished delivery once more, now (same `webhook-id`).
@@ -630,98 +534,70 @@ impl WebhooksApi {
         &self,
         id: Path<Uuid>,
         delivery_id: Path<Uuid>,
-    ) -> poem::Result<RedeliverResponse> {
+    ) -> ApiResult<Redelivered, RedeliverCodes> {
         let tenant = self.state.tenant();
         let repo = self.repo();
         let not_found = || {
-            RedeliverResponse::NotFound(Json(
-                ApiError::new(
-                    ErrorCode::DeliveryNotFound,
-                    format!("no delivery {} for webhook {}", delivery_id.0, id.0),
-                )
-                .body(),
-            ))
+            ApiError::new(
+                ErrorCode::DeliveryNotFound,
+                format!("no delivery {} for webhook {}", delivery_id.0, id.0),
+            )
         };
-        match repo
-            .delivery(&tenant, delivery_id.0)
-            .await
-            .map_err(ApiError::from)?
-        {
+        match repo.delivery(&tenant, delivery_id.0).await? {
             Some(delivery) if delivery.endpoint_id == Some(id.0) => {}
-            _ => return Ok(not_found()),
+            _ => return Err(not_found().into()),
         }
-        match repo
-            .redeliver(&tenant, delivery_id.0)
-            .await
-            .map_err(ApiError::from)?
-        {
-            None => Ok(not_found()),
-            Some(false) => Ok(RedeliverResponse::Conflict(Json(
-                ApiError::new(
-                    ErrorCode::InvalidState,
-                    "the delivery is still pending; it is sent on its schedule",
-                )
-                .body(),
-            ))),
+        match repo.redeliver(&tenant, delivery_id.0).await? {
+            None => Err(not_found().into()),
+            Some(false) => Err(ApiError::new(
+                ErrorCode::InvalidState,
+                "the delivery is still pending; it is sent on its schedule",
+            )
+            .into()),
             Some(true) => {
                 let delivery = repo
                     .delivery(&tenant, delivery_id.0)
-                    .await
-                    .map_err(ApiError::from)?
+                    .await?
                     .ok_or_else(|| ApiError::internal(&"a redelivered delivery vanished"))?;
                 let mut views = self.delivery_views(vec![delivery]).await?;
                 let view = views
                     .pop()
                     .ok_or_else(|| ApiError::internal(&"no view for a delivery"))?;
-                Ok(RedeliverResponse::Accepted(Json(view)))
+                Ok(Redelivered::Accepted(Json(view)))
             }
         }
     }
 
     /// Every webhook delivery of one task (its own `webhook_url` and the endpoints').
     #[oai(path = "/v1/tasks/:id/webhook-deliveries", method = "get")]
-    async fn task_deliveries(&self, id: Path<Uuid>) -> poem::Result<ListDeliveriesResponse> {
+    async fn task_deliveries(
+        &self,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<DeliveryList>, TaskDeliveriesCodes> {
         let tenant = self.state.tenant();
         let task_id = TaskId::from(id.0);
-        if self
-            .state
-            .repo
-            .get(&tenant, task_id)
-            .await
-            .map_err(ApiError::from)?
-            .is_none()
-        {
-            return Ok(ListDeliveriesResponse::NotFound(Json(
-                ApiError::new(ErrorCode::TaskNotFound, format!("no task {}", id.0)).body(),
-            )));
+        if self.state.repo.get(&tenant, task_id).await?.is_none() {
+            return Err(ApiError::new(ErrorCode::TaskNotFound, format!("no task {}", id.0)).into());
         }
         let filter = DeliveryFilter {
             task_id: Some(task_id),
             limit: u64::from(MAX_DELIVERY_PAGE),
             ..DeliveryFilter::default()
         };
-        let deliveries = self
-            .repo()
-            .deliveries(&tenant, &filter)
-            .await
-            .map_err(ApiError::from)?;
+        let deliveries = self.repo().deliveries(&tenant, &filter).await?;
         let items = self.delivery_views(deliveries).await?;
-        Ok(ListDeliveriesResponse::Ok(Json(DeliveryList {
+        Ok(Json(DeliveryList {
             items,
             next_cursor: None,
-        })))
+        }))
     }
 
     /// The tenant's default signing key (created on first use): it signs deliveries to
     /// per-task `webhook_url`s.
     #[oai(path = "/v1/webhook-signing-key", method = "get")]
-    async fn signing_key(&self) -> poem::Result<SigningKeyResponse> {
-        let key = self
-            .repo()
-            .signing_key(&self.state.tenant())
-            .await
-            .map_err(ApiError::from)?;
-        Ok(SigningKeyResponse::Ok(Json(key.into())))
+    async fn signing_key(&self) -> ApiResult<Json<SigningKeyView>, NoCodes> {
+        let key = self.repo().signing_key(&self.state.tenant()).await?;
+        Ok(Json(key.into()))
     }
 
     /// Rotate the tenant's default signing key; the previous one keeps signing during
@@ -730,16 +606,12 @@ impl WebhooksApi {
     async fn rotate_signing_key(
         &self,
         body: Json<RotateSecretRequest>,
-    ) -> poem::Result<SigningKeyResponse> {
-        let overlap = match self.overlap(body) {
-            Ok(overlap) => overlap,
-            Err(error) => return Ok(SigningKeyResponse::Unprocessable(unprocessable(error))),
-        };
+    ) -> ApiResult<Json<SigningKeyView>, RotateKeyCodes> {
+        let overlap = self.overlap(body)?;
         let key = self
             .repo()
             .rotate_signing_key(&self.state.tenant(), overlap)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(SigningKeyResponse::Ok(Json(key.into())))
+            .await?;
+        Ok(Json(key.into()))
     }
 }

@@ -75,16 +75,7 @@ impl Scheduler {
                 .await?;
             let Some(last) = page.last() else { break };
             after = Some(last.task_id);
-            let batch: Vec<Dispatch> = page
-                .iter()
-                .map(|candidate| Dispatch {
-                    queue: candidate.queue.clone(),
-                    task_id: candidate.task_id,
-                    tenant: candidate.tenant.clone(),
-                    priority: candidate.priority,
-                    not_before: Some(candidate.run_at),
-                })
-                .collect();
+            let batch: Vec<Dispatch> = page.iter().map(Dispatch::from).collect();
             report.examined += batch.len();
             report.redispatched += self.queue.enqueue_many(&batch).await?;
             if (page.len() as u64) < PAGE_SIZE {

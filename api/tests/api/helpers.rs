@@ -43,15 +43,16 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
     let repo = TaskRepository::new(connection).with_event_bus(EventBus::in_process());
     let server = ApiServer::bind("127.0.0.1", 0).await.expect("bind");
     let url = settings.public_url(server.port());
-    let state = Arc::new(AppState {
-        policy: settings.network_policy().expect("policy"),
-        public_url: url.clone(),
-        repo: repo.clone(),
-        queue: SharedQueue::clone(&queue),
-        storage: ArtifactStore::from_settings(&settings).expect("storage"),
+    let policy = settings.network_policy().expect("policy");
+    let storage = ArtifactStore::from_settings(&settings).expect("storage");
+    let state = Arc::new(AppState::new(
         settings,
-        known_queues: Default::default(),
-    });
+        repo.clone(),
+        SharedQueue::clone(&queue),
+        storage,
+        policy,
+        url.clone(),
+    ));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run_until_stopped(state, async move {
         let _ = stopped.await;

@@ -322,3 +322,178 @@ async fn readiness_fails_when_storage_is_unreachable() {
         .clone();
     assert_eq!(storage["ok"], false);
 }
+
+/// Every status an operation can answer is in the document, and none it cannot: the
+/// document is built from each handler's declared codes, so this pins the contract
+/// (adding a code to an operation changes this table on purpose).
+#[tokio::test]
+async fn each_operation_documents_exactly_the_statuses_it_answers() {
+    let api = spawn_api().await;
+    let (status, spec) = api.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let expected: &[(&str, &str, &[&str])] = &[
+        ("get", "/healthz", &["200"]),
+        ("get", "/readyz", &["200", "503"]),
+        (
+            "get",
+            "/v1/artifacts/{id}",
+            &["200", "400", "404", "500", "503"],
+        ),
+        ("post", "/v1/content", &["200", "202", "4XX", "5XX"]),
+        ("post", "/v1/pdf", &["200", "202", "4XX", "5XX"]),
+        ("post", "/v1/scrape", &["200", "202", "4XX", "5XX"]),
+        ("post", "/v1/screenshot", &["200", "202", "4XX", "5XX"]),
+        ("get", "/v1/queues", &["200", "500", "503"]),
+        (
+            "put",
+            "/v1/queues/{name}",
+            &["200", "201", "400", "422", "500", "503"],
+        ),
+        ("get", "/v1/queues/{name}", &["200", "404", "500", "503"]),
+        (
+            "post",
+            "/v1/queues/{name}/pause",
+            &["200", "404", "500", "503"],
+        ),
+        (
+            "post",
+            "/v1/queues/{name}/resume",
+            &["200", "404", "500", "503"],
+        ),
+        (
+            "post",
+            "/v1/tasks",
+            &["200", "202", "400", "409", "422", "500", "503"],
+        ),
+        ("get", "/v1/tasks", &["200", "400", "500", "503"]),
+        (
+            "get",
+            "/v1/tasks/{id}",
+            &["200", "400", "404", "500", "503"],
+        ),
+        (
+            "get",
+            "/v1/tasks/{id}/artifacts",
+            &["200", "400", "404", "500", "503"],
+        ),
+        (
+            "get",
+            "/v1/tasks/{id}/attempts",
+            &["200", "400", "404", "500", "503"],
+        ),
+        (
+            "post",
+            "/v1/tasks/{id}/cancel",
+            &["200", "400", "404", "409", "500", "503"],
+        ),
+        (
+            "post",
+            "/v1/tasks/{id}/retry",
+            &["200", "400", "404", "409", "500", "503"],
+        ),
+        (
+            "get",
+            "/v1/tasks/{id}/webhook-deliveries",
+            &["200", "400", "404", "500", "503"],
+        ),
+        ("get", "/v1/webhook-signing-key", &["200", "500", "503"]),
+        (
+            "post",
+            "/v1/webhook-signing-key/rotate",
+            &["200", "400", "422", "500", "503"],
+        ),
+        ("post", "/v1/webhooks", &["201", "400", "422", "500", "503"]),
+        ("get", "/v1/webhooks", &["200", "500", "503"]),
+        (
+            "get",
+            "/v1/webhooks/{id}",
+            &["200", "400", "404", "500", "503"],
+        ),
+        (
+            "patch",
+            "/v1/webhooks/{id}",
+            &["200", "400", "404", "422", "500", "503"],
+        ),
+        (
+            "delete",
+            "/v1/webhooks/{id}",
+            &["204", "400", "404", "500", "503"],
+        ),
+        (
+            "get",
+            "/v1/webhooks/{id}/deliveries",
+            &["200", "400", "404", "500", "503"],
+        ),
+        (
+            "post",
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            &["202", "400", "404", "409", "500", "503"],
+        ),
+        (
+            "post",
+            "/v1/webhooks/{id}/rotate-secret",
+            &["200", "400", "404", "422", "500", "503"],
+        ),
+    ];
+    let mut documented = 0;
+    for (method, path, statuses) in expected {
+        let responses = spec["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path} is documented"));
+        let mut got: Vec<&str> = responses.keys().map(String::as_str).collect();
+        got.sort_unstable();
+        assert_eq!(&got, statuses, "{method} {path}");
+        for (status, response) in responses {
+            if status.starts_with(['4', '5']) && !status.ends_with("XX") && *path != "/readyz" {
+                assert_eq!(
+                    response["content"]["application/json; charset=utf-8"]["schema"]["$ref"],
+                    "#/components/schemas/Error",
+                    "{method} {path} {status} answers with the error body"
+                );
+                let description = response["description"].as_str().unwrap_or_default();
+                assert!(
+                    description.starts_with('`'),
+                    "{method} {path} {status} names its codes: {description:?}"
+                );
+            }
+        }
+        documented += 1;
+    }
+    let operations: usize = spec["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|path| path.as_object().expect("operations").len())
+        .sum();
+    assert_eq!(operations, documented, "every operation is in the table");
+}
+
+/// A code the document lists under a status is answered with that status.
+#[tokio::test]
+async fn a_documented_code_comes_with_its_documented_status() {
+    let api = spawn_api().await;
+    let (_, spec) = api.get("/openapi.json").await;
+    let described = |method: &str, path: &str, status: &str| {
+        spec["paths"][path][method]["responses"][status]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (status, body) = api.get("/v1/tasks/not-a-uuid").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(described("get", "/v1/tasks/{id}", "400").contains("`invalid_parameter`"));
+    let (status, body) = api
+        .get("/v1/tasks/00000000-0000-0000-0000-000000000000")
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("task_not_found"))
+    );
+    assert!(described("get", "/v1/tasks/{id}", "404").contains("`task_not_found`"));
+    let (status, body) = api.get("/v1/queues/nobody-made-this").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("queue_not_found"))
+    );
+    assert!(described("get", "/v1/queues/{name}", "404").contains("`queue_not_found`"));
+}

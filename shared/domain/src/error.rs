@@ -7,86 +7,52 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A stable error code.
+/// A stable error code. What each one means is in [`ErrorCode::meaning`], which the
+/// API document shows too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     // --- request validation (4xx) ---
-    /// The body is not valid JSON.
     InvalidJson,
-    /// The body is JSON but not the expected shape.
     InvalidRequest,
-    /// A path or query parameter is malformed.
     InvalidParameter,
-    /// `kind` names no task kind this service runs.
     UnknownKind,
-    /// The task's `input` does not fit its kind.
     InvalidInput,
-    /// The target URL cannot be parsed.
     InvalidUrl,
-    /// The target URL uses a scheme other than http or https.
     UrlSchemeNotAllowed,
-    /// The network policy refuses the target address.
     UrlNotAllowed,
-    /// The body is larger than the configured limit.
     PayloadTooLarge,
-    /// The request's content type is not JSON.
     UnsupportedMediaType,
-    /// No route or resource at this path.
     NotFound,
-    /// The route exists but not for this method.
     MethodNotAllowed,
-    /// No task with this id for this tenant.
     TaskNotFound,
-    /// No artifact with this id for this tenant.
     ArtifactNotFound,
-    /// The task is in a state that does not allow the operation.
     InvalidState,
-    /// The `Idempotency-Key` was already used for a different request.
     IdempotencyConflict,
-    /// No queue with this name.
     QueueNotFound,
-    /// A submitted task names a queue nobody created.
     UnknownQueue,
-    /// No webhook endpoint with this id for this tenant.
     WebhookNotFound,
-    /// No webhook delivery with this id for this endpoint.
     DeliveryNotFound,
 
     // --- task outcomes (worker) ---
-    /// Navigation failed (DNS, connection refused, TLS, HTTP error page).
     NavigationFailed,
-    /// A wait condition (selector, load state) was not met in time.
     WaitTimeout,
-    /// A step's selector matched no element within the step's timeout.
     SelectorNotFound,
-    /// A step could not do what it asks (a script threw, an option does not exist).
     StepFailed,
-    /// The task ran past its timeout.
     TaskTimeout,
-    /// The browser failed while running the task.
     BrowserError,
-    /// The browser process died or stopped answering.
     BrowserCrashed,
-    /// The task was cancelled.
     Cancelled,
-    /// Storing an artifact failed.
     StorageError,
 
     // --- webhook delivery attempts ---
-    /// The receiver did not answer within the delivery timeout.
     WebhookTimeout,
-    /// The receiver could not be reached (DNS, connection, TLS).
     WebhookConnectionFailed,
-    /// The receiver answered with a status other than 2xx.
     WebhookRejected,
-    /// The endpoint is disabled (or deleted): the delivery is not sent.
     WebhookEndpointDisabled,
 
     // --- infrastructure (5xx) ---
-    /// A dependency (database, queue, storage) is unreachable.
     Unavailable,
-    /// An unexpected internal error; details are in the server log only.
     Internal,
 }
 
@@ -129,6 +95,60 @@ impl ErrorCode {
             Self::WebhookEndpointDisabled => "webhook_endpoint_disabled",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+        }
+    }
+
+    /// What the code means, in one sentence (the API document lists these under each
+    /// status an operation can answer).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "The body is not valid JSON.",
+            Self::InvalidRequest => "The body is JSON but not the expected shape.",
+            Self::InvalidParameter => "A path or query parameter is malformed.",
+            Self::UnknownKind => "`kind` names no task kind this service runs.",
+            Self::InvalidInput => "The task's `input` does not fit its kind.",
+            Self::InvalidUrl => "The target URL cannot be parsed.",
+            Self::UrlSchemeNotAllowed => "The target URL uses a scheme other than http or https.",
+            Self::UrlNotAllowed => "The network policy refuses the target address.",
+            Self::PayloadTooLarge => "The body is larger than the configured limit.",
+            Self::UnsupportedMediaType => "The request's content type is not JSON.",
+            Self::NotFound => "No route or resource at this path.",
+            Self::MethodNotAllowed => "The route exists but not for this method.",
+            Self::TaskNotFound => "No task with this id for this tenant.",
+            Self::ArtifactNotFound => "No artifact with this id for this tenant.",
+            Self::InvalidState => "The task is in a state that does not allow the operation.",
+            Self::IdempotencyConflict => {
+                "The `Idempotency-Key` was already used for a different request."
+            }
+            Self::QueueNotFound => "No queue with this name.",
+            Self::UnknownQueue => "A submitted task names a queue nobody created.",
+            Self::WebhookNotFound => "No webhook endpoint with this id for this tenant.",
+            Self::DeliveryNotFound => "No webhook delivery with this id for this endpoint.",
+            Self::NavigationFailed => {
+                "Navigation failed (DNS, connection refused, TLS, HTTP error page)."
+            }
+            Self::WaitTimeout => "A wait condition (selector, load state) was not met in time.",
+            Self::SelectorNotFound => {
+                "A step's selector matched no element within the step's timeout."
+            }
+            Self::StepFailed => {
+                "A step could not do what it asks (a script threw, an option does not exist)."
+            }
+            Self::TaskTimeout => "The task ran past its timeout.",
+            Self::BrowserError => "The browser failed while running the task.",
+            Self::BrowserCrashed => "The browser process died or stopped answering.",
+            Self::Cancelled => "The task was cancelled.",
+            Self::StorageError => "Storing an artifact failed.",
+            Self::WebhookTimeout => "The receiver did not answer within the delivery timeout.",
+            Self::WebhookConnectionFailed => {
+                "The receiver could not be reached (DNS, connection, TLS)."
+            }
+            Self::WebhookRejected => "The receiver answered with a status other than 2xx.",
+            Self::WebhookEndpointDisabled => {
+                "The endpoint is disabled (or deleted): the delivery is not sent."
+            }
+            Self::Unavailable => "A dependency (database, queue, storage) is unreachable.",
+            Self::Internal => "An unexpected internal error; details are in the server log only.",
         }
     }
 

@@ -8,6 +8,7 @@
 //! - `task` (re-exported): tasks, attempts, artifacts and events as records.
 //! - [`queue`]: a named queue's controls.
 //! - [`error`]: the stable machine-readable error codes.
+//! - [`links`]: the API addresses of a task and an artifact.
 //! - [`time`]: instants a duration away, saturating rather than wrapping to zero.
 //! - [`network`]: the policy deciding which addresses browsers and webhooks may reach
 //!   (the DNS look-up itself is the worker's).
@@ -21,6 +22,7 @@ mod steps;
 mod task;
 
 pub mod error;
+pub mod links;
 pub mod network;
 pub mod queue;
 pub mod time;

@@ -229,7 +229,7 @@ pub fn render_body(
             let Some(id) = object.get("id").and_then(Value::as_str).map(str::to_owned) else {
                 continue;
             };
-            let link = format!("{}/v1/artifacts/{id}", public_url.trim_end_matches('/'));
+            let link = crate::links::artifact_url(public_url, &id);
             object.insert("url".to_owned(), Value::String(link));
             if let Some(download) = signed.get(&id) {
                 object.insert("download_url".to_owned(), Value::String(download.clone()));

@@ -8,6 +8,7 @@
 //! - [`events`]: the live-event bus (in-process, Redis pub/sub).
 //! - [`task_stream`]: one task's event stream, from the table and the bus.
 //! - [`storage`]: artifact storage over object_store (local files, S3, memory).
+//! - [`submit`]: write, then dispatch (the [`submit::Submitter`] every caller uses).
 //!
 //! The types it stores are `operator_domain`'s; its settings are `operator_config`'s.
 
@@ -15,6 +16,7 @@ pub mod db;
 pub mod events;
 pub mod queue;
 pub mod storage;
+pub mod submit;
 pub mod task_stream;
 
 /// Installs the process-wide TLS crypto provider.
