@@ -87,7 +87,9 @@ impl Services {
             .context("cannot connect the event bus to Redis")?;
         Ok(Self {
             settings: settings.clone(),
-            repo: TaskRepository::new(connection).with_event_bus(events),
+            repo: TaskRepository::new(connection)
+                .with_batch(settings.database.batch.clone())
+                .with_event_bus(events),
             queue,
             storage,
         })

@@ -125,6 +125,8 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The group commit of the hot transitions on PostgreSQL.
+    pub batch: BatchSettings,
 }
 
 impl Default for DatabaseSettings {
@@ -133,6 +135,43 @@ impl Default for DatabaseSettings {
             url: None,
             max_connections: 16,
             connect_timeout: Duration::from_secs(10),
+            batch: BatchSettings::default(),
+        }
+    }
+}
+
+/// On PostgreSQL, concurrent creates, starts and finishes of tasks are each written by
+/// one statement per batch (SQLite writes each in its own transaction). The defaults
+/// are the measured best on the queue bench (`docs/benchmarks.md`); they rarely need
+/// changing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchSettings {
+    /// The most tasks one statement writes.
+    pub max_size: usize,
+    /// Flush loops per transition. One: while its batch commits (a durable commit waits
+    /// for the WAL flush), the next calls gather into the next batch; with four, the
+    /// batches were nearly one task each and nothing was gained.
+    pub flushers: usize,
+    /// Under load (the previous batch had more than one task), how many times a flush
+    /// loop yields to the runtime before it gathers the rest of its batch, so that
+    /// callers already running hand their tasks in. A call that comes alone after a
+    /// quiet spell is written at once whatever this is.
+    pub linger_yields: usize,
+    /// How long one batch statement may run, a row lock wait included, before
+    /// PostgreSQL cancels it; the batch is then written one task at a time, so only the
+    /// task whose row is locked waits again.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_size: 64,
+            flushers: 1,
+            linger_yields: 8,
+            statement_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -610,6 +649,25 @@ impl Settings {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
+        let batch = &self.database.batch;
+        if !(1..=10_000).contains(&batch.max_size) {
+            return Err(invalid("database.batch.max_size", "must be 1 to 10000"));
+        }
+        if !(1..=16).contains(&batch.flushers) {
+            return Err(invalid("database.batch.flushers", "must be 1 to 16"));
+        }
+        if batch.linger_yields > 1_000 {
+            return Err(invalid(
+                "database.batch.linger_yields",
+                "must be at most 1000",
+            ));
+        }
+        if batch.statement_timeout < Duration::from_millis(1) {
+            return Err(invalid(
+                "database.batch.statement_timeout",
+                "must be at least 1ms",
+            ));
+        }
         if let Some(url) = &self.redis.url {
             let url = url.expose_secret();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -938,6 +996,39 @@ mod tests {
         assert!(message(&[("OPERATOR_NETWORK__ALLOW", "10.0.0.0/99")]).contains("network.allow"));
         assert!(message(&[("OPERATOR_WORKER__CONCURENCY", "3")]).contains("concurency"));
         assert!(message(&[("DATABASE_URL", "mysql://x")]).contains("database.url"));
+    }
+
+    #[test]
+    fn the_batch_writer_is_tuned_by_nested_variables_and_checked() {
+        let settings = Settings::load(
+            None,
+            &env(&[
+                ("OPERATOR_DATABASE__BATCH__MAX_SIZE", "16"),
+                ("OPERATOR_DATABASE__BATCH__STATEMENT_TIMEOUT", "250ms"),
+            ]),
+        )
+        .expect("loads");
+        let batch = &settings.database.batch;
+        assert_eq!(batch.max_size, 16);
+        assert_eq!(batch.statement_timeout, Duration::from_millis(250));
+        assert_eq!(
+            (batch.flushers, batch.linger_yields),
+            (1, 8),
+            "defaults kept"
+        );
+        let message = |pairs: &[(&str, &str)]| {
+            Settings::load(None, &env(pairs))
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(
+            message(&[("OPERATOR_DATABASE__BATCH__MAX_SIZE", "0")])
+                .contains("database.batch.max_size")
+        );
+        assert!(
+            message(&[("OPERATOR_DATABASE__BATCH__FLUSHERS", "64")])
+                .contains("database.batch.flushers")
+        );
     }
 
     #[test]

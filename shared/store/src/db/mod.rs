@@ -1,6 +1,15 @@
 //! Persistence: the connection, the sea-orm entities, the task repository (the only
 //! code that reads or writes task rows) and the webhook repository (endpoints, signing
 //! keys, the delivery outbox).
+//!
+//! - `repo`: [`TaskRepository`], the transitions' rules and every read; the same on
+//!   both databases.
+//! - `writes`: the interface of the hot transitions (create, start, finish), the one
+//!   place the databases are written differently, implemented by
+//!   - `transactional`: a transaction of several statements each (SQLite; PostgreSQL
+//!     for a finish with outbox rows);
+//!   - `postgres`: group commit, one statement per batch (`coalesce`, `one_statement`).
+//! - `webhooks`: [`WebhookRepository`] and the outbox rule (`write_outbox`).
 
 use std::time::Duration;
 
@@ -8,11 +17,12 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use operator_config::Settings;
 
-mod coalesce;
 pub mod entities;
-mod one_statement;
+mod postgres;
 mod repo;
+mod transactional;
 mod webhooks;
+mod writes;
 
 pub use repo::{
     CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, QueueRecord, RedriveOutcome,

@@ -7,27 +7,27 @@
 //! state change and its event row commit in one transaction; a terminal state also
 //! commits its webhook outbox rows in that transaction (`webhooks::write_outbox`).
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::sqlx::postgres::PgPoolOptions;
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    SqlxPostgresConnector, TransactionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::json;
 use tracing::instrument;
-use uuid::Uuid;
 
-use super::coalesce::Coalescer;
+use operator_config::BatchSettings;
+
 use super::entities::{artifact, queue, task, task_attempt, task_event};
-use super::one_statement;
+use super::postgres::Batched;
+use super::transactional::Transactional;
 use super::webhooks::write_outbox;
+use super::writes::{Claim, Finish, HotWrites};
 use crate::events::{EventBus, EventNotice};
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_domain::{
@@ -148,261 +148,35 @@ pub struct TaskRepository {
     /// Told after each commit that writes events, so live readers learn of them at
     /// once; without one, readers find new events by re-reading periodically.
     events: Option<EventBus>,
-    /// Shared by the clones, so concurrent calls from anywhere in the process batch.
-    writers: Arc<LazyWriters>,
+    /// How the hot transitions are written on this database. Shared by the clones, so
+    /// on PostgreSQL concurrent calls from anywhere in the process batch.
+    writes: Arc<dyn HotWrites>,
 }
 
-/// Group commit of the hot transitions on PostgreSQL: concurrent creates, starts and
-/// finishes are each written by one statement per batch (`coalesce`, `one_statement`).
-struct Writers {
-    create: Coalescer<task::ActiveModel, task::Model>,
-    start: Coalescer<one_statement::StartRequest, Option<task::Model>>,
-    finish: Coalescer<one_statement::FinishRequest, Option<task::Model>>,
-}
-
-/// How long one batch statement may run (waiting for a row lock included) before
-/// PostgreSQL cancels it. A batch is written in milliseconds; one stuck statement would
-/// otherwise hold up its transition for the whole process, because each transition has
-/// one flush loop. The cancelled batch is then written one task at a time, so only the
-/// task whose row is locked waits (and fails) again.
-const BATCH_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Flush loops per transition. One: while its batch is written (a durable commit waits
-/// 2–4 ms for the WAL flush here), the next calls gather into the next batch. With more
-/// loops the batches were written nearly one task each and nothing was gained (measured
-/// with the queue bench: 2 tasks per batch with 4 loops).
-const FLUSHERS: usize = 1;
-/// The most tasks one statement writes.
-const MAX_BATCH: usize = 64;
-
-struct LazyWriters {
-    writers: OnceLock<Writers>,
-    statement_timeout: Duration,
-}
-
-impl Default for LazyWriters {
-    fn default() -> Self {
-        Self {
-            writers: OnceLock::new(),
-            statement_timeout: BATCH_STATEMENT_TIMEOUT,
-        }
+/// The writes of the hot transitions for this database: batched on PostgreSQL,
+/// transactions on SQLite. The only place the repository looks at the backend.
+fn writes_for(db: &DatabaseConnection, tuning: BatchSettings) -> Arc<dyn HotWrites> {
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        Arc::new(Batched::new(db.clone(), tuning))
+    } else {
+        Arc::new(Transactional::new(db.clone()))
     }
-}
-
-impl std::fmt::Debug for LazyWriters {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(if self.writers.get().is_some() {
-            "batch writers"
-        } else {
-            "batch writers (not started)"
-        })
-    }
-}
-
-impl Writers {
-    fn start(db: &DatabaseConnection, statement_timeout: Duration) -> Self {
-        let db = writer_connections(db, statement_timeout);
-        let create_db = db.clone();
-        let start_db = db.clone();
-        let finish_db = db;
-        Self {
-            create: Coalescer::start(
-                FLUSHERS,
-                MAX_BATCH,
-                Arc::new(move |models| Box::pin(create_batch(create_db.clone(), models))),
-            ),
-            start: Coalescer::start(
-                FLUSHERS,
-                MAX_BATCH,
-                Arc::new(move |requests| Box::pin(start_batch(start_db.clone(), requests))),
-            ),
-            finish: Coalescer::start(
-                FLUSHERS,
-                MAX_BATCH,
-                Arc::new(move |requests| Box::pin(finish_batch(finish_db.clone(), requests))),
-            ),
-        }
-    }
-}
-
-/// The flush loops' own connections (one per loop), lazily opened with the pool's
-/// connect options plus two settings:
-/// - `enable_seqscan = off`. These statements look tasks up by key and must never scan
-///   the table; but PostgreSQL keeps the generic plan it makes after a prepared
-///   statement's fifth run, and one made while the tasks table was nearly empty scans
-///   it, for as long as the connection lives or until an ANALYZE (and with autovacuum
-///   off, as on the CI machines, there is none). Measured with the queue bench: such a
-///   plan made the start statement 4.2 ms instead of 0.34 ms and the whole run 1,100
-///   tasks/s instead of 2,000, at random. Only the key lookups are affected: every
-///   other table these statements touch is written, not scanned.
-/// - `statement_timeout`, see [`BATCH_STATEMENT_TIMEOUT`].
-fn writer_connections(db: &DatabaseConnection, statement_timeout: Duration) -> DatabaseConnection {
-    let timeout_ms = statement_timeout.as_millis().to_string();
-    let options = (*db.get_postgres_connection_pool().connect_options())
-        .clone()
-        .options([
-            ("enable_seqscan", "off"),
-            ("statement_timeout", timeout_ms.as_str()),
-        ]);
-    let pool = PgPoolOptions::new()
-        .max_connections(3 * FLUSHERS as u32)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_lazy_with(options);
-    SqlxPostgresConnector::from_sqlx_postgres_pool(pool)
-}
-
-/// Writes a batch of new tasks; when the batch fails (a reused idempotency key, say),
-/// each task is written alone so that each caller gets its own answer.
-async fn create_batch(
-    db: DatabaseConnection,
-    models: Vec<task::ActiveModel>,
-) -> Vec<Result<task::Model, RepoError>> {
-    let insert_of = |models: Vec<task::ActiveModel>| {
-        let mut insert = task::Entity::insert_many(models).into_query();
-        insert.returning_all();
-        insert
-    };
-    let ids: Vec<Option<Uuid>> = models
-        .iter()
-        .map(|model| match &model.id {
-            Set(id) => Some(*id),
-            _ => None,
-        })
-        .collect();
-    if models.len() > 1 {
-        match one_statement::create_many(&db, &insert_of(models.clone())).await {
-            Ok(rows) => {
-                return ids
-                    .iter()
-                    .map(|id| {
-                        rows.iter()
-                            .find(|row| Some(row.id) == *id)
-                            .cloned()
-                            .ok_or_else(|| RepoError::Corrupt("a batch lost a new task".to_owned()))
-                    })
-                    .collect();
-            }
-            Err(error) => batch_failed("create", models.len(), &error),
-        }
-    }
-    let mut answers = Vec::with_capacity(models.len());
-    for model in models {
-        let answer = one_statement::create_many(&db, &insert_of(vec![model]))
-            .await
-            .map_err(RepoError::from)
-            .and_then(|rows| {
-                rows.into_iter()
-                    .next()
-                    .ok_or_else(|| RepoError::Database(DbErr::RecordNotInserted))
-            });
-        answers.push(answer);
-    }
-    answers
-}
-
-/// A batch that failed as a whole is written again one task at a time, so that each
-/// caller gets its own answer (a reused idempotency key fails only its own request).
-fn batch_failed(what: &str, size: usize, error: &DbErr) {
-    tracing::debug!(%error, size, "a batch {what} failed; writing its tasks one at a time");
-}
-
-/// Starts a batch of claimed tasks; each request's answer is its row when it won the
-/// start.
-async fn start_batch(
-    db: DatabaseConnection,
-    requests: Vec<one_statement::StartRequest>,
-) -> Vec<Result<Option<task::Model>, RepoError>> {
-    write_batch(
-        "start",
-        requests,
-        move |batch: Vec<one_statement::StartRequest>| {
-            let db = db.clone();
-            async move { one_statement::start_many(&db, &batch, now()).await }
-        },
-        |rows: &[task::Model], request: &one_statement::StartRequest| {
-            rows.iter()
-                .find(|row| row.id == request.id && row.lease_token == Some(request.token))
-                .cloned()
-        },
-    )
-    .await
-}
-
-/// Records a batch of finishes; each request's answer is its row when its guard held.
-async fn finish_batch(
-    db: DatabaseConnection,
-    requests: Vec<one_statement::FinishRequest>,
-) -> Vec<Result<Option<task::Model>, RepoError>> {
-    write_batch(
-        "finish",
-        requests,
-        move |batch: Vec<one_statement::FinishRequest>| {
-            let db = db.clone();
-            async move { one_statement::finish_many(&db, &batch, now()).await }
-        },
-        |rows: &[(task::Model, Uuid)], request: &one_statement::FinishRequest| {
-            rows.iter()
-                .find(|(row, token)| row.id == request.id && *token == request.token)
-                .map(|(row, _)| row.clone())
-        },
-    )
-    .await
-}
-
-/// Writes `requests` with one call of `write`, and gives each request the row `answer`
-/// finds for it. A failed batch is written again one request at a time.
-async fn write_batch<R, Row, W, Fut, A>(
-    what: &str,
-    requests: Vec<R>,
-    write: W,
-    answer: A,
-) -> Vec<Result<Option<task::Model>, RepoError>>
-where
-    R: Clone,
-    W: Fn(Vec<R>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<Row>, DbErr>>,
-    A: Fn(&[Row], &R) -> Option<task::Model>,
-{
-    if requests.len() > 1 {
-        match write(requests.clone()).await {
-            Ok(rows) => {
-                return requests
-                    .iter()
-                    .map(|request| Ok(answer(&rows, request)))
-                    .collect();
-            }
-            Err(error) => batch_failed(what, requests.len(), &error),
-        }
-    }
-    let mut answers = Vec::with_capacity(requests.len());
-    for request in requests {
-        let rows = write(vec![request.clone()]).await;
-        answers.push(
-            rows.map(|rows| answer(&rows, &request))
-                .map_err(RepoError::from),
-        );
-    }
-    answers
 }
 
 impl TaskRepository {
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
+            writes: writes_for(&db, BatchSettings::default()),
             db,
             events: None,
-            writers: Arc::default(),
         }
     }
 
-    /// Bounds each batch statement at `timeout` instead of [`BATCH_STATEMENT_TIMEOUT`]
-    /// (for tests of a stuck statement). Call before the first write.
-    pub fn with_batch_statement_timeout(self, timeout: Duration) -> Self {
+    /// Tunes the PostgreSQL batch writers (`database.batch`; [`TaskRepository::new`]
+    /// uses its defaults). Call before the first write.
+    pub fn with_batch(self, tuning: BatchSettings) -> Self {
         Self {
-            writers: Arc::new(LazyWriters {
-                writers: OnceLock::new(),
-                statement_timeout: timeout,
-            }),
+            writes: writes_for(&self.db, tuning),
             ..self
         }
     }
@@ -417,19 +191,6 @@ impl TaskRepository {
 
     pub fn event_bus(&self) -> Option<&EventBus> {
         self.events.as_ref()
-    }
-
-    /// On PostgreSQL, the batch writers of the hot transitions (started on first use,
-    /// on the caller's runtime); `None` on SQLite, which writes each in a transaction.
-    fn writers(&self) -> Option<&Writers> {
-        if self.db.get_database_backend() != DatabaseBackend::Postgres {
-            return None;
-        }
-        let lazy = &self.writers;
-        Some(
-            lazy.writers
-                .get_or_init(|| Writers::start(&self.db, lazy.statement_timeout)),
-        )
     }
 
     fn announce(&self, tenant: &TenantId, task_id: TaskId) {
@@ -515,18 +276,7 @@ impl TaskRepository {
             started_at: Set(None),
             finished_at: Set(None),
         };
-        let stored = if let Some(writers) = self.writers() {
-            writers.create.call(model).await?
-        } else {
-            let created = json!({"state": state});
-            let transaction = self.db.begin().await?;
-            let stored = task::Entity::insert(model)
-                .exec_with_returning(&transaction)
-                .await?;
-            insert_event(&transaction, id, &new.tenant, "created", created, now).await?;
-            transaction.commit().await?;
-            stored
-        };
+        let stored = self.writes.create(model, &new.tenant, now).await?;
         self.announce(&new.tenant, id);
         to_record(stored)
     }
@@ -888,44 +638,14 @@ impl TaskRepository {
         lease_until: DateTime<Utc>,
     ) -> Result<StartOutcome, RepoError> {
         let now = now();
-        let lease_until = lease_until.trunc_subsecs(6);
-        let claimable = Condition::any()
-            .add(task::Column::State.eq(TaskState::Queued.as_str()))
-            .add(
-                Condition::all()
-                    .add(task::Column::State.eq(TaskState::Running.as_str()))
-                    .add(task::Column::LeaseExpiresAt.lte(now)),
-            );
-        let update = task::Entity::update_many()
-            .col_expr(
-                task::Column::State,
-                Expr::value(TaskState::Running.as_str()),
-            )
-            .col_expr(
-                task::Column::Attempts,
-                Expr::col(task::Column::Attempts).add(1),
-            )
-            .col_expr(task::Column::LeaseToken, Expr::value(token.as_uuid()))
-            .col_expr(task::Column::LeaseExpiresAt, Expr::value(lease_until))
-            .col_expr(task::Column::WorkerId, Expr::value(worker_id))
-            .col_expr(
-                task::Column::StartedAt,
-                Expr::col(task::Column::StartedAt).if_null(now),
-            )
-            .col_expr(task::Column::UpdatedAt, Expr::value(now))
-            .filter(task::Column::Id.eq(id.as_uuid()))
-            .filter(claimable);
-        let started = if let Some(writers) = self.writers() {
-            let request = one_statement::StartRequest {
-                id: id.as_uuid(),
-                token: token.as_uuid(),
-                worker: worker_id.to_owned(),
-                lease_until,
-            };
-            writers.start.call(request).await?
-        } else {
-            self.start_in_transaction(update, now).await?
+        let claim = Claim {
+            id,
+            token,
+            worker: worker_id,
+            lease_until: lease_until.trunc_subsecs(6),
+            now,
         };
+        let started = self.writes.start(&claim).await?;
         let Some(started) = started else {
             return Ok(match find_task(&self.db, id).await? {
                 None => StartOutcome::Missing,
@@ -940,73 +660,6 @@ impl TaskRepository {
         let record = to_record(started)?;
         self.announce(&record.tenant, id);
         Ok(StartOutcome::Started(Box::new(record)))
-    }
-
-    /// The start of [`Self::start_attempt`] as a transaction of several statements, for
-    /// databases without data-modifying CTEs (SQLite).
-    async fn start_in_transaction(
-        &self,
-        update: sea_orm::UpdateMany<task::Entity>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<task::Model>, RepoError> {
-        let transaction = self.db.begin().await?;
-        let Some(started) = update
-            .exec_with_returning(&transaction)
-            .await?
-            .into_iter()
-            .next()
-        else {
-            transaction.rollback().await?;
-            return Ok(None);
-        };
-        let (Some(token), Some(worker_id)) = (started.lease_token, started.worker_id.clone())
-        else {
-            return Err(RepoError::Corrupt(format!(
-                "task {} started without its lease",
-                started.id
-            )));
-        };
-        // Close an attempt whose worker vanished without a word; a first attempt has
-        // none before it.
-        if started.attempts > 1 {
-            task_attempt::Entity::update_many()
-                .col_expr(task_attempt::Column::FinishedAt, Expr::value(now))
-                .col_expr(
-                    task_attempt::Column::Outcome,
-                    Expr::value(operator_domain::AttemptOutcome::LeaseExpired.as_str()),
-                )
-                .filter(task_attempt::Column::TaskId.eq(started.id))
-                .filter(task_attempt::Column::FinishedAt.is_null())
-                .exec(&transaction)
-                .await?;
-        }
-        task_attempt::Entity::insert(task_attempt::ActiveModel {
-            task_id: Set(started.id),
-            attempt: Set(started.attempts),
-            tenant_id: Set(started.tenant_id.clone()),
-            worker_id: Set(worker_id.clone()),
-            lease_token: Set(token),
-            started_at: Set(now),
-            finished_at: Set(None),
-            outcome: Set(None),
-            error_code: Set(None),
-            error_message: Set(None),
-        })
-        .exec_without_returning(&transaction)
-        .await?;
-        let tenant = TenantId::parse(&started.tenant_id)
-            .map_err(|error| RepoError::Corrupt(error.to_string()))?;
-        insert_event(
-            &transaction,
-            TaskId::from(started.id),
-            &tenant,
-            "state",
-            json!({"state": TaskState::Running, "attempt": started.attempts, "worker": worker_id}),
-            now,
-        )
-        .await?;
-        transaction.commit().await?;
-        Ok(Some(started))
     }
 
     /// Extends the lease of the worker holding `token`; tells it whether the task has
@@ -1098,85 +751,15 @@ impl TaskRepository {
         TaskState::Running
             .transition(next_state)
             .map_err(|error| RepoError::Corrupt(error.to_string()))?;
-        let error = outcome.error();
-        let (mut events, state_data) = finish_events(&outcome, next_state, error.as_ref());
-        if let Some(writers) = self.writers() {
-            let listed: Vec<serde_json::Value> = events
-                .iter()
-                .chain(std::iter::once(&("state", state_data.clone())))
-                .map(|(kind, data)| json!({"kind": kind, "data": data}))
-                .collect();
-            let (set_result, result) = match &outcome {
-                TaskOutcome::Succeeded { result, .. } => (true, Some(result.clone())),
-                _ => (false, None),
-            };
-            let run_at = match &outcome {
-                TaskOutcome::Retry { run_at, .. } => Some(run_at.trunc_subsecs(6)),
-                TaskOutcome::Released => Some(now),
-                _ => None,
-            };
-            let request = one_statement::FinishRequest {
-                id: id.as_uuid(),
-                token: token.as_uuid(),
-                state: next_state.as_str(),
-                terminal: next_state.is_terminal(),
-                set_result,
-                result,
-                error_code: error.as_ref().map(|error| error.code.as_str().to_owned()),
-                error_message: error.as_ref().map(|error| error.message.clone()),
-                run_at,
-                outcome: outcome.attempt_outcome().as_str(),
-                artifacts: serde_json::Value::Array(artifact_rows(&outcome)),
-                events: serde_json::Value::Array(listed),
-            };
-            let finished = writers.finish.call(request).await?;
-            if let Some(finished) = finished {
-                let record = to_record(finished)?;
-                self.announce(&record.tenant, id);
-                return Ok(FinishOutcome::Recorded(Box::new(record)));
-            }
-            // The lease is gone, or the task has webhook destinations: the transaction
-            // below tells which, and writes the outbox rows.
-        }
-        let transaction = self.db.begin().await?;
-        let updated = finish_update(id, token, &outcome, error.as_ref(), now)
-            .exec_with_returning(&transaction)
-            .await?;
-        let Some(updated) = updated.into_iter().next() else {
-            transaction.rollback().await?;
+        let finish = Finish {
+            id,
+            token,
+            outcome: &outcome,
+            now,
+        };
+        let Some(record) = self.writes.finish(&finish).await? else {
             return Ok(FinishOutcome::LeaseLost);
         };
-        let record = to_record(updated)?;
-        task_attempt::Entity::update_many()
-            .col_expr(task_attempt::Column::FinishedAt, Expr::value(now))
-            .col_expr(
-                task_attempt::Column::Outcome,
-                Expr::value(outcome.attempt_outcome().as_str()),
-            )
-            .col_expr(
-                task_attempt::Column::ErrorCode,
-                Expr::value(error.as_ref().map(|error| error.code.as_str().to_owned())),
-            )
-            .col_expr(
-                task_attempt::Column::ErrorMessage,
-                Expr::value(error.as_ref().map(|error| error.message.clone())),
-            )
-            .filter(task_attempt::Column::TaskId.eq(id.as_uuid()))
-            .filter(task_attempt::Column::LeaseToken.eq(token.as_uuid()))
-            .exec(&transaction)
-            .await?;
-        if let TaskOutcome::Succeeded { artifacts, .. } = &outcome {
-            insert_artifacts(&transaction, id, &record.tenant, artifacts, now).await?;
-        }
-        let mut state_data = state_data;
-        state_data["attempt"] = json!(record.attempts);
-        events.push(("state", state_data));
-        insert_events(&transaction, id, &record.tenant, events, now).await?;
-        if next_state.is_terminal() {
-            // Invariant 3: the outbox rows commit with the terminal state.
-            write_outbox(&transaction, &record, artifact_rows(&outcome), now).await?;
-        }
-        transaction.commit().await?;
         self.announce(&record.tenant, id);
         Ok(FinishOutcome::Recorded(Box::new(record)))
     }
@@ -1308,100 +891,7 @@ impl TaskRepository {
     }
 }
 
-/// The guarded update that records how a worker's run ended: only the worker holding
-/// `token` on a running task can write it.
-fn finish_update(
-    id: TaskId,
-    token: LeaseToken,
-    outcome: &TaskOutcome,
-    error: Option<&CodedError>,
-    now: DateTime<Utc>,
-) -> sea_orm::UpdateMany<task::Entity> {
-    let next_state = outcome.next_state();
-    let mut update = task::Entity::update_many()
-        .col_expr(task::Column::State, Expr::value(next_state.as_str()))
-        .col_expr(task::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
-        .col_expr(
-            task::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(task::Column::CancelRequested, Expr::value(false))
-        .col_expr(task::Column::UpdatedAt, Expr::value(now))
-        .col_expr(
-            task::Column::ErrorCode,
-            Expr::value(error.map(|error| error.code.as_str().to_owned())),
-        )
-        .col_expr(
-            task::Column::ErrorMessage,
-            Expr::value(error.map(|error| error.message.clone())),
-        );
-    if next_state.is_terminal() {
-        update = update.col_expr(task::Column::FinishedAt, Expr::value(now));
-    }
-    match outcome {
-        TaskOutcome::Succeeded { result, .. } => {
-            update = update.col_expr(task::Column::Result, Expr::value(result.clone()));
-        }
-        TaskOutcome::Retry { run_at, .. } => {
-            update = update.col_expr(task::Column::RunAt, Expr::value(run_at.trunc_subsecs(6)));
-        }
-        TaskOutcome::Released => {
-            update = update.col_expr(task::Column::RunAt, Expr::value(now));
-        }
-        _ => {}
-    }
-    update
-        .filter(task::Column::Id.eq(id.as_uuid()))
-        .filter(task::Column::LeaseToken.eq(token.as_uuid()))
-        .filter(task::Column::State.eq(TaskState::Running.as_str()))
-}
-
-/// The artifacts a successful run stored, as the batch finish writes them and the
-/// webhook outbox lists them (`storage_key` is internal there: it lets the dispatcher
-/// presign a download and is never sent).
-fn artifact_rows(outcome: &TaskOutcome) -> Vec<serde_json::Value> {
-    let TaskOutcome::Succeeded { artifacts, .. } = outcome else {
-        return Vec::new();
-    };
-    artifacts
-        .iter()
-        .map(|artifact| {
-            json!({
-                "id": artifact.id,
-                "name": artifact.name,
-                "content_type": artifact.content_type,
-                "size_bytes": artifact.size_bytes,
-                "sha256": artifact.sha256,
-                "storage_key": artifact.storage_key,
-            })
-        })
-        .collect()
-}
-
-/// A finish's events: one `artifact` event per artifact, in order, then the data of
-/// the `state` event, which also gets the attempt number once the row is known.
-fn finish_events(
-    outcome: &TaskOutcome,
-    next_state: TaskState,
-    error: Option<&CodedError>,
-) -> (Vec<(&'static str, serde_json::Value)>, serde_json::Value) {
-    let mut events = Vec::new();
-    if let TaskOutcome::Succeeded { artifacts, .. } = outcome {
-        events.extend(artifacts.iter().map(|new| {
-            (
-                "artifact",
-                json!({"id": new.id, "name": new.name, "content_type": new.content_type, "size_bytes": new.size_bytes}),
-            )
-        }));
-    }
-    let mut state = json!({"state": next_state});
-    if let Some(error) = error {
-        state["error"] = json!(error);
-    }
-    (events, state)
-}
-
-async fn find_task<C: ConnectionTrait>(
+pub(super) async fn find_task<C: ConnectionTrait>(
     connection: &C,
     id: TaskId,
 ) -> Result<Option<TaskRecord>, RepoError> {
@@ -1416,7 +906,7 @@ async fn find_task<C: ConnectionTrait>(
 /// its progress too when given. The update takes the row's lock, so the lease cannot
 /// change hands before the transaction ends and event ids grow in commit order. The
 /// task's tenant, or `None` when the lease is gone.
-async fn lock_leased(
+pub(super) async fn lock_leased(
     transaction: &DatabaseTransaction,
     id: TaskId,
     token: LeaseToken,
@@ -1441,7 +931,7 @@ async fn lock_leased(
         .transpose()
 }
 
-async fn insert_artifacts(
+pub(super) async fn insert_artifacts(
     transaction: &DatabaseTransaction,
     task_id: TaskId,
     tenant: &TenantId,
@@ -1469,7 +959,7 @@ async fn insert_artifacts(
 }
 
 /// Appends events in their order, in one statement (ids follow the order of the rows).
-async fn insert_events(
+pub(super) async fn insert_events(
     transaction: &DatabaseTransaction,
     task_id: TaskId,
     tenant: &TenantId,
@@ -1492,7 +982,7 @@ async fn insert_events(
     Ok(())
 }
 
-async fn insert_event(
+pub(super) async fn insert_event(
     transaction: &DatabaseTransaction,
     task_id: TaskId,
     tenant: &TenantId,
@@ -1514,7 +1004,7 @@ fn replay_or_refuse(
     }
 }
 
-fn to_record(row: task::Model) -> Result<TaskRecord, RepoError> {
+pub(super) fn to_record(row: task::Model) -> Result<TaskRecord, RepoError> {
     let corrupt = |what: String| RepoError::Corrupt(format!("task {}: {what}", row.id));
     Ok(TaskRecord {
         id: TaskId::from(row.id),
@@ -1568,11 +1058,11 @@ fn coded_error(code: Option<String>, message: Option<String>) -> Option<CodedErr
     Some(CodedError::new(code, message.unwrap_or_default()))
 }
 
-fn to_i32(value: u32) -> i32 {
+pub(super) fn to_i32(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(super) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 

@@ -830,9 +830,23 @@ fn disable(
         )
 }
 
+/// The outbox rule, part one, as SQL over a `tasks` row named `task`: whether a task
+/// ending now may have deliveries due, because it has its own `webhook_url` or its
+/// tenant has an enabled endpoint. A statement that finishes tasks in bulk without
+/// writing outbox rows must leave these tasks to [`write_outbox`], which applies part
+/// two (each endpoint's event filter) and writes the rows; the two read the same
+/// columns, here, side by side.
+pub(crate) fn may_have_deliveries_sql(task: &str) -> String {
+    format!(
+        "({task}.webhook_url IS NOT NULL OR EXISTS (SELECT 1 FROM webhook_endpoints w \
+         WHERE w.tenant_id = {task}.tenant_id AND w.enabled))"
+    )
+}
+
 /// Writes the deliveries of a task's end: one per enabled endpoint of its tenant whose
 /// filter wants the event, and one for the task's own `webhook_url`. Called inside the
-/// transaction that writes the terminal state.
+/// transaction that writes the terminal state. Reads what
+/// [`may_have_deliveries_sql`] reads (`webhook_url`, the tenant's enabled endpoints).
 pub(crate) async fn write_outbox(
     transaction: &DatabaseTransaction,
     record: &TaskRecord,

@@ -75,3 +75,32 @@ pub async fn repository(database: &TestDatabase) -> TaskRepository {
         .expect("connect");
     TaskRepository::new(connection)
 }
+
+/// The conformance suite: each named `async fn(TaskRepository)` runs as one test on
+/// SQLite and one on PostgreSQL, so every transition, guard and outbox rule is shown
+/// to hold on both implementations of the hot writes (transactions on SQLite, batched
+/// statements with a transactional fallback on PostgreSQL).
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let database = operator_testkit::TestDatabase::sqlite().await;
+                    super::$name(crate::helpers::repository(&database).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let database = operator_testkit::TestDatabase::postgres().await;
+                    super::$name(crate::helpers::repository(&database).await).await;
+                }
+            )*
+        }
+    };
+}
+
+pub(crate) use on_both_databases;

@@ -8,11 +8,8 @@ use operator_store::db::{
     CancelOutcome, DeliveryFilter, DeliveryState, FinishOutcome, NewEndpoint, StartOutcome,
     TaskRepository, WebhookRepository,
 };
-use operator_testkit::TestDatabase;
 use operator_testkit::screenshot_task;
 use serde_json::json;
-
-use crate::helpers::repository;
 
 fn new_task(tenant: &TenantId, webhook_url: Option<&str>) -> NewTask {
     NewTask {
@@ -185,14 +182,94 @@ async fn every_terminal_path_writes_its_deliveries(repo: TaskRepository) {
     }
 }
 
-#[tokio::test]
-async fn every_terminal_path_writes_its_deliveries_sqlite() {
-    let database = TestDatabase::sqlite().await;
-    every_terminal_path_writes_its_deliveries(repository(&database).await).await;
+/// The outbox rule's corners, which decide between PostgreSQL's batch statement (no
+/// delivery can be due) and its transactional path (the rule's filters decide): a
+/// tenant without endpoints, a disabled endpoint, an event filter that does not match,
+/// and a task's own `webhook_url`.
+async fn only_due_deliveries_are_written(repo: TaskRepository) {
+    let webhooks = WebhookRepository::new(repo.connection().clone());
+    let endpoint = |tenant: &TenantId, event_types: Vec<String>, enabled: bool| NewEndpoint {
+        tenant: tenant.clone(),
+        url: format!("https://{tenant}.example/hook"),
+        description: None,
+        event_types,
+        enabled,
+    };
+    let bare = TenantId::parse("bare").expect("tenant");
+    let disabled = TenantId::parse("disabled").expect("tenant");
+    webhooks
+        .create_endpoint(endpoint(&disabled, Vec::new(), false))
+        .await
+        .expect("endpoint");
+    let filtered = TenantId::parse("filtered").expect("tenant");
+    let failures = webhooks
+        .create_endpoint(endpoint(&filtered, vec!["task.failed".into()], true))
+        .await
+        .expect("endpoint");
+    let succeeded = || TaskOutcome::Succeeded {
+        result: json!({"ok": true}),
+        artifacts: Vec::new(),
+    };
+    let failed = || TaskOutcome::Failed {
+        error: CodedError::new(ErrorCode::NavigationFailed, "refused"),
+    };
+    let cases = [
+        (&bare, None, succeeded(), Vec::<Option<String>>::new()),
+        (
+            &bare,
+            Some("https://own.example/hook"),
+            succeeded(),
+            vec![None],
+        ),
+        (&disabled, None, failed(), Vec::new()),
+        (&filtered, None, succeeded(), Vec::new()),
+        (
+            &filtered,
+            None,
+            failed(),
+            vec![Some(failures.id.to_string())],
+        ),
+    ];
+    for (index, (tenant, webhook_url, outcome, expected)) in cases.into_iter().enumerate() {
+        let task = repo
+            .create(new_task(tenant, webhook_url))
+            .await
+            .expect("create");
+        let token = started(&repo, task.id).await;
+        let next_state = outcome.next_state();
+        let FinishOutcome::Recorded(record) =
+            repo.finish(task.id, token, outcome).await.expect("finish")
+        else {
+            panic!("case {index}: the finish is recorded");
+        };
+        assert_eq!(record.state, next_state, "case {index}");
+        let written: Vec<Option<String>> = webhooks
+            .deliveries(
+                tenant,
+                &DeliveryFilter {
+                    task_id: Some(task.id),
+                    limit: 100,
+                    ..DeliveryFilter::default()
+                },
+            )
+            .await
+            .expect("deliveries")
+            .into_iter()
+            .map(|delivery| delivery.endpoint_id.map(|id| id.to_string()))
+            .collect();
+        assert_eq!(written, expected, "case {index}");
+        let kinds: Vec<String> = repo
+            .events(task.id, None)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|event| event.kind)
+            .collect();
+        assert_eq!(kinds, ["created", "state", "state"], "case {index}");
+    }
 }
 
-#[tokio::test]
-async fn every_terminal_path_writes_its_deliveries_postgres() {
-    let database = TestDatabase::postgres().await;
-    every_terminal_path_writes_its_deliveries(repository(&database).await).await;
-}
+crate::helpers::on_both_databases!(
+    every_terminal_path_writes_its_deliveries,
+    only_due_deliveries_are_written,
+);

@@ -618,30 +618,7 @@ async fn concurrent_calls_each_get_their_own_answer(repo: TaskRepository) {
     }
 }
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let database = operator_testkit::TestDatabase::sqlite().await;
-                    super::$name(crate::helpers::repository(&database).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let database = operator_testkit::TestDatabase::postgres().await;
-                    super::$name(crate::helpers::repository(&database).await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_databases!(
+crate::helpers::on_both_databases!(
     pages_go_newest_first_by_cursor,
     tenants_do_not_see_each_other,
     a_cancelled_task_never_starts,
@@ -686,7 +663,10 @@ async fn a_stuck_batch_statement_holds_up_only_its_own_task() {
     let database = TestDatabase::postgres().await;
     let repo = repository(&database)
         .await
-        .with_batch_statement_timeout(std::time::Duration::from_millis(500));
+        .with_batch(operator_config::BatchSettings {
+            statement_timeout: std::time::Duration::from_millis(500),
+            ..Default::default()
+        });
     let tenant = TenantId::default_tenant();
     let locked = repo.create(new_task(&tenant)).await.expect("create");
     let free = repo.create(new_task(&tenant)).await.expect("create");

@@ -6,7 +6,7 @@
 //! a batch limit), write them with one call of the batch function, and hand each caller
 //! its answer. An item that arrives alone is written alone, at once: nothing waits for
 //! a batch to fill (under load, a loop only yields a few times first, see
-//! [`LINGER_YIELDS`]). Under load, the items that arrive while the loops are busy become
+//! `database.batch.linger_yields`). Under load, the items that arrive while the loops are busy become
 //! the next batch, so one commit (and one WAL flush) covers many tasks.
 
 use std::future::Future;
@@ -17,16 +17,17 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use sea_orm::DbErr;
 
-use super::RepoError;
+use operator_config::BatchSettings;
 
-/// Under load (the previous batch had more than one item), a flush loop that has its
-/// next first item yields to the runtime this many times before it gathers the rest:
-/// callers that are already running hand their items in, and the batch is larger. The
-/// queue bench, six runs each way, alternated: 1,923 against 1,716 tasks completed per
-/// second end to end, with PostgreSQL at 68 % of a core instead of 75 % (fewer statements
-/// for the same tasks). A yield costs microseconds, not a timer tick; a call that comes
-/// alone after a quiet spell is still written at once.
-const LINGER_YIELDS: usize = 8;
+use crate::db::RepoError;
+
+// `database.batch.linger_yields`: under load (the previous batch had more than one
+// item), a flush loop that has its next first item yields to the runtime this many
+// times before it gathers the rest, so callers already running hand their items in and
+// the batch is larger. The queue bench, six runs each way, alternated, with 8: 1,923
+// against 1,716 tasks completed per second end to end, with PostgreSQL at 68 % of a
+// core instead of 75 % (fewer statements for the same tasks). A yield costs
+// microseconds, not a timer tick.
 
 type Reply<O> = oneshot::Sender<Result<O, RepoError>>;
 type BatchFuture<O> = Pin<Box<dyn Future<Output = Vec<Result<O, RepoError>>> + Send>>;
@@ -41,7 +42,12 @@ pub(super) struct Coalescer<I, O> {
 impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
     /// Starts `flushers` loops on the current runtime; they stop when the coalescer is
     /// dropped and the items sent before are written.
-    pub(super) fn start(flushers: usize, max_batch: usize, write: BatchFn<I, O>) -> Self {
+    pub(super) fn start(tuning: &BatchSettings, write: BatchFn<I, O>) -> Self {
+        let (flushers, max_batch, linger_yields) = (
+            tuning.flushers,
+            tuning.max_size.max(1),
+            tuning.linger_yields,
+        );
         let (sender, receiver) = mpsc::unbounded_channel::<(I, Reply<O>)>();
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..flushers.max(1) {
@@ -57,7 +63,7 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
                             return;
                         };
                         if previous > 1 {
-                            for _ in 0..LINGER_YIELDS {
+                            for _ in 0..linger_yields {
                                 tokio::task::yield_now().await;
                             }
                         }

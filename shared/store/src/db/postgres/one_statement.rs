@@ -25,7 +25,8 @@ use serde::Serialize;
 use serde_json::Value as Json;
 use uuid::Uuid;
 
-use super::entities::task;
+use crate::db::entities::task;
+use crate::db::webhooks::may_have_deliveries_sql;
 
 /// A statement under construction: SQL text and its positional values.
 struct Composed {
@@ -203,6 +204,7 @@ pub(super) async fn finish_many(
     let ids = statement.bind(id_array(requests.iter().map(|request| request.id)));
     let requests = statement.bind(serde_json::to_value(requests).map_err(json_error)?);
     let at = statement.bind(at);
+    let may_have_deliveries = may_have_deliveries_sql("tasks");
     statement.sql = format!(
         "WITH request AS (SELECT * FROM jsonb_to_recordset({requests}) AS r(id uuid, \
          token uuid, state text, terminal boolean, set_result boolean, result jsonb, \
@@ -217,8 +219,7 @@ pub(super) async fn finish_many(
          FROM request WHERE tasks.id = ANY({ids}::uuid[]) AND tasks.id = request.id \
          AND tasks.lease_token = request.token \
          AND tasks.state = 'running' AND (NOT request.terminal \
-         OR (tasks.webhook_url IS NULL AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w \
-         WHERE w.tenant_id = tasks.tenant_id AND w.enabled))) \
+         OR NOT {may_have_deliveries}) \
          RETURNING tasks.*, request.token AS finished_token, \
          request.outcome AS attempt_outcome, request.artifacts AS new_artifacts, \
          request.events AS new_events)"
