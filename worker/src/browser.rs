@@ -1,16 +1,17 @@
 //! The Chromium pool: `browser.browsers` warm browsers per worker process (the worker's
-//! concurrent tasks spread over them, each on the least busy), a fresh browser context
-//! per task, and a bounded blocking pool for the browser code.
+//! concurrent tasks spread over them, each on the least busy), and a fresh browser
+//! context per task.
 //!
 //! The pool launches Chromium itself and drives it over our own CDP connection
 //! ([`crate::cdp`]): one WebSocket per browser, which every page shares through a
 //! flattened session. headless_chrome did this before; its transport made each call wait
 //! up to 100 ms to be sent (rust-headless-chrome issue #446), several times per task.
 //!
-//! The code that drives a page is written as blocking calls, so it runs in
-//! `spawn_blocking`, gated by a semaphore sized to the worker's concurrency: the async
-//! runtime threads never wait on Chromium, and Chromium never sees more pages than the
-//! worker runs tasks.
+//! The code that drives a page is async and runs on the task's own future, gated by a
+//! semaphore sized to the worker's concurrency, so Chromium never sees more pages than
+//! the worker runs tasks. Only what blocks by nature leaves the runtime's threads:
+//! killing a browser's process tree (it waits for the processes to go) and reading its
+//! memory from `/proc`.
 //!
 //! Each task gets its own browser context (an incognito profile: cookies, storage and
 //! cache are not shared), disposed when the task ends, without waiting for Chromium to
@@ -30,12 +31,14 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use operator_config::{BrowserSettings, SandboxMode};
 use operator_domain::Viewport;
 use operator_domain::error::{CodedError, ErrorCode};
@@ -43,7 +46,7 @@ use operator_domain::network::NetworkPolicy;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::cdp::{CdpError, Connection, FailureLog, Page};
@@ -166,39 +169,35 @@ impl BrowserHandle {
     }
 
     /// The proportional set size of the browser's processes (the main one and all
-    /// below it), in bytes: what replacing the browser would give back. Blocking.
-    fn memory_bytes(&self) -> u64 {
-        std::iter::once(self.process.pid)
-            .chain(descendants_of(self.process.pid))
-            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-            .filter_map(|rollup| {
-                rollup.lines().find_map(|line| {
-                    let kilobytes = line.strip_prefix("Pss:")?.trim().strip_suffix("kB")?;
-                    kilobytes.trim().parse::<u64>().ok()
-                })
-            })
-            .map(|kilobytes| kilobytes * 1024)
-            .sum()
+    /// below it), in bytes: what replacing the browser would give back. Reads `/proc`
+    /// (a few milliseconds), so it runs on the blocking pool.
+    async fn memory_bytes(&self) -> u64 {
+        let pid = self.process.pid;
+        tokio::task::spawn_blocking(move || memory_bytes(pid))
+            .await
+            .unwrap_or(0)
     }
 
     /// Whether the browser holds more than `limit` bytes (0: no limit). Only a browser
     /// that has served a task is measured, so a new browser always gets one task and a
     /// limit below a bare browser's size replaces it every task rather than never
     /// serving; and at most once per [`MEMORY_CHECK_INTERVAL`], because reading /proc
-    /// for every process costs a few milliseconds. Blocking.
-    fn over_memory_limit(&self, limit: u64) -> bool {
+    /// for every process costs a few milliseconds.
+    async fn over_memory_limit(&self, limit: u64) -> bool {
         if limit == 0 || self.tasks_started.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let Ok(mut checked) = self.memory_checked.lock() else {
-            return false;
+        let due = match self.memory_checked.lock() {
+            Ok(mut checked) if !checked.is_some_and(|at| at.elapsed() < MEMORY_CHECK_INTERVAL) => {
+                *checked = Some(Instant::now());
+                true
+            }
+            _ => false,
         };
-        if checked.is_some_and(|at| at.elapsed() < MEMORY_CHECK_INTERVAL) {
+        if !due {
             return false;
         }
-        *checked = Some(Instant::now());
-        drop(checked);
-        let bytes = self.memory_bytes();
+        let bytes = self.memory_bytes().await;
         if bytes <= limit {
             return false;
         }
@@ -247,7 +246,7 @@ impl BrowserHandle {
     }
 
     /// A blank page in a fresh context: a spare if one is ready, else opened now.
-    pub fn take_page(self: &Arc<Self>) -> Result<PreparedPage, CodedError> {
+    pub async fn take_page(self: &Arc<Self>) -> Result<PreparedPage, CodedError> {
         let spare = self.spares.lock().ok().and_then(|mut spares| spares.pop());
         let (context, parts) = match spare {
             Some((id, parts)) => (
@@ -258,7 +257,7 @@ impl BrowserHandle {
                 },
                 parts,
             ),
-            None => self.open_page()?,
+            None => self.open_page().await?,
         };
         Ok(PreparedPage {
             context,
@@ -270,21 +269,23 @@ impl BrowserHandle {
     /// Opens a blank page in a new context and prepares it for a task: requests paused
     /// and refused until a guard is installed, lifecycle, network and console events on,
     /// the default viewport.
-    fn open_page(self: &Arc<Self>) -> Result<(ContextGuard, PageParts), CodedError> {
+    async fn open_page(self: &Arc<Self>) -> Result<(ContextGuard, PageParts), CodedError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Created {
             target_id: String,
         }
-        let context = self.new_context()?;
+        let context = self.new_context().await?;
         let created: Created = self
             .connection
             .call(
                 "Target.createTarget",
                 json!({ "url": "about:blank", "browserContextId": context.id() }),
             )
+            .await
             .map_err(|error| self.classify(&error, "cannot open a page"))?;
         let page = Page::attach(&self.connection, &created.target_id)
+            .await
             .map_err(|error| self.classify(&error, "cannot attach to a page"))?;
         let (interception, interception_enabled) = Interception::start(&page);
         // Sent one after another without waiting, answered in order: one round trip.
@@ -300,14 +301,15 @@ impl BrowserHandle {
             ),
         ];
         for call in calls {
-            call.wait::<IgnoredAny>()
+            call.answer::<IgnoredAny>()
+                .await
                 .map_err(|error| self.classify(&error, "cannot prepare a page"))?;
         }
         Ok((context, PageParts { page, interception }))
     }
 
-    /// Opens spare pages up to the target, on the blocking pool, one refill at a time.
-    /// Called on a blocking-pool thread (inside the runtime).
+    /// Opens spare pages up to the target on a task of its own, one refill at a time.
+    /// Called inside the runtime.
     pub fn refill_spares_in_background(self: &Arc<Self>) {
         if self.spare_target == 0 || self.refilling.swap(true, Ordering::SeqCst) {
             return;
@@ -318,7 +320,7 @@ impl BrowserHandle {
         };
         // Weak: a browser being replaced must not be kept alive by its refill.
         let weak = Arc::downgrade(self);
-        runtime.spawn_blocking(move || {
+        runtime.spawn(async move {
             while let Some(handle) = weak.upgrade() {
                 let missing = handle
                     .spares
@@ -329,7 +331,7 @@ impl BrowserHandle {
                     handle.refilling.store(false, Ordering::SeqCst);
                     return;
                 }
-                match handle.open_page() {
+                match handle.open_page().await {
                     Ok((context, parts)) => {
                         // The context now belongs to the spare list, not to a guard.
                         let id = context.into_id();
@@ -348,7 +350,7 @@ impl BrowserHandle {
     }
 
     /// Opens an isolated browser context; it is disposed when the guard drops.
-    pub fn new_context(self: &Arc<Self>) -> Result<ContextGuard, CodedError> {
+    pub async fn new_context(self: &Arc<Self>) -> Result<ContextGuard, CodedError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Created {
@@ -357,6 +359,7 @@ impl BrowserHandle {
         let created: Created = self
             .connection
             .call("Target.createBrowserContext", json!({}))
+            .await
             .map_err(|error| self.classify(&error, "cannot create a browser context"))?;
         Ok(ContextGuard {
             handle: Arc::clone(self),
@@ -382,7 +385,7 @@ impl BrowserHandle {
 
     async fn ping(&self) -> bool {
         self.connection
-            .call_async::<IgnoredAny>("Browser.getVersion", json!({}))
+            .call::<IgnoredAny>("Browser.getVersion", json!({}))
             .await
             .is_ok()
     }
@@ -428,19 +431,31 @@ impl Drop for ContextGuard {
     }
 }
 
-/// A browser's processes and profile; killed and removed when dropped.
+/// A browser's processes and profile; killed and removed when dropped (on the blocking
+/// pool when dropped inside the runtime: killing waits for the processes to go).
 struct BrowserProcess {
     pid: u32,
     /// The main process, reaped once killed so that no zombie is left per browser.
-    child: Mutex<Child>,
+    child: Mutex<Option<Child>>,
     /// The profile directory; its path marks every process of this browser.
     profile_dir: PathBuf,
+    /// Set once the processes are killed and the profile removed (or handed on).
+    removed: AtomicBool,
 }
 
 impl BrowserProcess {
+    fn new(child: Child, profile_dir: PathBuf) -> Self {
+        Self {
+            pid: child.id(),
+            child: Mutex::new(Some(child)),
+            profile_dir,
+            removed: AtomicBool::new(false),
+        }
+    }
+
     /// Kills every process of this browser and waits until they are gone: the main
     /// process, everything descended from it (zygotes, renderers, utilities), and
-    /// anything else carrying our profile path.
+    /// anything else carrying our profile path. Blocking.
     fn kill(&self) {
         let marker = format!("--user-data-dir={}", self.profile_dir.display());
         let mut processes = processes_with_argument(&marker);
@@ -458,16 +473,19 @@ impl BrowserProcess {
         // `try_wait`: a process that survived SIGKILL (stuck in the kernel) must not
         // block this thread; it is reaped by a later kill, or stays a zombie.
         if let Ok(mut child) = self.child.lock()
+            && let Some(child) = child.as_mut()
             && let Err(error) = child.try_wait()
         {
             debug!(pid = self.pid, error = %error, "cannot reap the browser process");
         }
     }
-}
 
-impl Drop for BrowserProcess {
-    fn drop(&mut self) {
-        // The profile can only go once nothing writes into it any more.
+    /// Kills the browser, then removes its profile, which can only go once nothing
+    /// writes into it any more. Once; blocking.
+    fn remove(&self) {
+        if self.removed.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.kill();
         let mut attempts_left = 5;
         loop {
@@ -485,6 +503,32 @@ impl Drop for BrowserProcess {
             }
         }
     }
+
+    /// Hands what must be cleaned up to a new value: this one is then done.
+    fn take(&mut self) -> Self {
+        let removed = self.removed.swap(true, Ordering::SeqCst);
+        Self {
+            pid: self.pid,
+            child: Mutex::new(self.child.get_mut().ok().and_then(Option::take)),
+            profile_dir: self.profile_dir.clone(),
+            removed: AtomicBool::new(removed),
+        }
+    }
+}
+
+impl Drop for BrowserProcess {
+    fn drop(&mut self) {
+        if self.removed.load(Ordering::SeqCst) {
+            return;
+        }
+        let leftover = self.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || leftover.remove());
+            }
+            Err(_) => leftover.remove(),
+        }
+    }
 }
 
 /// Starts browser processes from one long-lived thread.
@@ -494,13 +538,13 @@ impl Drop for BrowserProcess {
 /// runtime's blocking threads end after a while idle, so a browser started from one of
 /// them would be killed then; this thread lives as long as the pool.
 struct Launcher {
-    requests: mpsc::Sender<(Command, mpsc::SyncSender<std::io::Result<Child>>)>,
+    requests: mpsc::Sender<(Command, oneshot::Sender<std::io::Result<Child>>)>,
 }
 
 impl Launcher {
     fn start() -> std::io::Result<Self> {
         let (requests, incoming) =
-            mpsc::channel::<(Command, mpsc::SyncSender<std::io::Result<Child>>)>();
+            mpsc::channel::<(Command, oneshot::Sender<std::io::Result<Child>>)>();
         std::thread::Builder::new()
             .name("chromium-launcher".to_owned())
             .spawn(move || {
@@ -513,13 +557,13 @@ impl Launcher {
         Ok(Self { requests })
     }
 
-    fn spawn(&self, command: Command) -> std::io::Result<Child> {
-        let (reply, answer) = mpsc::sync_channel(1);
+    async fn spawn(&self, command: Command) -> std::io::Result<Child> {
+        let (reply, answer) = oneshot::channel();
         self.requests
             .send((command, reply))
             .map_err(|_| std::io::Error::other("the launcher thread is gone"))?;
         answer
-            .recv()
+            .await
             .map_err(|_| std::io::Error::other("the launcher thread is gone"))?
     }
 }
@@ -551,8 +595,8 @@ fn die_with_launcher(_command: &mut Command) {}
 /// Reads Chromium's stderr until it prints its DevTools address, then keeps reading it
 /// on the same thread until Chromium ends, logging at debug level: a pipe nobody reads
 /// fills up and blocks the browser.
-fn devtools_url(stderr: ChildStderr, timeout: Duration) -> Result<String, CodedError> {
-    let (found, answer) = mpsc::sync_channel::<Result<String, String>>(1);
+async fn devtools_url(stderr: ChildStderr, timeout: Duration) -> Result<String, CodedError> {
+    let (found, answer) = oneshot::channel::<Result<String, String>>();
     std::thread::Builder::new()
         .name("chromium-stderr".to_owned())
         .spawn(move || {
@@ -561,10 +605,13 @@ fn devtools_url(stderr: ChildStderr, timeout: Duration) -> Result<String, CodedE
             let mut recent: VecDeque<String> = VecDeque::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 debug!(target: "chromium", "{line}");
-                let Some(sender) = &waiting else { continue };
+                if waiting.is_none() {
+                    continue;
+                }
                 if let Some((_, url)) = line.split_once("DevTools listening on ") {
-                    let _launch_gave_up = sender.send(Ok(url.trim().to_owned()));
-                    waiting = None;
+                    if let Some(sender) = waiting.take() {
+                        let _launch_gave_up = sender.send(Ok(url.trim().to_owned()));
+                    }
                 } else {
                     if recent.len() == 10 {
                         recent.pop_front();
@@ -582,11 +629,16 @@ fn devtools_url(stderr: ChildStderr, timeout: Duration) -> Result<String, CodedE
                 format!("cannot read the browser's output: {error}"),
             )
         })?;
-    match answer.recv_timeout(timeout) {
-        Ok(Ok(url)) => Ok(url),
-        Ok(Err(output)) => Err(CodedError::new(
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(Ok(url))) => Ok(url),
+        Ok(Ok(Err(output))) => Err(CodedError::new(
             ErrorCode::BrowserError,
             format!("the browser exited before it listened for DevTools: {output}"),
+        )),
+        // The reader thread ended without a word: it cannot, but it is not a hang.
+        Ok(Err(_)) => Err(CodedError::new(
+            ErrorCode::BrowserError,
+            "the browser's output ended before its DevTools address",
         )),
         Err(_) => Err(CodedError::new(
             ErrorCode::BrowserError,
@@ -600,9 +652,11 @@ fn devtools_url(stderr: ChildStderr, timeout: Duration) -> Result<String, CodedE
 
 /// One of the pool's browsers, and how many tasks run on it now.
 struct Slot {
-    /// The slot's browser. A std mutex: it is only taken on blocking-pool threads, and
-    /// only to read or swap the handle (and to launch, which must not happen twice).
+    /// The slot's browser. A std mutex: held only to read or swap the handle.
     current: Mutex<Option<Arc<BrowserHandle>>>,
+    /// Held while the slot's browser is checked and, when needed, replaced: a browser
+    /// is launched once, however many tasks find it gone.
+    replacing: tokio::sync::Mutex<()>,
     /// Tasks on this browser now; a task goes to the least busy browser.
     busy: AtomicUsize,
 }
@@ -674,6 +728,7 @@ impl BrowserPool {
         let slots = (0..settings.browsers.max(1))
             .map(|_| Slot {
                 current: Mutex::new(None),
+                replacing: tokio::sync::Mutex::new(()),
                 busy: AtomicUsize::new(0),
             })
             .collect();
@@ -700,22 +755,11 @@ impl BrowserPool {
     /// Starts every browser ahead of the first task. The warm-up counts as each
     /// browser's first use.
     pub async fn warm_up(self: &Arc<Self>) -> Result<(), CodedError> {
-        for index in 0..self.slots.len() {
-            let pool = Arc::clone(self);
-            tokio::task::spawn_blocking(move || {
-                let handle = pool.browser(&pool.slots[index])?;
-                handle.tasks_started.fetch_add(1, Ordering::Relaxed);
-                info!(pid = handle.pid(), browser = index, "browser ready");
-                handle.refill_spares_in_background();
-                Ok::<_, CodedError>(())
-            })
-            .await
-            .map_err(|error| {
-                CodedError::new(
-                    ErrorCode::Internal,
-                    format!("browser start panicked or was cancelled: {error}"),
-                )
-            })??;
+        for (index, slot) in self.slots.iter().enumerate() {
+            let handle = self.browser(slot).await?;
+            handle.tasks_started.fetch_add(1, Ordering::Relaxed);
+            info!(pid = handle.pid(), browser = index, "browser ready");
+            handle.refill_spares_in_background();
         }
         Ok(())
     }
@@ -731,66 +775,72 @@ impl BrowserPool {
         SlotUse { slot }
     }
 
-    /// Runs `job` on a blocking-pool thread with a live browser.
-    pub async fn run_blocking<T, F>(self: &Arc<Self>, job: F) -> Result<T, CodedError>
+    /// Runs `job` with a live browser, once one of the worker's page permits is free. A
+    /// panic in `job` fails the task (`internal`) instead of the worker.
+    pub async fn run<T, F, Job>(self: &Arc<Self>, job: F) -> Result<T, CodedError>
     where
-        T: Send + 'static,
-        F: FnOnce(Arc<BrowserHandle>) -> Result<T, CodedError> + Send + 'static,
+        F: FnOnce(Arc<BrowserHandle>) -> Job,
+        Job: Future<Output = Result<T, CodedError>>,
     {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| {
-                CodedError::new(ErrorCode::BrowserError, "the browser pool is shut down")
-            })?;
-        let pool = Arc::clone(self);
-        let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let slot = pool.take_slot();
-            let handle = pool.browser(slot.slot)?;
-            handle.tasks_started.fetch_add(1, Ordering::Relaxed);
-            job(handle)
-        })
-        .await;
-        match joined {
+        let _permit = self.permits.acquire().await.map_err(|_| {
+            CodedError::new(ErrorCode::BrowserError, "the browser pool is shut down")
+        })?;
+        let slot = self.take_slot();
+        let handle = self.browser(slot.slot).await?;
+        handle.tasks_started.fetch_add(1, Ordering::Relaxed);
+        match AssertUnwindSafe(job(handle)).catch_unwind().await {
             Ok(result) => result,
-            Err(error) => Err(CodedError::new(
-                ErrorCode::Internal,
-                format!("browser job panicked or was cancelled: {error}"),
-            )),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(CodedError::new(
+                    ErrorCode::Internal,
+                    format!("the browser job panicked: {message}"),
+                ))
+            }
         }
     }
 
-    /// The slot's browser, launched or replaced when needed. Blocking.
-    fn browser(&self, slot: &Slot) -> Result<Arc<BrowserHandle>, CodedError> {
-        let mut current = slot
+    /// The slot's browser, launched or replaced when needed.
+    async fn browser(&self, slot: &Slot) -> Result<Arc<BrowserHandle>, CodedError> {
+        let _replacing = slot.replacing.lock().await;
+        let current = slot
             .current
             .lock()
-            .map_err(|_| CodedError::new(ErrorCode::Internal, "browser pool lock poisoned"))?;
-        if let Some(handle) = current.as_ref()
-            && handle.is_usable()
-        {
-            let recycle_after = self.settings.recycle_after;
-            let tasks = handle.tasks_started.load(Ordering::Relaxed);
-            let served_its_quota = recycle_after != 0 && tasks >= recycle_after;
-            let memory_limit = self.settings.recycle_above_mb.saturating_mul(MIB);
-            if !served_its_quota && !handle.over_memory_limit(memory_limit) {
-                return Ok(Arc::clone(handle));
+            .map_err(|_| CodedError::new(ErrorCode::Internal, "browser pool lock poisoned"))?
+            .clone();
+        if let Some(handle) = current {
+            if handle.is_usable() {
+                let recycle_after = self.settings.recycle_after;
+                let tasks = handle.tasks_started.load(Ordering::Relaxed);
+                let served_its_quota = recycle_after != 0 && tasks >= recycle_after;
+                let memory_limit = self.settings.recycle_above_mb.saturating_mul(MIB);
+                if !served_its_quota && !handle.over_memory_limit(memory_limit).await {
+                    return Ok(handle);
+                }
+                // Healthy but due: tasks still running keep it alive; it is killed (whole
+                // process tree, profile removed) when the last of them drops it.
+                info!(pid = handle.pid(), tasks, "recycling the browser");
+            } else {
+                warn!(
+                    pid = handle.pid(),
+                    "replacing a browser that died or stopped answering"
+                );
+                // Killed now, not when its last task lets go: those tasks fail at once.
+                let dead = Arc::clone(&handle);
+                tokio::task::spawn_blocking(move || dead.process.kill());
             }
-            // Healthy but due: tasks still running keep it alive; it is killed (whole
-            // process tree, profile removed) when the last of them drops it.
-            info!(pid = handle.pid(), tasks, "recycling the browser");
-            current.take();
+            if let Ok(mut current) = slot.current.lock() {
+                current.take();
+            }
         }
-        if let Some(old) = current.take() {
-            warn!(
-                pid = old.pid(),
-                "replacing a browser that died or stopped answering"
-            );
-            old.process.kill();
+        let handle = Arc::new(self.launch().await?);
+        if let Ok(mut current) = slot.current.lock() {
+            *current = Some(Arc::clone(&handle));
         }
-        let handle = Arc::new(self.launch()?);
-        *current = Some(Arc::clone(&handle));
         Ok(handle)
     }
 
@@ -818,9 +868,8 @@ impl BrowserPool {
         arguments
     }
 
-    /// Starts Chromium, connects to it and reads its user agent. Blocking; runs on a
-    /// blocking-pool thread.
-    fn launch(&self) -> Result<BrowserHandle, CodedError> {
+    /// Starts Chromium, connects to it and reads its user agent.
+    async fn launch(&self) -> Result<BrowserHandle, CodedError> {
         let started = Instant::now();
         let call_timeout = self.settings.call_timeout;
         // Unique in the process, not only in this pool: several pools (workers) in one
@@ -840,7 +889,7 @@ impl BrowserPool {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         die_with_launcher(&mut command);
-        let mut child = self.launcher.spawn(command).map_err(|error| {
+        let mut child = self.launcher.spawn(command).await.map_err(|error| {
             CodedError::new(
                 ErrorCode::BrowserError,
                 format!("cannot start {}: {error}", self.chrome_path.display()),
@@ -849,41 +898,31 @@ impl BrowserPool {
         let stderr = child.stderr.take();
         // From here on, a failure drops `process`: the browser is killed, its profile
         // removed.
-        let process = BrowserProcess {
-            pid: child.id(),
-            child: Mutex::new(child),
-            profile_dir,
-        };
+        let process = BrowserProcess::new(child, profile_dir);
         let stderr = stderr.ok_or_else(|| {
             CodedError::new(
                 ErrorCode::BrowserError,
                 "the browser's stderr is not a pipe",
             )
         })?;
-        let url = devtools_url(stderr, call_timeout)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            CodedError::new(
-                ErrorCode::Internal,
-                "a browser is launched outside the runtime",
-            )
-        })?;
-        let connection = runtime
-            .block_on(Connection::connect(&url, call_timeout))
+        let url = devtools_url(stderr, call_timeout).await?;
+        let connection = Connection::connect(&url, call_timeout)
+            .await
             .map_err(|error| CodedError::new(ErrorCode::BrowserError, error.to_string()))?;
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Version {
             user_agent: String,
         }
-        let version: Version =
-            connection
-                .call("Browser.getVersion", json!({}))
-                .map_err(|error| {
-                    CodedError::new(
-                        ErrorCode::BrowserError,
-                        format!("the new browser does not answer: {error}"),
-                    )
-                })?;
+        let version: Version = connection
+            .call("Browser.getVersion", json!({}))
+            .await
+            .map_err(|error| {
+                CodedError::new(
+                    ErrorCode::BrowserError,
+                    format!("the new browser does not answer: {error}"),
+                )
+            })?;
         self.launches.fetch_add(1, Ordering::SeqCst);
         info!(
             pid = process.pid,
@@ -933,9 +972,9 @@ impl BrowserPool {
                             "browser did not answer its keep-alive ping; it will be replaced"
                         );
                     }
-                    // The last reference to a replaced browser kills its processes,
-                    // which blocks: never on a runtime thread.
-                    tokio::task::spawn_blocking(move || drop(handle));
+                    // The last reference to a replaced browser kills its processes, on
+                    // the blocking pool (see `BrowserProcess`).
+                    drop(handle);
                 }
             }
         })
@@ -950,7 +989,7 @@ impl BrowserPool {
                 .ok()
                 .and_then(|mut current| current.take());
             if let Some(handle) = handle {
-                handle.process.kill();
+                handle.process.remove();
             }
         }
         if let Some(egress) = &self.egress {
@@ -963,6 +1002,21 @@ impl Drop for BrowserPool {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The proportional set size of `pid` and every process below it, in bytes.
+fn memory_bytes(pid: u32) -> u64 {
+    std::iter::once(pid)
+        .chain(descendants_of(pid))
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+        .filter_map(|rollup| {
+            rollup.lines().find_map(|line| {
+                let kilobytes = line.strip_prefix("Pss:")?.trim().strip_suffix("kB")?;
+                kilobytes.trim().parse::<u64>().ok()
+            })
+        })
+        .map(|kilobytes| kilobytes * 1024)
+        .sum()
 }
 
 /// Finds Chromium: the configured path, or the usual names on `PATH`.

@@ -14,8 +14,9 @@
 //!   connection, tagged with their `sessionId`. The reader hands each event to the
 //!   listeners of its session, in order, on the reader task: a listener must be quick and
 //!   must never wait for an answer (it sends what it must send detached).
-//! - The browser pool's code is blocking (it runs on the runtime's blocking threads), so
-//!   calls have a blocking form, [`PendingCall::wait`], beside the async one.
+//! - Every call is async: the page code runs on the task's own future, so nothing
+//!   waits on a thread for Chromium. Calls started one after another
+//!   ([`Page::start`]) travel together and are answered in order: one round trip.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,8 +195,6 @@ pub struct Connection {
     next_listener: AtomicU64,
     /// A call unanswered for this long means a hung browser.
     call_timeout: Duration,
-    /// The runtime the reader and writer run on; blocking callers wait through it.
-    runtime: tokio::runtime::Handle,
 }
 
 impl Connection {
@@ -223,7 +222,6 @@ impl Connection {
             next_id: AtomicU64::new(1),
             next_listener: AtomicU64::new(1),
             call_timeout,
-            runtime: tokio::runtime::Handle::current(),
         }))
     }
 
@@ -238,7 +236,6 @@ impl Connection {
             receiver: sent.map(|_| receiver),
             routes: Arc::downgrade(&self.routes),
             timeout: self.call_timeout,
-            runtime: self.runtime.clone(),
         }
     }
 
@@ -255,13 +252,8 @@ impl Connection {
         }
     }
 
-    /// A blocking call to the browser itself. Must not run on the runtime's threads.
-    pub fn call<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, CdpError> {
-        self.start(None, method, params).wait()
-    }
-
-    /// An async call to the browser itself.
-    pub async fn call_async<T: DeserializeOwned>(
+    /// A call to the browser itself.
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: &str,
         params: Value,
@@ -336,8 +328,8 @@ impl Connection {
     }
 }
 
-/// A call on its way: its answer is waited for, blocking or async, at most for the
-/// connection's call timeout.
+/// A call on its way: its answer is waited for at most for the connection's call
+/// timeout.
 #[must_use = "a call's answer must be waited for, or the call sent detached"]
 pub struct PendingCall {
     method: String,
@@ -345,7 +337,6 @@ pub struct PendingCall {
     receiver: Result<oneshot::Receiver<Result<Value, CdpError>>, CdpError>,
     routes: Weak<Mutex<Routes>>,
     timeout: Duration,
-    runtime: tokio::runtime::Handle,
 }
 
 impl PendingCall {
@@ -355,13 +346,6 @@ impl PendingCall {
     pub fn allowing(mut self, work: Duration) -> Self {
         self.timeout = self.timeout.saturating_add(work);
         self
-    }
-
-    /// Waits for the answer, blocking the thread. Must not run on the runtime's threads
-    /// (the pool's code runs on its blocking threads).
-    pub fn wait<T: DeserializeOwned>(self) -> Result<T, CdpError> {
-        let runtime = self.runtime.clone();
-        runtime.block_on(self.answer())
     }
 
     /// Waits for the answer.
@@ -427,17 +411,19 @@ pub struct Page {
 }
 
 impl Page {
-    /// Attaches to a page target (`Target.attachToTarget` with `flatten: true`). Blocking.
-    pub fn attach(connection: &Arc<Connection>, target_id: &str) -> Result<Self, CdpError> {
+    /// Attaches to a page target (`Target.attachToTarget` with `flatten: true`).
+    pub async fn attach(connection: &Arc<Connection>, target_id: &str) -> Result<Self, CdpError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Attached {
             session_id: String,
         }
-        let attached: Attached = connection.call(
-            "Target.attachToTarget",
-            json!({ "targetId": target_id, "flatten": true }),
-        )?;
+        let attached: Attached = connection
+            .call(
+                "Target.attachToTarget",
+                json!({ "targetId": target_id, "flatten": true }),
+            )
+            .await?;
         Ok(Self {
             connection: Arc::clone(connection),
             target_id: target_id.to_owned(),
@@ -450,9 +436,13 @@ impl Page {
         &self.target_id
     }
 
-    /// A blocking call on the page. Must not run on the runtime's threads.
-    pub fn call<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, CdpError> {
-        self.start(method, params).wait()
+    /// A call on the page.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<T, CdpError> {
+        self.start(method, params).answer().await
     }
 
     /// Sends a call on the page without waiting for its answer yet: calls started one

@@ -23,11 +23,10 @@
 //! [`RefusalLog`].
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 
 use operator_domain::error::{CodedError, ErrorCode};
-use operator_domain::network::NetworkPolicy;
+use operator_domain::network::{NetworkPolicy, Resolution, ResolveError};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
@@ -35,6 +34,7 @@ use url::{Host, Url};
 
 use crate::cdp::{Event, FailureLog, Page, PendingCall, Subscription};
 use crate::egress::RefusalLog;
+use crate::resolve::resolve_checked;
 
 /// How many refused requests a task remembers for its result; a page that keeps
 /// retrying a refused address must not grow the result without bound.
@@ -47,9 +47,6 @@ pub struct Refusal {
     pub resource_type: String,
     pub reason: String,
 }
-
-/// A host's addresses, or why it did not resolve.
-type Resolution = Result<Vec<IpAddr>, String>;
 
 /// The verdict on one URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,9 +64,8 @@ pub struct RequestGuard {
     policy: NetworkPolicy,
     /// The page's main frame: its id is the page target's id.
     main_frame_id: String,
-    /// Host → addresses (or why it did not resolve). A std mutex: it is only taken on
-    /// the tab's event thread and by the session's thread, never across an await.
-    resolved: Mutex<HashMap<(String, u16), Resolution>>,
+    /// DNS name and port → the verdict on it. A std mutex: never held across an await.
+    resolved: Mutex<HashMap<(String, u16), Verdict>>,
     refusals: Mutex<Vec<Refusal>>,
     refused_total: Mutex<usize>,
     /// Set when the page's own document was refused: the task fails with this.
@@ -187,14 +183,14 @@ impl RequestGuard {
         (list, total)
     }
 
-    fn decide(&self, paused: &RequestPaused) -> Decision {
+    async fn decide(&self, paused: &RequestPaused) -> Decision {
         let is_main_document =
             paused.resource_type == "Document" && paused.frame_id == self.main_frame_id;
         let url = &paused.request.url;
         if !is_main_document && self.blocked_by_task(&paused.resource_type, url) {
             return Decision::Fail("BlockedByClient");
         }
-        match self.check(url) {
+        match self.check(url).await {
             Verdict::Allow => {
                 if is_main_document {
                     self.remember_document(url);
@@ -237,8 +233,9 @@ impl RequestGuard {
         }
     }
 
-    /// The verdict on a URL. Blocking: it may resolve the host.
-    pub fn check(&self, text: &str) -> Verdict {
+    /// The verdict on a URL. A DNS name is resolved (once per task) through
+    /// [`crate::resolve`], under the same policy rules as the egress proxy's.
+    pub async fn check(&self, text: &str) -> Verdict {
         let url = match Url::parse(text) {
             Ok(url) => url,
             Err(error) => {
@@ -256,43 +253,25 @@ impl RequestGuard {
             }
         }
         let port = url.port_or_known_default().unwrap_or(80);
-        match url.host() {
-            None => Verdict::Refuse(refused(format!("{text} has no host"))),
-            Some(Host::Ipv4(address)) => {
-                self.verdict_for(&address.to_string(), &[IpAddr::V4(address)])
+        let host = match url.host() {
+            None => return Verdict::Refuse(refused(format!("{text} has no host"))),
+            // Allowed by name: its addresses are not looked at (nor looked up).
+            Some(Host::Domain(domain)) if self.policy.allows_host(domain) => {
+                return Verdict::Allow;
             }
-            Some(Host::Ipv6(address)) => {
-                self.verdict_for(&address.to_string(), &[IpAddr::V6(address)])
-            }
-            Some(Host::Domain(domain)) => {
-                if self.policy.allows_host(domain) {
-                    return Verdict::Allow;
-                }
-                // Chromium resolves `localhost` and `*.localhost` to loopback itself,
-                // whatever DNS says.
-                let name = domain.trim_end_matches('.').to_ascii_lowercase();
-                if name == "localhost" || name.ends_with(".localhost") {
-                    return self.verdict_for(domain, &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-                }
-                match self.resolve(domain, port) {
-                    Ok(addresses) => self.verdict_for(domain, &addresses),
-                    Err(message) => Verdict::Unresolvable(message),
-                }
-            }
+            Some(_) => url.host_str().unwrap_or_default(),
+        };
+        // IP literals and `localhost` names need no look-up; the policy decides.
+        match self.policy.resolution(host, port) {
+            Err(error) => Verdict::Refuse(error),
+            Ok(Resolution::Known(_)) => Verdict::Allow,
+            Ok(Resolution::Lookup(name)) => self.looked_up(name, port).await,
         }
     }
 
-    fn verdict_for(&self, host: &str, addresses: &[IpAddr]) -> Verdict {
-        for address in addresses {
-            if let Err(error) = self.policy.check_address(host, *address) {
-                return Verdict::Refuse(error);
-            }
-        }
-        Verdict::Allow
-    }
-
-    fn resolve(&self, host: &str, port: u16) -> Result<Vec<IpAddr>, String> {
-        let key = (host.to_ascii_lowercase(), port);
+    /// The verdict on a DNS name, from the task's cache or a look-up.
+    async fn looked_up(&self, name: String, port: u16) -> Verdict {
+        let key = (name.to_ascii_lowercase(), port);
         if let Some(cached) = self
             .resolved
             .lock()
@@ -301,21 +280,15 @@ impl RequestGuard {
         {
             return cached;
         }
-        let answer = (host, port)
-            .to_socket_addrs()
-            .map_err(|error| format!("cannot resolve {host}: {error}"))
-            .and_then(|addresses| {
-                let addresses: Vec<IpAddr> = addresses.map(|address| address.ip()).collect();
-                if addresses.is_empty() {
-                    Err(format!("{host} resolves to no address"))
-                } else {
-                    Ok(addresses)
-                }
-            });
+        let verdict = match resolve_checked(&self.policy, &name, port).await {
+            Ok(_) => Verdict::Allow,
+            Err(ResolveError::Refused(error)) => Verdict::Refuse(error),
+            Err(ResolveError::Unresolvable(message)) => Verdict::Unresolvable(message),
+        };
         if let Ok(mut cache) = self.resolved.lock() {
-            cache.insert(key, answer.clone());
+            cache.insert(key, verdict.clone());
         }
-        answer
+        verdict
     }
 
     /// How many distinct hosts were resolved (for tests of the cache).
@@ -414,11 +387,11 @@ impl Interception {
                 Decision::Fail("BlockedByClient").send(&answering, &paused.request_id);
                 return;
             };
-            // The verdict may resolve a host name, which blocks: it is reached on the
-            // blocking pool, never on the connection's reader.
+            // The verdict may look a host name up: decided on its own task, never on
+            // the connection's reader.
             let page = answering.clone();
-            tokio::task::spawn_blocking(move || {
-                guard.decide(&paused).send(&page, &paused.request_id);
+            tokio::spawn(async move {
+                guard.decide(&paused).await.send(&page, &paused.request_id);
             });
         });
         let enabled = page.start(
@@ -463,8 +436,8 @@ mod tests {
         matches!(verdict, Verdict::Refuse(error) if error.code == ErrorCode::UrlNotAllowed)
     }
 
-    #[test]
-    fn internal_addresses_and_local_schemes_are_refused_by_default() {
+    #[tokio::test]
+    async fn internal_addresses_and_local_schemes_are_refused_by_default() {
         let default = guard(&[]);
         for url in [
             "http://127.0.0.1:8080/",
@@ -478,26 +451,34 @@ mod tests {
             "javascript:alert(1)",
             "ftp://example.com/",
         ] {
-            assert!(is_refused(&default.check(url)), "{url}");
+            assert!(is_refused(&default.check(url).await), "{url}");
         }
-        assert_eq!(default.check("data:text/plain,hi"), Verdict::Allow);
-        assert_eq!(default.check("https://93.184.215.14/"), Verdict::Allow);
+        assert_eq!(default.check("data:text/plain,hi").await, Verdict::Allow);
+        assert_eq!(
+            default.check("https://93.184.215.14/").await,
+            Verdict::Allow
+        );
     }
 
-    #[test]
-    fn a_host_allowed_by_name_does_not_open_its_address() {
+    #[tokio::test]
+    async fn a_host_allowed_by_name_does_not_open_its_address() {
         let by_name = guard(&["localhost"]);
-        assert_eq!(by_name.check("http://localhost:3000/page"), Verdict::Allow);
-        assert!(is_refused(&by_name.check("http://127.0.0.1:3000/page")));
+        assert_eq!(
+            by_name.check("http://localhost:3000/page").await,
+            Verdict::Allow
+        );
+        assert!(is_refused(
+            &by_name.check("http://127.0.0.1:3000/page").await
+        ));
         assert_eq!(by_name.resolutions(), 0, "no lookup for allowed names");
     }
 
-    #[test]
-    fn resolutions_are_cached_per_task() {
+    #[tokio::test]
+    async fn resolutions_are_cached_per_task() {
         let default = guard(&[]);
         // A name that resolves to loopback through the system resolver.
-        let first = default.check("http://localhost.localdomain/");
-        let second = default.check("http://localhost.localdomain/other");
+        let first = default.check("http://localhost.localdomain/").await;
+        let second = default.check("http://localhost.localdomain/other").await;
         assert_eq!(first, second);
         assert!(default.resolutions() <= 1);
     }
@@ -543,15 +524,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_egress_proxy_refusing_the_document_refuses_the_task() {
+    #[tokio::test]
+    async fn the_egress_proxy_refusing_the_document_refuses_the_task() {
         let refusals = Arc::new(RefusalLog::default());
         let error = CodedError::new(ErrorCode::UrlNotAllowed, "rebound to loopback");
         // A refusal from before the document left does not count.
         refusals.record("93.184.215.14", 80, &error);
         let guarded = guard(&[]).with_egress(Some(Arc::clone(&refusals)));
         let document = paused("http://93.184.215.14/page", "Document", "frame");
-        assert!(matches!(guarded.decide(&document), Decision::Continue));
+        assert!(matches!(
+            guarded.decide(&document).await,
+            Decision::Continue
+        ));
         assert!(guarded.document_refusal().is_none());
         // The proxy refuses a sub-resource's host, then the document's.
         refusals.record("203.0.113.9", 80, &error);
@@ -564,7 +548,7 @@ mod tests {
         // A sub-frame's document is not the page's.
         let other = guard(&[]).with_egress(Some(Arc::clone(&refusals)));
         let frame = paused("http://93.184.215.14/frame", "Document", "child");
-        assert!(matches!(other.decide(&frame), Decision::Continue));
+        assert!(matches!(other.decide(&frame).await, Decision::Continue));
         refusals.record("93.184.215.14", 80, &error);
         assert!(other.document_refusal().is_none());
     }

@@ -15,16 +15,17 @@ pub struct Point {
 
 /// Moves the mouse to `point` (the page gets `mousemove`, `mouseover`, ... as it would
 /// from a user).
-pub fn move_mouse(page: &Page, point: Point) -> Result<(), CdpError> {
+pub async fn move_mouse(page: &Page, point: Point) -> Result<(), CdpError> {
     page.call::<IgnoredAny>(
         "Input.dispatchMouseEvent",
         json!({ "type": "mouseMoved", "x": point.x, "y": point.y }),
-    )?;
+    )
+    .await?;
     Ok(())
 }
 
 /// A left click at `point`: move there, press, release.
-pub fn click(page: &Page, point: Point) -> Result<(), CdpError> {
+pub async fn click(page: &Page, point: Point) -> Result<(), CdpError> {
     // Sent together: the three events are dispatched in order either way.
     let button = |kind: &str| {
         json!({
@@ -40,14 +41,15 @@ pub fn click(page: &Page, point: Point) -> Result<(), CdpError> {
         page.start("Input.dispatchMouseEvent", button("mouseReleased")),
     ];
     for call in calls {
-        call.wait::<IgnoredAny>()?;
+        call.answer::<IgnoredAny>().await?;
     }
     Ok(())
 }
 
 /// Types `text` into the focused element as one input (no key events).
-pub fn insert_text(page: &Page, text: &str) -> Result<(), CdpError> {
-    page.call::<IgnoredAny>("Input.insertText", json!({ "text": text }))?;
+pub async fn insert_text(page: &Page, text: &str) -> Result<(), CdpError> {
+    page.call::<IgnoredAny>("Input.insertText", json!({ "text": text }))
+        .await?;
     Ok(())
 }
 
@@ -64,7 +66,7 @@ pub enum PressError {
 
 /// Presses and releases a key: a named key (`Enter`, `Tab`, `ArrowDown`, `F5`, ...) or
 /// one character, as on a US keyboard.
-pub fn press_key(page: &Page, name: &str) -> Result<(), PressError> {
+pub async fn press_key(page: &Page, name: &str) -> Result<(), PressError> {
     let key = Key::named(name).ok_or(PressError::UnknownKey)?;
     let mut down = json!({
         // A key that produces text is a `keyDown` (Chromium inserts the text); one
@@ -91,7 +93,7 @@ pub fn press_key(page: &Page, name: &str) -> Result<(), PressError> {
         page.start("Input.dispatchKeyEvent", up),
     ];
     for call in calls {
-        call.wait::<IgnoredAny>()?;
+        call.answer::<IgnoredAny>().await?;
     }
     Ok(())
 }

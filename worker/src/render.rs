@@ -1,5 +1,6 @@
 //! What a worker does with a page: open it in a fresh context, wait until it is ready,
-//! capture it. Everything here is blocking and runs on the browser pool's threads.
+//! capture it. Every page operation is an `async fn` over the CDP client, run on the
+//! task's own future: no thread waits for Chromium.
 //!
 //! Waiting is driven by Chromium's lifecycle events (`DOMContentLoaded`, `load`,
 //! `networkIdle`) for the navigation's own loader, not by polling the page, so a capture
@@ -7,7 +8,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -20,6 +20,7 @@ use operator_domain::{
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use crate::browser::{BrowserHandle, PreparedPage, viewport_params};
 use crate::cdp::{CdpError, Event, Page};
@@ -79,14 +80,14 @@ impl StopSignal {
 }
 
 /// Renders a task in a new isolated context. Blocking.
-pub fn render(
+pub async fn render(
     handle: &Arc<BrowserHandle>,
     spec: &TaskSpec,
     policy: &NetworkPolicy,
     deadline: Instant,
     stop: &StopSignal,
     progress: ProgressSink<'_>,
-    log_sink: tokio::sync::mpsc::UnboundedSender<ConsoleEntry>,
+    log_sink: mpsc::UnboundedSender<ConsoleEntry>,
 ) -> Result<Rendered, RenderFailure> {
     let started = Instant::now();
     // A fresh context with a blank page, opened ahead of time when a spare is ready.
@@ -94,7 +95,7 @@ pub fn render(
         context,
         page,
         interception,
-    } = handle.take_page()?;
+    } = handle.take_page().await?;
     // The event log and the guard are in place before the page loads anything.
     let events = Arc::new(PageEvents::new(page.target_id()).with_log_sink(log_sink));
     let events_subscription = events.install(&page);
@@ -127,10 +128,10 @@ pub fn render(
         stop,
     };
     let result = match spec {
-        TaskSpec::Screenshot(input) => session.screenshot(input),
-        TaskSpec::Pdf(input) => session.pdf(input),
+        TaskSpec::Screenshot(input) => session.screenshot(input).await,
+        TaskSpec::Pdf(input) => session.pdf(input).await,
         TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) => {
-            steps::browse(&session, spec.kind(), input, progress)
+            steps::browse(&session, spec.kind(), input, progress).await
         }
     };
     let logs = vec![
@@ -175,26 +176,29 @@ pub(crate) struct Session<'a> {
 }
 
 impl Session<'_> {
-    fn screenshot(&self, input: &ScreenshotInput) -> Result<Rendered, CodedError> {
-        self.set_viewport_unless_default(&input.viewport)?;
+    async fn screenshot(&self, input: &ScreenshotInput) -> Result<Rendered, CodedError> {
+        self.set_viewport_unless_default(&input.viewport).await?;
         self.open(
             input.url.as_str(),
             &TaskSpec::Screenshot(input.clone()).wait(),
-        )?;
-        let bytes = self.capture(input.image_type, input.quality, input.full_page, None)?;
+        )
+        .await?;
+        let bytes = self
+            .capture(input.image_type, input.quality, input.full_page, None)
+            .await?;
         Ok(Rendered {
             files: vec![RenderedFile {
                 name: format!("screenshot.{}", input.image_type.extension()),
                 content_type: input.image_type.content_type().to_owned(),
                 bytes,
             }],
-            page: self.facts()?,
+            page: self.facts().await?,
             extra: serde_json::Map::new(),
         })
     }
 
     /// Captures the viewport, the whole page, or `clip` (page coordinates).
-    pub(crate) fn capture(
+    pub(crate) async fn capture(
         &self,
         image_type: ImageFormat,
         quality: Option<u8>,
@@ -212,10 +216,11 @@ impl Session<'_> {
                 width: f64,
                 height: f64,
             }
-            let metrics: LayoutMetrics = self
-                .page
-                .call("Page.getLayoutMetrics", json!({}))
-                .map_err(|error| self.handle.classify(&error, "cannot measure the page"))?;
+            let metrics: LayoutMetrics =
+                self.page
+                    .call("Page.getLayoutMetrics", json!({}))
+                    .await
+                    .map_err(|error| self.handle.classify(&error, "cannot measure the page"))?;
             let size = metrics.css_content_size;
             Some(Clip {
                 x: 0.0,
@@ -247,12 +252,13 @@ impl Session<'_> {
         let capture: Data = self
             .page
             .call("Page.captureScreenshot", params)
+            .await
             .map_err(|error| self.handle.classify(&error, "screenshot failed"))?;
         capture.decode("screenshot")
     }
 
     /// Prints the page to PDF with default margins (the `pdf` step).
-    pub(crate) fn print(
+    pub(crate) async fn print(
         &self,
         format: PaperFormat,
         landscape: bool,
@@ -272,14 +278,16 @@ impl Session<'_> {
                     "preferCSSPageSize": false,
                 }),
             )
+            .await
             .map_err(|error| self.handle.classify(&error, "printing to PDF failed"))?;
         printed.decode("PDF")
     }
 
-    fn pdf(&self, input: &PdfInput) -> Result<Rendered, CodedError> {
+    async fn pdf(&self, input: &PdfInput) -> Result<Rendered, CodedError> {
         let geometry = input.geometry()?;
-        self.set_viewport_unless_default(&input.viewport)?;
-        self.open(input.url.as_str(), &TaskSpec::Pdf(input.clone()).wait())?;
+        self.set_viewport_unless_default(&input.viewport).await?;
+        self.open(input.url.as_str(), &TaskSpec::Pdf(input.clone()).wait())
+            .await?;
         let mut params = json!({
             "landscape": input.landscape,
             "displayHeaderFooter": false,
@@ -296,60 +304,62 @@ impl Session<'_> {
         if let Some(ranges) = &input.page_ranges {
             params["pageRanges"] = json!(ranges);
         }
-        let printed: Data =
-            self.page
-                .call("Page.printToPDF", params)
-                .map_err(|error| match &error {
-                    CdpError::Protocol { message, .. }
-                        if message.contains("Page range") || message.contains("page range") =>
-                    {
-                        CodedError::new(
-                            ErrorCode::InvalidInput,
-                            format!("input.page_ranges: {message}"),
-                        )
-                    }
-                    _ => self.handle.classify(&error, "printing to PDF failed"),
-                })?;
+        let printed: Data = self
+            .page
+            .call("Page.printToPDF", params)
+            .await
+            .map_err(|error| match &error {
+                CdpError::Protocol { message, .. }
+                    if message.contains("Page range") || message.contains("page range") =>
+                {
+                    CodedError::new(
+                        ErrorCode::InvalidInput,
+                        format!("input.page_ranges: {message}"),
+                    )
+                }
+                _ => self.handle.classify(&error, "printing to PDF failed"),
+            })?;
         Ok(Rendered {
             files: vec![RenderedFile {
                 name: "document.pdf".to_owned(),
                 content_type: "application/pdf".to_owned(),
                 bytes: printed.decode("PDF")?,
             }],
-            page: self.facts()?,
+            page: self.facts().await?,
             extra: serde_json::Map::new(),
         })
     }
 
     /// Pages come with the default viewport set (see `BrowserHandle::open_page`).
-    pub(crate) fn set_viewport_unless_default(
+    pub(crate) async fn set_viewport_unless_default(
         &self,
         viewport: &Viewport,
     ) -> Result<(), CodedError> {
         if *viewport == Viewport::default() {
             return Ok(());
         }
-        self.set_viewport(viewport)
+        self.set_viewport(viewport).await
     }
 
-    pub(crate) fn set_viewport(&self, viewport: &Viewport) -> Result<(), CodedError> {
+    pub(crate) async fn set_viewport(&self, viewport: &Viewport) -> Result<(), CodedError> {
         self.page
             .call::<IgnoredAny>(
                 "Emulation.setDeviceMetricsOverride",
                 viewport_params(viewport),
             )
+            .await
             .map_err(|error| self.handle.classify(&error, "cannot set the viewport"))?;
         Ok(())
     }
 
     /// Navigates and waits for the requested milestone, selector and delay.
-    pub(crate) fn open(&self, url: &str, wait: &WaitSpec) -> Result<(), CodedError> {
-        self.open_until(url, wait, self.deadline)
+    pub(crate) async fn open(&self, url: &str, wait: &WaitSpec) -> Result<(), CodedError> {
+        self.open_until(url, wait, self.deadline).await
     }
 
     /// [`Session::open`] that gives up at `deadline` (a step's) with `wait_timeout`, or
     /// at the task's deadline with `task_timeout`.
-    pub(crate) fn open_until(
+    pub(crate) async fn open_until(
         &self,
         url: &str,
         wait: &WaitSpec,
@@ -366,7 +376,7 @@ impl Session<'_> {
             loader_id: String,
             name: String,
         }
-        let (sender, receiver) = mpsc::channel::<(String, String)>();
+        let (sender, mut receiver) = mpsc::unbounded_channel::<(String, String)>();
         let subscription = self.page.subscribe(move |event: &Event| {
             if event.method == "Page.lifecycleEvent"
                 && let Some(lifecycle) = event.parse::<Lifecycle>()
@@ -374,23 +384,26 @@ impl Session<'_> {
                 let _receiver_gone = sender.send((lifecycle.loader_id, lifecycle.name));
             }
         });
-        let outcome = self.navigate_and_wait(url, milestone, &receiver, deadline);
+        let outcome = self
+            .navigate_and_wait(url, milestone, &mut receiver, deadline)
+            .await;
         drop(subscription);
         outcome?;
         if let Some(selector) = &wait.wait_for_selector {
-            self.wait_for_selector(selector)?;
+            self.wait_for_selector(selector).await?;
         }
         if wait.delay_ms > 0 {
-            self.sleep(Duration::from_millis(u64::from(wait.delay_ms)))?;
+            self.sleep(Duration::from_millis(u64::from(wait.delay_ms)))
+                .await?;
         }
         Ok(())
     }
 
-    fn navigate_and_wait(
+    async fn navigate_and_wait(
         &self,
         url: &str,
         milestone: &str,
-        events: &mpsc::Receiver<(String, String)>,
+        events: &mut mpsc::UnboundedReceiver<(String, String)>,
         deadline: Instant,
     ) -> Result<(), CodedError> {
         #[derive(Deserialize)]
@@ -402,6 +415,7 @@ impl Session<'_> {
         let navigation: Navigated = self
             .page
             .call("Page.navigate", json!({ "url": url }))
+            .await
             .map_err(|error| self.handle.classify(&error, "navigation failed"))?;
         self.check_document_allowed()?;
         if let Some(error_text) = navigation.error_text.filter(|text| !text.is_empty()) {
@@ -425,16 +439,17 @@ impl Session<'_> {
                     format!("{url} did not reach {milestone} within the step's timeout"),
                 ));
             }
-            match events.recv_timeout(
-                remaining
-                    .min(step_remaining)
-                    .min(Duration::from_millis(100)),
-            ) {
-                Ok((event_loader, name)) if event_loader == loader_id && name == milestone => {
+            let wait = remaining
+                .min(step_remaining)
+                .min(Duration::from_millis(100));
+            match tokio::time::timeout(wait, events.recv()).await {
+                Ok(Some((event_loader, name)))
+                    if event_loader == loader_id && name == milestone =>
+                {
                     return Ok(());
                 }
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => {
                     self.handle.mark_broken();
                     return Err(CodedError::new(
                         ErrorCode::BrowserCrashed,
@@ -445,7 +460,7 @@ impl Session<'_> {
         }
     }
 
-    fn wait_for_selector(&self, selector: &str) -> Result<(), CodedError> {
+    async fn wait_for_selector(&self, selector: &str) -> Result<(), CodedError> {
         let selector_literal = serde_json::to_string(selector).unwrap_or_default();
         let probe = format!(
             "(() => {{ let element; try {{ element = document.querySelector({selector_literal}); }} catch (error) {{ return 'invalid'; }} \
@@ -461,7 +476,7 @@ impl Session<'_> {
                     format!("no visible element matched {selector:?} before the task's timeout"),
                 )
             })?;
-            match self.evaluate_json(&probe)? {
+            match self.evaluate_json(&probe).await? {
                 Value::Bool(true) => return Ok(()),
                 Value::String(answer) if answer == "invalid" => {
                     return Err(CodedError::new(
@@ -471,29 +486,32 @@ impl Session<'_> {
                         ),
                     ));
                 }
-                _ => std::thread::sleep(remaining.min(Duration::from_millis(50))),
+                _ => tokio::time::sleep(remaining.min(Duration::from_millis(50))).await,
             }
         }
     }
 
-    fn sleep(&self, duration: Duration) -> Result<(), CodedError> {
+    async fn sleep(&self, duration: Duration) -> Result<(), CodedError> {
         let until = Instant::now() + duration;
         while Instant::now() < until {
             self.check_stop()?;
             let remaining = self.remaining()?;
-            std::thread::sleep(
+            tokio::time::sleep(
                 remaining
                     .min(until - Instant::now())
                     .min(Duration::from_millis(50)),
-            );
+            )
+            .await;
         }
         Ok(())
     }
 
     /// The final URL and title, for the task's result.
-    pub(crate) fn facts(&self) -> Result<serde_json::Value, CodedError> {
+    pub(crate) async fn facts(&self) -> Result<serde_json::Value, CodedError> {
         // One call, one round trip.
-        let mut facts = self.evaluate_json("({url: location.href, title: document.title})")?;
+        let mut facts = self
+            .evaluate_json("({url: location.href, title: document.title})")
+            .await?;
         self.check_document_allowed()?;
         let (refused, refused_total) = self.guard.refusals();
         if refused_total > 0 {

@@ -302,7 +302,7 @@ impl TaskRunner {
             crate::resolve::check_url(&self.policy, url.as_url()).await?;
         }
         let policy = self.policy.clone();
-        // Step outcomes go from the browser thread to a writer task that records the
+        // Step outcomes go from the page code to a writer task that records the
         // latest as the task's progress, guarded by the lease token.
         let (progress_sender, progress_receiver) =
             watch::channel::<Option<serde_json::Value>>(None);
@@ -328,17 +328,18 @@ impl TaskRunner {
         });
         let rendered = self
             .pool
-            .run_blocking(move |handle| {
+            .run(|handle| async move {
                 let sink = move |progress: serde_json::Value| {
                     let _receiver_gone = progress_sender.send(Some(progress));
                 };
-                Ok(render::render(
-                    &handle, &spec, &policy, deadline, &stop, &sink, log_sender,
-                ))
+                Ok(
+                    render::render(&handle, &spec, &policy, deadline, &stop, &sink, log_sender)
+                        .await,
+                )
             })
             .await;
-        // The sender went with the closure: the writer stores the last value and ends,
-        // before the outcome is recorded.
+        // The sender went with the job: the writer stores the last value and ends, before
+        // the outcome is recorded.
         if let Some(writer) = writer {
             let _ = writer.await;
         }

@@ -32,13 +32,13 @@ const NETWORK_QUIET: Duration = Duration::from_millis(500);
 pub type ProgressSink<'a> = &'a (dyn Fn(Value) + Sync);
 
 /// Runs a browse task (content, scrape, script) in the session's page.
-pub(crate) fn browse(
+pub(crate) async fn browse(
     session: &Session<'_>,
     kind: TaskKind,
     input: &BrowseInput,
     progress: ProgressSink<'_>,
 ) -> Result<Rendered, CodedError> {
-    session.apply_page_options(input)?;
+    session.apply_page_options(input).await?;
     let mut run = Run {
         session,
         files: Vec::new(),
@@ -49,14 +49,16 @@ pub(crate) fn browse(
     };
     if let Some(url) = &input.url {
         let started = Instant::now();
-        let opened = session.open(
-            url.as_str(),
-            &WaitSpec {
-                wait_until: input.wait_until,
-                wait_for_selector: input.wait_for_selector.clone(),
-                delay_ms: input.delay_ms,
-            },
-        );
+        let opened = session
+            .open(
+                url.as_str(),
+                &WaitSpec {
+                    wait_until: input.wait_until,
+                    wait_for_selector: input.wait_for_selector.clone(),
+                    delay_ms: input.delay_ms,
+                },
+            )
+            .await;
         run.record(None, "open", started, opened.as_ref().err());
         opened?;
     }
@@ -64,14 +66,14 @@ pub(crate) fn browse(
         session.check_stop()?;
         let started = Instant::now();
         let sequence_at_start = session.events.sequence();
-        let outcome = run.step(index, step);
+        let outcome = run.step(index, step).await;
         run.record(Some(index), step.action(), started, outcome.as_ref().err());
         run.previous_step_sequence = sequence_at_start;
         outcome.map_err(|error| name_step(error, index, step))?;
         session.check_document_allowed()?;
     }
     for (index, extraction) in input.extract.iter().enumerate() {
-        let value = run.extract(extraction).map_err(|error| {
+        let value = run.extract(extraction).await.map_err(|error| {
             CodedError::new(
                 error.code,
                 format!("extract[{index}] ({}): {}", extraction.name, error.message),
@@ -81,7 +83,7 @@ pub(crate) fn browse(
     }
     let mut extra = serde_json::Map::new();
     if kind == TaskKind::Content || input.save_html {
-        let html = session.html()?;
+        let html = session.html().await?;
         run.files.push(RenderedFile {
             name: "page.html".to_owned(),
             content_type: "text/html; charset=utf-8".to_owned(),
@@ -89,7 +91,7 @@ pub(crate) fn browse(
         });
     }
     if input.storage_state {
-        extra.insert("storage_state".to_owned(), session.storage_state()?);
+        extra.insert("storage_state".to_owned(), session.storage_state().await?);
     }
     if !run.data.is_empty() || kind == TaskKind::Scrape {
         extra.insert("data".to_owned(), Value::Object(run.data));
@@ -97,7 +99,7 @@ pub(crate) fn browse(
     extra.insert("steps".to_owned(), Value::Array(run.outcomes));
     Ok(Rendered {
         files: run.files,
-        page: session.facts()?,
+        page: session.facts().await?,
         extra,
     })
 }
@@ -147,29 +149,35 @@ impl Run<'_, '_> {
         (self.progress)(json!({ "steps": self.outcomes }));
     }
 
-    fn step(&mut self, index: usize, step: &Step) -> Result<(), CodedError> {
+    async fn step(&mut self, index: usize, step: &Step) -> Result<(), CodedError> {
         let session = self.session;
         let deadline = session.step_deadline(step.timeout_ms());
         match step {
             Step::Goto {
                 url, wait_until, ..
-            } => session.open_until(
-                url.as_str(),
-                &WaitSpec {
-                    wait_until: *wait_until,
-                    wait_for_selector: None,
-                    delay_ms: 0,
-                },
-                deadline,
-            ),
+            } => {
+                session
+                    .open_until(
+                        url.as_str(),
+                        &WaitSpec {
+                            wait_until: *wait_until,
+                            wait_for_selector: None,
+                            delay_ms: 0,
+                        },
+                        deadline,
+                    )
+                    .await
+            }
             Step::Click { selector, .. } => {
-                let point = session.element_centre(selector, deadline)?;
+                let point = session.element_centre(selector, deadline).await?;
                 input::click(session.page, point)
+                    .await
                     .map_err(|error| session.handle.classify(&error, "click failed"))
             }
             Step::Hover { selector, .. } => {
-                let point = session.element_centre(selector, deadline)?;
+                let point = session.element_centre(selector, deadline).await?;
                 input::move_mouse(session.page, point)
+                    .await
                     .map_err(|error| session.handle.classify(&error, "hover failed"))
             }
             Step::Type {
@@ -179,15 +187,18 @@ impl Run<'_, '_> {
                 clear,
                 ..
             } => {
-                session.wait_element(selector, ElementState::Visible, deadline)?;
-                session.focus(selector, *clear)?;
+                session
+                    .wait_element(selector, ElementState::Visible, deadline)
+                    .await?;
+                session.focus(selector, *clear).await?;
                 match delay_ms.filter(|delay| *delay > 0) {
-                    None => session.insert_text(text),
+                    None => session.insert_text(text).await,
                     Some(delay) => {
                         for character in text.chars() {
-                            session.insert_text(&character.to_string())?;
+                            session.insert_text(&character.to_string()).await?;
                             session
-                                .sleep_until(Duration::from_millis(u64::from(delay)), deadline)?;
+                                .sleep_until(Duration::from_millis(u64::from(delay)), deadline)
+                                .await?;
                         }
                         Ok(())
                     }
@@ -195,23 +206,29 @@ impl Run<'_, '_> {
             }
             Step::Press { key, selector, .. } => {
                 if let Some(selector) = selector {
-                    session.wait_element(selector, ElementState::Visible, deadline)?;
-                    session.focus(selector, false)?;
+                    session
+                        .wait_element(selector, ElementState::Visible, deadline)
+                        .await?;
+                    session.focus(selector, false).await?;
                 }
-                input::press_key(session.page, key).map_err(|error| match error {
-                    PressError::UnknownKey => CodedError::new(
-                        ErrorCode::StepFailed,
-                        format!("cannot press {key:?}: {error}"),
-                    ),
-                    PressError::Cdp(error) => session
-                        .handle
-                        .classify(&error, &format!("cannot press {key:?}")),
-                })
+                input::press_key(session.page, key)
+                    .await
+                    .map_err(|error| match error {
+                        PressError::UnknownKey => CodedError::new(
+                            ErrorCode::StepFailed,
+                            format!("cannot press {key:?}: {error}"),
+                        ),
+                        PressError::Cdp(error) => session
+                            .handle
+                            .classify(&error, &format!("cannot press {key:?}")),
+                    })
             }
             Step::Select {
                 selector, values, ..
             } => {
-                session.wait_element(selector, ElementState::Visible, deadline)?;
+                session
+                    .wait_element(selector, ElementState::Visible, deadline)
+                    .await?;
                 let answer = session.evaluate_json(&format!(
                     "(() => {{ const element = document.querySelector({selector}); \
                      if (!element || element.tagName !== 'SELECT') return {{error: 'the element is not a <select>'}}; \
@@ -222,7 +239,7 @@ impl Run<'_, '_> {
                      return missing.length ? {{error: 'no option with value ' + JSON.stringify(missing[0])}} : {{chosen}}; }})()",
                     selector = js_string(selector),
                     values = serde_json::to_string(values).unwrap_or_else(|_| "[]".into()),
-                ))?;
+                )).await?;
                 match answer.get("error").and_then(Value::as_str) {
                     Some(message) => Err(CodedError::new(ErrorCode::StepFailed, message)),
                     None => Ok(()),
@@ -230,18 +247,21 @@ impl Run<'_, '_> {
             }
             Step::Scroll { selector, x, y, .. } => match selector {
                 Some(selector) => {
-                    session.wait_element(selector, ElementState::Visible, deadline)?;
+                    session
+                        .wait_element(selector, ElementState::Visible, deadline)
+                        .await?;
                     session
                         .evaluate_json(&format!(
                             "(() => {{ document.querySelector({}).scrollIntoView({{block: 'center'}}); return true; }})()",
                             js_string(selector)
-                        ))
+                        )).await
                         .map(|_| ())
                 }
                 None => session
                     .evaluate_json(&format!(
                         "(() => {{ window.scrollBy({x}, {y}); return true; }})()"
                     ))
+                    .await
                     .map(|_| ()),
             },
             Step::WaitFor {
@@ -252,22 +272,28 @@ impl Run<'_, '_> {
                 ..
             } => {
                 if let Some(selector) = selector {
-                    return session.wait_element(selector, *state, deadline);
+                    return session.wait_element(selector, *state, deadline).await;
                 }
                 if let Some(delay) = delay_ms {
-                    return session.sleep_until(Duration::from_millis(u64::from(*delay)), deadline);
+                    return session
+                        .sleep_until(Duration::from_millis(u64::from(*delay)), deadline)
+                        .await;
                 }
                 match event {
                     Some(PageEvent::Navigation) => {
                         let since = self.previous_step_sequence;
-                        session.poll_until(deadline, "no navigation finished", || {
-                            Ok(session.events.loaded_since(since))
-                        })
+                        session
+                            .poll_until(deadline, "no navigation finished", || {
+                                Ok(session.events.loaded_since(since))
+                            })
+                            .await
                     }
                     Some(PageEvent::NetworkIdle) => {
-                        session.poll_until(deadline, "the network did not go idle", || {
-                            Ok(session.events.network_idle_for(NETWORK_QUIET))
-                        })
+                        session
+                            .poll_until(deadline, "the network did not go idle", || {
+                                Ok(session.events.network_idle_for(NETWORK_QUIET))
+                            })
+                            .await
                     }
                     None => Ok(()),
                 }
@@ -281,10 +307,12 @@ impl Run<'_, '_> {
                 ..
             } => {
                 let clip = match selector {
-                    Some(selector) => Some(session.element_clip(selector, deadline)?),
+                    Some(selector) => Some(session.element_clip(selector, deadline).await?),
                     None => None,
                 };
-                let bytes = session.capture(*image_type, *quality, *full_page, clip)?;
+                let bytes = session
+                    .capture(*image_type, *quality, *full_page, clip)
+                    .await?;
                 let base = name
                     .clone()
                     .unwrap_or_else(|| format!("screenshot-{index}"));
@@ -302,7 +330,9 @@ impl Run<'_, '_> {
                 print_background,
                 ..
             } => {
-                let bytes = session.print(*format, *landscape, *print_background)?;
+                let bytes = session
+                    .print(*format, *landscape, *print_background)
+                    .await?;
                 let base = name.clone().unwrap_or_else(|| format!("document-{index}"));
                 self.files.push(RenderedFile {
                     name: format!("{base}.pdf"),
@@ -312,7 +342,7 @@ impl Run<'_, '_> {
                 Ok(())
             }
             Step::Extract(extraction) => {
-                let value = self.extract(extraction)?;
+                let value = self.extract(extraction).await?;
                 self.data.insert(extraction.name.clone(), value);
                 Ok(())
             }
@@ -320,19 +350,20 @@ impl Run<'_, '_> {
                 expression, name, ..
             } => {
                 let value = session
-                    .evaluate_json_until(&format!("(async () => ({expression}))()"), deadline)?;
+                    .evaluate_json_until(&format!("(async () => ({expression}))()"), deadline)
+                    .await?;
                 let key = name.clone().unwrap_or_else(|| format!("evaluate-{index}"));
                 self.data.insert(key, value);
                 Ok(())
             }
-            Step::SetViewport { viewport } => session.set_viewport(viewport),
-            Step::SetUserAgent { user_agent } => session.set_user_agent(user_agent, None),
-            Step::SetExtraHeaders { headers } => session.set_extra_headers(headers),
-            Step::SetCookies { cookies } => session.set_cookies(cookies, None),
+            Step::SetViewport { viewport } => session.set_viewport(viewport).await,
+            Step::SetUserAgent { user_agent } => session.set_user_agent(user_agent, None).await,
+            Step::SetExtraHeaders { headers } => session.set_extra_headers(headers).await,
+            Step::SetCookies { cookies } => session.set_cookies(cookies, None).await,
         }
     }
 
-    fn extract(&mut self, extraction: &Extraction) -> Result<Value, CodedError> {
+    async fn extract(&mut self, extraction: &Extraction) -> Result<Value, CodedError> {
         let session = self.session;
         let deadline = session.step_deadline(
             extraction
@@ -360,7 +391,7 @@ impl Run<'_, '_> {
         });
         let script = format!("({EXTRACT_FUNCTION})({spec})");
         loop {
-            let answer = session.evaluate_json(&script)?;
+            let answer = session.evaluate_json(&script).await?;
             if let Some(message) = answer.get("error").and_then(Value::as_str) {
                 return Err(CodedError::new(ErrorCode::StepFailed, message.to_owned()));
             }
@@ -377,9 +408,11 @@ impl Run<'_, '_> {
                     ),
                 ));
             }
-            session.wait_a_little(deadline, || {
-                format!("no element matches {:?}", extraction.selector)
-            })?;
+            session
+                .wait_a_little(deadline, || {
+                    format!("no element matches {:?}", extraction.selector)
+                })
+                .await?;
         }
     }
 }
@@ -421,7 +454,7 @@ impl Session<'_> {
     }
 
     /// Polls `ready` until it answers true, or fails at `deadline`.
-    pub(crate) fn poll_until(
+    pub(crate) async fn poll_until(
         &self,
         deadline: Instant,
         failure: &str,
@@ -431,13 +464,13 @@ impl Session<'_> {
             if ready()? {
                 return Ok(());
             }
-            self.wait_a_little(deadline, || failure.to_owned())?;
+            self.wait_a_little(deadline, || failure.to_owned()).await?;
         }
     }
 
     /// Sleeps one poll interval, or fails when `deadline` has passed: `task_timeout`
     /// when it was the task's deadline, `wait_timeout` otherwise.
-    pub(crate) fn wait_a_little(
+    pub(crate) async fn wait_a_little(
         &self,
         deadline: Instant,
         failure: impl FnOnce() -> String,
@@ -452,11 +485,11 @@ impl Session<'_> {
                 format!("{} within the step's timeout", failure()),
             ));
         }
-        std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
         Ok(())
     }
 
-    pub(crate) fn sleep_until(
+    pub(crate) async fn sleep_until(
         &self,
         duration: Duration,
         deadline: Instant,
@@ -471,13 +504,13 @@ impl Session<'_> {
                     "the delay is longer than the step's timeout",
                 ));
             }
-            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+            tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(50))).await;
         }
         Ok(())
     }
 
     /// Waits until an element matching `selector` is visible (or hidden/absent).
-    pub(crate) fn wait_element(
+    pub(crate) async fn wait_element(
         &self,
         selector: &str,
         state: ElementState,
@@ -490,7 +523,7 @@ impl Session<'_> {
             js_string(selector)
         );
         loop {
-            let answer = self.evaluate_json(&probe)?;
+            let answer = self.evaluate_json(&probe).await?;
             match (answer.as_str(), state) {
                 (Some("invalid"), _) => {
                     return Err(CodedError::new(
@@ -518,7 +551,8 @@ impl Session<'_> {
                     ),
                 });
             }
-            self.wait_a_little(deadline, || format!("no element matches {selector:?}"))?;
+            self.wait_a_little(deadline, || format!("no element matches {selector:?}"))
+                .await?;
         }
     }
 
@@ -527,17 +561,18 @@ impl Session<'_> {
     }
 
     /// Scrolls the element into view and returns its centre in viewport coordinates.
-    pub(crate) fn element_centre(
+    pub(crate) async fn element_centre(
         &self,
         selector: &str,
         deadline: Instant,
     ) -> Result<Point, CodedError> {
-        self.wait_element(selector, ElementState::Visible, deadline)?;
+        self.wait_element(selector, ElementState::Visible, deadline)
+            .await?;
         let answer = self.evaluate_json(&format!(
             "(() => {{ const element = document.querySelector({}); element.scrollIntoView({{block: 'center', inline: 'center'}}); \
              const box = element.getBoundingClientRect(); return {{x: box.left + box.width / 2, y: box.top + box.height / 2}}; }})()",
             js_string(selector)
-        ))?;
+        )).await?;
         Ok(Point {
             x: answer["x"].as_f64().unwrap_or(0.0),
             y: answer["y"].as_f64().unwrap_or(0.0),
@@ -545,18 +580,19 @@ impl Session<'_> {
     }
 
     /// The element's box in page coordinates, for an element screenshot.
-    pub(crate) fn element_clip(
+    pub(crate) async fn element_clip(
         &self,
         selector: &str,
         deadline: Instant,
     ) -> Result<Clip, CodedError> {
-        self.wait_element(selector, ElementState::Visible, deadline)?;
+        self.wait_element(selector, ElementState::Visible, deadline)
+            .await?;
         let answer = self.evaluate_json(&format!(
             "(() => {{ const element = document.querySelector({}); element.scrollIntoView({{block: 'nearest'}}); \
              const box = element.getBoundingClientRect(); \
              return {{x: box.left + window.scrollX, y: box.top + window.scrollY, width: box.width, height: box.height}}; }})()",
             js_string(selector)
-        ))?;
+        )).await?;
         Ok(Clip {
             x: answer["x"].as_f64().unwrap_or(0.0),
             y: answer["y"].as_f64().unwrap_or(0.0),
@@ -565,29 +601,31 @@ impl Session<'_> {
         })
     }
 
-    pub(crate) fn focus(&self, selector: &str, clear: bool) -> Result<(), CodedError> {
+    pub(crate) async fn focus(&self, selector: &str, clear: bool) -> Result<(), CodedError> {
         self.evaluate_json(&format!(
             "(() => {{ const element = document.querySelector({}); element.focus(); \
              if ({clear} && 'value' in element) {{ element.value = ''; element.dispatchEvent(new Event('input', {{bubbles: true}})); }} return true; }})()",
             js_string(selector)
-        ))
+        )).await
         .map(|_| ())
     }
 
-    pub(crate) fn insert_text(&self, text: &str) -> Result<(), CodedError> {
+    pub(crate) async fn insert_text(&self, text: &str) -> Result<(), CodedError> {
         input::insert_text(self.page, text)
+            .await
             .map_err(|error| self.handle.classify(&error, "typing failed"))
     }
 
     /// Evaluates an expression in the page and returns its value as JSON (a promise is
     /// awaited). A thrown exception is a `step_failed`.
-    pub(crate) fn evaluate_json(&self, expression: &str) -> Result<Value, CodedError> {
+    pub(crate) async fn evaluate_json(&self, expression: &str) -> Result<Value, CodedError> {
         self.evaluate_json_allowing(expression, Duration::ZERO)
+            .await
     }
 
     /// [`Session::evaluate_json`] of an expression that may take `work` to settle
     /// before the browser counts as hung.
-    fn evaluate_json_allowing(
+    async fn evaluate_json_allowing(
         &self,
         expression: &str,
         work: Duration,
@@ -622,7 +660,8 @@ impl Session<'_> {
                 }),
             )
             .allowing(work)
-            .wait()
+            .answer()
+            .await
             .map_err(|error| {
                 self.handle
                     .classify(&error, "cannot run script in the page")
@@ -641,7 +680,7 @@ impl Session<'_> {
     }
 
     /// [`Session::evaluate_json`] bounded by `deadline` (a promise that never settles).
-    pub(crate) fn evaluate_json_until(
+    pub(crate) async fn evaluate_json_until(
         &self,
         expression: &str,
         deadline: Instant,
@@ -655,22 +694,24 @@ impl Session<'_> {
             "Promise.race([{expression}, new Promise((_, reject) => setTimeout(() => reject(new Error('the expression did not settle within the step\\'s timeout')), {}))])",
             budget.as_millis()
         );
-        self.evaluate_json_allowing(&wrapped, budget)
+        self.evaluate_json_allowing(&wrapped, budget).await
     }
 
     /// Task-wide options, before the first page loads.
-    pub(crate) fn apply_page_options(&self, input: &BrowseInput) -> Result<(), CodedError> {
-        self.set_viewport_unless_default(&input.viewport)?;
+    pub(crate) async fn apply_page_options(&self, input: &BrowseInput) -> Result<(), CodedError> {
+        self.set_viewport_unless_default(&input.viewport).await?;
         if input.user_agent.is_some() || input.locale.is_some() {
             let user_agent = match &input.user_agent {
                 Some(user_agent) => user_agent.clone(),
                 None => self.handle.user_agent().replace("HeadlessChrome", "Chrome"),
             };
-            self.set_user_agent(&user_agent, input.locale.as_deref())?;
+            self.set_user_agent(&user_agent, input.locale.as_deref())
+                .await?;
         }
         if let Some(locale) = &input.locale {
             self.page
                 .call::<IgnoredAny>("Emulation.setLocaleOverride", json!({ "locale": locale }))
+                .await
                 .map_err(|error| {
                     CodedError::new(ErrorCode::InvalidInput, format!("input.locale: {error}"))
                 })?;
@@ -681,21 +722,23 @@ impl Session<'_> {
                     "Emulation.setTimezoneOverride",
                     json!({ "timezoneId": timezone }),
                 )
+                .await
                 .map_err(|error| {
                     CodedError::new(ErrorCode::InvalidInput, format!("input.timezone: {error}"))
                 })?;
         }
         if !input.extra_headers.is_empty() {
-            self.set_extra_headers(&input.extra_headers)?;
+            self.set_extra_headers(&input.extra_headers).await?;
         }
         if !input.cookies.is_empty() {
-            self.set_cookies(&input.cookies, input.url.as_ref().map(|url| url.as_str()))?;
+            self.set_cookies(&input.cookies, input.url.as_ref().map(|url| url.as_str()))
+                .await?;
         }
         Ok(())
     }
 
     /// The user agent (and with a locale, the `Accept-Language` header) of the page.
-    pub(crate) fn set_user_agent(
+    pub(crate) async fn set_user_agent(
         &self,
         user_agent: &str,
         locale: Option<&str>,
@@ -706,23 +749,25 @@ impl Session<'_> {
         }
         self.page
             .call::<IgnoredAny>("Network.setUserAgentOverride", params)
+            .await
             .map_err(|error| self.handle.classify(&error, "cannot set the user agent"))?;
         Ok(())
     }
 
-    pub(crate) fn set_extra_headers(
+    pub(crate) async fn set_extra_headers(
         &self,
         headers: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), CodedError> {
         self.page
             .call::<IgnoredAny>("Network.setExtraHTTPHeaders", json!({ "headers": headers }))
+            .await
             .map_err(|error| self.handle.classify(&error, "cannot set extra headers"))?;
         Ok(())
     }
 
     /// Sets cookies in the task's context. A cookie without `url` or `domain` belongs
     /// to `default_url` (the task's start URL), or to the current page.
-    pub(crate) fn set_cookies(
+    pub(crate) async fn set_cookies(
         &self,
         cookies: &[CookieSpec],
         default_url: Option<&str>,
@@ -730,7 +775,8 @@ impl Session<'_> {
         let current = match default_url {
             Some(url) => Some(url.to_owned()),
             None => self
-                .evaluate_json("location.href")?
+                .evaluate_json("location.href")
+                .await?
                 .as_str()
                 .filter(|url| url.starts_with("http"))
                 .map(str::to_owned),
@@ -763,6 +809,7 @@ impl Session<'_> {
             .collect();
         self.page
             .call::<IgnoredAny>("Network.setCookies", json!({ "cookies": params }))
+            .await
             .map_err(|error| {
                 CodedError::new(
                     ErrorCode::StepFailed,
@@ -773,15 +820,15 @@ impl Session<'_> {
     }
 
     /// The HTML of the page as it is now (after its scripts ran).
-    pub(crate) fn html(&self) -> Result<String, CodedError> {
+    pub(crate) async fn html(&self) -> Result<String, CodedError> {
         let value = self.evaluate_json(
             "(document.doctype ? new XMLSerializer().serializeToString(document.doctype) + '\\n' : '') + document.documentElement.outerHTML",
-        )?;
+        ).await?;
         Ok(value.as_str().unwrap_or_default().to_owned())
     }
 
     /// The context's cookies for the current page and its origin's localStorage.
-    pub(crate) fn storage_state(&self) -> Result<Value, CodedError> {
+    pub(crate) async fn storage_state(&self) -> Result<Value, CodedError> {
         #[derive(Deserialize)]
         struct Cookies {
             cookies: Vec<Cookie>,
@@ -801,6 +848,7 @@ impl Session<'_> {
         let reply: Cookies = self
             .page
             .call("Network.getCookies", json!({}))
+            .await
             .map_err(|error| self.handle.classify(&error, "cannot read cookies"))?;
         let cookies: Vec<Value> = reply
             .cookies
@@ -815,7 +863,7 @@ impl Session<'_> {
             .collect();
         let local = self.evaluate_json(
             "(() => { try { return {origin: location.origin, local_storage: Object.fromEntries(Object.entries(localStorage))}; } catch (error) { return null; } })()",
-        )?;
+        ).await?;
         Ok(
             json!({"cookies": cookies, "origins": if local.is_null() { json!([]) } else { json!([local]) }}),
         )
