@@ -42,8 +42,8 @@ pub mod input;
 pub mod render;
 pub mod resolve;
 pub mod runner;
+pub mod session;
 pub mod source;
-pub mod steps;
 pub mod webhooks;
 
 use browser::BrowserPool;

@@ -36,7 +36,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::browser::BrowserPool;
 use crate::events::ConsoleEntry;
-use crate::render::{self, RenderFailure, Rendered, RenderedFile, StopSignal};
+use crate::render::{self, RenderFailure, Rendered, RenderedFile};
+use crate::session::StopSignal;
 
 /// Exponential backoff with full jitter: a random delay in `[0, min(max, base·2^(n-1))]`.
 #[derive(Debug, Clone, Copy)]

@@ -2,8 +2,9 @@
 //! network or runtime dependency), so each can be tested alone.
 //!
 //! - `ids` (re-exported): task, artifact, tenant and queue ids and lease tokens.
-//! - `spec` and `steps` (re-exported): task kinds, their validated inputs, the step
-//!   language.
+//! - `spec` (re-exported): task kinds and their validated inputs.
+//! - [`steps`] (partly re-exported): the step language, one module per action with its
+//!   shape, checks and run over [`steps::StepPage`], the page the worker provides.
 //! - `state` (re-exported): the task state machine and its checked transitions.
 //! - `task` (re-exported): tasks, attempts, artifacts and events as records.
 //! - [`queue`]: a named queue's controls.
@@ -18,13 +19,13 @@
 mod ids;
 mod spec;
 mod state;
-mod steps;
 mod task;
 
 pub mod error;
 pub mod links;
 pub mod network;
 pub mod queue;
+pub mod steps;
 pub mod time;
 pub mod webhooks;
 

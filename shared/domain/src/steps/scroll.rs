@@ -1,0 +1,57 @@
+//! `scroll`: an element into view, or the page by `x`/`y` pixels.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Action, ElementState, StepContext, StepOutput, StepPage, check_selector, js_string};
+use crate::error::CodedError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scroll {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub x: i32,
+    #[serde(default)]
+    pub y: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+}
+
+impl Action for Scroll {
+    const NAME: &'static str = "scroll";
+
+    fn timeout_ms(&self) -> Option<u32> {
+        self.timeout_ms
+    }
+
+    fn validate(&self, field: &str) -> Result<(), CodedError> {
+        match &self.selector {
+            Some(selector) => check_selector(&format!("{field}.selector"), selector),
+            None => Ok(()),
+        }
+    }
+
+    async fn run<P: StepPage>(
+        &self,
+        page: &P,
+        step: &StepContext,
+        _out: &mut StepOutput,
+    ) -> Result<(), CodedError> {
+        let script = match &self.selector {
+            Some(selector) => {
+                page.wait_element(selector, ElementState::Visible, step.deadline)
+                    .await?;
+                format!(
+                    "(() => {{ document.querySelector({}).scrollIntoView({{block: 'center'}}); return true; }})()",
+                    js_string(selector)
+                )
+            }
+            None => format!(
+                "(() => {{ window.scrollBy({}, {}); return true; }})()",
+                self.x, self.y
+            ),
+        };
+        page.evaluate(&script).await.map(|_| ())
+    }
+}
