@@ -20,14 +20,16 @@ use operator_config::Settings;
 pub mod entities;
 mod postgres;
 mod repo;
+mod rows;
 mod transactional;
 mod webhooks;
 mod writes;
 
 pub use repo::{
     CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, QueueRecord, RedriveOutcome,
-    RepoError, StartOutcome, Submitted, TaskRepository, now,
+    StartOutcome, Submitted, TaskRepository,
 };
+pub use rows::{RepoError, now};
 pub use webhooks::{
     ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryState, EndpointUpdate,
     NewEndpoint, RecordOutcome, TenantSigningKey, Verdict, WebhookEndpoint, WebhookRepository,

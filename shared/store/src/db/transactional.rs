@@ -13,9 +13,9 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-use super::RepoError;
 use super::entities::{task, task_attempt};
-use super::repo::{insert_artifacts, insert_event, insert_events, to_record};
+use super::rows::RepoError;
+use super::rows::{insert_artifacts, insert_event, insert_events, to_record};
 use super::webhooks::write_outbox;
 use super::writes::{Claim, Finish, HotWrites, artifact_rows, finish_events};
 

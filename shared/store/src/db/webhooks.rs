@@ -25,7 +25,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::entities::{webhook_attempt, webhook_delivery, webhook_endpoint, webhook_signing_key};
-use super::repo::{RepoError, now};
+use super::rows::{RepoError, now};
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_domain::webhooks::{
     SigningKeys, SigningSecret, event_type_for, filter_matches, outbox_payload,

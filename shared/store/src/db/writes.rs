@@ -18,8 +18,8 @@ use operator_domain::error::CodedError;
 use operator_domain::{LeaseToken, TaskId, TaskOutcome, TaskRecord, TaskState, TenantId};
 use serde_json::json;
 
-use super::RepoError;
 use super::entities::task;
+use super::rows::RepoError;
 
 /// A worker's claim on a task for a new attempt.
 pub(super) struct Claim<'a> {

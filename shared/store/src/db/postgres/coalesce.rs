@@ -19,7 +19,7 @@ use sea_orm::DbErr;
 
 use operator_config::BatchSettings;
 
-use crate::db::RepoError;
+use crate::db::rows::RepoError;
 
 // `database.batch.linger_yields`: under load (the previous batch had more than one
 // item), a flush loop that has its next first item yields to the runtime this many

@@ -23,9 +23,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use self::coalesce::Coalescer;
-use super::RepoError;
 use super::entities::task;
-use super::repo::{now, to_record};
+use super::rows::RepoError;
+use super::rows::{now, to_record};
 use super::transactional::Transactional;
 use super::writes::{Claim, Finish, HotWrites, artifact_rows, finish_events};
 
