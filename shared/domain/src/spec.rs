@@ -444,7 +444,7 @@ pub struct PdfInput {
     pub delay_ms: u32,
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 

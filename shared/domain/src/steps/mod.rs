@@ -412,6 +412,17 @@ pub(crate) fn check_selector(field: &str, selector: &str) -> Result<(), CodedErr
     Ok(())
 }
 
+/// [`check_selector`] of `{field}.selector` when the step gives one.
+pub(crate) fn check_optional_selector(
+    field: &str,
+    selector: Option<&str>,
+) -> Result<(), CodedError> {
+    match selector {
+        Some(selector) => check_selector(&format!("{field}.selector"), selector),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn check_length(field: &str, text: &str, max: usize) -> Result<(), CodedError> {
     if text.len() > max {
         return Err(invalid_input(field, &format!("at most {max} characters")));

@@ -16,14 +16,10 @@ pub struct Pdf {
     pub format: PaperFormat,
     #[serde(default)]
     pub landscape: bool,
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::spec::default_true")]
     pub print_background: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u32>,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 impl Action for Pdf {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, ElementState, StepContext, StepOutput, StepPage, check_selector};
+use super::{Action, ElementState, StepContext, StepOutput, StepPage, check_optional_selector};
 use crate::error::CodedError;
 use crate::spec::invalid_input;
 
@@ -31,10 +31,7 @@ impl Action for Press {
                 "must be a key name such as \"Enter\" or one character",
             ));
         }
-        match &self.selector {
-            Some(selector) => check_selector(&format!("{field}.selector"), selector),
-            None => Ok(()),
-        }
+        check_optional_selector(field, self.selector.as_deref())
     }
 
     async fn run<P: StepPage>(

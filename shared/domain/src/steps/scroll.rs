@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, ElementState, StepContext, StepOutput, StepPage, check_selector, js_string};
+use super::{
+    Action, ElementState, StepContext, StepOutput, StepPage, check_optional_selector, js_string,
+};
 use crate::error::CodedError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,10 +28,7 @@ impl Action for Scroll {
     }
 
     fn validate(&self, field: &str) -> Result<(), CodedError> {
-        match &self.selector {
-            Some(selector) => check_selector(&format!("{field}.selector"), selector),
-            None => Ok(()),
-        }
+        check_optional_selector(field, self.selector.as_deref())
     }
 
     async fn run<P: StepPage>(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, StepContext, StepOutput, StepPage, check_range, check_selector};
+use super::{Action, StepContext, StepOutput, StepPage, check_optional_selector, check_range};
 use crate::error::CodedError;
 use crate::spec::{MAX_DELAY_MS, invalid_input};
 
@@ -62,10 +62,7 @@ impl Action for WaitFor {
         if let Some(delay) = self.delay_ms {
             check_range(&format!("{field}.delay_ms"), delay, 0, MAX_DELAY_MS)?;
         }
-        match &self.selector {
-            Some(selector) => check_selector(&format!("{field}.selector"), selector),
-            None => Ok(()),
-        }
+        check_optional_selector(field, self.selector.as_deref())
     }
 
     async fn run<P: StepPage>(
