@@ -12,6 +12,8 @@
 //!   cover only the tasks they serve (live ones, ones with a key).
 //! - `m20261125_000012_named_queues`: the queue of every task and embedded-queue row,
 //!   and each queue's own concurrency limit.
+//! - `m20261204_000013_tenants_and_keys`: tenants (with `default`, which every earlier row
+//!   names) and their API keys.
 
 use sea_orm_migration::prelude::*;
 
@@ -20,6 +22,7 @@ mod m20261125_000002_queue_controls;
 mod m20261125_000010_webhooks;
 mod m20261125_000011_partial_task_indexes;
 mod m20261125_000012_named_queues;
+mod m20261204_000013_tenants_and_keys;
 
 pub struct Migrator;
 
@@ -32,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000010_webhooks::Migration),
             Box::new(m20261125_000011_partial_task_indexes::Migration),
             Box::new(m20261125_000012_named_queues::Migration),
+            Box::new(m20261204_000013_tenants_and_keys::Migration),
         ]
     }
 }

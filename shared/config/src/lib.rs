@@ -62,6 +62,7 @@ pub struct Settings {
     pub network: NetworkSettings,
     pub webhooks: WebhookSettings,
     pub events: EventSettings,
+    pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -81,6 +82,7 @@ impl Default for Settings {
             network: NetworkSettings::default(),
             webhooks: WebhookSettings::default(),
             events: EventSettings::default(),
+            auth: AuthSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -89,8 +91,8 @@ impl Default for Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Loopback by default: the API has no authentication yet, so it is not exposed
-    /// unless the operator binds a public address on purpose (the Helm chart does).
+    /// Loopback by default; any address once authentication is on (`auth.enabled`,
+    /// the default). The `api` role refuses a non-loopback address with it off.
     pub host: String,
     pub port: u16,
     /// The address clients use to reach the API, for links in responses; derived from
@@ -527,6 +529,41 @@ impl Default for EventSettings {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Whether every request must present credentials (an API key as
+    /// `Authorization: Bearer opk_…`). Off, every request acts as the owner of the
+    /// `default` tenant, which the API allows only on a loopback address.
+    pub enabled: bool,
+    /// How long a verified key is trusted before its row is read again. Revocations
+    /// evict at once (over Redis pub/sub between replicas); without Redis on PostgreSQL
+    /// the cache keeps rows for at most 1s instead.
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
+    /// `last_used_at` of a key is written at most once per this interval per replica.
+    #[serde(with = "humantime_serde")]
+    pub last_used_interval: Duration,
+    /// Failed authentications a client address may make per minute; beyond, requests
+    /// from it get `429 rate_limited` until the minute is over.
+    pub failures_per_minute: u32,
+    /// Origins allowed to call the API from a browser (CORS), e.g. the console's
+    /// `https://console.example.com`; none by default.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key_cache_ttl: Duration::from_secs(60),
+            last_used_interval: Duration::from_secs(60),
+            failures_per_minute: 30,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -586,7 +623,8 @@ fn is_setting_variable(name: &str) -> bool {
 }
 
 /// Settings whose values are lists, split on commas in the environment.
-const LIST_SETTINGS: [&str; 4] = [
+const LIST_SETTINGS: [&str; 5] = [
+    "auth.cors_origins",
     "network.allow",
     "worker.queues",
     "browser.extra_args",
@@ -723,6 +761,23 @@ impl Settings {
                     "access_key_id and secret_access_key must be set together",
                 ));
             }
+        }
+        if self.auth.failures_per_minute == 0 {
+            return Err(invalid("auth.failures_per_minute", "must be at least 1"));
+        }
+        if self.auth.key_cache_ttl > Duration::from_secs(3600) {
+            return Err(invalid("auth.key_cache_ttl", "must be at most 1h"));
+        }
+        if let Some(origin) = self
+            .auth
+            .cors_origins
+            .iter()
+            .find(|origin| !(origin.starts_with("https://") || origin.starts_with("http://")))
+        {
+            return Err(invalid(
+                "auth.cors_origins",
+                format!("{origin:?} is not an http(s) origin"),
+            ));
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));

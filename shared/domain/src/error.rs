@@ -33,6 +33,10 @@ pub enum ErrorCode {
     UnknownQueue,
     WebhookNotFound,
     DeliveryNotFound,
+    Unauthenticated,
+    Forbidden,
+    RateLimited,
+    KeyNotFound,
 
     // --- task outcomes (worker) ---
     NavigationFailed,
@@ -80,6 +84,10 @@ impl ErrorCode {
             Self::UnknownQueue => "unknown_queue",
             Self::WebhookNotFound => "webhook_not_found",
             Self::DeliveryNotFound => "delivery_not_found",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::KeyNotFound => "key_not_found",
             Self::NavigationFailed => "navigation_failed",
             Self::WaitTimeout => "wait_timeout",
             Self::SelectorNotFound => "selector_not_found",
@@ -124,6 +132,14 @@ impl ErrorCode {
             Self::UnknownQueue => "A submitted task names a queue nobody created.",
             Self::WebhookNotFound => "No webhook endpoint with this id for this tenant.",
             Self::DeliveryNotFound => "No webhook delivery with this id for this endpoint.",
+            Self::Unauthenticated => {
+                "No credentials, or credentials that are malformed, unknown, expired or revoked."
+            }
+            Self::Forbidden => "The caller's role lacks the permission the operation needs.",
+            Self::RateLimited => {
+                "Too many requests (or failed sign-ins); retry after `Retry-After`."
+            }
+            Self::KeyNotFound => "No API key with this id for this tenant.",
             Self::NavigationFailed => {
                 "Navigation failed (DNS, connection refused, TLS, HTTP error page)."
             }

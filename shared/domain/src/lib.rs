@@ -8,6 +8,7 @@
 //! - `state` (re-exported): the task state machine and its checked transitions.
 //! - `task` (re-exported): tasks, attempts, artifacts and events as records.
 //! - [`queue`]: a named queue's controls.
+//! - [`auth`]: roles, permissions and the table granting them; the API key format.
 //! - [`error`]: the stable machine-readable error codes.
 //! - [`links`]: the API addresses of a task and an artifact.
 //! - [`time`]: instants a duration away, saturating rather than wrapping to zero.
@@ -21,6 +22,7 @@ mod spec;
 mod state;
 mod task;
 
+pub mod auth;
 pub mod error;
 pub mod links;
 pub mod network;

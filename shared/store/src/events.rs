@@ -12,6 +12,11 @@
 //! The bus is an in-process broadcast for the one-process setup, plus Redis pub/sub
 //! when Redis is configured, so a worker's events reach clients of every API replica.
 //! Channels are per tenant: `<redis.key_prefix>:events:<tenant>`, carrying task ids.
+//!
+//! The bus also carries API key revocations (`<redis.key_prefix>:revocations`, carrying
+//! a key's look-up id), so every API replica drops its cached verification at once
+//! (see [`crate::credentials`]). After a reconnect, when notices may have been missed,
+//! subscribers get [`Revocation::All`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +36,15 @@ pub struct EventNotice {
     pub task_id: TaskId,
 }
 
+/// "Forget what you cached about this key" (or about every key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The key with this look-up id.
+    Key(String),
+    /// Every key: notices may have been lost while Redis was unreachable.
+    All,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("event bus: {0}")]
 pub struct EventBusError(#[from] fred::error::Error);
@@ -41,6 +55,7 @@ const LOCAL_CAPACITY: usize = 1024;
 #[derive(Clone)]
 pub struct EventBus {
     local: broadcast::Sender<EventNotice>,
+    revocations: broadcast::Sender<Revocation>,
     redis: Option<Arc<RedisBus>>,
 }
 
@@ -56,6 +71,7 @@ impl std::fmt::Debug for EventBus {
 struct RedisBus {
     publisher: Client,
     prefix: String,
+    revocation_channel: String,
     /// Kept so the subscription lives as long as the bus.
     _subscriber: Client,
 }
@@ -64,7 +80,12 @@ impl EventBus {
     /// The one-process bus.
     pub fn in_process() -> Self {
         let (local, _) = broadcast::channel(LOCAL_CAPACITY);
-        Self { local, redis: None }
+        let (revocations, _) = broadcast::channel(LOCAL_CAPACITY);
+        Self {
+            local,
+            revocations,
+            redis: None,
+        }
     }
 
     /// The bus the settings call for: Redis pub/sub when Redis is configured.
@@ -88,24 +109,40 @@ impl EventBus {
         subscriber.init().await?;
         let bus = Self::in_process();
         let prefix = format!("{}:events:", redis.key_prefix);
-        // A reconnect drops the subscription: subscribe again (notices lost meanwhile
-        // are covered by the readers' resync).
+        let revocation_channel = format!("{}:revocations", redis.key_prefix);
+        // A reconnect drops the subscriptions: subscribe again (task notices lost
+        // meanwhile are covered by the readers' resync; lost revocations by forgetting
+        // every cached key).
         let mut reconnects = subscriber.reconnect_rx();
         let resubscriber = subscriber.clone();
         let pattern = format!("{prefix}*");
+        let channel = revocation_channel.clone();
+        let revocations = bus.revocations.clone();
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
+                let _ = revocations.send(Revocation::All);
                 if let Err(error) = resubscriber.psubscribe(pattern.clone()).await {
                     warn!(error = %error, "re-subscribing to task event notices failed");
                 }
+                if let Err(error) = resubscriber.subscribe(channel.clone()).await {
+                    warn!(error = %error, "re-subscribing to key revocations failed");
+                }
+                let _ = revocations.send(Revocation::All);
             }
         });
         let mut messages = subscriber.message_rx();
         let local = bus.local.clone();
+        let revocations = bus.revocations.clone();
         let channel_prefix = prefix.clone();
+        let channel = revocation_channel.clone();
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
+                    Ok(message) if message.channel == channel => {
+                        if let Some(lookup) = message.value.as_string() {
+                            let _ = revocations.send(Revocation::Key(lookup));
+                        }
+                    }
                     Ok(message) => {
                         let tenant = message
                             .channel
@@ -125,10 +162,12 @@ impl EventBus {
             }
         });
         subscriber.psubscribe(format!("{prefix}*")).await?;
+        subscriber.subscribe(revocation_channel.clone()).await?;
         Ok(Self {
             redis: Some(Arc::new(RedisBus {
                 publisher,
                 prefix,
+                revocation_channel,
                 _subscriber: subscriber,
             })),
             ..bus
@@ -156,5 +195,27 @@ impl EventBus {
                 }
             });
         }
+    }
+
+    /// Whether notices reach other processes (Redis), not only this one.
+    pub fn reaches_other_processes(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    pub fn subscribe_revocations(&self) -> broadcast::Receiver<Revocation> {
+        self.revocations.subscribe()
+    }
+
+    /// Tells this process at once, and the others through Redis, that a key was revoked.
+    /// Waits for Redis (a revocation is rare and must not be lost silently).
+    pub async fn publish_revocation(&self, lookup: &str) -> Result<(), EventBusError> {
+        let _ = self.revocations.send(Revocation::Key(lookup.to_owned()));
+        if let Some(redis) = &self.redis {
+            let _receivers: i64 = redis
+                .publisher
+                .publish(redis.revocation_channel.clone(), lookup.to_owned())
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -5,13 +5,16 @@
 //!   that writes task rows) and the webhook repository (endpoints, keys, outbox).
 //! - [`queue`]: the dispatch queue trait with its Redis and embedded (database)
 //!   backends.
-//! - [`events`]: the live-event bus (in-process, Redis pub/sub).
+//! - [`events`]: the live-event bus (in-process, Redis pub/sub), which also carries
+//!   key revocations.
+//! - [`credentials`]: API key verification, cached and invalidated on revocation.
 //! - [`task_stream`]: one task's event stream, from the table and the bus.
 //! - [`storage`]: artifact storage over object_store (local files, S3, memory).
 //! - [`submit`]: write, then dispatch (the [`submit::Submitter`] every caller uses).
 //!
 //! The types it stores are `operator_domain`'s; its settings are `operator_config`'s.
 
+pub mod credentials;
 pub mod db;
 pub mod events;
 pub mod queue;

@@ -10,6 +10,7 @@
 //!     for a finish with outbox rows);
 //!   - `postgres`: group commit, one statement per batch (`coalesce`, `one_statement`).
 //! - `webhooks`: [`WebhookRepository`] and the outbox rule (`write_outbox`).
+//! - `tenants`: [`TenantRepository`]: tenants and their API keys.
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ pub mod entities;
 mod postgres;
 mod repo;
 mod rows;
+mod tenants;
 mod transactional;
 mod webhooks;
 mod writes;
@@ -30,6 +32,7 @@ pub use repo::{
     StartOutcome, Submitted, TaskRepository,
 };
 pub use rows::{RepoError, now};
+pub use tenants::{ApiKey, CreateTenantError, NewKey, StoredKey, Tenant, TenantRepository};
 pub use webhooks::{
     ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryState, EndpointUpdate,
     NewEndpoint, RecordOutcome, TenantSigningKey, Verdict, WebhookEndpoint, WebhookRepository,

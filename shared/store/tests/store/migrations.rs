@@ -1,4 +1,4 @@
-//! The latest migration goes down and up again on both databases, keeping the rows.
+//! The latest migrations go down and up again on both databases, keeping the rows.
 
 use operator_domain::TenantId;
 use operator_testkit::{TestDatabase, screenshot_task};
@@ -18,7 +18,21 @@ async fn named_queues_migrate_down_and_up_keeping_tasks(database: TestDatabase) 
 
     operator_migrations::Migrator::down(connection, Some(1))
         .await
-        .expect("down");
+        .expect("down (tenants and keys)");
+    assert!(
+        connection
+            .query_one_raw(select("SELECT id FROM tenants"))
+            .await
+            .is_err(),
+        "down removed tenants"
+    );
+    assert!(
+        repo.get_any(task.id).await.expect("read").is_some(),
+        "tasks stay"
+    );
+    operator_migrations::Migrator::down(connection, Some(1))
+        .await
+        .expect("down (named queues)");
     assert!(
         connection
             .query_one_raw(select("SELECT queue FROM tasks"))
@@ -43,6 +57,16 @@ async fn named_queues_migrate_down_and_up_keeping_tasks(database: TestDatabase) 
         .map(|queue| queue.name.as_str().to_owned())
         .collect();
     assert_eq!(queues, ["default"], "`default` exists");
+    let tenant = connection
+        .query_one_raw(select("SELECT id FROM tenants"))
+        .await
+        .expect("tenants again")
+        .expect("a row");
+    assert_eq!(
+        tenant.try_get::<String>("", "id").expect("id"),
+        "default",
+        "the tenant every earlier row names"
+    );
 }
 
 #[tokio::test]

@@ -1,11 +1,13 @@
 //! sea-orm entities, one per table. They stay inside the `db` module: the repository
 //! converts them into domain records at its edge.
 
+pub mod api_key;
 pub mod artifact;
 pub mod queue;
 pub mod task;
 pub mod task_attempt;
 pub mod task_event;
+pub mod tenant;
 pub mod webhook_attempt;
 pub mod webhook_delivery;
 pub mod webhook_endpoint;
