@@ -11,9 +11,11 @@ use std::future::Future;
 use anyhow::Context;
 use operator_api::{ApiServer, AppState, SharedState};
 use operator_config::Settings;
+use operator_domain::TenantId;
+use operator_domain::auth::Role;
 use operator_migrations::Migrator;
 use operator_scheduler::Scheduler;
-use operator_store::db::{self, TaskRepository};
+use operator_store::db::{self, NewKey, TaskRepository, TenantRepository};
 use operator_store::events::EventBus;
 use operator_store::queue::{self, SharedQueue};
 use operator_store::storage::ArtifactStore;
@@ -108,9 +110,91 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The tenant repository on the settings' database, migrated (for the command line).
+pub async fn tenant_repository(settings: &Settings) -> anyhow::Result<TenantRepository> {
+    let connection = db::connect(settings).await.with_context(|| {
+        format!(
+            "cannot open the database ({})",
+            redact(&settings.database_url())
+        )
+    })?;
+    let pending = Migrator::get_pending_migrations(&connection)
+        .await
+        .context("cannot read the schema version")?;
+    anyhow::ensure!(
+        pending.is_empty(),
+        "the database schema is {} migration(s) behind; run `operator migrate` first",
+        pending.len()
+    );
+    Ok(TenantRepository::new(connection))
+}
+
+/// Where `operator serve` keeps the owner key it made on its first start.
+pub fn owner_key_path(settings: &Settings) -> std::path::PathBuf {
+    settings.data_dir.join("owner.key")
+}
+
+/// On the first start of `operator serve` (the `default` tenant has no key yet): makes
+/// an owner key, stores it in `owner.key` under the data directory (mode 0600) and
+/// returns it, to be printed once.
+async fn first_owner_key(
+    settings: &Settings,
+    connection: &sea_orm::DatabaseConnection,
+) -> anyhow::Result<Option<String>> {
+    let tenants = TenantRepository::new(connection.clone());
+    let tenant = TenantId::default_tenant();
+    if !tenants.keys(&tenant).await?.is_empty() {
+        return Ok(None);
+    }
+    let (_, token) = tenants
+        .create_key(NewKey {
+            tenant,
+            name: "owner key made by operator serve".to_owned(),
+            role: Role::Owner,
+            expires_at: None,
+            created_by: Some("operator".to_owned()),
+        })
+        .await?;
+    let path = owner_key_path(settings);
+    write_private(&path, token.expose())
+        .with_context(|| format!("cannot store the owner key in {}", path.display()))?;
+    Ok(Some(token.expose().to_owned()))
+}
+
+/// Writes a file only its owner can read (0600), replacing any earlier one.
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let staged = path.with_extension("new");
+    let _ = std::fs::remove_file(&staged);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&staged, path)
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
 /// The roles of one process, built and ready to run.
 pub struct Application {
     services: Services,
+    /// The owner key `operator serve` made on its first start, to print once.
+    first_key: Option<String>,
     api: Option<(ApiServer, SharedState)>,
     worker: Option<Worker>,
     scheduler: Option<Scheduler>,
@@ -134,6 +218,18 @@ impl Application {
                 pending.len()
             );
         }
+        if roles.api && !settings.auth.enabled && !is_loopback(&settings.server.host) {
+            anyhow::bail!(
+                "auth.enabled is false, so the API serves only a loopback address, not {}; \
+                 turn authentication on or bind 127.0.0.1",
+                settings.server.host
+            );
+        }
+        let first_key = if roles.api && roles.migrate && settings.auth.enabled {
+            first_owner_key(&settings, connection).await?
+        } else {
+            None
+        };
         let api = if roles.api {
             let server = ApiServer::bind(&settings.server.host, settings.server.port)
                 .await
@@ -185,6 +281,7 @@ impl Application {
         });
         Ok(Self {
             services,
+            first_key,
             api,
             worker,
             scheduler,
@@ -199,6 +296,11 @@ impl Application {
     /// The API's public address, when this process serves the API.
     pub fn public_url(&self) -> Option<String> {
         self.api.as_ref().map(|(_, state)| state.public_url.clone())
+    }
+
+    /// The owner key made on this first start of `operator serve`, if it was.
+    pub fn first_key(&self) -> Option<&str> {
+        self.first_key.as_deref()
     }
 
     pub fn services(&self) -> &Services {

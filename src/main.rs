@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use operator::{Application, Roles};
 use operator_config::Settings;
+use operator_domain::TenantId;
+use operator_domain::auth::Role;
+use operator_store::db::NewKey;
 
 mod telemetry;
 
@@ -29,7 +32,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// Everything in one process on the embedded defaults (SQLite, local queue, local files).
     Serve,
@@ -41,6 +44,47 @@ enum Command {
     Scheduler,
     /// Apply database migrations, then exit.
     Migrate,
+    /// Manage tenants (on the database of the settings).
+    Tenants {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage API keys (on the database of the settings).
+    Keys {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+enum TenantCommand {
+    /// Create a tenant and its first owner key, printed once.
+    Create {
+        /// The tenant's id: lowercase letters, digits, '-' and '_' (e.g. acme).
+        id: String,
+        /// A display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the tenants.
+    List,
+}
+
+#[derive(Subcommand, Clone)]
+enum KeyCommand {
+    /// Make an API key for a tenant, printed once.
+    Create {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// owner, admin, member or viewer.
+        #[arg(long, default_value = "owner")]
+        role: String,
+        #[arg(long, default_value = "made with operator keys create")]
+        name: String,
+        /// Days until the key stops working (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,18 +125,111 @@ async fn run(command: Command, settings: Settings, rust_log: Option<String>) -> 
             telemetry.shutdown();
             return result;
         }
+        Command::Tenants { command } => {
+            let result = tenants(command, &settings).await;
+            telemetry.shutdown();
+            return result;
+        }
+        Command::Keys { command } => {
+            let result = keys(command, &settings).await;
+            telemetry.shutdown();
+            return result;
+        }
         Command::Serve => Roles::SERVE,
         Command::Api => Roles::API,
         Command::Worker => Roles::WORKER,
         Command::Scheduler => Roles::SCHEDULER,
     };
+    let key_path = operator::owner_key_path(&settings);
     let application = Application::build(settings, roles).await?;
     if let Some(url) = application.public_url() {
         println!("OperatorNext API: {url}  (docs: {url}/docs, spec: {url}/openapi.json)");
+    }
+    if let Some(key) = application.first_key() {
+        println!(
+            "Owner key of tenant default (shown once; kept in {}, mode 0600):\n  {key}\n\
+             Send it as: Authorization: Bearer <key>",
+            key_path.display()
+        );
     }
     let result = application
         .run_until_stopped(operator::shutdown_signal())
         .await;
     telemetry.shutdown();
     result
+}
+
+async fn tenants(command: TenantCommand, settings: &Settings) -> anyhow::Result<()> {
+    let tenants = operator::tenant_repository(settings).await?;
+    match command {
+        TenantCommand::Create { id, name } => {
+            let id = TenantId::parse(&id)?;
+            let tenant = tenants
+                .create_tenant(&id, name.as_deref().unwrap_or(id.as_str()))
+                .await?;
+            let (key, token) = tenants
+                .create_key(NewKey {
+                    tenant: tenant.id.clone(),
+                    name: "first owner key".to_owned(),
+                    role: Role::Owner,
+                    expires_at: None,
+                    created_by: Some("operator".to_owned()),
+                })
+                .await?;
+            println!(
+                "tenant {} created; its owner key {} (shown once):\n{}",
+                tenant.id,
+                key.id,
+                token.expose()
+            );
+        }
+        TenantCommand::List => {
+            for tenant in tenants.tenants().await? {
+                println!(
+                    "{}\t{}\t{}",
+                    tenant.id,
+                    tenant.created_at.to_rfc3339(),
+                    tenant.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn keys(command: KeyCommand, settings: &Settings) -> anyhow::Result<()> {
+    let tenants = operator::tenant_repository(settings).await?;
+    match command {
+        KeyCommand::Create {
+            tenant,
+            role,
+            name,
+            expires_in_days,
+        } => {
+            let tenant = TenantId::parse(&tenant)?;
+            anyhow::ensure!(
+                tenants.tenant(&tenant).await?.is_some(),
+                "no tenant {tenant}; create it with operator tenants create {tenant}"
+            );
+            let expires_at = expires_in_days
+                .map(|days| chrono::Utc::now() + chrono::Duration::days(i64::from(days)));
+            let (key, token) = tenants
+                .create_key(NewKey {
+                    tenant,
+                    name,
+                    role: Role::parse(&role)?,
+                    expires_at,
+                    created_by: Some("operator".to_owned()),
+                })
+                .await?;
+            println!(
+                "key {} ({}, {}) (shown once):\n{}",
+                key.id,
+                key.prefix,
+                key.role,
+                token.expose()
+            );
+        }
+    }
+    Ok(())
 }

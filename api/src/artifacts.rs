@@ -10,6 +10,7 @@ use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::{ApiResponse, OpenApi, param::Path};
 use uuid::Uuid;
 
+use crate::access::Caller;
 use crate::codes;
 use crate::error::{ApiError, ApiResult};
 use crate::state::SharedState;
@@ -72,11 +73,15 @@ pub struct ArtifactsApi {
 impl ArtifactsApi {
     /// Download an artifact.
     #[oai(path = "/v1/artifacts/:id", method = "get")]
-    async fn download(&self, id: Path<Uuid>) -> ApiResult<DownloadResponse, DownloadCodes> {
+    async fn download(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> ApiResult<DownloadResponse, DownloadCodes> {
         let state = &self.state;
         let Some(artifact) = state
             .repo
-            .artifact(&state.tenant(), ArtifactId::from(id.0))
+            .artifact(&caller.tenant, ArtifactId::from(id.0))
             .await?
         else {
             return Err(ApiError::new(

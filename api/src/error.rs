@@ -65,7 +65,11 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::ArtifactNotFound
         | ErrorCode::QueueNotFound
         | ErrorCode::WebhookNotFound
-        | ErrorCode::DeliveryNotFound => StatusCode::NOT_FOUND,
+        | ErrorCode::DeliveryNotFound
+        | ErrorCode::KeyNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InvalidState | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
         // How a task failed, when a one-call endpoint answers with it: the page did not

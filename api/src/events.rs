@@ -22,12 +22,14 @@ use poem::{IntoResponse, Request, Response, handler};
 use serde_json::json;
 use tracing::warn;
 
+use crate::access::Caller;
 use crate::error::ApiError;
 use crate::state::SharedState;
 
 /// Checks the request and the task; returns the task and where to resume.
 pub async fn open_stream(
     state: &SharedState,
+    caller: &Caller,
     request: &Request,
     id: &str,
 ) -> Result<(TaskId, Option<i64>), ApiError> {
@@ -58,7 +60,7 @@ pub async fn open_stream(
                 },
             )?),
         };
-    if state.repo.get(&state.tenant(), task_id).await?.is_none() {
+    if state.repo.get(&caller.tenant, task_id).await?.is_none() {
         return Err(ApiError::new(
             ErrorCode::TaskNotFound,
             format!("no task {task_id}"),
@@ -83,10 +85,11 @@ pub fn event_json(event: &TaskEvent) -> String {
 #[handler]
 pub async fn sse(
     request: &Request,
+    caller: Caller,
     Path(id): Path<String>,
     Data(state): Data<&SharedState>,
 ) -> poem::Result<Response> {
-    let (task_id, after) = open_stream(state, request, &id).await?;
+    let (task_id, after) = open_stream(state, &caller, request, &id).await?;
     let events = task_events(
         state.repo.clone(),
         task_id,
@@ -116,11 +119,12 @@ pub async fn sse(
 #[handler]
 pub async fn websocket(
     request: &Request,
+    caller: Caller,
     Path(id): Path<String>,
     Data(state): Data<&SharedState>,
     socket: WebSocket,
 ) -> poem::Result<Response> {
-    let (task_id, after) = open_stream(state, request, &id).await?;
+    let (task_id, after) = open_stream(state, &caller, request, &id).await?;
     let repo = state.repo.clone();
     let resync = state.settings.events.resync_interval;
     Ok(socket

@@ -8,6 +8,9 @@
 //!   and answer with what it produced.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`webhooks`]: `/v1/webhooks` — endpoints, deliveries, redelivery, signing keys.
+//! - [`keys`]: `/v1/api-keys` — a tenant's API keys; `/v1/me` — who is calling.
+//! - [`access`]: authentication, the permission table every route is checked against,
+//!   and the [`access::Caller`] handlers act for.
 //! - [`submission`]: parsing and validating a task submission.
 //! - [`dto`]: wire types (their doc comments are the OpenAPI descriptions).
 //! - [`error`]: error bodies, and the only mapping from error codes to HTTP statuses.
@@ -24,11 +27,13 @@ use poem::middleware::Tracing;
 use poem::{EndpointExt, Route, Server};
 use poem_openapi::OpenApiService;
 
+pub mod access;
 pub mod artifacts;
 pub mod dto;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod keys;
 pub mod oneshot;
 pub mod queues;
 pub mod state;
@@ -63,6 +68,9 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
             webhooks::WebhooksApi {
                 state: SharedState::clone(&state),
             },
+            keys::KeysApi {
+                state: SharedState::clone(&state),
+            },
         ),
         "OperatorNext",
         env!("CARGO_PKG_VERSION"),
@@ -72,11 +80,20 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
          Every error body is `{code, message}` with a stable machine-readable `code`. \
          Live task events are served outside this document: `GET /v1/tasks/{id}/events` \
          (Server-Sent Events, resumable with `Last-Event-ID`) and `GET /v1/tasks/{id}/ws` \
-         (WebSocket, resumable with `?last_event_id=`).",
+         (WebSocket, resumable with `?last_event_id=`). Every operation but the health \
+         checks needs an API key: `Authorization: Bearer opk_…`; each names the \
+         permission it needs.",
     )
     .server(state.public_url.clone());
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    let raw_spec = api.spec();
+    let spec = access::document(&raw_spec);
+    let docs = api.swagger_ui_html().replacen(&raw_spec, &spec, 1);
+    let spec_endpoint = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(spec.clone())
+    });
+    let docs_endpoint = poem::endpoint::make_sync(move |_| poem::web::Html(docs.clone()));
     let max_body_bytes = state.settings.server.max_body_bytes;
     Route::new()
         .at(
@@ -88,11 +105,34 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
             poem::get(events::websocket).data(SharedState::clone(&state)),
         )
         .nest("/", api)
-        .at("/openapi.json", spec)
-        .nest("/docs", docs)
+        .at("/openapi.json", spec_endpoint)
+        .nest("/docs", Route::new().at("/", docs_endpoint))
         .data(submission::BodyLimit(max_body_bytes))
+        .with(access::Access {
+            authenticator: std::sync::Arc::clone(&state.authenticator),
+        })
+        .with_if(!state.settings.auth.cors_origins.is_empty(), cors(&state))
         .with(Tracing)
         .catch_all_error(error::error_response)
+}
+
+/// Browsers at `auth.cors_origins` may call the API (with the `Authorization` header).
+fn cors(state: &SharedState) -> poem::middleware::Cors {
+    state
+        .settings
+        .auth
+        .cors_origins
+        .iter()
+        .fold(poem::middleware::Cors::new(), |cors, origin| {
+            cors.allow_origin(origin.as_str())
+        })
+        .allow_headers([
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "traceparent",
+        ])
+        .expose_headers(["location", "operator-task-id", "retry-after"])
 }
 
 /// A bound API server.

@@ -26,6 +26,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use tokio::sync::broadcast;
 use tracing::warn;
 
+use crate::access::Caller;
 use crate::artifacts::ArtifactBody;
 use crate::dto::TaskView;
 use crate::error::{ApiError, ErrorBody, status_for};
@@ -109,13 +110,14 @@ impl OneShotApi {
     #[oai(path = "/v1/screenshot", method = "post")]
     async fn screenshot(
         &self,
+        caller: Caller,
         body: TaskSubmission,
         /// Milliseconds one attempt may take (default 60000).
         timeout_ms: Query<Option<u64>>,
         /// The queue to run it from (default `default`).
         queue: Query<Option<String>>,
     ) -> poem::Result<FileResponse> {
-        let options = Options::new(timeout_ms, queue);
+        let options = Options::new(caller, timeout_ms, queue);
         self.file(TaskKind::Screenshot, body, options, "screenshot.")
             .await
     }
@@ -124,13 +126,14 @@ impl OneShotApi {
     #[oai(path = "/v1/pdf", method = "post")]
     async fn pdf(
         &self,
+        caller: Caller,
         body: TaskSubmission,
         /// Milliseconds one attempt may take (default 60000).
         timeout_ms: Query<Option<u64>>,
         /// The queue to run it from (default `default`).
         queue: Query<Option<String>>,
     ) -> poem::Result<FileResponse> {
-        let options = Options::new(timeout_ms, queue);
+        let options = Options::new(caller, timeout_ms, queue);
         self.file(TaskKind::Pdf, body, options, "document.pdf")
             .await
     }
@@ -139,13 +142,14 @@ impl OneShotApi {
     #[oai(path = "/v1/content", method = "post")]
     async fn content(
         &self,
+        caller: Caller,
         body: TaskSubmission,
         /// Milliseconds one attempt may take (default 60000).
         timeout_ms: Query<Option<u64>>,
         /// The queue to run it from (default `default`).
         queue: Query<Option<String>>,
     ) -> poem::Result<FileResponse> {
-        let options = Options::new(timeout_ms, queue);
+        let options = Options::new(caller, timeout_ms, queue);
         self.file(TaskKind::Content, body, options, "page.html")
             .await
     }
@@ -154,13 +158,14 @@ impl OneShotApi {
     #[oai(path = "/v1/scrape", method = "post")]
     async fn scrape(
         &self,
+        caller: Caller,
         body: TaskSubmission,
         /// Milliseconds one attempt may take (default 60000).
         timeout_ms: Query<Option<u64>>,
         /// The queue to run it from (default `default`).
         queue: Query<Option<String>>,
     ) -> poem::Result<DataResponse> {
-        let options = Options::new(timeout_ms, queue);
+        let options = Options::new(caller, timeout_ms, queue);
         Ok(match self.run(TaskKind::Scrape, body, options).await? {
             Waited::Invalid(error) => ErrorAnswer::invalid(error).into(),
             Waited::Pending(task) => {
@@ -178,13 +183,15 @@ impl OneShotApi {
 
 /// The query options of a one-call request.
 struct Options {
+    caller: Caller,
     timeout_ms: Option<u64>,
     queue: Option<String>,
 }
 
 impl Options {
-    fn new(timeout_ms: Query<Option<u64>>, queue: Query<Option<String>>) -> Self {
+    fn new(caller: Caller, timeout_ms: Query<Option<u64>>, queue: Query<Option<String>>) -> Self {
         Self {
+            caller,
             timeout_ms: timeout_ms.0,
             queue: queue.0,
         }
@@ -262,7 +269,8 @@ impl OneShotApi {
             settings: &state.settings,
             policy: &state.policy,
         };
-        let new_task = match submission.validate(&rules, state.tenant(), None, None) {
+        let new_task = match submission.validate(&rules, options.caller.tenant.clone(), None, None)
+        {
             Ok(new_task) => new_task,
             Err(error) => return Ok(Waited::Invalid(error)),
         };

@@ -15,6 +15,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
+use crate::access::Caller;
 use crate::codes;
 use crate::error::{ApiError, ApiResult, NoCodes};
 use crate::state::SharedState;
@@ -110,11 +111,11 @@ pub struct QueuesApi {
 impl QueuesApi {
     /// Every queue, with its statistics.
     #[oai(path = "/v1/queues", method = "get")]
-    async fn list(&self) -> ApiResult<Json<QueueList>, NoCodes> {
+    async fn list(&self, caller: Caller) -> ApiResult<Json<QueueList>, NoCodes> {
         let records = self.state.repo.queues().await?;
         let mut items = Vec::with_capacity(records.len());
         for record in records {
-            items.push(self.view(record).await?);
+            items.push(self.view(&caller, record).await?);
         }
         Ok(Json(QueueList { items }))
     }
@@ -124,6 +125,7 @@ impl QueuesApi {
     #[oai(path = "/v1/queues/:name", method = "put")]
     async fn put(
         &self,
+        caller: Caller,
         name: Path<String>,
         body: Json<QueueSettingsRequest>,
     ) -> ApiResult<PutQueueResponse, PutCodes> {
@@ -143,7 +145,7 @@ impl QueuesApi {
         let state = &self.state;
         let (record, created) = state.repo.upsert_queue(&name, limit).await?;
         state.known_queues.insert(&record.name);
-        let view = Json(self.apply(record).await?);
+        let view = Json(self.apply(&caller, record).await?);
         Ok(if created {
             PutQueueResponse::Created(view)
         } else {
@@ -153,57 +155,74 @@ impl QueuesApi {
 
     /// A queue's statistics: depth by priority, delayed, running, dead, oldest waiting age.
     #[oai(path = "/v1/queues/:name", method = "get")]
-    async fn get(&self, name: Path<String>) -> ApiResult<Json<QueueView>, QueueCodes> {
+    async fn get(
+        &self,
+        caller: Caller,
+        name: Path<String>,
+    ) -> ApiResult<Json<QueueView>, QueueCodes> {
         let record = match QueueName::parse(&name.0) {
             Ok(queue) => self.state.repo.queue(&queue).await?,
             Err(_) => None,
         };
         match record {
-            Some(record) => Ok(Json(self.view(record).await?)),
+            Some(record) => Ok(Json(self.view(&caller, record).await?)),
             None => Err(unknown_queue(&name.0).into()),
         }
     }
 
     /// Pause a queue: workers finish what they hold and take nothing new from it.
     #[oai(path = "/v1/queues/:name/pause", method = "post")]
-    async fn pause(&self, name: Path<String>) -> ApiResult<Json<QueueView>, QueueCodes> {
-        self.set_paused(&name.0, true).await
+    async fn pause(
+        &self,
+        caller: Caller,
+        name: Path<String>,
+    ) -> ApiResult<Json<QueueView>, QueueCodes> {
+        self.set_paused(&caller, &name.0, true).await
     }
 
     /// Resume a paused queue: idle workers are woken at once.
     #[oai(path = "/v1/queues/:name/resume", method = "post")]
-    async fn resume(&self, name: Path<String>) -> ApiResult<Json<QueueView>, QueueCodes> {
-        self.set_paused(&name.0, false).await
+    async fn resume(
+        &self,
+        caller: Caller,
+        name: Path<String>,
+    ) -> ApiResult<Json<QueueView>, QueueCodes> {
+        self.set_paused(&caller, &name.0, false).await
     }
 }
 
 impl QueuesApi {
-    async fn set_paused(&self, name: &str, paused: bool) -> ApiResult<Json<QueueView>, QueueCodes> {
+    async fn set_paused(
+        &self,
+        caller: &Caller,
+        name: &str,
+        paused: bool,
+    ) -> ApiResult<Json<QueueView>, QueueCodes> {
         let Ok(queue) = QueueName::parse(name) else {
             return Err(unknown_queue(name).into());
         };
         let Some(record) = self.state.repo.set_queue_paused(&queue, paused).await? else {
             return Err(unknown_queue(name).into());
         };
-        Ok(Json(self.apply(record).await?))
+        Ok(Json(self.apply(caller, record).await?))
     }
 
     /// Applies a queue's recorded controls to the queue backend; the queue as it is now.
-    async fn apply(&self, record: QueueRecord) -> Result<QueueView, ApiError> {
+    async fn apply(&self, caller: &Caller, record: QueueRecord) -> Result<QueueView, ApiError> {
         self.state
             .queue
             .configure(&record.name, record.controls)
             .await?;
-        self.view(record).await
+        self.view(caller, record).await
     }
 
-    async fn view(&self, record: QueueRecord) -> Result<QueueView, ApiError> {
+    async fn view(&self, caller: &Caller, record: QueueRecord) -> Result<QueueView, ApiError> {
         let state = &self.state;
         let stats = state.queue.stats(&record.name).await?;
         let mut tasks = TaskCounts::default();
         for (task_state, count) in state
             .repo
-            .count_by_state(&state.tenant(), &record.name)
+            .count_by_state(&caller.tenant, &record.name)
             .await?
         {
             let slot = match task_state {

@@ -7,12 +7,15 @@ use operator_config::Settings;
 use operator_domain::error::ErrorCode;
 use operator_domain::links;
 use operator_domain::network::NetworkPolicy;
-use operator_domain::{QueueName, TaskId, TenantId};
-use operator_store::db::TaskRepository;
+use operator_domain::{QueueName, TaskId};
+use operator_store::credentials::{KeyVerifier, VerifierTiming};
+use operator_store::db::{TaskRepository, TenantRepository};
+use operator_store::events::EventBus;
 use operator_store::queue::SharedQueue;
 use operator_store::storage::ArtifactStore;
 use operator_store::submit::Submitter;
 
+use crate::access::Authenticator;
 use crate::error::ApiError;
 
 pub struct AppState {
@@ -29,6 +32,8 @@ pub struct AppState {
     /// Queues known to exist. Queues are never deleted, so a name seen once stays valid
     /// and submissions to it need no database read.
     pub known_queues: KnownQueues,
+    /// Resolves each request's credentials to a tenant and a role.
+    pub authenticator: Arc<Authenticator>,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +67,23 @@ impl AppState {
             SharedQueue::clone(&queue),
             settings.queue.dispatch_timeout,
         );
+        let verifier = settings.auth.enabled.then(|| {
+            KeyVerifier::start(
+                TenantRepository::new(repo.connection().clone()),
+                repo.event_bus()
+                    .cloned()
+                    .unwrap_or_else(EventBus::in_process),
+                VerifierTiming {
+                    cache_ttl: settings.auth.key_cache_ttl,
+                    last_used_interval: settings.auth.last_used_interval,
+                },
+                settings.database_url().starts_with("sqlite:"),
+            )
+        });
+        let authenticator = Arc::new(Authenticator::new(
+            verifier,
+            settings.auth.failures_per_minute,
+        ));
         Self {
             settings,
             repo,
@@ -71,12 +93,8 @@ impl AppState {
             policy,
             public_url,
             known_queues: KnownQueues::default(),
+            authenticator,
         }
-    }
-
-    /// The tenant of a request. One tenant until authentication assigns them.
-    pub fn tenant(&self) -> TenantId {
-        TenantId::default_tenant()
     }
 
     /// A task's address, for `Location` headers.

@@ -12,6 +12,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi, Tags};
 use uuid::Uuid;
 
+use crate::access::Caller;
 use crate::codes;
 use crate::dto::{
     ArtifactList, ArtifactView, AttemptList, AttemptView, TaskKindDto, TaskPage, TaskStateDto,
@@ -71,6 +72,7 @@ impl TasksApi {
     #[oai(path = "/v1/tasks", method = "post")]
     async fn create(
         &self,
+        caller: Caller,
         body: TaskSubmission,
         /// Makes the submission safe to retry: the same key with the same body returns
         /// the task created first (200); with a different body it is refused (409).
@@ -96,7 +98,8 @@ impl TasksApi {
             settings: &state.settings,
             policy: &state.policy,
         };
-        let new_task = body.validate(&rules, state.tenant(), idempotency_key, trace_parent)?;
+        let new_task =
+            body.validate(&rules, caller.tenant.clone(), idempotency_key, trace_parent)?;
         state.check_queue(&new_task.queue).await?;
         match state.submitter.submit(new_task).await? {
             Submitted::Created(task) => {
@@ -126,13 +129,12 @@ impl TasksApi {
 
     /// Get a task, with its artifacts.
     #[oai(path = "/v1/tasks/:id", method = "get")]
-    async fn get(&self, id: Path<Uuid>) -> ApiResult<Json<TaskView>, TaskCodes> {
+    async fn get(&self, caller: Caller, id: Path<Uuid>) -> ApiResult<Json<TaskView>, TaskCodes> {
         let state = &self.state;
-        let tenant = state.tenant();
-        let Some(task) = state.repo.get(&tenant, TaskId::from(id.0)).await? else {
+        let Some(task) = state.repo.get(&caller.tenant, TaskId::from(id.0)).await? else {
             return Err(not_found(id.0).into());
         };
-        let artifacts = self.artifact_views(task.id).await?;
+        let artifacts = self.artifact_views(&caller, task.id).await?;
         Ok(Json(TaskView::from_record(task, Some(artifacts))))
     }
 
@@ -140,6 +142,7 @@ impl TasksApi {
     #[oai(path = "/v1/tasks", method = "get")]
     async fn list(
         &self,
+        caller: Caller,
         /// Only tasks in this state.
         state: Query<Option<TaskStateDto>>,
         /// Only tasks of this kind.
@@ -178,7 +181,7 @@ impl TasksApi {
             limit: u64::from(limit) + 1,
         };
         let app = &self.state;
-        let mut tasks = app.repo.list(&app.tenant(), &filter).await?;
+        let mut tasks = app.repo.list(&caller.tenant, &filter).await?;
         let next_cursor = if tasks.len() > limit as usize {
             tasks.truncate(limit as usize);
             tasks.last().map(|task| task.id.to_string())
@@ -200,10 +203,14 @@ impl TasksApi {
     /// is stopped by its worker within a few seconds; the answer shows
     /// `cancel_requested: true` until then.
     #[oai(path = "/v1/tasks/:id/cancel", method = "post")]
-    async fn cancel(&self, id: Path<Uuid>) -> ApiResult<Json<TaskView>, CancelCodes> {
+    async fn cancel(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<TaskView>, CancelCodes> {
         let state = &self.state;
         let task_id = TaskId::from(id.0);
-        match state.repo.cancel(&state.tenant(), task_id).await? {
+        match state.repo.cancel(&caller.tenant, task_id).await? {
             CancelOutcome::Cancelled(task) => {
                 if let Err(error) = state.queue.remove(&task.queue, task_id).await {
                     // The worker that claims it will find it cancelled and drop it.
@@ -229,6 +236,7 @@ impl TasksApi {
     #[oai(path = "/v1/tasks/:id/retry", method = "post")]
     async fn retry(
         &self,
+        caller: Caller,
         id: Path<Uuid>,
         /// How many more attempts it gets, 1 to `tasks.max_attempts_limit`.
         attempts: Query<Option<u32>>,
@@ -248,7 +256,7 @@ impl TasksApi {
         }
         match state
             .submitter
-            .redrive(&state.tenant(), TaskId::from(id.0), attempts)
+            .redrive(&caller.tenant, TaskId::from(id.0), attempts)
             .await?
         {
             RedriveOutcome::Redriven(task) => Ok(Json(TaskView::from_record(task, None))),
@@ -270,20 +278,28 @@ impl TasksApi {
         method = "get",
         tag = "ApiTags::Artifacts"
     )]
-    async fn artifacts(&self, id: Path<Uuid>) -> ApiResult<Json<ArtifactList>, TaskCodes> {
-        let task_id = self.existing(id.0).await?;
-        let items = self.artifact_views(task_id).await?;
+    async fn artifacts(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<ArtifactList>, TaskCodes> {
+        let task_id = self.existing(&caller, id.0).await?;
+        let items = self.artifact_views(&caller, task_id).await?;
         Ok(Json(ArtifactList { items }))
     }
 
     /// List a task's attempts: which worker ran it, when, and how each run ended.
     #[oai(path = "/v1/tasks/:id/attempts", method = "get")]
-    async fn attempts(&self, id: Path<Uuid>) -> ApiResult<Json<AttemptList>, TaskCodes> {
+    async fn attempts(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<AttemptList>, TaskCodes> {
         let state = &self.state;
-        let task_id = self.existing(id.0).await?;
+        let task_id = self.existing(&caller, id.0).await?;
         let items = state
             .repo
-            .attempts(&state.tenant(), task_id)
+            .attempts(&caller.tenant, task_id)
             .await?
             .into_iter()
             .map(AttemptView::from)
@@ -294,20 +310,24 @@ impl TasksApi {
 
 impl TasksApi {
     /// The task's id when the tenant has it; `task_not_found` otherwise.
-    async fn existing(&self, id: Uuid) -> Result<TaskId, ApiError> {
+    async fn existing(&self, caller: &Caller, id: Uuid) -> Result<TaskId, ApiError> {
         let state = &self.state;
         let task_id = TaskId::from(id);
-        match state.repo.get(&state.tenant(), task_id).await? {
+        match state.repo.get(&caller.tenant, task_id).await? {
             Some(_) => Ok(task_id),
             None => Err(not_found(id)),
         }
     }
 
-    async fn artifact_views(&self, task_id: TaskId) -> Result<Vec<ArtifactView>, ApiError> {
+    async fn artifact_views(
+        &self,
+        caller: &Caller,
+        task_id: TaskId,
+    ) -> Result<Vec<ArtifactView>, ApiError> {
         let state = &self.state;
         Ok(state
             .repo
-            .artifacts(&state.tenant(), task_id)
+            .artifacts(&caller.tenant, task_id)
             .await?
             .into_iter()
             .map(|artifact| ArtifactView::from_record(artifact, &state.public_url))

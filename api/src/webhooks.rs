@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_domain::webhooks::EVENT_TYPES;
-use operator_domain::{TargetUrl, TaskId};
+use operator_domain::{TargetUrl, TaskId, TenantId};
 use operator_store::db::{
     Delivery, DeliveryAttempt, DeliveryFilter, EndpointUpdate, NewEndpoint, TenantSigningKey,
     WebhookEndpoint, WebhookRepository,
@@ -22,6 +22,7 @@ use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
+use crate::access::Caller;
 use crate::codes;
 use crate::error::{ApiError, ApiResult, ErrorBody, NoCodes};
 use crate::state::SharedState;
@@ -305,13 +306,13 @@ impl WebhooksApi {
 
     async fn delivery_views(
         &self,
+        tenant: &TenantId,
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<DeliveryView>, ApiError> {
         let repo = self.repo();
-        let tenant = self.state.tenant();
         let mut views = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let attempts = repo.delivery_attempts(&tenant, delivery.id).await?;
+            let attempts = repo.delivery_attempts(tenant, delivery.id).await?;
             views.push(DeliveryView::new(delivery, attempts));
         }
         Ok(views)
@@ -364,6 +365,7 @@ impl WebhooksApi {
     #[oai(path = "/v1/webhooks", method = "post")]
     async fn create(
         &self,
+        caller: Caller,
         body: Json<CreateWebhookRequest>,
     ) -> ApiResult<CreatedWebhook, CreateCodes> {
         let Json(request) = body;
@@ -374,7 +376,7 @@ impl WebhooksApi {
         let endpoint = self
             .repo()
             .create_endpoint(NewEndpoint {
-                tenant: self.state.tenant(),
+                tenant: caller.tenant.clone(),
                 url,
                 description: request.description,
                 event_types,
@@ -388,10 +390,10 @@ impl WebhooksApi {
 
     /// List the tenant's endpoints.
     #[oai(path = "/v1/webhooks", method = "get")]
-    async fn list(&self) -> ApiResult<Json<WebhookList>, NoCodes> {
+    async fn list(&self, caller: Caller) -> ApiResult<Json<WebhookList>, NoCodes> {
         let items = self
             .repo()
-            .endpoints(&self.state.tenant())
+            .endpoints(&caller.tenant)
             .await?
             .into_iter()
             .map(|endpoint| WebhookView::from_endpoint(endpoint, false))
@@ -401,8 +403,12 @@ impl WebhooksApi {
 
     /// Get an endpoint (without its secret).
     #[oai(path = "/v1/webhooks/:id", method = "get")]
-    async fn get(&self, id: Path<Uuid>) -> ApiResult<Json<WebhookView>, EndpointCodes> {
-        match self.repo().endpoint(&self.state.tenant(), id.0).await? {
+    async fn get(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<WebhookView>, EndpointCodes> {
+        match self.repo().endpoint(&caller.tenant, id.0).await? {
             Some(endpoint) => Ok(Json(WebhookView::from_endpoint(endpoint, false))),
             None => Err(webhook_not_found(id.0).into()),
         }
@@ -412,6 +418,7 @@ impl WebhooksApi {
     #[oai(path = "/v1/webhooks/:id", method = "patch")]
     async fn update(
         &self,
+        caller: Caller,
         id: Path<Uuid>,
         body: Json<UpdateWebhookRequest>,
     ) -> ApiResult<Json<WebhookView>, UpdateCodes> {
@@ -436,7 +443,7 @@ impl WebhooksApi {
         };
         match self
             .repo()
-            .update_endpoint(&self.state.tenant(), id.0, update)
+            .update_endpoint(&caller.tenant, id.0, update)
             .await?
         {
             Some(endpoint) => Ok(Json(WebhookView::from_endpoint(endpoint, false))),
@@ -446,12 +453,12 @@ impl WebhooksApi {
 
     /// Delete an endpoint and its deliveries.
     #[oai(path = "/v1/webhooks/:id", method = "delete")]
-    async fn delete(&self, id: Path<Uuid>) -> ApiResult<DeletedWebhook, EndpointCodes> {
-        if self
-            .repo()
-            .delete_endpoint(&self.state.tenant(), id.0)
-            .await?
-        {
+    async fn delete(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> ApiResult<DeletedWebhook, EndpointCodes> {
+        if self.repo().delete_endpoint(&caller.tenant, id.0).await? {
             Ok(DeletedWebhook::Deleted)
         } else {
             Err(webhook_not_found(id.0).into())
@@ -465,13 +472,14 @@ impl WebhooksApi {
     #[oai(path = "/v1/webhooks/:id/rotate-secret", method = "post")]
     async fn rotate(
         &self,
+        caller: Caller,
         id: Path<Uuid>,
         body: Json<RotateSecretRequest>,
     ) -> ApiResult<Json<WebhookView>, RotateCodes> {
         let overlap = self.overlap(body)?;
         match self
             .repo()
-            .rotate_endpoint_secret(&self.state.tenant(), id.0, overlap)
+            .rotate_endpoint_secret(&caller.tenant, id.0, overlap)
             .await?
         {
             Some(endpoint) => Ok(Json(WebhookView::from_endpoint(endpoint, true))),
@@ -483,6 +491,7 @@ impl WebhooksApi {
     #[oai(path = "/v1/webhooks/:id/deliveries", method = "get")]
     async fn deliveries(
         &self,
+        caller: Caller,
         id: Path<Uuid>,
         /// Page size, 1-200 (default 50).
         limit: Query<Option<u32>>,
@@ -502,7 +511,7 @@ impl WebhooksApi {
                     "cursor: not a cursor this API returned",
                 )
             })?;
-        let tenant = self.state.tenant();
+        let tenant = caller.tenant.clone();
         let repo = self.repo();
         if repo.endpoint(&tenant, id.0).await?.is_none() {
             return Err(webhook_not_found(id.0).into());
@@ -521,7 +530,7 @@ impl WebhooksApi {
         } else {
             None
         };
-        let items = self.delivery_views(deliveries).await?;
+        let items = self.delivery_views(&caller.tenant, deliveries).await?;
         Ok(Json(DeliveryList { items, next_cursor }))
     }
 
@@ -532,10 +541,11 @@ impl WebhooksApi {
     )]
     async fn redeliver(
         &self,
+        caller: Caller,
         id: Path<Uuid>,
         delivery_id: Path<Uuid>,
     ) -> ApiResult<Redelivered, RedeliverCodes> {
-        let tenant = self.state.tenant();
+        let tenant = caller.tenant.clone();
         let repo = self.repo();
         let not_found = || {
             ApiError::new(
@@ -559,7 +569,7 @@ impl WebhooksApi {
                     .delivery(&tenant, delivery_id.0)
                     .await?
                     .ok_or_else(|| ApiError::internal(&"a redelivered delivery vanished"))?;
-                let mut views = self.delivery_views(vec![delivery]).await?;
+                let mut views = self.delivery_views(&caller.tenant, vec![delivery]).await?;
                 let view = views
                     .pop()
                     .ok_or_else(|| ApiError::internal(&"no view for a delivery"))?;
@@ -572,9 +582,10 @@ impl WebhooksApi {
     #[oai(path = "/v1/tasks/:id/webhook-deliveries", method = "get")]
     async fn task_deliveries(
         &self,
+        caller: Caller,
         id: Path<Uuid>,
     ) -> ApiResult<Json<DeliveryList>, TaskDeliveriesCodes> {
-        let tenant = self.state.tenant();
+        let tenant = caller.tenant.clone();
         let task_id = TaskId::from(id.0);
         if self.state.repo.get(&tenant, task_id).await?.is_none() {
             return Err(ApiError::new(ErrorCode::TaskNotFound, format!("no task {}", id.0)).into());
@@ -585,7 +596,7 @@ impl WebhooksApi {
             ..DeliveryFilter::default()
         };
         let deliveries = self.repo().deliveries(&tenant, &filter).await?;
-        let items = self.delivery_views(deliveries).await?;
+        let items = self.delivery_views(&caller.tenant, deliveries).await?;
         Ok(Json(DeliveryList {
             items,
             next_cursor: None,
@@ -595,8 +606,8 @@ impl WebhooksApi {
     /// The tenant's default signing key (created on first use): it signs deliveries to
     /// per-task `webhook_url`s.
     #[oai(path = "/v1/webhook-signing-key", method = "get")]
-    async fn signing_key(&self) -> ApiResult<Json<SigningKeyView>, NoCodes> {
-        let key = self.repo().signing_key(&self.state.tenant()).await?;
+    async fn signing_key(&self, caller: Caller) -> ApiResult<Json<SigningKeyView>, NoCodes> {
+        let key = self.repo().signing_key(&caller.tenant).await?;
         Ok(Json(key.into()))
     }
 
@@ -605,12 +616,13 @@ impl WebhooksApi {
     #[oai(path = "/v1/webhook-signing-key/rotate", method = "post")]
     async fn rotate_signing_key(
         &self,
+        caller: Caller,
         body: Json<RotateSecretRequest>,
     ) -> ApiResult<Json<SigningKeyView>, RotateKeyCodes> {
         let overlap = self.overlap(body)?;
         let key = self
             .repo()
-            .rotate_signing_key(&self.state.tenant(), overlap)
+            .rotate_signing_key(&caller.tenant, overlap)
             .await?;
         Ok(Json(key.into()))
     }

@@ -296,9 +296,13 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     let api = application
         .public_url()
         .context("operator serve runs the API")?;
+    let key = application
+        .first_key()
+        .context("operator serve makes an owner key on its first start")?
+        .to_owned();
     let running = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
 
-    let http = reqwest::Client::new();
+    let http = operator_testkit::ApiClient::with_key(api.clone(), &key).http;
     for _ in 0..options.warmup {
         screenshot(&http, &api, &page).await?;
     }

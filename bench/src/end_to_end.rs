@@ -15,10 +15,11 @@ use anyhow::{Context, bail};
 use operator::{Application, Roles};
 use operator_config::{QueueBackendKind, Settings};
 use operator_domain::TaskId;
+use operator_domain::auth::Role;
 use operator_store::db::{self, TaskRepository};
 use operator_store::queue::SharedQueue;
 use operator_store::queue::redis::RedisQueue;
-use operator_testkit::{TestDatabase, complete_without_browser};
+use operator_testkit::{ApiClient, TestDatabase, complete_without_browser, issue_key};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +82,7 @@ pub async fn run(
     let api = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
 
     let repo = TaskRepository::new(db::connect(&settings).await?);
+    let key = issue_key(repo.connection(), "default", Role::Owner).await;
     let completions = Arc::new(Mutex::new(HashMap::<TaskId, Instant>::with_capacity(tasks)));
     let completed = Arc::new(AtomicUsize::new(0));
     let mut consumer_loops = tokio::task::JoinSet::new();
@@ -97,7 +99,7 @@ pub async fn run(
         consumer_loops.spawn(consumer.run());
     }
 
-    let http = reqwest::Client::new();
+    let http = ApiClient::with_key(base.clone(), &key).http;
     let next = Arc::new(AtomicUsize::new(0));
     let before = profiler.snapshot().await?;
     let started = Instant::now();

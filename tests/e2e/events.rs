@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use operator::{Application, Roles};
-use operator_testkit::{ApiClient, RedisPrefix, TestDatabase, distributed_settings, read_sse};
+use operator_domain::auth::Role;
+use operator_testkit::{
+    ApiClient, RedisPrefix, TestDatabase, distributed_settings, issue_key, read_sse,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +33,13 @@ async fn a_client_of_another_api_replica_sees_every_event_in_order() {
             .await
             .expect("build");
         if let Some(url) = application.public_url() {
-            apis.push(ApiClient::new(url));
+            let key = issue_key(
+                application.services().repo.connection(),
+                "default",
+                Role::Owner,
+            )
+            .await;
+            apis.push(ApiClient::with_key(url, &key));
         }
         running.push(tokio::spawn(
             application.run_until_stopped(stop.clone().cancelled_owned()),

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use operator::{Application, Roles};
 use operator_config::Settings;
+use operator_domain::auth::Role;
 use operator_testkit::{
-    ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings,
+    ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings, issue_key,
 };
 use poem::http::StatusCode;
 use poem::web::Form;
@@ -368,17 +369,44 @@ pub struct TestApp {
     _directory: tempfile::TempDir,
 }
 
-async fn start(
-    settings: Settings,
-    roles: Roles,
-    stop: &CancellationToken,
-) -> (Option<String>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+/// A started instance: its API address and owner key (when it serves the API).
+struct Started {
+    url: Option<String>,
+    key: Option<String>,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(settings: Settings, roles: Roles, stop: &CancellationToken) -> Started {
     let application = Application::build(settings, roles)
         .await
         .expect("build the application");
     let url = application.public_url();
+    // `operator serve` made one on its first start; an API role gets one made here.
+    let key = match (application.first_key(), &url) {
+        (Some(key), _) => Some(key.to_owned()),
+        (None, Some(_)) => Some(
+            issue_key(
+                application.services().repo.connection(),
+                "default",
+                Role::Owner,
+            )
+            .await,
+        ),
+        (None, None) => None,
+    };
     let stopped = stop.clone().cancelled_owned();
-    (url, tokio::spawn(application.run_until_stopped(stopped)))
+    Started {
+        url,
+        key,
+        running: tokio::spawn(application.run_until_stopped(stopped)),
+    }
+}
+
+fn client(started: &Started) -> ApiClient {
+    ApiClient::with_key(
+        started.url.clone().expect("serves the API"),
+        started.key.as_deref().expect("an owner key"),
+    )
 }
 
 /// Every state a task ends in.
@@ -409,11 +437,11 @@ impl TestApp {
         let mut settings = embedded_settings(directory.path());
         adjust(&mut settings);
         let stop = CancellationToken::new();
-        let (url, running) = start(settings, Roles::SERVE, &stop).await;
+        let serve = start(settings, Roles::SERVE, &stop).await;
         Self {
-            api: ApiClient::new(url.expect("serve runs the API")),
+            api: client(&serve),
             stop,
-            running: vec![running],
+            running: vec![serve.running],
             _database: None,
             _redis: None,
             _directory: directory,
@@ -429,17 +457,17 @@ impl TestApp {
         let redis = RedisPrefix::new();
         let settings = distributed_settings(&database, redis.prefix());
         let stop = CancellationToken::new();
-        let (url, api) = start(settings.clone(), Roles::API, &stop).await;
+        let api = start(settings.clone(), Roles::API, &stop).await;
         // As in a real deployment, the other roles know the API's public address (for
         // artifact links in webhook payloads).
         let mut settings = settings;
-        settings.server.public_url = url.clone();
-        let (_, worker) = start(settings.clone(), Roles::WORKER, &stop).await;
-        let (_, scheduler) = start(settings, Roles::SCHEDULER, &stop).await;
+        settings.server.public_url = api.url.clone();
+        let worker = start(settings.clone(), Roles::WORKER, &stop).await;
+        let scheduler = start(settings, Roles::SCHEDULER, &stop).await;
         Self {
-            api: ApiClient::new(url.expect("the API role serves")),
+            api: client(&api),
             stop,
-            running: vec![api, worker, scheduler],
+            running: vec![api.running, worker.running, scheduler.running],
             _database: Some(database),
             _redis: Some(redis),
             _directory: directory,

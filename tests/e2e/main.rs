@@ -6,6 +6,7 @@
 mod events;
 mod fault_pages;
 mod helpers;
+mod keys;
 mod network_guard;
 mod oneshot;
 mod pool;

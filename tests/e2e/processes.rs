@@ -130,9 +130,11 @@ impl Deployment {
         command
     }
 
-    /// `operator api`; returns the process and a client for the address it printed.
+    /// `operator api`; returns the process and a client for the address it printed,
+    /// holding an owner key made with `operator keys create`.
     async fn api(&self) -> (Spawned, ApiClient) {
-        spawn_api(self.command()).await
+        let key = make_key(self.command());
+        spawn_api(self.command(), &key).await
     }
 
     /// `operator worker` with its id and any extra settings.
@@ -148,7 +150,23 @@ impl Deployment {
     }
 }
 
-async fn spawn_api(mut command: Command) -> (Spawned, ApiClient) {
+/// `operator keys create`: an owner key of the `default` tenant, from what it printed.
+fn make_key(mut command: Command) -> String {
+    let output = command
+        .args(["keys", "create", "--tenant", "default", "--role", "owner"])
+        .output()
+        .expect("run operator keys create");
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    printed
+        .lines()
+        .last()
+        .filter(|line| line.starts_with("opk_"))
+        .unwrap_or_else(|| panic!("operator keys create printed no key: {printed}"))
+        .to_owned()
+}
+
+async fn spawn_api(mut command: Command, key: &str) -> (Spawned, ApiClient) {
     let mut api = command
         .arg("api")
         .stdout(Stdio::piped())
@@ -170,7 +188,7 @@ async fn spawn_api(mut command: Command) -> (Spawned, ApiClient) {
     .await
     .expect("join")
     .expect("the API prints its address");
-    (api, ApiClient::new(url))
+    (api, ApiClient::with_key(url, key))
 }
 
 /// Sends SIGTERM and waits for a clean exit.
@@ -242,9 +260,12 @@ async fn api_and_worker_processes_run_a_task_together() {
         .expect("run operator migrate");
     assert!(status.success());
 
+    let mut keys = operator();
+    configure(&mut keys, &database, &redis, &isolation);
+    let key = make_key(keys);
     let mut api = operator();
     configure(&mut api, &database, &redis, &isolation);
-    let (mut api, api_client) = spawn_api(api).await;
+    let (mut api, api_client) = spawn_api(api, &key).await;
 
     let mut worker = operator();
     configure(&mut worker, &database, &redis, &isolation);
@@ -550,4 +571,103 @@ async fn workers_take_tasks_only_from_the_queues_they_serve() {
         .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(attempts_of(&api, default_id).await.0[0].0, "both-worker");
+}
+
+/// Lines a process writes to stdout and stderr, collected as they come.
+fn collect_output(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|out| Box::new(out) as Box<dyn std::io::Read + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|err| Box::new(err) as Box<dyn std::io::Read + Send>);
+    for stream in [stdout, stderr].into_iter().flatten() {
+        let lines = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                lines.lock().expect("lines").push(line);
+            }
+        });
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_never_reach_the_log() {
+    operator_store::install_crypto_provider();
+    let deployment = Deployment::migrated().await;
+    let key = make_key(deployment.command());
+    let mut api = deployment
+        .command()
+        .arg("api")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Spawned)
+        .expect("spawn api");
+    let output = collect_output(&mut api);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = loop {
+        let printed = output.lock().expect("lines").iter().find_map(|line| {
+            line.strip_prefix("OperatorNext API: ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        });
+        if let Some(url) = printed {
+            break url;
+        }
+        assert!(Instant::now() < deadline, "the API printed no address");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let owner = ApiClient::with_key(url.clone(), &key);
+    assert_eq!(owner.get("/v1/tasks").await.0, 200);
+    let response = owner
+        .http
+        .post(format!("{url}/v1/api-keys"))
+        .json(&json!({"name": "for the log test", "role": "viewer"}))
+        .send()
+        .await
+        .expect("create");
+    let (status, created) = operator_testkit::read_json(response).await;
+    assert_eq!(status, 201, "{created}");
+    let made = created["key"].as_str().expect("key").to_owned();
+    let viewer = ApiClient::with_key(url.clone(), &made);
+    assert_eq!(viewer.get("/v1/tasks").await.0, 200);
+    let response = owner
+        .http
+        .delete(format!(
+            "{url}/v1/api-keys/{}",
+            created["id"].as_str().expect("id")
+        ))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(viewer.get("/v1/tasks").await.0, 401);
+    let mut typo = key.clone().into_bytes();
+    typo[30] = if typo[30] == b'x' { b'y' } else { b'x' };
+    let typo = String::from_utf8(typo).expect("ascii");
+    assert_eq!(
+        ApiClient::with_key(url, &typo).get("/v1/tasks").await.0,
+        401
+    );
+    terminate(&mut api, "operator api");
+
+    let log = output.lock().expect("lines").join("\n");
+    assert!(
+        log.contains("authentication refused"),
+        "refusals are logged: {log}"
+    );
+    assert!(log.contains("API key revoked"), "revocations are logged");
+    for secret in [&key, &made, &typo] {
+        assert!(
+            !log.contains(&secret[16..]),
+            "the secret part of {}… is in the log",
+            &secret[..16]
+        );
+    }
 }

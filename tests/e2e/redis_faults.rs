@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use operator::{Application, Roles};
+use operator_domain::auth::Role;
 use operator_domain::{QueueName, TaskState, TenantId};
 use operator_store::db::{self, TaskRepository};
 use operator_store::queue::redis::RedisQueue;
 use operator_store::queue::{QueueStats, SharedQueue};
 use operator_testkit::{
-    ApiClient, TestDatabase, complete_without_browser, distributed_settings, unique_name,
+    ApiClient, TestDatabase, complete_without_browser, distributed_settings, issue_key, unique_name,
 };
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::json;
@@ -115,10 +116,11 @@ impl Deployment {
                 .await
                 .expect("connect to the database"),
         );
+        let key = issue_key(repo.connection(), "default", Role::Owner).await;
         let stop = CancellationToken::new();
         let roles = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
         Self {
-            api: ApiClient::new(url),
+            api: ApiClient::with_key(url, &key),
             settings,
             repo,
             stop,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use operator_testkit::{read_json, read_sse};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::{TestApi, spawn_api};
 
@@ -157,14 +158,28 @@ async fn read_socket(
     }
 }
 
+/// A WebSocket handshake request presenting the test's owner key.
+fn with_key(
+    api: &TestApi,
+    url: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", api.key).parse().expect("header"),
+    );
+    request
+}
+
 #[tokio::test]
 async fn a_websocket_carries_the_same_events_and_closes_normally() {
     let api = spawn_api().await;
     let id = queued_task(&api).await;
     let ws_base = api.base.replace("http://", "ws://");
-    let (socket, _) = tokio_tungstenite::connect_async(format!("{ws_base}/v1/tasks/{id}/ws"))
-        .await
-        .expect("upgrade");
+    let (socket, _) =
+        tokio_tungstenite::connect_async(with_key(&api, &format!("{ws_base}/v1/tasks/{id}/ws")))
+            .await
+            .expect("upgrade");
     let reading = tokio::spawn(read_socket(socket));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, _) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
@@ -183,8 +198,9 @@ async fn a_websocket_carries_the_same_events_and_closes_normally() {
     );
 
     let first_id = &messages[0]["id"];
-    let (socket, _) = tokio_tungstenite::connect_async(format!(
-        "{ws_base}/v1/tasks/{id}/ws?last_event_id={first_id}"
+    let (socket, _) = tokio_tungstenite::connect_async(with_key(
+        &api,
+        &format!("{ws_base}/v1/tasks/{id}/ws?last_event_id={first_id}"),
     ))
     .await
     .expect("upgrade");
@@ -192,8 +208,11 @@ async fn a_websocket_carries_the_same_events_and_closes_normally() {
     assert_eq!(resumed, messages[1..]);
 
     let missing = "00000000-0000-7000-8000-000000000000";
-    let refused =
-        tokio_tungstenite::connect_async(format!("{ws_base}/v1/tasks/{missing}/ws")).await;
+    let refused = tokio_tungstenite::connect_async(with_key(
+        &api,
+        &format!("{ws_base}/v1/tasks/{missing}/ws"),
+    ))
+    .await;
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status().as_u16(), 404)

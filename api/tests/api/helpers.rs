@@ -6,16 +6,21 @@ use std::time::Duration;
 use operator_api::{ApiServer, AppState};
 use operator_config::Settings;
 use operator_domain::QueueName;
+use operator_domain::auth::Role;
 use operator_store::db::{self, TaskRepository};
 use operator_store::events::EventBus;
 use operator_store::queue::database::DatabaseQueue;
 use operator_store::queue::{QueueStats, SharedQueue};
 use operator_store::storage::ArtifactStore;
-use operator_testkit::{ApiClient, TestDatabase, embedded_settings};
+use operator_testkit::{ApiClient, TestDatabase, embedded_settings, issue_key};
 use tokio::sync::oneshot;
 
 pub struct TestApi {
+    /// A client with an owner key of the `default` tenant.
     api: ApiClient,
+    pub url: String,
+    /// The owner key `api` presents.
+    pub key: String,
     pub queue: SharedQueue,
     /// The API's own repository, for putting tasks into states only workers reach.
     pub repo: TaskRepository,
@@ -40,7 +45,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
         connection.clone(),
         Duration::from_millis(50),
     ));
-    let repo = TaskRepository::new(connection).with_event_bus(EventBus::in_process());
+    let repo = TaskRepository::new(connection.clone()).with_event_bus(EventBus::in_process());
     let server = ApiServer::bind("127.0.0.1", 0).await.expect("bind");
     let url = settings.public_url(server.port());
     let policy = settings.network_policy().expect("policy");
@@ -57,8 +62,11 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
     tokio::spawn(server.run_until_stopped(state, async move {
         let _ = stopped.await;
     }));
+    let key = issue_key(&connection, "default", Role::Owner).await;
     TestApi {
-        api: ApiClient::new(url),
+        api: ApiClient::with_key(url.clone(), &key),
+        url,
+        key,
         queue,
         repo,
         stop: Some(stop),
@@ -68,6 +76,17 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
 }
 
 impl TestApi {
+    /// A client holding a new key of `role` for `tenant` (made if new).
+    pub async fn client_for(&self, tenant: &str, role: Role) -> ApiClient {
+        let key = issue_key(self.repo.connection(), tenant, role).await;
+        ApiClient::with_key(self.url.clone(), &key)
+    }
+
+    /// A client presenting no credentials.
+    pub fn anonymous(&self) -> ApiClient {
+        ApiClient::new(self.url.clone())
+    }
+
     /// What the queue backend holds for `queue`.
     pub async fn stats(&self, queue: &str) -> QueueStats {
         let queue = QueueName::parse(queue).expect("queue name");

@@ -314,10 +314,28 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// A client that presents no credentials.
     pub fn new(base: impl Into<String>) -> Self {
         Self {
             base: base.into(),
             http: reqwest::Client::new(),
+        }
+    }
+
+    /// A client that sends `Authorization: Bearer <key>` with every request, including
+    /// those made through [`ApiClient::http`] directly.
+    pub fn with_key(base: impl Into<String>, key: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .expect("a key is a valid header value");
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        Self {
+            base: base.into(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("client"),
         }
     }
 
@@ -407,6 +425,33 @@ impl ApiClient {
             response.bytes().await.expect("bytes").to_vec(),
         )
     }
+}
+
+/// Makes an API key of `role` for `tenant` (creating the tenant if it does not exist)
+/// on the database behind `connection`; returns the key.
+pub async fn issue_key(
+    connection: &sea_orm::DatabaseConnection,
+    tenant: &str,
+    role: operator_domain::auth::Role,
+) -> String {
+    use operator_store::db::{CreateTenantError, NewKey, TenantRepository};
+    let tenants = TenantRepository::new(connection.clone());
+    let tenant = operator_domain::TenantId::parse(tenant).expect("tenant id");
+    match tenants.create_tenant(&tenant, tenant.as_str()).await {
+        Ok(_) | Err(CreateTenantError::Exists(_)) => {}
+        Err(error) => panic!("create tenant {tenant}: {error}"),
+    }
+    let (_, token) = tenants
+        .create_key(NewKey {
+            tenant,
+            name: format!("test {role} key"),
+            role,
+            expires_at: None,
+            created_by: Some("testkit".to_owned()),
+        })
+        .await
+        .expect("create key");
+    token.expose().to_owned()
 }
 
 /// Status and body of a response; a body that is not JSON comes back as a string.

@@ -1,0 +1,508 @@
+//! Who may call what: the one table of the permission each operation needs, the
+//! middleware that authenticates every request and checks that table, and the
+//! [`Caller`] handlers act for.
+//!
+//! - Public: `/healthz`, `/readyz`, `/openapi.json` and `/docs`. Every other request
+//!   must present `Authorization: Bearer opk_…` (an API key); missing or bad
+//!   credentials are `401 unauthenticated` with `WWW-Authenticate: Bearer`.
+//! - [`RULES`] names the permission of every operation; the caller's role must grant
+//!   it ([`Role::grants`], the grant table) or the answer is `403 forbidden` naming the
+//!   permission. A route missing from the table is refused too (default deny): its
+//!   handler cannot get a [`Caller`].
+//! - Handlers scope every read and write by [`Caller::tenant`], so another tenant's
+//!   resource is a `404`, exactly as if it did not exist.
+//! - Failed authentications are counted per client address; past
+//!   `auth.failures_per_minute`, the address gets `429 rate_limited` until its minute is
+//!   over.
+//!
+//! With `auth.enabled = false` every request acts as the owner of the `default` tenant
+//! (loopback only; see `operator`'s start-up check).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use operator_domain::TenantId;
+use operator_domain::auth::{Permission, Role};
+use operator_domain::error::ErrorCode;
+use operator_store::credentials::{KeyVerifier, Refusal};
+use poem::http::{Method, StatusCode, header};
+use poem::{Endpoint, FromRequest, IntoResponse, Middleware, Request, RequestBody, Response};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+use Permission::*;
+
+/// The permission each operation needs: method, path template (as in the API
+/// document), permission. Every operation of `/openapi.json` and the two event
+/// streams are here; a test checks both ways.
+pub const RULES: &[(&str, &str, Permission)] = &[
+    ("POST", "/v1/tasks", TasksWrite),
+    ("GET", "/v1/tasks", TasksRead),
+    ("GET", "/v1/tasks/{id}", TasksRead),
+    ("POST", "/v1/tasks/{id}/cancel", TasksWrite),
+    ("POST", "/v1/tasks/{id}/retry", TasksWrite),
+    ("GET", "/v1/tasks/{id}/attempts", TasksRead),
+    ("GET", "/v1/tasks/{id}/artifacts", TasksRead),
+    ("GET", "/v1/tasks/{id}/events", TasksRead),
+    ("GET", "/v1/tasks/{id}/ws", TasksRead),
+    ("GET", "/v1/tasks/{id}/webhook-deliveries", WebhooksRead),
+    ("GET", "/v1/artifacts/{id}", TasksRead),
+    ("POST", "/v1/screenshot", TasksWrite),
+    ("POST", "/v1/pdf", TasksWrite),
+    ("POST", "/v1/content", TasksWrite),
+    ("POST", "/v1/scrape", TasksWrite),
+    ("GET", "/v1/queues", QueuesRead),
+    ("GET", "/v1/queues/{name}", QueuesRead),
+    ("PUT", "/v1/queues/{name}", QueuesManage),
+    ("POST", "/v1/queues/{name}/pause", QueuesManage),
+    ("POST", "/v1/queues/{name}/resume", QueuesManage),
+    ("POST", "/v1/webhooks", WebhooksManage),
+    ("GET", "/v1/webhooks", WebhooksRead),
+    ("GET", "/v1/webhooks/{id}", WebhooksRead),
+    ("PATCH", "/v1/webhooks/{id}", WebhooksManage),
+    ("DELETE", "/v1/webhooks/{id}", WebhooksManage),
+    ("POST", "/v1/webhooks/{id}/rotate-secret", WebhooksManage),
+    ("GET", "/v1/webhooks/{id}/deliveries", WebhooksRead),
+    (
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+        WebhooksManage,
+    ),
+    // The answer carries the signing secret.
+    ("GET", "/v1/webhook-signing-key", WebhooksManage),
+    ("POST", "/v1/webhook-signing-key/rotate", WebhooksManage),
+    ("POST", "/v1/api-keys", KeysManage),
+    ("GET", "/v1/api-keys", KeysRead),
+    ("GET", "/v1/api-keys/{id}", KeysRead),
+    ("DELETE", "/v1/api-keys/{id}", KeysManage),
+    ("GET", "/v1/me", TasksRead),
+];
+
+/// Paths anyone may call.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
+        || path == "/docs"
+        || path.starts_with("/docs/")
+}
+
+/// The permission of the operation at `method path`, if the table has it (`HEAD` is
+/// `GET`'s).
+pub fn permission_for(method: &Method, path: &str) -> Option<Permission> {
+    let method = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    RULES
+        .iter()
+        .find(|(rule_method, template, _)| {
+            *rule_method == method.as_str() && template_matches(template, path)
+        })
+        .map(|(_, _, permission)| *permission)
+}
+
+/// `/v1/tasks/{id}` matches `/v1/tasks/0193…` (one non-empty segment per `{…}`).
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut templates = template.split('/');
+    let mut segments = path.split('/');
+    loop {
+        match (templates.next(), segments.next()) {
+            (None, None) => return true,
+            (Some(expected), Some(segment)) => {
+                let is_variable = expected.starts_with('{') && expected.ends_with('}');
+                if (is_variable && segment.is_empty()) || (!is_variable && expected != segment) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Who made a request, resolved from its credentials: the tenant every read and write
+/// is scoped to, and the role the permission table was checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: TenantId,
+    pub role: Role,
+    pub actor: Actor,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// An API key: its id and public prefix.
+    Key { id: Uuid, prefix: String },
+    /// Authentication is off (`auth.enabled = false`).
+    Anonymous,
+}
+
+impl Caller {
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// How records name who did something: `key:<id>` or `anonymous`.
+    pub fn actor_label(&self) -> String {
+        match &self.actor {
+            Actor::Key { id, .. } => format!("key:{id}"),
+            Actor::Anonymous => "anonymous".to_owned(),
+        }
+    }
+
+    fn unauthenticated_owner() -> Self {
+        Self {
+            tenant: TenantId::default_tenant(),
+            role: Role::Owner,
+            actor: Actor::Anonymous,
+        }
+    }
+}
+
+impl<'a> FromRequest<'a> for Caller {
+    async fn from_request(request: &'a Request, _body: &mut RequestBody) -> poem::Result<Self> {
+        request.extensions().get::<Caller>().cloned().ok_or_else(|| {
+            // Only a route missing from RULES gets here: refuse it.
+            warn!(path = %request.uri().path(), "an operation has no entry in the permission table");
+            poem::Error::from(ApiError::new(
+                ErrorCode::Forbidden,
+                "forbidden: this operation declares no permission",
+            ))
+        })
+    }
+}
+
+/// How requests are authenticated: by key, or not at all.
+pub struct Authenticator {
+    verifier: Option<Arc<KeyVerifier>>,
+    failures: FailureLimiter,
+}
+
+impl Authenticator {
+    /// `verifier`: `None` when authentication is off.
+    pub fn new(verifier: Option<Arc<KeyVerifier>>, failures_per_minute: u32) -> Self {
+        Self {
+            verifier,
+            failures: FailureLimiter::new(failures_per_minute),
+        }
+    }
+
+    pub fn verifier(&self) -> Option<&Arc<KeyVerifier>> {
+        self.verifier.as_ref()
+    }
+
+    /// The caller, or the response refusing the request.
+    async fn authenticate(&self, request: &Request) -> Result<Caller, Response> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(Caller::unauthenticated_owner());
+        };
+        let address = request
+            .remote_addr()
+            .as_socket_addr()
+            .map(|address| address.ip());
+        if let Some(retry_after) = address.and_then(|address| self.failures.blocked(address)) {
+            return Err(rate_limited(retry_after));
+        }
+        let Some(presented) = bearer(request) else {
+            return Err(unauthenticated(
+                None,
+                "missing credentials: send Authorization: Bearer <API key>",
+            ));
+        };
+        match verifier.verify(presented).await {
+            Ok(key) => Ok(Caller {
+                tenant: key.tenant,
+                role: key.role,
+                actor: Actor::Key {
+                    id: key.id,
+                    prefix: key.prefix,
+                },
+            }),
+            Err(Refusal::Unavailable(error)) => Err(poem::error::ResponseError::as_response(
+                &ApiError::from(error),
+            )),
+            Err(refusal) => {
+                if let Some(address) = address {
+                    self.failures.record(address);
+                }
+                info!(client = ?address, reason = %refusal, "authentication refused");
+                Err(unauthenticated(Some("invalid_token"), &refusal.to_string()))
+            }
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+fn unauthenticated(error: Option<&str>, message: &str) -> Response {
+    let challenge = match error {
+        Some(error) => format!("Bearer realm=\"operator\", error=\"{error}\""),
+        None => "Bearer realm=\"operator\"".to_owned(),
+    };
+    let mut response = error_body(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthenticated,
+        message,
+    );
+    if let Ok(value) = challenge.parse() {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+fn forbidden(permission: Permission, role: Role) -> Response {
+    error_body(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        &format!(
+            "forbidden: this operation needs the permission {permission}, which the role {role} lacks"
+        ),
+    )
+}
+
+fn rate_limited(retry_after: Duration) -> Response {
+    let seconds = retry_after.as_secs().max(1);
+    let mut response = error_body(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        &format!("too many failed authentications from this address; retry in {seconds}s"),
+    );
+    if let Ok(value) = seconds.to_string().parse() {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn error_body(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/json; charset=utf-8")
+        .body(json!({"code": code.as_str(), "message": message}).to_string())
+}
+
+/// Failed authentications per client address in fixed one-minute windows.
+struct FailureLimiter {
+    limit: u32,
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses tracked at most; past it, finished windows are dropped.
+const FAILURE_ADDRESSES: usize = 100_000;
+
+impl FailureLimiter {
+    fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `address` must wait, when it used up its failures.
+    fn blocked(&self, address: IpAddr) -> Option<Duration> {
+        let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let (started, failures) = windows.get(&address)?;
+        let elapsed = started.elapsed();
+        (elapsed < FAILURE_WINDOW && *failures >= self.limit).then(|| FAILURE_WINDOW - elapsed)
+    }
+
+    fn record(&self, address: IpAddr) {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        if windows.len() >= FAILURE_ADDRESSES {
+            windows.retain(|_, (started, _)| started.elapsed() < FAILURE_WINDOW);
+        }
+        let window = windows.entry(address).or_insert((Instant::now(), 0));
+        if window.0.elapsed() >= FAILURE_WINDOW {
+            *window = (Instant::now(), 0);
+        }
+        window.1 += 1;
+    }
+}
+
+/// The middleware: authenticate, check the table, hand the [`Caller`] on.
+pub struct Access {
+    pub authenticator: Arc<Authenticator>,
+}
+
+impl<E: Endpoint> Middleware<E> for Access {
+    type Output = AccessEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        AccessEndpoint {
+            inner,
+            authenticator: Arc::clone(&self.authenticator),
+        }
+    }
+}
+
+pub struct AccessEndpoint<E> {
+    inner: E,
+    authenticator: Arc<Authenticator>,
+}
+
+impl<E: Endpoint> Endpoint for AccessEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut request: Request) -> poem::Result<Response> {
+        let path = request.uri().path().to_owned();
+        if is_public(&path) {
+            return self
+                .inner
+                .call(request)
+                .await
+                .map(IntoResponse::into_response);
+        }
+        let caller = match self.authenticator.authenticate(&request).await {
+            Ok(caller) => caller,
+            Err(refusal) => return Ok(refusal),
+        };
+        if let Some(permission) = permission_for(request.method(), &path) {
+            if !caller.role.grants(permission) {
+                return Ok(forbidden(permission, caller.role));
+            }
+            request.extensions_mut().insert(caller);
+        }
+        self.inner
+            .call(request)
+            .await
+            .map(IntoResponse::into_response)
+    }
+}
+
+/// The API document with what the table says: each operation's permission (in its
+/// description and as `x-permission`), the bearer scheme, and the `401`, `403` and
+/// `429` answers every protected operation can give; public operations get
+/// `security: []`.
+pub fn document(spec: &str) -> String {
+    let Ok(mut document) = serde_json::from_str::<Value>(spec) else {
+        return spec.to_owned();
+    };
+    let error_body = json!({"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/Error"}}});
+    let answer = |code: ErrorCode| {
+        json!({
+            "description": format!("`{code}`: {}", code.meaning()),
+            "content": error_body,
+        })
+    };
+    if let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, operations) in paths.iter_mut() {
+            let Some(operations) = operations.as_object_mut() else {
+                continue;
+            };
+            for (method, operation) in operations.iter_mut() {
+                let Ok(method) = method.to_uppercase().parse::<Method>() else {
+                    continue;
+                };
+                let Some(operation) = operation.as_object_mut() else {
+                    continue;
+                };
+                if is_public(path) {
+                    operation.insert("security".into(), json!([]));
+                    continue;
+                }
+                let permission = RULES
+                    .iter()
+                    .find(|(rule_method, template, _)| {
+                        *rule_method == method.as_str() && template == path
+                    })
+                    .map(|(_, _, permission)| *permission);
+                let Some(permission) = permission else {
+                    continue;
+                };
+                operation.insert("security".into(), json!([{"apiKey": []}]));
+                operation.insert("x-permission".into(), json!(permission.as_str()));
+                let needs = format!("Needs the permission `{permission}`.");
+                let description = match operation.get("description").and_then(Value::as_str) {
+                    Some(text) => format!("{text}\n\n{needs}"),
+                    None => needs,
+                };
+                operation.insert("description".into(), json!(description));
+                if let Some(responses) = operation
+                    .get_mut("responses")
+                    .and_then(Value::as_object_mut)
+                {
+                    let mut unauthenticated = answer(ErrorCode::Unauthenticated);
+                    unauthenticated["headers"] = json!({"WWW-Authenticate": {
+                        "description": "`Bearer realm=\"operator\"`, with `error=\"invalid_token\"` when a key was presented",
+                        "schema": {"type": "string"}}});
+                    responses.entry("401").or_insert(unauthenticated);
+                    responses
+                        .entry("403")
+                        .or_insert(answer(ErrorCode::Forbidden));
+                    let mut limited = answer(ErrorCode::RateLimited);
+                    limited["headers"] = json!({"Retry-After": {
+                        "description": "Seconds until the address may try again",
+                        "schema": {"type": "integer"}}});
+                    responses.entry("429").or_insert(limited);
+                }
+            }
+        }
+    }
+    let schemes = json!({"apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "opk_…",
+        "description": "An API key (`opk_…`, 54 characters), made with `POST /v1/api-keys`, `operator keys create` or on the first start of `operator serve`."
+    }});
+    if let Some(components) = document
+        .as_object_mut()
+        .map(|root| root.entry("components").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    {
+        components.insert("securitySchemes".into(), schemes);
+    }
+    serde_json::to_string(&document).unwrap_or_else(|_| spec.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_one_segment_per_variable() {
+        assert!(template_matches("/v1/tasks/{id}", "/v1/tasks/abc"));
+        assert!(!template_matches("/v1/tasks/{id}", "/v1/tasks/"));
+        assert!(!template_matches("/v1/tasks/{id}", "/v1/tasks/abc/cancel"));
+        assert!(template_matches("/v1/tasks", "/v1/tasks"));
+        assert!(!template_matches("/v1/tasks", "/v1/tasks/x"));
+        assert_eq!(
+            permission_for(&Method::POST, "/v1/tasks/abc/cancel"),
+            Some(TasksWrite)
+        );
+        assert_eq!(permission_for(&Method::DELETE, "/v1/tasks/abc"), None);
+    }
+
+    #[test]
+    fn a_failing_address_is_blocked_after_its_limit() {
+        let limiter = FailureLimiter::new(2);
+        let address: IpAddr = "192.0.2.1".parse().expect("address");
+        limiter.record(address);
+        assert!(limiter.blocked(address).is_none());
+        limiter.record(address);
+        let wait = limiter.blocked(address).expect("blocked");
+        assert!(wait <= FAILURE_WINDOW && wait > Duration::from_secs(50));
+        assert!(
+            limiter
+                .blocked("192.0.2.2".parse().expect("address"))
+                .is_none()
+        );
+    }
+}
