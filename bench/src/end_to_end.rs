@@ -3,6 +3,9 @@
 //! worker does, minus the browser: claim → `start_attempt` → `finish(Succeeded)` → ack.
 //! (No browser worker runs, so the URL is validated, never fetched.)
 //!
+//! With `authenticated`, every request presents an owner key (the API verifies it, from
+//! its cache after the first); without, authentication is off.
+//!
 //! The API gets a PostgreSQL database of its own (created, migrated, dropped after) and
 //! the bench's Redis under a key prefix of its own.
 
@@ -60,6 +63,7 @@ pub async fn run(
     clients: usize,
     consumers: usize,
     tasks: usize,
+    authenticated: bool,
 ) -> anyhow::Result<EndToEndOutcome> {
     let database = TestDatabase::postgres().await;
     let mut settings = Settings::default();
@@ -70,6 +74,7 @@ pub async fn run(
     settings.redis.key_prefix = format!("bench_e2e_{}", uuid::Uuid::new_v4().simple());
     settings.queue.backend = QueueBackendKind::Redis;
     settings.storage.url = Some("memory://".to_owned());
+    settings.auth.enabled = authenticated;
 
     let application = Application::build(settings.clone(), Roles::API)
         .await
@@ -99,7 +104,11 @@ pub async fn run(
         consumer_loops.spawn(consumer.run());
     }
 
-    let http = ApiClient::with_key(base.clone(), &key).http;
+    let http = if authenticated {
+        ApiClient::with_key(base.clone(), &key).http
+    } else {
+        reqwest::Client::new()
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let before = profiler.snapshot().await?;
     let started = Instant::now();

@@ -289,8 +289,12 @@ pub async fn run(options: &Options, fallback_redis_url: &str) -> anyhow::Result<
     }
 
     let mut end_to_end_rate = None;
-    if options.end_to_end {
-        progress("end to end through the API");
+    // Authentication on (every request verifies its key) and off, one after the other:
+    // what checking keys costs end to end.
+    let mut completed_by_auth: Vec<(bool, f64)> = Vec::new();
+    for authenticated in [true, false].into_iter().filter(|_| options.end_to_end) {
+        let auth = if authenticated { "auth on" } else { "auth off" };
+        progress(&format!("end to end through the API ({auth})"));
         let (url, profiler) = (redis_url.clone(), profiler.clone());
         let (clients, consumers, tasks) = (
             options.end_to_end_clients,
@@ -299,15 +303,18 @@ pub async fn run(options: &Options, fallback_redis_url: &str) -> anyhow::Result<
         );
         // The database helper panics when PostgreSQL is unreachable: report, go on.
         let handle = tokio::spawn(async move {
-            end_to_end::run(&url, &profiler, clients, consumers, tasks).await
+            end_to_end::run(&url, &profiler, clients, consumers, tasks, authenticated).await
         });
         match handle.await {
             Ok(Ok(outcome)) => {
                 let completed = per_second(outcome.tasks, outcome.complete_elapsed);
-                end_to_end_rate = Some(completed);
+                if authenticated {
+                    end_to_end_rate = Some(completed);
+                }
+                completed_by_auth.push((authenticated, completed));
                 rows.push(
                     Row::new(
-                        "end to end: submitted (POST → PostgreSQL → Redis)",
+                        format!("end to end, {auth}: submitted (POST → PostgreSQL → Redis)"),
                         format!("{} clients", options.end_to_end_clients),
                     )
                     .rate(per_second(outcome.tasks, outcome.submit_elapsed))
@@ -315,20 +322,26 @@ pub async fn run(options: &Options, fallback_redis_url: &str) -> anyhow::Result<
                 );
                 rows.push(
                     Row::new(
-                        "end to end: completed (claim, start, finish, ack)",
+                        format!("end to end, {auth}: completed (claim, start, finish, ack)"),
                         format!("{} consumers", options.end_to_end_consumers),
                     )
                     .rate(completed)
                     .latency(outcome.submit_to_done.p50(), outcome.submit_to_done.p99()),
                 );
                 notes.push(format!(
-                    "end to end: {}",
+                    "end to end, {auth}: {}",
                     outcome.profile.per_task(outcome.tasks)
                 ));
             }
-            Ok(Err(error)) => notes.push(format!("end to end failed: {error:#}")),
-            Err(error) => notes.push(format!("end to end panicked: {error}")),
+            Ok(Err(error)) => notes.push(format!("end to end ({auth}) failed: {error:#}")),
+            Err(error) => notes.push(format!("end to end ({auth}) panicked: {error}")),
         }
+    }
+    if let [(true, on), (false, off)] = completed_by_auth.as_slice() {
+        notes.push(format!(
+            "authentication on vs off, completed end to end: {on:.0} vs {off:.0} tasks/s ({:+.1} %)",
+            (on / off - 1.0) * 100.0
+        ));
     }
 
     for row in &mut rows {
