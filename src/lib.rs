@@ -151,6 +151,7 @@ async fn first_owner_key(
             tenant,
             name: "owner key made by operator serve".to_owned(),
             role: Role::Owner,
+            platform_admin: false,
             expires_at: None,
             created_by: Some("operator".to_owned()),
         })

@@ -84,6 +84,9 @@ enum KeyCommand {
         /// Days until the key stops working (default: never).
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// The key may also create and list tenants (`/v1/admin/tenants`).
+        #[arg(long)]
+        platform_admin: bool,
     },
 }
 
@@ -164,17 +167,8 @@ async fn tenants(command: TenantCommand, settings: &Settings) -> anyhow::Result<
     match command {
         TenantCommand::Create { id, name } => {
             let id = TenantId::parse(&id)?;
-            let tenant = tenants
-                .create_tenant(&id, name.as_deref().unwrap_or(id.as_str()))
-                .await?;
-            let (key, token) = tenants
-                .create_key(NewKey {
-                    tenant: tenant.id.clone(),
-                    name: "first owner key".to_owned(),
-                    role: Role::Owner,
-                    expires_at: None,
-                    created_by: Some("operator".to_owned()),
-                })
+            let (tenant, key, token) = tenants
+                .create_tenant_with_owner(&id, name.as_deref().unwrap_or(id.as_str()), "operator")
                 .await?;
             println!(
                 "tenant {} created; its owner key {} (shown once):\n{}",
@@ -205,6 +199,7 @@ async fn keys(command: KeyCommand, settings: &Settings) -> anyhow::Result<()> {
             role,
             name,
             expires_in_days,
+            platform_admin,
         } => {
             let tenant = TenantId::parse(&tenant)?;
             anyhow::ensure!(
@@ -218,6 +213,7 @@ async fn keys(command: KeyCommand, settings: &Settings) -> anyhow::Result<()> {
                     tenant,
                     name,
                     role: Role::parse(&role)?,
+                    platform_admin,
                     expires_at,
                     created_by: Some("operator".to_owned()),
                 })

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use operator_domain::TenantId;
 use operator_domain::auth::{Permission, Role};
 use operator_domain::error::ErrorCode;
+use operator_domain::links::{GrantScope, grant_holds, verify_stream_ticket};
 use operator_store::credentials::{KeyVerifier, Refusal};
+use operator_store::signing::LinkSigner;
 use poem::http::{Method, StatusCode, header};
 use poem::{Endpoint, FromRequest, IntoResponse, Middleware, Request, RequestBody, Response};
 use serde_json::{Value, json};
@@ -50,6 +52,7 @@ pub const RULES: &[(&str, &str, Permission)] = &[
     ("GET", "/v1/tasks/{id}/artifacts", TasksRead),
     ("GET", "/v1/tasks/{id}/events", TasksRead),
     ("GET", "/v1/tasks/{id}/ws", TasksRead),
+    ("GET", "/v1/tasks/{id}/event-ticket", TasksRead),
     ("GET", "/v1/tasks/{id}/webhook-deliveries", WebhooksRead),
     ("GET", "/v1/artifacts/{id}", TasksRead),
     ("POST", "/v1/screenshot", TasksWrite),
@@ -81,6 +84,9 @@ pub const RULES: &[(&str, &str, Permission)] = &[
     ("GET", "/v1/api-keys/{id}", KeysRead),
     ("DELETE", "/v1/api-keys/{id}", KeysManage),
     ("GET", "/v1/me", TasksRead),
+    ("GET", "/v1/audit-events", AuditRead),
+    ("POST", "/v1/admin/tenants", TenantsManage),
+    ("GET", "/v1/admin/tenants", TenantsManage),
 ];
 
 /// Paths anyone may call.
@@ -130,7 +136,11 @@ fn template_matches(template: &str, path: &str) -> bool {
 pub struct Caller {
     pub tenant: TenantId,
     pub role: Role,
+    /// A platform-admin key: it also holds `tenants:manage`.
+    pub platform_admin: bool,
     pub actor: Actor,
+    /// The client's address, for the audit log.
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +149,10 @@ pub enum Actor {
     Key { id: Uuid, prefix: String },
     /// Authentication is off (`auth.enabled = false`).
     Anonymous,
+    /// A signed artifact link (this one artifact only).
+    Link,
+    /// A stream ticket (this one task's events only).
+    Ticket,
 }
 
 impl Caller {
@@ -146,11 +160,22 @@ impl Caller {
         &self.tenant
     }
 
+    /// Whether the caller holds `permission`: its role grants it, or it is the
+    /// platform's (`tenants:manage`, platform-admin keys only).
+    pub fn holds(&self, permission: Permission) -> bool {
+        match permission {
+            Permission::TenantsManage => self.platform_admin,
+            _ => self.role.grants(permission),
+        }
+    }
+
     /// How records name who did something: `key:<id>` or `anonymous`.
     pub fn actor_label(&self) -> String {
         match &self.actor {
             Actor::Key { id, .. } => format!("key:{id}"),
             Actor::Anonymous => "anonymous".to_owned(),
+            Actor::Link => "signed-link".to_owned(),
+            Actor::Ticket => "ticket".to_owned(),
         }
     }
 
@@ -158,7 +183,9 @@ impl Caller {
         Self {
             tenant: TenantId::default_tenant(),
             role: Role::Owner,
+            platform_admin: false,
             actor: Actor::Anonymous,
+            address: None,
         }
     }
 }
@@ -176,23 +203,89 @@ impl<'a> FromRequest<'a> for Caller {
     }
 }
 
-/// How requests are authenticated: by key, or not at all.
+/// How requests are authenticated: by key, by a signed link or a stream ticket, or
+/// not at all.
 pub struct Authenticator {
     verifier: Option<Arc<KeyVerifier>>,
+    signer: Arc<LinkSigner>,
     failures: FailureLimiter,
 }
 
 impl Authenticator {
     /// `verifier`: `None` when authentication is off.
-    pub fn new(verifier: Option<Arc<KeyVerifier>>, failures_per_minute: u32) -> Self {
+    pub fn new(
+        verifier: Option<Arc<KeyVerifier>>,
+        signer: Arc<LinkSigner>,
+        failures_per_minute: u32,
+    ) -> Self {
         Self {
             verifier,
+            signer,
             failures: FailureLimiter::new(failures_per_minute),
         }
     }
 
     pub fn verifier(&self) -> Option<&Arc<KeyVerifier>> {
         self.verifier.as_ref()
+    }
+
+    /// A grant in the query that stands in for credentials: `sig` on an artifact's
+    /// download, `ticket` on a task's event stream. `None` when there is none; a grant
+    /// that does not hold is refused (`Err(None)`), whatever else the request carries;
+    /// `Err(Some(response))` when the keys cannot be read.
+    async fn grant(&self, request: &Request) -> Option<Result<Caller, Option<Response>>> {
+        let path = request.uri().path();
+        let segments: Vec<&str> = path.split('/').collect();
+        let query: HashMap<String, String> =
+            url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+        let now = chrono::Utc::now().timestamp();
+        let (id, scope) = match segments.as_slice() {
+            ["", "v1", "artifacts", id] if query.contains_key("sig") => (*id, GrantScope::Artifact),
+            ["", "v1", "tasks", id, "events" | "ws"] if query.contains_key("ticket") => {
+                (*id, GrantScope::TaskEvents)
+            }
+            _ => return None,
+        };
+        let keys = match self.signer.keys().await {
+            Ok(keys) => keys,
+            Err(error) => {
+                return Some(Err(Some(poem::error::ResponseError::as_response(
+                    &ApiError::from(error),
+                ))));
+            }
+        };
+        let granted = match scope {
+            GrantScope::Artifact => {
+                let tenant = query.get("tenant").map(String::as_str).unwrap_or_default();
+                let expires = query
+                    .get("exp")
+                    .and_then(|exp| exp.parse().ok())
+                    .unwrap_or(0);
+                let signature = query.get("sig").map(String::as_str).unwrap_or_default();
+                grant_holds(keys, signature, scope, tenant, id, expires, now)
+                    .then(|| TenantId::parse(tenant).ok())
+                    .flatten()
+                    .map(|tenant| (tenant, Actor::Link))
+            }
+            GrantScope::TaskEvents => {
+                let ticket = query.get("ticket").map(String::as_str).unwrap_or_default();
+                verify_stream_ticket(keys, ticket, now)
+                    .filter(|(_, task)| task.to_string() == id)
+                    .map(|(tenant, _)| (tenant, Actor::Ticket))
+            }
+        };
+        Some(match granted {
+            Some((tenant, actor)) => Ok(Caller {
+                tenant,
+                role: Role::Viewer,
+                platform_admin: false,
+                actor,
+                address: None,
+            }),
+            None => Err(None),
+        })
     }
 
     /// The caller, or the response refusing the request.
@@ -207,6 +300,20 @@ impl Authenticator {
         if let Some(retry_after) = address.and_then(|address| self.failures.blocked(address)) {
             return Err(rate_limited(retry_after));
         }
+        match self.grant(request).await {
+            Some(Ok(caller)) => return Ok(caller),
+            Some(Err(Some(unavailable))) => return Err(unavailable),
+            Some(Err(None)) => {
+                if let Some(address) = address {
+                    self.failures.record(address);
+                }
+                let reason =
+                    "the signed link or ticket is invalid, expired or for another resource";
+                info!(client = ?address, reason, "authentication refused");
+                return Err(unauthenticated(Some("invalid_token"), reason));
+            }
+            None => {}
+        }
         let Some(presented) = bearer(request) else {
             return Err(unauthenticated(
                 None,
@@ -217,10 +324,12 @@ impl Authenticator {
             Ok(key) => Ok(Caller {
                 tenant: key.tenant,
                 role: key.role,
+                platform_admin: key.platform_admin,
                 actor: Actor::Key {
                     id: key.id,
                     prefix: key.prefix,
                 },
+                address: None,
             }),
             Err(Refusal::Unavailable(error)) => Err(poem::error::ResponseError::as_response(
                 &ApiError::from(error),
@@ -268,13 +377,15 @@ fn unauthenticated(error: Option<&str>, message: &str) -> Response {
     response
 }
 
-fn forbidden(permission: Permission, role: Role) -> Response {
+fn forbidden(permission: Permission, caller: &Caller) -> Response {
+    let lacking = match permission {
+        Permission::TenantsManage => "only platform-admin keys hold".to_owned(),
+        _ => format!("the role {} lacks", caller.role),
+    };
     error_body(
         StatusCode::FORBIDDEN,
         ErrorCode::Forbidden,
-        &format!(
-            "forbidden: this operation needs the permission {permission}, which the role {role} lacks"
-        ),
+        &format!("forbidden: this operation needs the permission {permission}, which {lacking}"),
     )
 }
 
@@ -370,13 +481,17 @@ impl<E: Endpoint> Endpoint for AccessEndpoint<E> {
                 .await
                 .map(IntoResponse::into_response);
         }
-        let caller = match self.authenticator.authenticate(&request).await {
+        let mut caller = match self.authenticator.authenticate(&request).await {
             Ok(caller) => caller,
             Err(refusal) => return Ok(refusal),
         };
+        caller.address = request
+            .remote_addr()
+            .as_socket_addr()
+            .map(|address| address.ip().to_string());
         if let Some(permission) = permission_for(request.method(), &path) {
-            if !caller.role.grants(permission) {
-                return Ok(forbidden(permission, caller.role));
+            if !caller.holds(permission) {
+                return Ok(forbidden(permission, &caller));
             }
             request.extensions_mut().insert(caller);
         }

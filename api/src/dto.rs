@@ -253,14 +253,31 @@ pub struct ArtifactView {
     /// Hex SHA-256 of the content (also the download's ETag).
     pub sha256: String,
     pub created_at: DateTime<Utc>,
-    /// Where to download it.
+    /// Where to download it (with credentials).
     pub url: String,
+    /// The same download without credentials, until the link expires (`exp`, Unix
+    /// seconds; `auth.link_ttl` after this answer).
+    pub signed_url: String,
+}
+
+/// What signs the links in one answer: the key and the expiry (Unix seconds).
+pub struct LinkSigning<'a> {
+    pub public_url: &'a str,
+    pub key: &'a operator_domain::links::LinkKey,
+    pub expires: i64,
 }
 
 impl ArtifactView {
-    pub fn from_record(record: ArtifactRecord, public_url: &str) -> Self {
+    pub fn from_record(record: ArtifactRecord, links: &LinkSigning<'_>) -> Self {
         Self {
-            url: operator_domain::links::artifact_url(public_url, record.id),
+            url: operator_domain::links::artifact_url(links.public_url, record.id),
+            signed_url: operator_domain::links::signed_artifact_url(
+                links.public_url,
+                links.key,
+                &record.tenant,
+                record.id,
+                links.expires,
+            ),
             id: record.id.as_uuid(),
             task_id: record.task_id.as_uuid(),
             name: record.name,

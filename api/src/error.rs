@@ -71,7 +71,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::InvalidState | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
+        ErrorCode::InvalidState | ErrorCode::IdempotencyConflict | ErrorCode::TenantExists => {
+            StatusCode::CONFLICT
+        }
         // How a task failed, when a one-call endpoint answers with it: the page did not
         // have what the steps asked for (422), the task was cancelled (409), the target
         // site failed (502) or did not answer in time (504).

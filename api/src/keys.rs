@@ -213,11 +213,21 @@ impl KeysApi {
                 tenant: caller.tenant.clone(),
                 name: name.to_owned(),
                 role,
+                platform_admin: false,
                 expires_at: request.expires_at,
                 created_by: Some(caller.actor_label()),
             })
             .await?;
         tracing::info!(tenant = %caller.tenant, key = %key.prefix, role = %role, by = %caller.actor_label(), "API key made");
+        self.state
+            .audit(
+                &caller,
+                "api_key.created",
+                "api_key",
+                &key.id,
+                serde_json::json!({"prefix": key.prefix, "role": role.as_str(), "name": key.name, "expires_at": key.expires_at}),
+            )
+            .await;
         Ok(CreatedKey::Created(Json(CreatedKeyView {
             view: key.into(),
             key: token.expose().to_owned(),
@@ -273,6 +283,15 @@ impl KeysApi {
                 .map_err(|error| ApiError::unavailable("the event bus", &error))?;
         }
         tracing::info!(tenant = %caller.tenant, key = %revoked.prefix, by = %caller.actor_label(), "API key revoked");
+        self.state
+            .audit(
+                &caller,
+                "api_key.revoked",
+                "api_key",
+                &revoked.id,
+                serde_json::json!({"prefix": revoked.prefix, "role": revoked.role.as_str()}),
+            )
+            .await;
         Ok(Json(revoked.into()))
     }
 
@@ -284,7 +303,7 @@ impl KeysApi {
                 id: *id,
                 prefix: prefix.clone(),
             }),
-            Actor::Anonymous => None,
+            Actor::Anonymous | Actor::Link | Actor::Ticket => None,
         };
         Ok(Json(MeView {
             tenant: caller.tenant.to_string(),
@@ -292,7 +311,7 @@ impl KeysApi {
             key,
             permissions: Permission::ALL
                 .into_iter()
-                .filter(|permission| caller.role.grants(*permission))
+                .filter(|permission| caller.holds(*permission))
                 .map(|permission| permission.as_str().to_owned())
                 .collect(),
         }))

@@ -9,6 +9,8 @@
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`webhooks`]: `/v1/webhooks` — endpoints, deliveries, redelivery, signing keys.
 //! - [`keys`]: `/v1/api-keys` — a tenant's API keys; `/v1/me` — who is calling.
+//! - [`audit`]: `/v1/audit-events` — the tenant's audit log.
+//! - [`admin`]: `/v1/admin/tenants` — the platform's tenants (platform-admin keys).
 //! - [`access`]: authentication, the permission table every route is checked against,
 //!   and the [`access::Caller`] handlers act for.
 //! - [`submission`]: parsing and validating a task submission.
@@ -28,7 +30,9 @@ use poem::{EndpointExt, Route, Server};
 use poem_openapi::OpenApiService;
 
 pub mod access;
+pub mod admin;
 pub mod artifacts;
+pub mod audit;
 pub mod dto;
 pub mod error;
 pub mod events;
@@ -69,6 +73,12 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
                 state: SharedState::clone(&state),
             },
             keys::KeysApi {
+                state: SharedState::clone(&state),
+            },
+            audit::AuditApi {
+                state: SharedState::clone(&state),
+            },
+            admin::AdminApi {
                 state: SharedState::clone(&state),
             },
         ),

@@ -145,6 +145,20 @@ impl QueuesApi {
         let state = &self.state;
         let (record, created) = state.repo.upsert_queue(&name, limit).await?;
         state.known_queues.insert(&record.name);
+        let action = if created {
+            "queue.created"
+        } else {
+            "queue.updated"
+        };
+        state
+            .audit(
+                &caller,
+                action,
+                "queue",
+                &record.name,
+                serde_json::json!({"concurrency_limit": limit}),
+            )
+            .await;
         let view = Json(self.apply(&caller, record).await?);
         Ok(if created {
             PutQueueResponse::Created(view)
@@ -204,6 +218,14 @@ impl QueuesApi {
         let Some(record) = self.state.repo.set_queue_paused(&queue, paused).await? else {
             return Err(unknown_queue(name).into());
         };
+        let action = if paused {
+            "queue.paused"
+        } else {
+            "queue.resumed"
+        };
+        self.state
+            .audit(caller, action, "queue", &queue, serde_json::json!({}))
+            .await;
         Ok(Json(self.apply(caller, record).await?))
     }
 

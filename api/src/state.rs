@@ -9,13 +9,14 @@ use operator_domain::links;
 use operator_domain::network::NetworkPolicy;
 use operator_domain::{QueueName, TaskId};
 use operator_store::credentials::{KeyVerifier, VerifierTiming};
-use operator_store::db::{TaskRepository, TenantRepository};
+use operator_store::db::{AuditEntry, AuditRepository, TaskRepository, TenantRepository};
 use operator_store::events::EventBus;
 use operator_store::queue::SharedQueue;
+use operator_store::signing::LinkSigner;
 use operator_store::storage::ArtifactStore;
 use operator_store::submit::Submitter;
 
-use crate::access::Authenticator;
+use crate::access::{Authenticator, Caller};
 use crate::error::ApiError;
 
 pub struct AppState {
@@ -34,6 +35,8 @@ pub struct AppState {
     pub known_queues: KnownQueues,
     /// Resolves each request's credentials to a tenant and a role.
     pub authenticator: Arc<Authenticator>,
+    /// Signs artifact links and stream tickets.
+    pub signer: Arc<LinkSigner>,
 }
 
 #[derive(Debug, Default)]
@@ -80,8 +83,10 @@ impl AppState {
                 settings.database_url().starts_with("sqlite:"),
             )
         });
+        let signer = Arc::new(LinkSigner::new(repo.connection().clone()));
         let authenticator = Arc::new(Authenticator::new(
             verifier,
+            Arc::clone(&signer),
             settings.auth.failures_per_minute,
         ));
         Self {
@@ -94,6 +99,34 @@ impl AppState {
             public_url,
             known_queues: KnownQueues::default(),
             authenticator,
+            signer,
+        }
+    }
+
+    /// Appends to the tenant's audit log what `caller` did. The action is done by now:
+    /// a failure to record it is logged, not answered.
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource_type: &str,
+        resource_id: impl std::fmt::Display,
+        detail: serde_json::Value,
+    ) {
+        let entry = AuditEntry {
+            tenant: caller.tenant.clone(),
+            actor: caller.actor_label(),
+            action: action.to_owned(),
+            resource_type: resource_type.to_owned(),
+            resource_id: resource_id.to_string(),
+            address: caller.address.clone(),
+            detail,
+        };
+        if let Err(error) = AuditRepository::new(self.repo.connection().clone())
+            .record(entry)
+            .await
+        {
+            tracing::error!(error = %error, action, tenant = %caller.tenant, "recording an audit event failed");
         }
     }
 

@@ -9,14 +9,14 @@ use operator_domain::{QueueName, TaskFilter, TaskId};
 use operator_store::db::{CancelOutcome, RedriveOutcome, Submitted};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, OpenApi, Tags};
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
 use crate::access::Caller;
 use crate::codes;
 use crate::dto::{
-    ArtifactList, ArtifactView, AttemptList, AttemptView, TaskKindDto, TaskPage, TaskStateDto,
-    TaskView,
+    ArtifactList, ArtifactView, AttemptList, AttemptView, LinkSigning, TaskKindDto, TaskPage,
+    TaskStateDto, TaskView,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::state::SharedState;
@@ -36,6 +36,27 @@ const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 200;
 /// `Idempotency-Key` values longer than this are refused (they are stored and indexed).
 const MAX_IDEMPOTENCY_KEY_LENGTH: usize = 255;
+
+/// A ticket that opens one task's event stream without credentials.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "EventTicket")]
+pub struct TicketView {
+    /// Pass as `?ticket=`.
+    pub ticket: String,
+    /// Until when it opens a stream (`auth.ticket_ttl` after this answer); an open
+    /// stream is not cut when it expires.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The Server-Sent Events stream with the ticket.
+    pub events_url: String,
+    /// The WebSocket with the ticket.
+    pub websocket_url: String,
+}
+
+/// Unix seconds `ttl` from now.
+fn expiry(ttl: std::time::Duration) -> i64 {
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    chrono::Utc::now().timestamp().saturating_add(ttl)
+}
 
 #[derive(ApiResponse)]
 pub enum CreateTaskResponse {
@@ -216,9 +237,29 @@ impl TasksApi {
                     // The worker that claims it will find it cancelled and drop it.
                     tracing::warn!(task_id = %task_id, error = %error, "removing a cancelled task from the queue failed");
                 }
+                state
+                    .audit(
+                        &caller,
+                        "task.cancelled",
+                        "task",
+                        &task_id,
+                        serde_json::json!({"was": "queued"}),
+                    )
+                    .await;
                 Ok(Json(TaskView::from_record(task, None)))
             }
-            CancelOutcome::Requested(task) => Ok(Json(TaskView::from_record(task, None))),
+            CancelOutcome::Requested(task) => {
+                state
+                    .audit(
+                        &caller,
+                        "task.cancelled",
+                        "task",
+                        &task_id,
+                        serde_json::json!({"was": "running"}),
+                    )
+                    .await;
+                Ok(Json(TaskView::from_record(task, None)))
+            }
             CancelOutcome::AlreadyFinished(task) => Err(ApiError::new(
                 ErrorCode::InvalidState,
                 format!("task {} has already ended ({})", task.id, task.state),
@@ -259,7 +300,18 @@ impl TasksApi {
             .redrive(&caller.tenant, TaskId::from(id.0), attempts)
             .await?
         {
-            RedriveOutcome::Redriven(task) => Ok(Json(TaskView::from_record(task, None))),
+            RedriveOutcome::Redriven(task) => {
+                state
+                    .audit(
+                        &caller,
+                        "task.retried",
+                        "task",
+                        &task.id,
+                        serde_json::json!({"attempts": attempts}),
+                    )
+                    .await;
+                Ok(Json(TaskView::from_record(task, None)))
+            }
             RedriveOutcome::NotRedrivable(task) => Err(ApiError::new(
                 ErrorCode::InvalidState,
                 format!(
@@ -286,6 +338,34 @@ impl TasksApi {
         let task_id = self.existing(&caller, id.0).await?;
         let items = self.artifact_views(&caller, task_id).await?;
         Ok(Json(ArtifactList { items }))
+    }
+
+    /// A ticket for the task's live events, for browsers.
+    ///
+    /// `EventSource` and WebSocket cannot send an `Authorization` header: open
+    /// `/v1/tasks/{id}/events?ticket=…` or `/v1/tasks/{id}/ws?ticket=…` with this
+    /// ticket within `auth.ticket_ttl` (60 s). It opens this task's stream only.
+    #[oai(path = "/v1/tasks/:id/event-ticket", method = "get")]
+    async fn event_ticket(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<TicketView>, TaskCodes> {
+        let state = &self.state;
+        let task_id = self.existing(&caller, id.0).await?;
+        let key = state.signer.current().await?;
+        let expires = expiry(state.settings.auth.ticket_ttl);
+        let ticket = operator_domain::links::stream_ticket(&key, &caller.tenant, task_id, expires);
+        let task_url = state.task_url(task_id);
+        let websocket = task_url
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        Ok(Json(TicketView {
+            events_url: format!("{task_url}/events?ticket={ticket}"),
+            websocket_url: format!("{websocket}/ws?ticket={ticket}"),
+            expires_at: chrono::DateTime::from_timestamp(expires, 0).unwrap_or_default(),
+            ticket,
+        }))
     }
 
     /// List a task's attempts: which worker ran it, when, and how each run ended.
@@ -325,12 +405,18 @@ impl TasksApi {
         task_id: TaskId,
     ) -> Result<Vec<ArtifactView>, ApiError> {
         let state = &self.state;
+        let key = state.signer.current().await?;
+        let links = LinkSigning {
+            public_url: &state.public_url,
+            key: &key,
+            expires: expiry(state.settings.auth.link_ttl),
+        };
         Ok(state
             .repo
             .artifacts(&caller.tenant, task_id)
             .await?
             .into_iter()
-            .map(|artifact| ArtifactView::from_record(artifact, &state.public_url))
+            .map(|artifact| ArtifactView::from_record(artifact, &links))
             .collect())
     }
 }

@@ -383,6 +383,15 @@ impl WebhooksApi {
                 enabled: request.enabled.unwrap_or(true),
             })
             .await?;
+        self.state
+            .audit(
+                &caller,
+                "webhook.created",
+                "webhook",
+                &endpoint.id,
+                serde_json::json!({"url": endpoint.url, "event_types": endpoint.event_types}),
+            )
+            .await;
         Ok(CreatedWebhook::Created(Json(WebhookView::from_endpoint(
             endpoint, true,
         ))))
@@ -446,7 +455,18 @@ impl WebhooksApi {
             .update_endpoint(&caller.tenant, id.0, update)
             .await?
         {
-            Some(endpoint) => Ok(Json(WebhookView::from_endpoint(endpoint, false))),
+            Some(endpoint) => {
+                self.state
+                    .audit(
+                        &caller,
+                        "webhook.updated",
+                        "webhook",
+                &endpoint.id,
+                        serde_json::json!({"url": endpoint.url, "event_types": endpoint.event_types, "enabled": endpoint.enabled}),
+                    )
+                    .await;
+                Ok(Json(WebhookView::from_endpoint(endpoint, false)))
+            }
             None => Err(webhook_not_found(id.0).into()),
         }
     }
@@ -459,6 +479,15 @@ impl WebhooksApi {
         id: Path<Uuid>,
     ) -> ApiResult<DeletedWebhook, EndpointCodes> {
         if self.repo().delete_endpoint(&caller.tenant, id.0).await? {
+            self.state
+                .audit(
+                    &caller,
+                    "webhook.deleted",
+                    "webhook",
+                    &id.0,
+                    serde_json::json!({}),
+                )
+                .await;
             Ok(DeletedWebhook::Deleted)
         } else {
             Err(webhook_not_found(id.0).into())
@@ -482,7 +511,18 @@ impl WebhooksApi {
             .rotate_endpoint_secret(&caller.tenant, id.0, overlap)
             .await?
         {
-            Some(endpoint) => Ok(Json(WebhookView::from_endpoint(endpoint, true))),
+            Some(endpoint) => {
+                self.state
+                    .audit(
+                        &caller,
+                        "webhook.secret_rotated",
+                        "webhook",
+                        &endpoint.id,
+                        serde_json::json!({"overlap_seconds": overlap.as_secs()}),
+                    )
+                    .await;
+                Ok(Json(WebhookView::from_endpoint(endpoint, true)))
+            }
             None => Err(webhook_not_found(id.0).into()),
         }
     }
@@ -565,6 +605,15 @@ impl WebhooksApi {
             )
             .into()),
             Some(true) => {
+                self.state
+                    .audit(
+                        &caller,
+                        "delivery.redelivered",
+                        "delivery",
+                        &delivery_id.0,
+                        serde_json::json!({"webhook": id.0}),
+                    )
+                    .await;
                 let delivery = repo
                     .delivery(&tenant, delivery_id.0)
                     .await?
@@ -624,6 +673,15 @@ impl WebhooksApi {
             .repo()
             .rotate_signing_key(&caller.tenant, overlap)
             .await?;
+        self.state
+            .audit(
+                &caller,
+                "signing_key.rotated",
+                "signing_key",
+                &caller.tenant,
+                serde_json::json!({"overlap_seconds": overlap.as_secs()}),
+            )
+            .await;
         Ok(Json(key.into()))
     }
 }

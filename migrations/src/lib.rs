@@ -14,6 +14,8 @@
 //!   and each queue's own concurrency limit.
 //! - `m20261204_000013_tenants_and_keys`: tenants (with `default`, which every earlier row
 //!   names) and their API keys.
+//! - `m20261204_000014_link_keys`: the keys that sign artifact links and stream tickets.
+//! - `m20261204_000015_audit_events`: the append-only audit log.
 
 use sea_orm_migration::prelude::*;
 
@@ -23,6 +25,8 @@ mod m20261125_000010_webhooks;
 mod m20261125_000011_partial_task_indexes;
 mod m20261125_000012_named_queues;
 mod m20261204_000013_tenants_and_keys;
+mod m20261204_000014_link_keys;
+mod m20261204_000015_audit_events;
 
 pub struct Migrator;
 
@@ -36,6 +40,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000011_partial_task_indexes::Migration),
             Box::new(m20261125_000012_named_queues::Migration),
             Box::new(m20261204_000013_tenants_and_keys::Migration),
+            Box::new(m20261204_000014_link_keys::Migration),
+            Box::new(m20261204_000015_audit_events::Migration),
         ]
     }
 }

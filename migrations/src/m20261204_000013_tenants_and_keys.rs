@@ -1,5 +1,5 @@
 //! Tenants and their API keys. Every existing row already names the tenant `default`,
-//! which this migration creates.
+//! which this migration creates. A key with `platform_admin` may also manage tenants.
 
 use sea_orm_migration::prelude::*;
 
@@ -24,6 +24,7 @@ enum ApiKeys {
     DisplayPrefix,
     Name,
     Role,
+    PlatformAdmin,
     CreatedBy,
     CreatedAt,
     ExpiresAt,
@@ -81,6 +82,12 @@ impl MigrationTrait for Migration {
                     .col(column(ApiKeys::DisplayPrefix).string_len(32).not_null())
                     .col(column(ApiKeys::Name).text().not_null())
                     .col(column(ApiKeys::Role).string_len(16).not_null())
+                    .col(
+                        column(ApiKeys::PlatformAdmin)
+                            .boolean()
+                            .not_null()
+                            .default(false),
+                    )
                     .col(column(ApiKeys::CreatedBy).text().null())
                     .col(timestamp(ApiKeys::CreatedAt, false))
                     .col(timestamp(ApiKeys::ExpiresAt, true))

@@ -87,6 +87,17 @@ async fn a_finished_task_is_delivered_signed_to_its_webhooks(app: TestApp, presi
         assert!(!bytes.is_empty());
         let artifact = &body["data"]["artifacts"][0];
         assert!(artifact.get("storage_key").is_none(), "{artifact}");
+        // The receiver holds no key: the signed link is how it fetches the file.
+        let signed = artifact["signed_url"].as_str().expect("a signed link");
+        let response = reqwest::get(signed)
+            .await
+            .expect("download the signed link");
+        assert_eq!(response.status().as_u16(), 200, "{signed}");
+        assert_eq!(
+            response.bytes().await.expect("bytes").to_vec(),
+            bytes,
+            "the signed link serves the same file without credentials"
+        );
         match artifact["download_url"].as_str() {
             Some(direct) => {
                 assert!(presigned, "no presigned link without S3: {direct}");

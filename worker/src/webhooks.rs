@@ -19,10 +19,11 @@ use chrono::Utc;
 use operator_config::WebhookSettings;
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_domain::network::NetworkPolicy;
-use operator_domain::webhooks::{SigningKeys, artifact_keys, next_delay, render_body};
+use operator_domain::webhooks::{LinkGrant, SigningKeys, artifact_keys, next_delay, render_body};
 use operator_store::db::{
     ClaimedDelivery, DeliveryAttempt, RecordOutcome, RepoError, Verdict, WebhookRepository, now,
 };
+use operator_store::signing::LinkSigner;
 use operator_store::storage::ArtifactStore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -39,6 +40,8 @@ pub struct Dispatcher {
     public_url: String,
     /// Presigns direct download links when artifacts live on S3.
     storage: Option<ArtifactStore>,
+    /// Signs the artifact links payloads carry (`signed_url`).
+    links: LinkSigner,
 }
 
 /// The result of one send, before it is recorded.
@@ -55,12 +58,14 @@ impl Dispatcher {
         public_url: String,
         storage: Option<ArtifactStore>,
     ) -> Self {
+        let links = LinkSigner::new(repo.connection().clone());
         Self {
             repo,
             policy,
             settings,
             public_url,
             storage,
+            links,
         }
     }
 
@@ -245,7 +250,22 @@ impl Dispatcher {
             }
         };
         let signed = self.signed_links(&delivery.payload).await;
-        let body = render_body(&delivery.payload, &self.public_url, &signed);
+        // Without the key the payload still carries `url`; the links are only lost.
+        let key = match self.links.current().await {
+            Ok(key) => Some(key),
+            Err(error) => {
+                warn!(error = %error, "cannot read the link key; the payload has no signed_url");
+                None
+            }
+        };
+        let ttl = i64::try_from(self.settings.artifact_url_ttl.as_secs()).unwrap_or(i64::MAX);
+        // `webhooks.artifact_url_ttl = 0s` leaves both kinds of link out.
+        let grant = key.as_ref().filter(|_| ttl > 0).map(|key| LinkGrant {
+            key,
+            tenant: &delivery.tenant,
+            expires: Utc::now().timestamp().saturating_add(ttl),
+        });
+        let body = render_body(&delivery.payload, &self.public_url, &signed, grant.as_ref());
         let message_id = delivery.id.to_string();
         let timestamp = Utc::now().timestamp();
         let signature = keys.signature_header(&message_id, timestamp, &body);

@@ -185,7 +185,10 @@ async fn every_operation_checks_credentials_role_and_tenant() {
         assert_eq!(challenge.as_deref(), Some("Bearer realm=\"operator\""));
 
         let (status, body) = read_json(call(&viewer, method, &path).await).await;
-        if method != "get" || !Role::Viewer.grants(permission) {
+        if method != "get"
+            || permission == Permission::TenantsManage
+            || !Role::Viewer.grants(permission)
+        {
             assert_eq!(
                 (status, body["code"].as_str()),
                 (403, Some("forbidden")),
@@ -205,7 +208,11 @@ async fn every_operation_checks_credentials_role_and_tenant() {
             );
         }
 
-        if template.contains('{') && !template.starts_with("/v1/queues/") {
+        if permission == Permission::TenantsManage {
+            // The platform's, not a tenant's: a tenant's owner is refused.
+            let (status, _) = read_json(call(&api, method, &path).await).await;
+            assert_eq!(status, 403, "{method} {template} as a tenant owner");
+        } else if template.contains('{') && !template.starts_with("/v1/queues/") {
             let (status, body) = read_json(call(&other_tenant, method, &path).await).await;
             assert_eq!(
                 status, 404,
@@ -238,14 +245,21 @@ async fn every_operation_checks_credentials_role_and_tenant() {
         "a viewer may read the stream"
     );
 
-    // Last, the owner on every operation: never 401 or 403 (mutations run now, after
-    // the checks that needed the resources).
+    // Last, the owner (the platform admin on the platform's operations) on every
+    // operation: never 401 or 403 (mutations run now, after the checks that needed
+    // the resources).
+    let platform_admin = api.platform_admin().await;
     for (method, template, permission) in &operations {
-        if permission.is_none() {
+        let Some(permission) = permission else {
             continue;
-        }
+        };
         let path = fill(template, &ids);
-        let (status, body) = read_json(call(&api, method, &path).await).await;
+        let right = if permission_named(permission) == Permission::TenantsManage {
+            &platform_admin
+        } else {
+            &api
+        };
+        let (status, body) = read_json(call(right, method, &path).await).await;
         assert!(
             ![401, 403].contains(&status),
             "{method} {template} as the owner: {status} {body}"
@@ -281,7 +295,8 @@ async fn a_tenant_sees_only_its_own_lists() {
     assert_eq!(me["role"], "member");
     assert_eq!(
         me["permissions"],
-        json!(["tasks:read", "tasks:write", "queues:read", "webhooks:read"])
+        json!(["tasks:read", "tasks:write", "queues:read", "webhooks:read"]),
+        "no keys:read or audit:read"
     );
 }
 
@@ -500,4 +515,360 @@ async fn with_authentication_off_every_request_is_the_default_owner() {
     assert_eq!(me["tenant"], "default");
     assert_eq!(me["role"], "owner");
     assert!(me.get("key").is_none() || me["key"].is_null());
+}
+
+/// A succeeded task of the `default` tenant with one stored file; the task as read back.
+async fn task_with_a_file(api: &TestApi, bytes: &'static [u8]) -> Value {
+    let (_, task) = api
+        .submit(&json!({"kind": "screenshot", "input": {"url": "https://example.com"}}))
+        .await;
+    let id = TaskId::parse(task["id"].as_str().expect("id")).expect("task id");
+    let key = format!("default/{id}/screenshot.png");
+    let receipt = api
+        .storage
+        .put(&key, bytes::Bytes::from_static(bytes), "image/png")
+        .await
+        .expect("put");
+    let token = LeaseToken::new();
+    api.repo
+        .start_attempt(
+            id,
+            token,
+            "test-worker",
+            Utc::now() + chrono::Duration::seconds(30),
+        )
+        .await
+        .expect("start");
+    let outcome = TaskOutcome::Succeeded {
+        result: json!({}),
+        artifacts: vec![NewArtifact {
+            id: ArtifactId::new(),
+            name: "screenshot.png".into(),
+            content_type: "image/png".into(),
+            size_bytes: bytes.len() as u64,
+            storage_key: key,
+            sha256: receipt.sha256,
+        }],
+    };
+    api.repo.finish(id, token, outcome).await.expect("finish");
+    api.get(&format!("/v1/tasks/{id}")).await.1
+}
+
+#[tokio::test]
+async fn a_signed_link_downloads_one_artifact_without_credentials_until_it_expires() {
+    let api = spawn_api_with(|settings| settings.auth.link_ttl = Duration::from_secs(2)).await;
+    let task = task_with_a_file(&api, b"the picture").await;
+    let artifact = &task["artifacts"][0];
+    let signed = artifact["signed_url"]
+        .as_str()
+        .expect("signed_url")
+        .to_owned();
+    assert!(
+        signed.starts_with(artifact["url"].as_str().expect("url")),
+        "{signed}"
+    );
+    let anonymous = reqwest::Client::new();
+    let response = anonymous.get(&signed).send().await.expect("download");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(&response.bytes().await.expect("bytes")[..], b"the picture");
+    // Without the signature, the link needs a key.
+    let plain = anonymous
+        .get(artifact["url"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(plain.status().as_u16(), 401);
+
+    let other = task_with_a_file(&api, b"another").await;
+    let other_id = other["artifacts"][0]["id"].as_str().expect("id");
+    let query = signed.split_once('?').expect("query").1;
+    let exp: i64 = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("exp="))
+        .and_then(|exp| exp.parse().ok())
+        .expect("exp");
+    for (what, url) in [
+        (
+            "another artifact",
+            format!("{}/v1/artifacts/{other_id}?{query}", api.base),
+        ),
+        (
+            "a later expiry",
+            signed.replace(&format!("exp={exp}"), &format!("exp={}", exp + 3600)),
+        ),
+        (
+            "another tenant",
+            signed.replace("tenant=default", "tenant=tenant-b"),
+        ),
+        (
+            "a changed signature",
+            format!("{}x", &signed[..signed.len() - 1]),
+        ),
+    ] {
+        let response = anonymous.get(&url).send().await.expect("request");
+        assert_eq!(response.status().as_u16(), 401, "{what}: {url}");
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let response = anonymous.get(&signed).send().await.expect("request");
+    assert_eq!(response.status().as_u16(), 401, "an expired link");
+}
+
+#[tokio::test]
+async fn a_ticket_opens_its_task_stream_without_credentials_and_no_other() {
+    let api = spawn_api().await;
+    let (_, first) = api
+        .submit(&json!({"kind": "pdf", "input": {"url": "https://example.com"}}))
+        .await;
+    let (_, second) = api
+        .submit(&json!({"kind": "pdf", "input": {"url": "https://example.com"}}))
+        .await;
+    let first_id = first["id"].as_str().expect("id");
+    let viewer = api.client_for("default", Role::Viewer).await;
+    let (status, ticket) = viewer
+        .get(&format!("/v1/tasks/{first_id}/event-ticket"))
+        .await;
+    assert_eq!(status, 200, "{ticket}");
+    let events_url = ticket["events_url"].as_str().expect("events_url");
+    assert!(
+        ticket["websocket_url"]
+            .as_str()
+            .is_some_and(|url| url.starts_with("ws://"))
+    );
+    let anonymous = reqwest::Client::new();
+    // The task is queued: cancel it so the stream ends.
+    let (status, _) = api.post(&format!("/v1/tasks/{first_id}/cancel")).await;
+    assert_eq!(status, 200);
+    let response = anonymous.get(events_url).send().await.expect("stream");
+    assert_eq!(response.status().as_u16(), 200);
+    let events = operator_testkit::read_sse(response).await;
+    assert!(!events.is_empty(), "the stream carries the task's events");
+
+    let ticket = ticket["ticket"].as_str().expect("ticket");
+    let second_id = second["id"].as_str().expect("id");
+    let response = anonymous
+        .get(format!(
+            "{}/v1/tasks/{second_id}/events?ticket={ticket}",
+            api.base
+        ))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status().as_u16(),
+        401,
+        "the ticket is for another task"
+    );
+    let response = anonymous
+        .get(format!("{}/v1/tasks/{first_id}?ticket={ticket}", api.base))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status().as_u16(),
+        401,
+        "a ticket opens streams only"
+    );
+    let (status, _) = api
+        .client_for("tenant-b", Role::Owner)
+        .await
+        .get(&format!("/v1/tasks/{first_id}/event-ticket"))
+        .await;
+    assert_eq!(status, 404, "no ticket for another tenant's task");
+}
+
+#[tokio::test]
+async fn the_audit_log_records_who_did_what_from_where_per_tenant() {
+    let api = spawn_api().await;
+    let (_, me) = api.get("/v1/me").await;
+    let actor = format!("key:{}", me["key"]["id"].as_str().expect("key id"));
+    let (_, key) = create_key(&api, "viewer", None).await;
+    let key_id = key["id"].as_str().expect("id");
+    let response = api
+        .http
+        .delete(format!("{}/v1/api-keys/{key_id}", api.base))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(response.status().as_u16(), 200);
+    let (_, task) = api
+        .submit(&json!({"kind": "pdf", "input": {"url": "https://example.com"}}))
+        .await;
+    let task_id = task["id"].as_str().expect("id");
+    assert_eq!(
+        api.post(&format!("/v1/tasks/{task_id}/cancel")).await.0,
+        200
+    );
+    assert_eq!(api.post("/v1/queues/default/pause").await.0, 200);
+    // Reading changes nothing in the log.
+    assert_eq!(api.get("/v1/tasks").await.0, 200);
+
+    let (status, log) = api.get("/v1/audit-events").await;
+    assert_eq!(status, 200, "{log}");
+    let actions: Vec<&str> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|event| event["action"].as_str().expect("action"))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "queue.paused",
+            "task.cancelled",
+            "api_key.revoked",
+            "api_key.created"
+        ]
+    );
+    let revoked = &log["items"][2];
+    assert_eq!(revoked["actor"], actor.as_str());
+    assert_eq!(revoked["resource_type"], "api_key");
+    assert_eq!(revoked["resource_id"], key_id);
+    assert_eq!(revoked["address"], "127.0.0.1");
+    assert_eq!(log["items"][1]["resource_id"], task_id);
+
+    let (_, page) = api.get("/v1/audit-events?limit=3").await;
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    let (_, rest) = api
+        .get(&format!("/v1/audit-events?limit=3&cursor={cursor}"))
+        .await;
+    assert_eq!(rest["items"].as_array().expect("items").len(), 1);
+    assert_eq!(rest["items"][0]["action"], "api_key.created");
+    let (_, only) = api.get("/v1/audit-events?action=task.cancelled").await;
+    assert_eq!(only["items"].as_array().expect("items").len(), 1);
+
+    let other = api.client_for("tenant-b", Role::Owner).await;
+    let (_, theirs) = other.get("/v1/audit-events").await;
+    assert_eq!(
+        theirs["items"],
+        json!([]),
+        "another tenant's log is its own"
+    );
+    let member = api.client_for("default", Role::Member).await;
+    assert_eq!(member.get("/v1/audit-events").await.0, 403);
+}
+
+#[tokio::test]
+async fn a_platform_admin_creates_tenants_whose_owner_key_works_at_once() {
+    let api = spawn_api().await;
+    let admin = api.platform_admin().await;
+    let response = admin
+        .http
+        .post(format!("{}/v1/admin/tenants", api.base))
+        .json(&json!({"id": "acme", "name": "Acme Corp"}))
+        .send()
+        .await
+        .expect("create");
+    let (status, created) = read_json(response).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["tenant"]["id"], "acme");
+    assert_eq!(created["owner_key"]["role"], "owner");
+    let owner = ApiClient::with_key(
+        api.base.clone(),
+        created["owner_key"]["key"].as_str().expect("key"),
+    );
+    let (_, me) = owner.get("/v1/me").await;
+    assert_eq!(
+        (me["tenant"].as_str(), me["role"].as_str()),
+        (Some("acme"), Some("owner"))
+    );
+    assert!(
+        !me["permissions"]
+            .as_array()
+            .expect("permissions")
+            .contains(&json!("tenants:manage"))
+    );
+    let (status, _) = owner.get("/v1/admin/tenants").await;
+    assert_eq!(status, 403, "a tenant's owner is not the platform's admin");
+
+    let again = admin
+        .http
+        .post(format!("{}/v1/admin/tenants", api.base))
+        .json(&json!({"id": "acme"}))
+        .send()
+        .await
+        .expect("again");
+    let (status, body) = read_json(again).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("tenant_exists")),
+        "{body}"
+    );
+    let bad = admin
+        .http
+        .post(format!("{}/v1/admin/tenants", api.base))
+        .json(&json!({"id": "Not A Slug"}))
+        .send()
+        .await
+        .expect("bad");
+    let (status, body) = read_json(bad).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("invalid_request")),
+        "{body}"
+    );
+    let (status, listed) = admin.get("/v1/admin/tenants").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["acme", "default"]);
+}
+
+#[tokio::test]
+async fn browsers_at_the_configured_origin_may_call_the_api() {
+    let api = spawn_api_with(|settings| {
+        settings.auth.cors_origins = vec!["https://console.example.com".into()];
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/tasks", api.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("https://console.example.com")
+        .await
+        .expect("preflight");
+    assert_eq!(allowed.status().as_u16(), 200);
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|value| value.to_str().ok()),
+        Some("https://console.example.com")
+    );
+    let allowed_headers = allowed
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
+    let refused = preflight("https://evil.example").await.expect("preflight");
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "another origin is not allowed"
+    );
+    // A real request from the console still needs its key.
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/tasks", api.base))
+        .header("origin", "https://console.example.com")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 401);
 }

@@ -12,7 +12,7 @@ use operator_store::events::EventBus;
 use operator_store::queue::database::DatabaseQueue;
 use operator_store::queue::{QueueStats, SharedQueue};
 use operator_store::storage::ArtifactStore;
-use operator_testkit::{ApiClient, TestDatabase, embedded_settings, issue_key};
+use operator_testkit::{ApiClient, TestDatabase, embedded_settings, issue_key, issue_key_with};
 use tokio::sync::oneshot;
 
 pub struct TestApi {
@@ -24,6 +24,8 @@ pub struct TestApi {
     pub queue: SharedQueue,
     /// The API's own repository, for putting tasks into states only workers reach.
     pub repo: TaskRepository,
+    /// The API's artifact storage, for files only workers write.
+    pub storage: ArtifactStore,
     stop: Option<oneshot::Sender<()>>,
     _database: TestDatabase,
     _directory: tempfile::TempDir,
@@ -54,7 +56,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
         settings,
         repo.clone(),
         SharedQueue::clone(&queue),
-        storage,
+        storage.clone(),
         policy,
         url.clone(),
     ));
@@ -69,6 +71,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
         key,
         queue,
         repo,
+        storage,
         stop: Some(stop),
         _database: database,
         _directory: directory,
@@ -79,6 +82,13 @@ impl TestApi {
     /// A client holding a new key of `role` for `tenant` (made if new).
     pub async fn client_for(&self, tenant: &str, role: Role) -> ApiClient {
         let key = issue_key(self.repo.connection(), tenant, role).await;
+        ApiClient::with_key(self.url.clone(), &key)
+    }
+
+    /// A client holding a platform-admin key (an owner of `default` that may also
+    /// manage tenants).
+    pub async fn platform_admin(&self) -> ApiClient {
+        let key = issue_key_with(self.repo.connection(), "default", Role::Owner, true).await;
         ApiClient::with_key(self.url.clone(), &key)
     }
 

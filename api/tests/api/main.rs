@@ -510,6 +510,28 @@ async fn each_operation_documents_exactly_the_statuses_it_answers() {
             &["200", "400", "401", "403", "404", "429", "500", "503"],
         ),
         ("get", "/v1/me", &["200", "401", "403", "429", "500", "503"]),
+        (
+            "get",
+            "/v1/audit-events",
+            &["200", "400", "401", "403", "429", "500", "503"],
+        ),
+        (
+            "post",
+            "/v1/admin/tenants",
+            &[
+                "201", "400", "401", "403", "409", "422", "429", "500", "503",
+            ],
+        ),
+        (
+            "get",
+            "/v1/admin/tenants",
+            &["200", "401", "403", "429", "500", "503"],
+        ),
+        (
+            "get",
+            "/v1/tasks/{id}/event-ticket",
+            &["200", "400", "401", "403", "404", "429", "500", "503"],
+        ),
     ];
     let mut documented = 0;
     for (method, path, statuses) in expected {

@@ -550,6 +550,13 @@ pub struct AuthSettings {
     /// Origins allowed to call the API from a browser (CORS), e.g. the console's
     /// `https://console.example.com`; none by default.
     pub cors_origins: Vec<String>,
+    /// How long the signed artifact links in task responses work without credentials.
+    #[serde(with = "humantime_serde")]
+    pub link_ttl: Duration,
+    /// How long a stream ticket (`POST /v1/tasks/{id}/event-tickets`) may be used to open
+    /// the task's event stream.
+    #[serde(with = "humantime_serde")]
+    pub ticket_ttl: Duration,
 }
 
 impl Default for AuthSettings {
@@ -560,6 +567,8 @@ impl Default for AuthSettings {
             last_used_interval: Duration::from_secs(60),
             failures_per_minute: 30,
             cors_origins: Vec::new(),
+            link_ttl: Duration::from_secs(3600),
+            ticket_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -764,6 +773,14 @@ impl Settings {
         }
         if self.auth.failures_per_minute == 0 {
             return Err(invalid("auth.failures_per_minute", "must be at least 1"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600))
+            .contains(&self.auth.link_ttl)
+        {
+            return Err(invalid("auth.link_ttl", "must be 1s to 7 days"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.auth.ticket_ttl) {
+            return Err(invalid("auth.ticket_ttl", "must be 1s to 1h"));
         }
         if self.auth.key_cache_ttl > Duration::from_secs(3600) {
             return Err(invalid("auth.key_cache_ttl", "must be at most 1h"));

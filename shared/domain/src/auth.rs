@@ -56,10 +56,15 @@ pub enum Permission {
     KeysRead,
     /// Make and revoke API keys (never of a role above the caller's own).
     KeysManage,
+    /// Read the tenant's audit log.
+    AuditRead,
+    /// Create and list tenants. No tenant role grants it: only platform-admin keys
+    /// (`operator keys create --platform-admin`) hold it.
+    TenantsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 10] = [
         Permission::TasksRead,
         Permission::TasksWrite,
         Permission::QueuesRead,
@@ -68,6 +73,8 @@ impl Permission {
         Permission::WebhooksManage,
         Permission::KeysRead,
         Permission::KeysManage,
+        Permission::AuditRead,
+        Permission::TenantsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +87,8 @@ impl Permission {
             Self::WebhooksManage => "webhooks:manage",
             Self::KeysRead => "keys:read",
             Self::KeysManage => "keys:manage",
+            Self::AuditRead => "audit:read",
+            Self::TenantsManage => "tenants:manage",
         }
     }
 
@@ -87,7 +96,11 @@ impl Permission {
     pub fn is_read(self) -> bool {
         matches!(
             self,
-            Self::TasksRead | Self::QueuesRead | Self::WebhooksRead | Self::KeysRead
+            Self::TasksRead
+                | Self::QueuesRead
+                | Self::WebhooksRead
+                | Self::KeysRead
+                | Self::AuditRead
         )
     }
 }
@@ -125,7 +138,7 @@ impl Role {
     pub fn grants(self, permission: Permission) -> bool {
         use Permission::*;
         match self {
-            Self::Owner | Self::Admin => true,
+            Self::Owner | Self::Admin => permission != TenantsManage,
             Self::Member => matches!(
                 permission,
                 TasksRead | TasksWrite | QueuesRead | WebhooksRead
@@ -302,11 +315,13 @@ mod tests {
     #[test]
     fn the_grant_table() {
         for permission in Permission::ALL {
-            assert!(Role::Owner.grants(permission));
-            assert!(Role::Admin.grants(permission));
+            let tenant_wide = permission != Permission::TenantsManage;
+            assert_eq!(Role::Owner.grants(permission), tenant_wide);
+            assert_eq!(Role::Admin.grants(permission), tenant_wide);
             assert_eq!(
                 Role::Viewer.grants(permission),
-                permission.is_read() && permission != Permission::KeysRead,
+                permission.is_read()
+                    && !matches!(permission, Permission::KeysRead | Permission::AuditRead),
                 "{permission}"
             );
         }

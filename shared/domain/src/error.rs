@@ -37,6 +37,7 @@ pub enum ErrorCode {
     Forbidden,
     RateLimited,
     KeyNotFound,
+    TenantExists,
 
     // --- task outcomes (worker) ---
     NavigationFailed,
@@ -88,6 +89,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::KeyNotFound => "key_not_found",
+            Self::TenantExists => "tenant_exists",
             Self::NavigationFailed => "navigation_failed",
             Self::WaitTimeout => "wait_timeout",
             Self::SelectorNotFound => "selector_not_found",
@@ -140,6 +142,7 @@ impl ErrorCode {
                 "Too many requests (or failed sign-ins); retry after `Retry-After`."
             }
             Self::KeyNotFound => "No API key with this id for this tenant.",
+            Self::TenantExists => "A tenant with this id exists already.",
             Self::NavigationFailed => {
                 "Navigation failed (DNS, connection refused, TLS, HTTP error page)."
             }

@@ -207,14 +207,24 @@ pub fn artifact_keys(payload: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// How the links of a body are signed: the key, the task's tenant and the expiry
+/// (Unix seconds).
+pub struct LinkGrant<'a> {
+    pub key: &'a crate::links::LinkKey,
+    pub tenant: &'a crate::TenantId,
+    pub expires: i64,
+}
+
 /// The body sent: the stored payload with each artifact's API link
-/// (`{public_url}/v1/artifacts/{id}`) as `url` and, when the store can presign, a
-/// time-limited direct link as `download_url` (from `signed`, by artifact id). The
-/// internal storage key is removed.
+/// (`{public_url}/v1/artifacts/{id}`) as `url`, the same link signed to work without
+/// credentials until the grant expires as `signed_url`, and, when the store can
+/// presign, a time-limited direct link as `download_url` (from `signed`, by artifact
+/// id). The internal storage key is removed.
 pub fn render_body(
     payload: &Value,
     public_url: &str,
     signed: &std::collections::HashMap<String, String>,
+    grant: Option<&LinkGrant<'_>>,
 ) -> Vec<u8> {
     let mut payload = payload.clone();
     if let Some(artifacts) = payload
@@ -231,6 +241,16 @@ pub fn render_body(
             };
             let link = crate::links::artifact_url(public_url, &id);
             object.insert("url".to_owned(), Value::String(link));
+            if let Some(grant) = grant {
+                let link = crate::links::signed_artifact_url(
+                    public_url,
+                    grant.key,
+                    grant.tenant,
+                    &id,
+                    grant.expires,
+                );
+                object.insert("signed_url".to_owned(), Value::String(link));
+            }
             if let Some(download) = signed.get(&id) {
                 object.insert("download_url".to_owned(), Value::String(download.clone()));
             }
@@ -297,11 +317,33 @@ mod tests {
         );
         let signed =
             std::collections::HashMap::from([("a1".to_owned(), "https://s3/signed".to_owned())]);
-        let body: Value =
-            serde_json::from_slice(&render_body(&payload, "https://ops.example/", &signed))
-                .expect("json");
+        let key = crate::links::LinkKey {
+            kid: "lk1".to_owned(),
+            secret: vec![7; 32],
+        };
+        let tenant = crate::TenantId::default_tenant();
+        let grant = LinkGrant {
+            key: &key,
+            tenant: &tenant,
+            expires: 4_000_000_000,
+        };
+        let body: Value = serde_json::from_slice(&render_body(
+            &payload,
+            "https://ops.example/",
+            &signed,
+            Some(&grant),
+        ))
+        .expect("json");
         let artifact = &body["data"]["artifacts"][0];
         assert_eq!(artifact["url"], "https://ops.example/v1/artifacts/a1");
+        assert!(
+            artifact["signed_url"]
+                .as_str()
+                .is_some_and(|url| url.starts_with(
+                    "https://ops.example/v1/artifacts/a1?tenant=default&exp=4000000000&sig=lk1."
+                )),
+            "{artifact}"
+        );
         assert_eq!(artifact["download_url"], "https://s3/signed");
         assert!(
             artifact.get("storage_key").is_none(),

@@ -434,6 +434,16 @@ pub async fn issue_key(
     tenant: &str,
     role: operator_domain::auth::Role,
 ) -> String {
+    issue_key_with(connection, tenant, role, false).await
+}
+
+/// [`issue_key`], optionally a platform-admin key (it may also manage tenants).
+pub async fn issue_key_with(
+    connection: &sea_orm::DatabaseConnection,
+    tenant: &str,
+    role: operator_domain::auth::Role,
+    platform_admin: bool,
+) -> String {
     use operator_store::db::{CreateTenantError, NewKey, TenantRepository};
     let tenants = TenantRepository::new(connection.clone());
     let tenant = operator_domain::TenantId::parse(tenant).expect("tenant id");
@@ -446,6 +456,7 @@ pub async fn issue_key(
             tenant,
             name: format!("test {role} key"),
             role,
+            platform_admin,
             expires_at: None,
             created_by: Some("testkit".to_owned()),
         })

@@ -11,6 +11,7 @@
 //!   - `postgres`: group commit, one statement per batch (`coalesce`, `one_statement`).
 //! - `webhooks`: [`WebhookRepository`] and the outbox rule (`write_outbox`).
 //! - `tenants`: [`TenantRepository`]: tenants and their API keys.
+//! - `audit`: [`AuditRepository`]: the append-only audit log.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use operator_config::Settings;
 
+mod audit;
 pub mod entities;
 mod postgres;
 mod repo;
@@ -27,6 +29,7 @@ mod transactional;
 mod webhooks;
 mod writes;
 
+pub use audit::{AuditEntry, AuditEvent, AuditFilter, AuditRepository};
 pub use repo::{
     CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, QueueRecord, RedriveOutcome,
     StartOutcome, Submitted, TaskRepository,

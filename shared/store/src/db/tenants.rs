@@ -36,6 +36,9 @@ pub struct ApiKey {
     /// `opk_` and the look-up id.
     pub prefix: String,
     pub role: Role,
+    /// Whether it may also manage tenants (made only with `operator keys create
+    /// --platform-admin`).
+    pub platform_admin: bool,
     /// Who made it: `key:<id>`, `user:<id>`, or `operator` (the command line).
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -57,6 +60,7 @@ pub struct NewKey {
     pub tenant: TenantId,
     pub name: String,
     pub role: Role,
+    pub platform_admin: bool,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_by: Option<String>,
 }
@@ -108,6 +112,27 @@ impl TenantRepository {
         })
     }
 
+    /// A tenant and its first owner key (the token is returned here only).
+    pub async fn create_tenant_with_owner(
+        &self,
+        id: &TenantId,
+        name: &str,
+        created_by: &str,
+    ) -> Result<(Tenant, ApiKey, ApiKeyToken), CreateTenantError> {
+        let tenant = self.create_tenant(id, name).await?;
+        let (key, token) = self
+            .create_key(NewKey {
+                tenant: tenant.id.clone(),
+                name: "first owner key".to_owned(),
+                role: Role::Owner,
+                platform_admin: false,
+                expires_at: None,
+                created_by: Some(created_by.to_owned()),
+            })
+            .await?;
+        Ok((tenant, key, token))
+    }
+
     pub async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, RepoError> {
         tenant::Entity::find_by_id(id.as_str())
             .one(&self.db)
@@ -137,6 +162,7 @@ impl TenantRepository {
             display_prefix: token.display_prefix().to_owned(),
             name: new.name,
             role: new.role.as_str().to_owned(),
+            platform_admin: new.platform_admin,
             created_by: new.created_by,
             created_at: now(),
             expires_at: new.expires_at,
@@ -231,6 +257,7 @@ fn to_key(row: api_key::Model) -> Result<ApiKey, RepoError> {
         id: row.id,
         tenant: TenantId::parse(&row.tenant_id).map_err(|_| corrupt("tenant"))?,
         role: Role::parse(&row.role).map_err(|_| corrupt("role"))?,
+        platform_admin: row.platform_admin,
         name: row.name,
         prefix: row.display_prefix,
         created_by: row.created_by,

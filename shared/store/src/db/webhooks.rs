@@ -219,6 +219,10 @@ impl WebhookRepository {
         Self { db }
     }
 
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
     // --- endpoints ---
 
     #[instrument(skip_all, fields(tenant = %new.tenant))]

@@ -11,6 +11,7 @@ pub struct Model {
     pub display_prefix: String,
     pub name: String,
     pub role: String,
+    pub platform_admin: bool,
     pub created_by: Option<String>,
     pub created_at: DateTimeUtc,
     pub expires_at: Option<DateTimeUtc>,

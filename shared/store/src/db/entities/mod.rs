@@ -3,6 +3,8 @@
 
 pub mod api_key;
 pub mod artifact;
+pub mod audit_event;
+pub mod link_key;
 pub mod queue;
 pub mod task;
 pub mod task_attempt;

@@ -1,0 +1,149 @@
+//! `/v1/admin/tenants`: the platform's tenants, for platform-admin keys only
+//! (`tenants:manage`, which no tenant role grants; see `operator keys create
+//! --platform-admin`). Creating a tenant also makes its first owner key, shown once,
+//! as `operator tenants create` does.
+
+use chrono::{DateTime, Utc};
+use operator_domain::TenantId;
+use operator_domain::error::ErrorCode;
+use operator_store::db::{CreateTenantError, Tenant, TenantRepository};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+
+use crate::access::Caller;
+use crate::codes;
+use crate::error::{ApiError, ApiResult, NoCodes};
+use crate::keys::CreatedKeyView;
+use crate::state::SharedState;
+
+#[derive(Tags)]
+pub enum AdminTags {
+    /// The platform: tenants (platform-admin keys only).
+    Admin,
+}
+
+const MAX_NAME_LENGTH: usize = 200;
+
+/// A new tenant.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "CreateTenant")]
+pub struct CreateTenantRequest {
+    /// Lowercase letters, digits, `-` and `_`, at most 64 (e.g. `acme`).
+    pub id: String,
+    /// A display name (default: the id).
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Tenant")]
+pub struct TenantView {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(tenant: Tenant) -> Self {
+        Self {
+            id: tenant.id.to_string(),
+            name: tenant.name,
+            created_at: tenant.created_at,
+        }
+    }
+}
+
+/// A tenant just made, with its first owner key (shown once).
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "CreatedTenant")]
+pub struct CreatedTenantView {
+    pub tenant: TenantView,
+    pub owner_key: CreatedKeyView,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "TenantList")]
+pub struct TenantList {
+    pub items: Vec<TenantView>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedTenant {
+    /// Made, with its first owner key.
+    #[oai(status = 201)]
+    Created(Json<CreatedTenantView>),
+}
+
+codes!(CreateTenantCodes: InvalidJson, InvalidRequest, TenantExists);
+
+pub struct AdminApi {
+    pub state: SharedState,
+}
+
+#[OpenApi(tag = "AdminTags::Admin")]
+impl AdminApi {
+    /// Create a tenant and its first owner key.
+    #[oai(path = "/v1/admin/tenants", method = "post")]
+    async fn create(
+        &self,
+        caller: Caller,
+        body: Json<CreateTenantRequest>,
+    ) -> ApiResult<CreatedTenant, CreateTenantCodes> {
+        let Json(request) = body;
+        let id = TenantId::parse(&request.id)
+            .map_err(|error| ApiError::new(ErrorCode::InvalidRequest, format!("id: {error}")))?;
+        let name = request
+            .name
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or(id.as_str());
+        if name.is_empty() || name.chars().count() > MAX_NAME_LENGTH {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("name: must be 1 to {MAX_NAME_LENGTH} characters"),
+            )
+            .into());
+        }
+        let repo = TenantRepository::new(self.state.repo.connection().clone());
+        let (tenant, key, token) = match repo
+            .create_tenant_with_owner(&id, name, &caller.actor_label())
+            .await
+        {
+            Ok(created) => created,
+            Err(CreateTenantError::Exists(id)) => {
+                return Err(ApiError::new(
+                    ErrorCode::TenantExists,
+                    format!("tenant {id} exists already"),
+                )
+                .into());
+            }
+            Err(CreateTenantError::Repo(error)) => return Err(error.into()),
+        };
+        self.state
+            .audit(
+                &caller,
+                "tenant.created",
+                "tenant",
+                &tenant.id,
+                serde_json::json!({"owner_key": key.prefix}),
+            )
+            .await;
+        Ok(CreatedTenant::Created(Json(CreatedTenantView {
+            tenant: tenant.into(),
+            owner_key: CreatedKeyView {
+                view: key.into(),
+                key: token.expose().to_owned(),
+            },
+        })))
+    }
+
+    /// Every tenant of the platform.
+    #[oai(path = "/v1/admin/tenants", method = "get")]
+    async fn list(&self, _caller: Caller) -> ApiResult<Json<TenantList>, NoCodes> {
+        let tenants = TenantRepository::new(self.state.repo.connection().clone())
+            .tenants()
+            .await?;
+        Ok(Json(TenantList {
+            items: tenants.into_iter().map(TenantView::from).collect(),
+        }))
+    }
+}
