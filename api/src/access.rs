@@ -234,12 +234,15 @@ impl Authenticator {
     /// that does not hold is refused (`Err(None)`), whatever else the request carries;
     /// `Err(Some(response))` when the keys cannot be read.
     async fn grant(&self, request: &Request) -> Option<Result<Caller, Option<Response>>> {
+        let raw_query = request.uri().query()?;
+        if !(raw_query.contains("sig=") || raw_query.contains("ticket=")) {
+            return None;
+        }
         let path = request.uri().path();
         let segments: Vec<&str> = path.split('/').collect();
-        let query: HashMap<String, String> =
-            url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
-                .into_owned()
-                .collect();
+        let query: HashMap<String, String> = url::form_urlencoded::parse(raw_query.as_bytes())
+            .into_owned()
+            .collect();
         let now = chrono::Utc::now().timestamp();
         let (id, scope) = match segments.as_slice() {
             ["", "v1", "artifacts", id] if query.contains_key("sig") => (*id, GrantScope::Artifact),

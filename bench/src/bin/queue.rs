@@ -35,6 +35,9 @@ struct Arguments {
     skip_ceiling: bool,
     #[arg(long)]
     skip_end_to_end: bool,
+    /// End-to-end pairs, authentication on and off (default 3).
+    #[arg(long)]
+    end_to_end_pairs: Option<usize>,
     /// Used only when no private redis-server can be started.
     #[arg(long, env = "TEST_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -60,6 +63,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(consumers) = arguments.end_to_end_consumers {
         options.end_to_end_consumers = consumers.max(1);
+    }
+    if let Some(pairs) = arguments.end_to_end_pairs {
+        options.end_to_end_pairs = pairs.max(1);
     }
     if let Some(workers) = arguments.workers.filter(|workers| !workers.is_empty()) {
         options.worker_counts = workers;

@@ -226,8 +226,13 @@ impl ApiKeyToken {
 
     /// The SHA-256 of the secret part, hex: what the database keeps.
     pub fn secret_hash(&self) -> String {
+        hex(&self.secret_digest())
+    }
+
+    /// The SHA-256 of the secret part.
+    pub fn secret_digest(&self) -> [u8; 32] {
         let secret = &self.0[KEY_DISPLAY_LENGTH..KEY_DISPLAY_LENGTH + SECRET_LENGTH];
-        hex(&Sha256::digest(secret.as_bytes()))
+        Sha256::digest(secret.as_bytes()).into()
     }
 
     /// The whole key, to hand to its owner once.
@@ -248,9 +253,23 @@ impl fmt::Display for ApiKeyToken {
     }
 }
 
-/// Compares two stored hashes in time independent of where they differ.
-pub fn hashes_match(presented: &str, stored: &str) -> bool {
-    let (presented, stored) = (presented.as_bytes(), stored.as_bytes());
+/// A stored hex hash as bytes (`None` when it is not 64 hex digits).
+pub fn digest_from_hex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (index, pair) in bytes.chunks(2).enumerate() {
+        let high = char::from(pair[0]).to_digit(16)?;
+        let low = char::from(pair[1]).to_digit(16)?;
+        digest[index] = u8::try_from(high * 16 + low).ok()?;
+    }
+    Some(digest)
+}
+
+/// Compares two hashes in time independent of where they differ.
+pub fn hashes_match(presented: &[u8], stored: &[u8]) -> bool {
     if presented.len() != stored.len() {
         return false;
     }
@@ -342,8 +361,14 @@ mod tests {
 
     #[test]
     fn hashes_compare() {
-        assert!(hashes_match("abc", "abc"));
-        assert!(!hashes_match("abc", "abd"));
-        assert!(!hashes_match("abc", "abcd"));
+        assert!(hashes_match(b"abc", b"abc"));
+        assert!(!hashes_match(b"abc", b"abd"));
+        assert!(!hashes_match(b"abc", b"abcd"));
+        let key = ApiKeyToken::generate();
+        assert_eq!(
+            digest_from_hex(&key.secret_hash()),
+            Some(key.secret_digest())
+        );
+        assert_eq!(digest_from_hex("zz"), None);
     }
 }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::db::{ApiKey, RepoError, TenantRepository, now};
 use crate::events::{EventBus, EventBusError, Revocation};
-use operator_domain::auth::{ApiKeyToken, MalformedKey, hashes_match};
+use operator_domain::auth::{ApiKeyToken, MalformedKey, digest_from_hex, hashes_match};
 
 /// Why a key is refused.
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +72,15 @@ impl std::fmt::Debug for KeyVerifier {
     }
 }
 
+/// A key row as verification needs it: the key and the SHA-256 of its secret.
+struct Known {
+    key: ApiKey,
+    digest: [u8; 32],
+}
+
 struct Cached {
     /// `None`: no key has this look-up id.
-    row: Option<(ApiKey, String)>,
+    row: Option<Arc<Known>>,
     fetched: Instant,
     touched: Option<Instant>,
 }
@@ -139,17 +145,26 @@ impl KeyVerifier {
             Some(row) => row,
             None => {
                 let stored = self.repo.key_by_lookup(token.lookup()).await?;
-                let row = stored.map(|stored| (stored.key, stored.secret_hash));
+                let row = match stored {
+                    Some(stored) => Some(Arc::new(Known {
+                        digest: digest_from_hex(&stored.secret_hash).ok_or_else(|| {
+                            RepoError::Corrupt(format!("api key {}: secret hash", stored.key.id))
+                        })?,
+                        key: stored.key,
+                    })),
+                    None => None,
+                };
                 self.remember(token.lookup(), row.clone());
                 row
             }
         };
-        let Some((key, secret_hash)) = row else {
+        let Some(known) = row else {
             return Err(Refusal::Unknown);
         };
-        if !hashes_match(&token.secret_hash(), &secret_hash) {
+        if !hashes_match(&token.secret_digest(), &known.digest) {
             return Err(Refusal::Unknown);
         }
+        let key = &known.key;
         if key.revoked_at.is_some() {
             return Err(Refusal::Revoked);
         }
@@ -157,7 +172,7 @@ impl KeyVerifier {
             return Err(Refusal::Expired);
         }
         self.note_use(token.lookup(), key.id);
-        Ok(key)
+        Ok(key.clone())
     }
 
     /// After a key was revoked in the database: forget it here and on every replica.
@@ -167,13 +182,13 @@ impl KeyVerifier {
         self.bus.publish_revocation(lookup).await
     }
 
-    fn cached(&self, lookup: &str) -> Option<Option<(ApiKey, String)>> {
+    fn cached(&self, lookup: &str) -> Option<Option<Arc<Known>>> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let cached = cache.get(lookup)?;
         (cached.fetched.elapsed() < self.cache_ttl).then(|| cached.row.clone())
     }
 
-    fn remember(&self, lookup: &str, row: Option<(ApiKey, String)>) {
+    fn remember(&self, lookup: &str, row: Option<Arc<Known>>) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
