@@ -71,14 +71,32 @@ pub struct Services {
     pub storage: ArtifactStore,
 }
 
+/// The settings' database, or why it cannot be opened (the password hidden).
+async fn open_database(settings: &Settings) -> anyhow::Result<sea_orm::DatabaseConnection> {
+    db::connect(settings).await.with_context(|| {
+        format!(
+            "cannot open the database ({})",
+            redact(&settings.database_url())
+        )
+    })
+}
+
+/// Refuses a schema with pending migrations, saying what to run.
+async fn ensure_migrated(connection: &sea_orm::DatabaseConnection) -> anyhow::Result<()> {
+    let pending = Migrator::get_pending_migrations(connection)
+        .await
+        .context("cannot read the schema version")?;
+    anyhow::ensure!(
+        pending.is_empty(),
+        "the database schema is {} migration(s) behind; run `operator migrate` first",
+        pending.len()
+    );
+    Ok(())
+}
+
 impl Services {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        let connection = db::connect(settings).await.with_context(|| {
-            format!(
-                "cannot open the database ({})",
-                redact(&settings.database_url())
-            )
-        })?;
+        let connection = open_database(settings).await?;
         let queue = queue::connect(settings, connection.clone())
             .await
             .context("cannot connect to the queue")?;
@@ -112,20 +130,8 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 
 /// The tenant repository on the settings' database, migrated (for the command line).
 pub async fn tenant_repository(settings: &Settings) -> anyhow::Result<TenantRepository> {
-    let connection = db::connect(settings).await.with_context(|| {
-        format!(
-            "cannot open the database ({})",
-            redact(&settings.database_url())
-        )
-    })?;
-    let pending = Migrator::get_pending_migrations(&connection)
-        .await
-        .context("cannot read the schema version")?;
-    anyhow::ensure!(
-        pending.is_empty(),
-        "the database schema is {} migration(s) behind; run `operator migrate` first",
-        pending.len()
-    );
+    let connection = open_database(settings).await?;
+    ensure_migrated(&connection).await?;
     Ok(TenantRepository::new(connection))
 }
 
@@ -210,14 +216,7 @@ impl Application {
                 .await
                 .context("migration failed")?;
         } else {
-            let pending = Migrator::get_pending_migrations(connection)
-                .await
-                .context("cannot read the schema version")?;
-            anyhow::ensure!(
-                pending.is_empty(),
-                "the database schema is {} migration(s) behind; run `operator migrate` first",
-                pending.len()
-            );
+            ensure_migrated(connection).await?;
         }
         if roles.api && !settings.auth.enabled && !is_loopback(&settings.server.host) {
             anyhow::bail!(

@@ -231,42 +231,34 @@ impl TasksApi {
     ) -> ApiResult<Json<TaskView>, CancelCodes> {
         let state = &self.state;
         let task_id = TaskId::from(id.0);
-        match state.repo.cancel(&caller.tenant, task_id).await? {
+        let (task, was) = match state.repo.cancel(&caller.tenant, task_id).await? {
             CancelOutcome::Cancelled(task) => {
                 if let Err(error) = state.queue.remove(&task.queue, task_id).await {
                     // The worker that claims it will find it cancelled and drop it.
                     tracing::warn!(task_id = %task_id, error = %error, "removing a cancelled task from the queue failed");
                 }
-                state
-                    .audit(
-                        &caller,
-                        "task.cancelled",
-                        "task",
-                        &task_id,
-                        serde_json::json!({"was": "queued"}),
-                    )
-                    .await;
-                Ok(Json(TaskView::from_record(task, None)))
+                (task, "queued")
             }
-            CancelOutcome::Requested(task) => {
-                state
-                    .audit(
-                        &caller,
-                        "task.cancelled",
-                        "task",
-                        &task_id,
-                        serde_json::json!({"was": "running"}),
-                    )
-                    .await;
-                Ok(Json(TaskView::from_record(task, None)))
+            CancelOutcome::Requested(task) => (task, "running"),
+            CancelOutcome::AlreadyFinished(task) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    format!("task {} has already ended ({})", task.id, task.state),
+                )
+                .into());
             }
-            CancelOutcome::AlreadyFinished(task) => Err(ApiError::new(
-                ErrorCode::InvalidState,
-                format!("task {} has already ended ({})", task.id, task.state),
+            CancelOutcome::NotFound => return Err(not_found(id.0).into()),
+        };
+        state
+            .audit(
+                &caller,
+                "task.cancelled",
+                "task",
+                task_id,
+                serde_json::json!({"was": was}),
             )
-            .into()),
-            CancelOutcome::NotFound => Err(not_found(id.0).into()),
-        }
+            .await;
+        Ok(Json(TaskView::from_record(task, None)))
     }
 
     /// Re-drive a task that failed, timed out or is dead.

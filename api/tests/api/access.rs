@@ -747,18 +747,22 @@ async fn the_audit_log_records_who_did_what_from_where_per_tenant() {
     assert_eq!(member.get("/v1/audit-events").await.0, 403);
 }
 
+async fn create_tenant(admin: &ApiClient, body: Value) -> (u16, Value) {
+    let response = admin
+        .http
+        .post(format!("{}/v1/admin/tenants", admin.base))
+        .json(&body)
+        .send()
+        .await
+        .expect("create a tenant");
+    read_json(response).await
+}
+
 #[tokio::test]
 async fn a_platform_admin_creates_tenants_whose_owner_key_works_at_once() {
     let api = spawn_api().await;
     let admin = api.platform_admin().await;
-    let response = admin
-        .http
-        .post(format!("{}/v1/admin/tenants", api.base))
-        .json(&json!({"id": "acme", "name": "Acme Corp"}))
-        .send()
-        .await
-        .expect("create");
-    let (status, created) = read_json(response).await;
+    let (status, created) = create_tenant(&admin, json!({"id": "acme", "name": "Acme Corp"})).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["tenant"]["id"], "acme");
     assert_eq!(created["owner_key"]["role"], "owner");
@@ -780,27 +784,13 @@ async fn a_platform_admin_creates_tenants_whose_owner_key_works_at_once() {
     let (status, _) = owner.get("/v1/admin/tenants").await;
     assert_eq!(status, 403, "a tenant's owner is not the platform's admin");
 
-    let again = admin
-        .http
-        .post(format!("{}/v1/admin/tenants", api.base))
-        .json(&json!({"id": "acme"}))
-        .send()
-        .await
-        .expect("again");
-    let (status, body) = read_json(again).await;
+    let (status, body) = create_tenant(&admin, json!({"id": "acme"})).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("tenant_exists")),
         "{body}"
     );
-    let bad = admin
-        .http
-        .post(format!("{}/v1/admin/tenants", api.base))
-        .json(&json!({"id": "Not A Slug"}))
-        .send()
-        .await
-        .expect("bad");
-    let (status, body) = read_json(bad).await;
+    let (status, body) = create_tenant(&admin, json!({"id": "Not A Slug"})).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (422, Some("invalid_request")),
