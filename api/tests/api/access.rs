@@ -35,34 +35,7 @@ async fn resources_of_default(api: &TestApi) -> Resources {
         .expect("request");
     let (status, webhook) = read_json(response).await;
     assert_eq!(status, 201, "{webhook}");
-    let (status, task) = api
-        .submit(&json!({"kind": "screenshot", "input": {"url": "https://example.com"}}))
-        .await;
-    assert_eq!(status, 202, "{task}");
-    let id = TaskId::parse(task["id"].as_str().expect("id")).expect("task id");
-    let token = LeaseToken::new();
-    api.repo
-        .start_attempt(
-            id,
-            token,
-            "test-worker",
-            Utc::now() + chrono::Duration::seconds(30),
-        )
-        .await
-        .expect("start");
-    let artifact = ArtifactId::new();
-    let outcome = TaskOutcome::Succeeded {
-        result: json!({}),
-        artifacts: vec![NewArtifact {
-            id: artifact,
-            name: "screenshot.png".into(),
-            content_type: "image/png".into(),
-            size_bytes: 1,
-            storage_key: "nowhere/screenshot.png".into(),
-            sha256: "0".repeat(64),
-        }],
-    };
-    api.repo.finish(id, token, outcome).await.expect("finish");
+    let task = task_with_a_file(api, b"png").await;
     let webhook_id = webhook["id"].as_str().expect("webhook id").to_owned();
     let (status, deliveries) = api
         .get(&format!("/v1/webhooks/{webhook_id}/deliveries"))
@@ -71,8 +44,11 @@ async fn resources_of_default(api: &TestApi) -> Resources {
     let (status, key) = create_key(api, "viewer", None).await;
     assert_eq!(status, 201, "{key}");
     Resources {
-        task: id.to_string(),
-        artifact: artifact.to_string(),
+        task: task["id"].as_str().expect("id").to_owned(),
+        artifact: task["artifacts"][0]["id"]
+            .as_str()
+            .expect("artifact id")
+            .to_owned(),
         webhook: webhook_id,
         delivery: deliveries["items"][0]["id"]
             .as_str()
