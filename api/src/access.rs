@@ -28,6 +28,7 @@ use operator_domain::auth::{Permission, Role};
 use operator_domain::error::ErrorCode;
 use operator_domain::links::{GrantScope, grant_holds, verify_stream_ticket};
 use operator_store::credentials::{KeyVerifier, Refusal};
+use operator_store::rate::{Decision, SubmissionLimiter};
 use operator_store::signing::LinkSigner;
 use poem::http::{Method, StatusCode, header};
 use poem::{Endpoint, FromRequest, IntoResponse, Middleware, Request, RequestBody, Response};
@@ -87,6 +88,7 @@ pub const RULES: &[(&str, &str, Permission)] = &[
     ("GET", "/v1/audit-events", AuditRead),
     ("POST", "/v1/admin/tenants", TenantsManage),
     ("GET", "/v1/admin/tenants", TenantsManage),
+    ("PUT", "/v1/admin/tenants/{id}/limits", TenantsManage),
 ];
 
 /// Paths anyone may call.
@@ -451,9 +453,11 @@ impl FailureLimiter {
     }
 }
 
-/// The middleware: authenticate, check the table, hand the [`Caller`] on.
+/// The middleware: authenticate, check the table, count a submission against the
+/// tenant's rate, hand the [`Caller`] on.
 pub struct Access {
     pub authenticator: Arc<Authenticator>,
+    pub limiter: Arc<SubmissionLimiter>,
 }
 
 impl<E: Endpoint> Middleware<E> for Access {
@@ -463,6 +467,7 @@ impl<E: Endpoint> Middleware<E> for Access {
         AccessEndpoint {
             inner,
             authenticator: Arc::clone(&self.authenticator),
+            limiter: Arc::clone(&self.limiter),
         }
     }
 }
@@ -470,6 +475,33 @@ impl<E: Endpoint> Middleware<E> for Access {
 pub struct AccessEndpoint<E> {
     inner: E,
     authenticator: Arc<Authenticator>,
+    limiter: Arc<SubmissionLimiter>,
+}
+
+/// The operations that create tasks, which the submission rate counts.
+fn is_submission(method: &Method, path: &str) -> bool {
+    method == Method::POST
+        && matches!(
+            path,
+            "/v1/tasks" | "/v1/screenshot" | "/v1/pdf" | "/v1/content" | "/v1/scrape"
+        )
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds, rounded up), and on a
+/// refusal `Retry-After`.
+fn rate_headers(response: &mut Response, decision: &Decision) {
+    let seconds = |duration: Duration| duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    let mut set = |name: &'static str, value: u64| {
+        if let Ok(value) = value.to_string().parse() {
+            response.headers_mut().insert(name, value);
+        }
+    };
+    set("ratelimit-limit", u64::from(decision.limit));
+    set("ratelimit-remaining", u64::from(decision.remaining));
+    set("ratelimit-reset", seconds(decision.reset));
+    if !decision.allowed {
+        set("retry-after", seconds(decision.retry_after).max(1));
+    }
 }
 
 impl<E: Endpoint> Endpoint for AccessEndpoint<E> {
@@ -492,16 +524,44 @@ impl<E: Endpoint> Endpoint for AccessEndpoint<E> {
             .remote_addr()
             .as_socket_addr()
             .map(|address| address.ip().to_string());
+        let mut rate = None;
         if let Some(permission) = permission_for(request.method(), &path) {
             if !caller.holds(permission) {
                 return Ok(forbidden(permission, &caller));
             }
+            if is_submission(request.method(), &path) {
+                match self.limiter.check(&caller.tenant).await {
+                    Ok(Some(decision)) if !decision.allowed => {
+                        let mut response = error_body(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            ErrorCode::RateLimited,
+                            &format!(
+                                "tenant {} submits faster than its limit ({} at once); retry after the Retry-After seconds",
+                                caller.tenant, decision.limit
+                            ),
+                        );
+                        rate_headers(&mut response, &decision);
+                        return Ok(response);
+                    }
+                    Ok(decision) => rate = decision,
+                    Err(error) => {
+                        // Refusing every submission because the limiter's store is
+                        // down would turn a limit into an outage: let it through.
+                        warn!(error = %error, tenant = %caller.tenant, "the submission rate could not be checked; allowed");
+                    }
+                }
+            }
             request.extensions_mut().insert(caller);
         }
-        self.inner
+        let mut response = self
+            .inner
             .call(request)
             .await
-            .map(IntoResponse::into_response)
+            .map(IntoResponse::into_response)?;
+        if let Some(decision) = rate {
+            rate_headers(&mut response, &decision);
+        }
+        Ok(response)
     }
 }
 

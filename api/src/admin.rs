@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use operator_domain::TenantId;
 use operator_domain::error::ErrorCode;
-use operator_store::db::{CreateTenantError, Tenant, TenantRepository};
+use operator_store::db::{CreateTenantError, Tenant, TenantLimits, TenantRepository};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
@@ -40,6 +40,19 @@ pub struct TenantView {
     pub id: String,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// Its own limits (absent fields follow the `limits.*` settings).
+    pub limits: TenantLimitsView,
+}
+
+/// A tenant's own limits; `null` or absent: the `limits.*` setting.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "TenantLimits")]
+pub struct TenantLimitsView {
+    /// Task submissions per second, above 0 (null: `limits.submissions_per_second`,
+    /// where 0 means no limit).
+    pub submissions_per_second: Option<f64>,
+    /// Submissions at once above the rate, at least 1 (null: `limits.submission_burst`).
+    pub submission_burst: Option<u32>,
 }
 
 impl From<Tenant> for TenantView {
@@ -48,6 +61,10 @@ impl From<Tenant> for TenantView {
             id: tenant.id.to_string(),
             name: tenant.name,
             created_at: tenant.created_at,
+            limits: TenantLimitsView {
+                submissions_per_second: tenant.limits.submissions_per_second,
+                submission_burst: tenant.limits.submission_burst,
+            },
         }
     }
 }
@@ -74,6 +91,7 @@ pub enum CreatedTenant {
 }
 
 codes!(CreateTenantCodes: InvalidJson, InvalidRequest, TenantExists);
+codes!(LimitCodes: InvalidJson, InvalidRequest, TenantNotFound);
 
 pub struct AdminApi {
     pub state: SharedState,
@@ -134,6 +152,60 @@ impl AdminApi {
                 key: token.expose().to_owned(),
             },
         })))
+    }
+
+    /// Set a tenant's own limits.
+    ///
+    /// They replace both limits at once; `null` returns one to its setting. Every API
+    /// replica applies them within 5 s.
+    #[oai(path = "/v1/admin/tenants/:id/limits", method = "put")]
+    async fn set_limits(
+        &self,
+        caller: Caller,
+        id: poem_openapi::param::Path<String>,
+        body: Json<TenantLimitsView>,
+    ) -> ApiResult<Json<TenantView>, LimitCodes> {
+        let Json(limits) = body;
+        if limits
+            .submissions_per_second
+            .is_some_and(|rate| !(rate > 0.0 && rate <= 100_000.0))
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "submissions_per_second: must be above 0 and at most 100000, or null",
+            )
+            .into());
+        }
+        if limits.submission_burst == Some(0) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "submission_burst: must be at least 1, or null",
+            )
+            .into());
+        }
+        let not_found = || ApiError::new(ErrorCode::TenantNotFound, format!("no tenant {}", id.0));
+        let tenant = TenantId::parse(&id.0).map_err(|_| not_found())?;
+        let own = TenantLimits {
+            submissions_per_second: limits.submissions_per_second,
+            submission_burst: limits.submission_burst,
+        };
+        let Some(updated) = TenantRepository::new(self.state.repo.connection().clone())
+            .set_limits(&tenant, own)
+            .await?
+        else {
+            return Err(not_found().into());
+        };
+        self.state.limiter.forget_budgets();
+        self.state
+            .audit(
+                &caller,
+                "tenant.limits_changed",
+                "tenant",
+                &tenant,
+                serde_json::json!({"submissions_per_second": own.submissions_per_second, "submission_burst": own.submission_burst}),
+            )
+            .await;
+        Ok(Json(updated.into()))
     }
 
     /// Every tenant of the platform.

@@ -66,7 +66,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::QueueNotFound
         | ErrorCode::WebhookNotFound
         | ErrorCode::DeliveryNotFound
-        | ErrorCode::KeyNotFound => StatusCode::NOT_FOUND,
+        | ErrorCode::KeyNotFound
+        | ErrorCode::TenantNotFound => StatusCode::NOT_FOUND,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

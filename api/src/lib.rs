@@ -120,6 +120,7 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
         .data(submission::BodyLimit(max_body_bytes))
         .with(access::Access {
             authenticator: std::sync::Arc::clone(&state.authenticator),
+            limiter: std::sync::Arc::clone(&state.limiter),
         })
         .with_if(!state.settings.auth.cors_origins.is_empty(), cors(&state))
         .with(Tracing)

@@ -12,6 +12,7 @@ use operator_store::credentials::{KeyVerifier, VerifierTiming};
 use operator_store::db::{AuditEntry, AuditRepository, TaskRepository, TenantRepository};
 use operator_store::events::EventBus;
 use operator_store::queue::SharedQueue;
+use operator_store::rate::SubmissionLimiter;
 use operator_store::signing::LinkSigner;
 use operator_store::storage::ArtifactStore;
 use operator_store::submit::Submitter;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub authenticator: Arc<Authenticator>,
     /// Signs artifact links and stream tickets.
     pub signer: Arc<LinkSigner>,
+    /// Each tenant's submission rate.
+    pub limiter: Arc<SubmissionLimiter>,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +87,11 @@ impl AppState {
             )
         });
         let signer = Arc::new(LinkSigner::new(repo.connection().clone()));
+        let limiter = Arc::new(SubmissionLimiter::new(
+            TenantRepository::new(repo.connection().clone()),
+            settings.limits.clone(),
+            &settings.redis,
+        ));
         let authenticator = Arc::new(Authenticator::new(
             verifier,
             Arc::clone(&signer),
@@ -100,6 +108,7 @@ impl AppState {
             known_queues: KnownQueues::default(),
             authenticator,
             signer,
+            limiter,
         }
     }
 

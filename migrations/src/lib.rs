@@ -16,6 +16,7 @@
 //!   names) and their API keys.
 //! - `m20261204_000014_link_keys`: the keys that sign artifact links and stream tickets.
 //! - `m20261204_000015_audit_events`: the append-only audit log.
+//! - `m20261204_000016_tenant_limits`: a tenant's own submission rate and burst.
 
 use sea_orm_migration::prelude::*;
 
@@ -27,6 +28,7 @@ mod m20261125_000012_named_queues;
 mod m20261204_000013_tenants_and_keys;
 mod m20261204_000014_link_keys;
 mod m20261204_000015_audit_events;
+mod m20261204_000016_tenant_limits;
 
 pub struct Migrator;
 
@@ -42,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000013_tenants_and_keys::Migration),
             Box::new(m20261204_000014_link_keys::Migration),
             Box::new(m20261204_000015_audit_events::Migration),
+            Box::new(m20261204_000016_tenant_limits::Migration),
         ]
     }
 }

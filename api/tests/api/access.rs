@@ -838,3 +838,102 @@ async fn browsers_at_the_configured_origin_may_call_the_api() {
         .expect("request");
     assert_eq!(response.status().as_u16(), 401);
 }
+
+async fn submit_with_headers(client: &ApiClient, path: &str) -> (u16, reqwest::header::HeaderMap) {
+    let body = if path == "/v1/tasks" {
+        json!({"kind": "pdf", "input": {"url": "https://example.com"}})
+    } else {
+        json!({"url": "https://example.com"})
+    };
+    let response = client
+        .http
+        .post(format!("{}{path}", client.base))
+        .query(
+            &[("timeout_ms", "1000")]
+                .into_iter()
+                .filter(|_| path != "/v1/tasks")
+                .collect::<Vec<_>>(),
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("submit");
+    (response.status().as_u16(), response.headers().clone())
+}
+
+fn header(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_submission_rate_gets_429_and_others_do_not() {
+    let api = spawn_api_with(|settings| {
+        settings.limits.submissions_per_second = 0.2;
+        settings.limits.submission_burst = 2;
+        settings.server.sync_wait = Duration::from_millis(100);
+    })
+    .await;
+    let (status, headers) = submit_with_headers(&api, "/v1/tasks").await;
+    assert_eq!(status, 202);
+    assert_eq!(header(&headers, "ratelimit-limit"), Some(2));
+    assert_eq!(header(&headers, "ratelimit-remaining"), Some(1));
+    let (status, _) = submit_with_headers(&api, "/v1/screenshot").await;
+    assert_eq!(
+        status, 202,
+        "a one-call submission counts too, and is within the burst"
+    );
+    let (status, headers) = submit_with_headers(&api, "/v1/tasks").await;
+    assert_eq!(status, 429, "the third in a burst of two");
+    let retry_after = header(&headers, "retry-after").expect("Retry-After");
+    assert!(
+        (4..=5).contains(&retry_after),
+        "one more after 1/rate = 5 s: {retry_after}"
+    );
+    assert_eq!(header(&headers, "ratelimit-remaining"), Some(0));
+    let (status, _) = submit_with_headers(&api, "/v1/pdf").await;
+    assert_eq!(status, 429);
+    // Reading, cancelling and other tenants are not counted.
+    assert_eq!(api.get("/v1/tasks").await.0, 200);
+    let other = api.client_for("tenant-b", Role::Member).await;
+    assert_eq!(submit_with_headers(&other, "/v1/tasks").await.0, 202);
+
+    // The platform raises the default tenant's own limit; it applies at once here.
+    let admin = api.platform_admin().await;
+    let response = admin
+        .http
+        .put(format!("{}/v1/admin/tenants/default/limits", api.base))
+        .json(&json!({"submissions_per_second": 1000.0, "submission_burst": 50}))
+        .send()
+        .await
+        .expect("set limits");
+    let (status, tenant) = read_json(response).await;
+    assert_eq!(status, 200, "{tenant}");
+    assert_eq!(tenant["limits"]["submission_burst"], 50);
+    let (status, headers) = submit_with_headers(&api, "/v1/tasks").await;
+    assert_eq!(status, 202);
+    assert_eq!(header(&headers, "ratelimit-limit"), Some(50));
+    let response = admin
+        .http
+        .put(format!("{}/v1/admin/tenants/nobody/limits", api.base))
+        .json(&json!({"submission_burst": 0}))
+        .send()
+        .await
+        .expect("bad limits");
+    assert_eq!(
+        read_json(response).await.0,
+        422,
+        "a burst of 0 is refused before the look-up"
+    );
+    let response = admin
+        .http
+        .put(format!("{}/v1/admin/tenants/nobody/limits", api.base))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("unknown tenant");
+    let (status, body) = read_json(response).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("tenant_not_found"))
+    );
+}

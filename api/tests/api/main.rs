@@ -528,6 +528,13 @@ async fn each_operation_documents_exactly_the_statuses_it_answers() {
             &["200", "401", "403", "429", "500", "503"],
         ),
         (
+            "put",
+            "/v1/admin/tenants/{id}/limits",
+            &[
+                "200", "400", "401", "403", "404", "422", "429", "500", "503",
+            ],
+        ),
+        (
             "get",
             "/v1/tasks/{id}/event-ticket",
             &["200", "400", "401", "403", "404", "429", "500", "503"],

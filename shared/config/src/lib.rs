@@ -63,6 +63,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub events: EventSettings,
     pub auth: AuthSettings,
+    pub limits: LimitSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -83,6 +84,7 @@ impl Default for Settings {
             webhooks: WebhookSettings::default(),
             events: EventSettings::default(),
             auth: AuthSettings::default(),
+            limits: LimitSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -573,6 +575,26 @@ impl Default for AuthSettings {
     }
 }
 
+/// Limits per tenant; a tenant's own (`PATCH /v1/admin/tenants/{id}`) override these.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Task submissions per second and tenant (`POST /v1/tasks` and the one-call
+    /// endpoints), across all API replicas when Redis is configured; 0: no limit.
+    pub submissions_per_second: f64,
+    /// How many submissions may arrive at once above that rate.
+    pub submission_burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            submissions_per_second: 0.0,
+            submission_burst: 20,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -770,6 +792,15 @@ impl Settings {
                     "access_key_id and secret_access_key must be set together",
                 ));
             }
+        }
+        if !(0.0..=100_000.0).contains(&self.limits.submissions_per_second) {
+            return Err(invalid(
+                "limits.submissions_per_second",
+                "must be 0 (no limit) to 100000",
+            ));
+        }
+        if self.limits.submission_burst == 0 {
+            return Err(invalid("limits.submission_burst", "must be at least 1"));
         }
         if self.auth.failures_per_minute == 0 {
             return Err(invalid("auth.failures_per_minute", "must be at least 1"));

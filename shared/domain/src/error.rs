@@ -38,6 +38,7 @@ pub enum ErrorCode {
     RateLimited,
     KeyNotFound,
     TenantExists,
+    TenantNotFound,
 
     // --- task outcomes (worker) ---
     NavigationFailed,
@@ -90,6 +91,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::KeyNotFound => "key_not_found",
             Self::TenantExists => "tenant_exists",
+            Self::TenantNotFound => "tenant_not_found",
             Self::NavigationFailed => "navigation_failed",
             Self::WaitTimeout => "wait_timeout",
             Self::SelectorNotFound => "selector_not_found",
@@ -143,6 +145,7 @@ impl ErrorCode {
             }
             Self::KeyNotFound => "No API key with this id for this tenant.",
             Self::TenantExists => "A tenant with this id exists already.",
+            Self::TenantNotFound => "No tenant with this id.",
             Self::NavigationFailed => {
                 "Navigation failed (DNS, connection refused, TLS, HTTP error page)."
             }

@@ -35,7 +35,9 @@ pub use repo::{
     StartOutcome, Submitted, TaskRepository,
 };
 pub use rows::{RepoError, now};
-pub use tenants::{ApiKey, CreateTenantError, NewKey, StoredKey, Tenant, TenantRepository};
+pub use tenants::{
+    ApiKey, CreateTenantError, NewKey, StoredKey, Tenant, TenantLimits, TenantRepository,
+};
 pub use webhooks::{
     ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryState, EndpointUpdate,
     NewEndpoint, RecordOutcome, TenantSigningKey, Verdict, WebhookEndpoint, WebhookRepository,

@@ -20,11 +20,19 @@ use operator_domain::TenantId;
 use operator_domain::auth::{ApiKeyToken, Role};
 
 /// A tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tenant {
     pub id: TenantId,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    pub limits: TenantLimits,
+}
+
+/// A tenant's own limits; `None` falls back to the `limits.*` settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TenantLimits {
+    pub submissions_per_second: Option<f64>,
+    pub submission_burst: Option<u32>,
 }
 
 /// An API key as lists show it (no secret, no hash).
@@ -93,6 +101,8 @@ impl TenantRepository {
             id: Set(id.as_str().to_owned()),
             name: Set(name.to_owned()),
             created_at: Set(created_at),
+            submissions_per_second: Set(None),
+            submission_burst: Set(None),
         })
         .on_conflict(
             OnConflict::column(tenant::Column::Id)
@@ -109,6 +119,7 @@ impl TenantRepository {
             id: id.clone(),
             name: name.to_owned(),
             created_at,
+            limits: TenantLimits::default(),
         })
     }
 
@@ -139,6 +150,31 @@ impl TenantRepository {
             .await?
             .map(to_tenant)
             .transpose()
+    }
+
+    /// Sets a tenant's own limits (`None` in a field: the setting); the tenant after.
+    pub async fn set_limits(
+        &self,
+        id: &TenantId,
+        limits: TenantLimits,
+    ) -> Result<Option<Tenant>, RepoError> {
+        tenant::Entity::update_many()
+            .col_expr(
+                tenant::Column::SubmissionsPerSecond,
+                Expr::value(limits.submissions_per_second),
+            )
+            .col_expr(
+                tenant::Column::SubmissionBurst,
+                Expr::value(
+                    limits
+                        .submission_burst
+                        .map(|burst| burst.min(i32::MAX as u32) as i32),
+                ),
+            )
+            .filter(tenant::Column::Id.eq(id.as_str()))
+            .exec(&self.db)
+            .await?;
+        self.tenant(id).await
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>, RepoError> {
@@ -248,6 +284,12 @@ fn to_tenant(row: tenant::Model) -> Result<Tenant, RepoError> {
         id: TenantId::parse(&row.id).map_err(|error| RepoError::Corrupt(error.to_string()))?,
         name: row.name,
         created_at: row.created_at,
+        limits: TenantLimits {
+            submissions_per_second: row.submissions_per_second,
+            submission_burst: row
+                .submission_burst
+                .and_then(|burst| u32::try_from(burst).ok()),
+        },
     })
 }
 

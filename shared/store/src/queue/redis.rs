@@ -580,7 +580,7 @@ impl RedisQueue {
     }
 }
 
-fn build_client(url: &str, command_timeout: Duration) -> Result<Client, QueueError> {
+pub(crate) fn build_client(url: &str, command_timeout: Duration) -> Result<Client, QueueError> {
     let config = Config::from_url(url)?;
     let client = Builder::from_config(config)
         .with_connection_config(|connection| {

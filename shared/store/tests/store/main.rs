@@ -6,5 +6,6 @@ mod helpers;
 mod migrations;
 mod outbox;
 mod queue;
+mod rate;
 mod repository;
 mod storage;

@@ -16,9 +16,9 @@ async fn named_queues_migrate_down_and_up_keeping_tasks(database: TestDatabase) 
     let connection = repo.connection();
     let select = |sql: &str| Statement::from_string(connection.get_database_backend(), sql);
 
-    operator_migrations::Migrator::down(connection, Some(2))
+    operator_migrations::Migrator::down(connection, Some(3))
         .await
-        .expect("down (audit events, link keys)");
+        .expect("down (tenant limits, audit events, link keys)");
     operator_migrations::Migrator::down(connection, Some(1))
         .await
         .expect("down (tenants and keys)");

@@ -6,6 +6,8 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub name: String,
+    pub submissions_per_second: Option<f64>,
+    pub submission_burst: Option<i32>,
     pub created_at: DateTimeUtc,
 }
 
