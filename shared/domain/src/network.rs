@@ -275,21 +275,48 @@ fn restricted_v6(address: Ipv6Addr) -> Option<&'static str> {
     if let Some(mapped) = address.to_ipv4_mapped() {
         return restricted_v4(mapped);
     }
-    let first = address.segments()[0];
+    let segments = address.segments();
+    let first = segments[0];
+    // The IPv4 address in the last 32 bits, or at `from` (a segment index).
+    let embedded = |from: usize| {
+        Ipv4Addr::from((u32::from(segments[from]) << 16) | u32::from(segments[from + 1]))
+    };
     if address.is_loopback() {
         Some("loopback")
     } else if address.is_unspecified() {
         Some("unspecified")
+    } else if segments[..6].iter().all(|segment| *segment == 0) {
+        // IPv4-compatible (::a.b.c.d, deprecated by RFC 4291): reaches the IPv4
+        // address on hosts that still route it.
+        restricted_v4(embedded(6)).or(Some("IPv4-compatible (deprecated)"))
     } else if (first & 0xffc0) == 0xfe80 {
         Some("link-local")
+    } else if (first & 0xffc0) == 0xfec0 {
+        Some("site-local (deprecated)")
     } else if (first & 0xfe00) == 0xfc00 {
         Some("unique-local")
     } else if address.is_multicast() {
         Some("reserved")
-    } else if first == 0x0064 && address.segments()[1] == 0xff9b {
-        // NAT64 (64:ff9b::/96) embeds an IPv4 address in the last 32 bits.
-        let [.., high, low] = address.segments();
-        restricted_v4(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)))
+    } else if first == 0x0064 && segments[1] == 0xff9b && (segments[2] == 0 || segments[2] == 1) {
+        // NAT64, well-known (64:ff9b::/96) and local-use (64:ff9b:1::/48), embed an
+        // IPv4 address in the last 32 bits.
+        restricted_v4(embedded(6))
+    } else if first == 0x2002 {
+        // 6to4 (2002::/16): the relay's IPv4 address is bits 16 to 48.
+        restricted_v4(embedded(1))
+    } else if first == 0x2001 && segments[1] == 0 {
+        // Teredo (2001::/32): the server's IPv4 address in bits 32 to 64, the client's,
+        // inverted, in the last 32.
+        let client = Ipv4Addr::from(!u32::from(embedded(6)));
+        restricted_v4(embedded(2)).or_else(|| restricted_v4(client))
+    } else if (first == 0x2001 && segments[1] == 0x0db8) || (first & 0xfff0) == 0x3ff0 {
+        Some("documentation")
+    } else if first == 0x0100 && segments[1..4].iter().all(|segment| *segment == 0) {
+        Some("discard-only")
+    } else if first == 0x2001 && (segments[1] & 0xfff0) == 0x0020 {
+        Some("reserved (ORCHIDv2)")
+    } else if first == 0x2001 && segments[1] == 0x0002 && segments[2] == 0 {
+        Some("benchmarking")
     } else {
         None
     }
@@ -323,6 +350,22 @@ mod tests {
             "http://[fd00::1]/",
             "http://[fe80::1]/",
             "http://[::ffff:127.0.0.1]/",
+            // IPv4 embedded in IPv6: IPv4-compatible, 6to4, Teredo, NAT64.
+            "http://[::7f00:1]/",
+            "http://[::a9fe:a9fe]/",
+            "http://[2002:7f00:1::]/",
+            "http://[2002:a9fe:a9fe::1]/",
+            "http://[2001:0:7f00:1::1]/",
+            "http://[2001:0:5db8:1::f5fe:fffe]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[64:ff9b:1::a00:1]/",
+            // Special-purpose ranges.
+            "http://[2001:db8::1]/",
+            "http://[3fff::1]/",
+            "http://[100::1]/",
+            "http://[fec0::1]/",
+            "http://[2001:20::1]/",
+            "http://[2001:2::1]/",
             "http://localhost:8080/",
             "http://app.localhost/",
         ] {
@@ -336,6 +379,18 @@ mod tests {
                 .check_url_statically(&url("https://93.184.215.14/"))
                 .is_ok()
         );
+        // The same schemes around a public IPv4 address, and ordinary global IPv6.
+        for public in [
+            "http://[2002:5db8:d70e::1]/",
+            "http://[2001:0:5db8:d70e::a247:28f1]/",
+            "http://[64:ff9b::5db8:d70e]/",
+            "http://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/",
+        ] {
+            assert!(
+                default.check_url_statically(&url(public)).is_ok(),
+                "{public}"
+            );
+        }
         assert!(
             default
                 .check_url_statically(&url("https://example.com/"))
