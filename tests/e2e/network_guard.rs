@@ -266,3 +266,36 @@ async fn a_document_the_proxy_refuses_fails_the_task_with_url_not_allowed() {
     }
     app.shutdown().await;
 }
+
+/// Nothing listens at the target: the proxy cannot connect, and the task fails with the
+/// retryable `navigation_failed` after its attempts, as a direct connection would,
+/// instead of succeeding with a screenshot of the proxy's own `502` page.
+async fn an_unreachable_page_fails_and_is_retried(app: TestApp) {
+    let port = operator_testkit::free_port();
+    let task = app
+        .run(&json!({"kind": "screenshot", "input": {"url": format!("http://127.0.0.1:{port}/")}, "max_attempts": 2}))
+        .await;
+    assert_eq!(task["state"], "dead", "{task}");
+    assert_eq!(task["error"]["code"], "navigation_failed", "{task}");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains(&format!("127.0.0.1:{port}"))),
+        "{task}"
+    );
+    assert_eq!(task["attempts"], 2, "retried: the code is retryable");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_page_fails_and_is_retried_embedded() {
+    an_unreachable_page_fails_and_is_retried(
+        TestApp::embedded_with(|settings| {
+            settings.network.allow = vec!["127.0.0.0/8".into()];
+            settings.tasks.retry_base_delay = std::time::Duration::from_millis(100);
+            settings.tasks.retry_max_delay = std::time::Duration::from_millis(200);
+        })
+        .await,
+    )
+    .await;
+}

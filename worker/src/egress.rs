@@ -17,6 +17,10 @@
 //! unreachable one gets `502`. Refusals are logged, and remembered for a while in a
 //! [`RefusalLog`], so that a task whose own document the proxy refused (the guard lets it
 //! through, then the name resolves elsewhere) still fails with `url_not_allowed`.
+//! Connection failures (no such name, refused, unreachable, no answer) are remembered
+//! the same way as `navigation_failed`, so a task whose document could not be reached
+//! fails and is retried, as with a direct connection, and the proxy's own `502` page is
+//! never recorded as the page.
 //!
 //! Two kinds of requests arrive:
 //! - `CONNECT host:port`: HTTPS, and WebSockets (`ws:` as well as `wss:`, which Chromium
@@ -543,6 +547,7 @@ impl ClientConnection {
             Err(ResolveError::Refused(error)) => return Err(self.refuse(host, port, error)),
             Err(ResolveError::Unresolvable(message)) => {
                 debug!(host, port, error = %message, "egress target does not resolve");
+                self.record_failure(host, port, &message);
                 return Err(Failure::Unresolvable(message));
             }
         };
@@ -572,9 +577,17 @@ impl ClientConnection {
             }
         }
         debug!(host, port, error = %last_error, "egress target unreachable");
-        Err(Failure::Unreachable(format!(
-            "cannot connect to {host}:{port}: {last_error}"
-        )))
+        let message = format!("cannot connect to {host}:{port}: {last_error}");
+        self.record_failure(host, port, &message);
+        Err(Failure::Unreachable(message))
+    }
+
+    /// Remembers a target that could not be reached, as `navigation_failed` (retryable,
+    /// what a direct connection's failure gives), so that a task whose own document it
+    /// was fails instead of recording the proxy's `502` page as its page.
+    fn record_failure(&self, host: &str, port: u16, message: &str) {
+        let error = CodedError::new(ErrorCode::NavigationFailed, message);
+        self.shared.refusals.record(host, port, &error);
     }
 
     fn is_own_address(&self, address: SocketAddr) -> bool {
