@@ -12,10 +12,9 @@ use anyhow::Context;
 use operator_api::{ApiServer, AppState, SharedState};
 use operator_config::Settings;
 use operator_domain::TenantId;
-use operator_domain::auth::Role;
 use operator_migrations::Migrator;
 use operator_scheduler::Scheduler;
-use operator_store::db::{self, NewKey, TaskRepository, TenantRepository};
+use operator_store::db::{self, TaskRepository, TenantRepository};
 use operator_store::events::EventBus;
 use operator_store::queue::{self, SharedQueue};
 use operator_store::storage::ArtifactStore;
@@ -153,14 +152,7 @@ async fn first_owner_key(
         return Ok(None);
     }
     let (_, token) = tenants
-        .create_key(NewKey {
-            tenant,
-            name: "owner key made by operator serve".to_owned(),
-            role: Role::Owner,
-            platform_admin: false,
-            expires_at: None,
-            created_by: Some("operator".to_owned()),
-        })
+        .create_owner_key(&tenant, "owner key made by operator serve", "operator")
         .await?;
     let path = owner_key_path(settings);
     write_private(&path, token.expose())

@@ -30,7 +30,7 @@ use operator_domain::links::{GrantScope, grant_holds, verify_stream_ticket};
 use operator_store::credentials::{KeyVerifier, Refusal};
 use operator_store::rate::{Decision, SubmissionLimiter};
 use operator_store::signing::LinkSigner;
-use poem::http::{Method, StatusCode, header};
+use poem::http::{Method, header};
 use poem::{Endpoint, FromRequest, IntoResponse, Middleware, Request, RequestBody, Response};
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -141,7 +141,7 @@ pub struct Caller {
     /// A platform-admin key: it also holds `tenants:manage`.
     pub platform_admin: bool,
     pub actor: Actor,
-    /// The client's address, for the audit log.
+    /// The client's address, for the audit log (set once the caller is resolved).
     pub address: Option<String>,
 }
 
@@ -158,10 +158,6 @@ pub enum Actor {
 }
 
 impl Caller {
-    pub fn tenant(&self) -> &TenantId {
-        &self.tenant
-    }
-
     /// Whether the caller holds `permission`: its role grants it, or it is the
     /// platform's (`tenants:manage`, platform-admin keys only).
     pub fn holds(&self, permission: Permission) -> bool {
@@ -293,15 +289,27 @@ impl Authenticator {
         })
     }
 
-    /// The caller, or the response refusing the request.
+    /// The caller, with the client's address, or the response refusing the request.
     async fn authenticate(&self, request: &Request) -> Result<Caller, Response> {
-        let Some(verifier) = &self.verifier else {
-            return Ok(Caller::unauthenticated_owner());
-        };
         let address = request
             .remote_addr()
             .as_socket_addr()
             .map(|address| address.ip());
+        let mut caller = self.resolve(request, address).await?;
+        caller.address = address.map(|address| address.to_string());
+        Ok(caller)
+    }
+
+    /// Who the request's credentials name (a grant, a key, or the owner of `default`
+    /// with authentication off).
+    async fn resolve(
+        &self,
+        request: &Request,
+        address: Option<IpAddr>,
+    ) -> Result<Caller, Response> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(Caller::unauthenticated_owner());
+        };
         if let Some(retry_after) = address.and_then(|address| self.failures.blocked(address)) {
             return Err(rate_limited(retry_after));
         }
@@ -369,11 +377,7 @@ fn unauthenticated(error: Option<&str>, message: &str) -> Response {
         Some(error) => format!("Bearer realm=\"operator\", error=\"{error}\""),
         None => "Bearer realm=\"operator\"".to_owned(),
     };
-    let mut response = error_body(
-        StatusCode::UNAUTHORIZED,
-        ErrorCode::Unauthenticated,
-        message,
-    );
+    let mut response = error_body(ErrorCode::Unauthenticated, message);
     if let Ok(value) = challenge.parse() {
         response
             .headers_mut()
@@ -388,7 +392,6 @@ fn forbidden(permission: Permission, caller: &Caller) -> Response {
         _ => format!("the role {} lacks", caller.role),
     };
     error_body(
-        StatusCode::FORBIDDEN,
         ErrorCode::Forbidden,
         &format!("forbidden: this operation needs the permission {permission}, which {lacking}"),
     )
@@ -397,7 +400,6 @@ fn forbidden(permission: Permission, caller: &Caller) -> Response {
 fn rate_limited(retry_after: Duration) -> Response {
     let seconds = retry_after.as_secs().max(1);
     let mut response = error_body(
-        StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::RateLimited,
         &format!("too many failed authentications from this address; retry in {seconds}s"),
     );
@@ -407,11 +409,9 @@ fn rate_limited(retry_after: Duration) -> Response {
     response
 }
 
-fn error_body(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    Response::builder()
-        .status(status)
-        .content_type("application/json; charset=utf-8")
-        .body(json!({"code": code.as_str(), "message": message}).to_string())
+/// The `{code, message}` answer, its status from the one code-to-status mapping.
+fn error_body(code: ErrorCode, message: &str) -> Response {
+    poem::error::ResponseError::as_response(&ApiError::new(code, message))
 }
 
 /// Failed authentications per client address in fixed one-minute windows.
@@ -516,14 +516,10 @@ impl<E: Endpoint> Endpoint for AccessEndpoint<E> {
                 .await
                 .map(IntoResponse::into_response);
         }
-        let mut caller = match self.authenticator.authenticate(&request).await {
+        let caller = match self.authenticator.authenticate(&request).await {
             Ok(caller) => caller,
             Err(refusal) => return Ok(refusal),
         };
-        caller.address = request
-            .remote_addr()
-            .as_socket_addr()
-            .map(|address| address.ip().to_string());
         let mut rate = None;
         if let Some(permission) = permission_for(request.method(), &path) {
             if !caller.holds(permission) {
@@ -533,7 +529,6 @@ impl<E: Endpoint> Endpoint for AccessEndpoint<E> {
                 match self.limiter.check(&caller.tenant).await {
                     Ok(Some(decision)) if !decision.allowed => {
                         let mut response = error_body(
-                            StatusCode::TOO_MANY_REQUESTS,
                             ErrorCode::RateLimited,
                             &format!(
                                 "tenant {} submits faster than its limit ({} at once); retry after the Retry-After seconds",

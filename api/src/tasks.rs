@@ -52,10 +52,9 @@ pub struct TicketView {
     pub websocket_url: String,
 }
 
-/// Unix seconds `ttl` from now.
+/// Unix seconds `ttl` from now (saturating, as every lease and delay does).
 fn expiry(ttl: std::time::Duration) -> i64 {
-    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    chrono::Utc::now().timestamp().saturating_add(ttl)
+    operator_domain::time::later(chrono::Utc::now(), ttl).timestamp()
 }
 
 #[derive(ApiResponse)]

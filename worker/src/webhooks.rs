@@ -258,13 +258,16 @@ impl Dispatcher {
                 None
             }
         };
-        let ttl = i64::try_from(self.settings.artifact_url_ttl.as_secs()).unwrap_or(i64::MAX);
+        let ttl = self.settings.artifact_url_ttl;
         // `webhooks.artifact_url_ttl = 0s` leaves both kinds of link out.
-        let grant = key.as_ref().filter(|_| ttl > 0).map(|key| LinkGrant {
-            key,
-            tenant: &delivery.tenant,
-            expires: Utc::now().timestamp().saturating_add(ttl),
-        });
+        let grant = key
+            .as_ref()
+            .filter(|_| !ttl.is_zero())
+            .map(|key| LinkGrant {
+                key,
+                tenant: &delivery.tenant,
+                expires: operator_domain::time::later(Utc::now(), ttl).timestamp(),
+            });
         let body = render_body(&delivery.payload, &self.public_url, &signed, grant.as_ref());
         let message_id = delivery.id.to_string();
         let timestamp = Utc::now().timestamp();

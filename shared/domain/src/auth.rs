@@ -253,6 +253,11 @@ impl fmt::Display for ApiKeyToken {
     }
 }
 
+/// The look-up id in a key's public prefix (`opk_` + the id).
+pub fn lookup_of_prefix(prefix: &str) -> &str {
+    prefix.strip_prefix(KEY_PREFIX).unwrap_or(prefix)
+}
+
 /// A stored hex hash as bytes (`None` when it is not 64 hex digits).
 pub fn digest_from_hex(text: &str) -> Option<[u8; 32]> {
     let bytes = text.as_bytes();
@@ -305,6 +310,7 @@ mod tests {
         assert_eq!(key.expose().len(), 54);
         let parsed = ApiKeyToken::parse(key.expose()).expect("parses");
         assert_eq!(parsed.lookup(), key.lookup());
+        assert_eq!(lookup_of_prefix(key.display_prefix()), key.lookup());
         assert_eq!(parsed.secret_hash(), key.secret_hash());
         assert_eq!(
             format!("{key:?}"),

@@ -22,7 +22,9 @@ use uuid::Uuid;
 
 use crate::db::{ApiKey, RepoError, TenantRepository, now};
 use crate::events::{EventBus, EventBusError, Revocation};
-use operator_domain::auth::{ApiKeyToken, MalformedKey, digest_from_hex, hashes_match};
+use operator_domain::auth::{
+    ApiKeyToken, MalformedKey, digest_from_hex, hashes_match, lookup_of_prefix,
+};
 
 /// Why a key is refused.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +179,7 @@ impl KeyVerifier {
 
     /// After a key was revoked in the database: forget it here and on every replica.
     pub async fn revoked(&self, key: &ApiKey) -> Result<(), EventBusError> {
-        let lookup = key.prefix.trim_start_matches("opk_");
+        let lookup = lookup_of_prefix(&key.prefix);
         self.forget(&Revocation::Key(lookup.to_owned()));
         self.bus.publish_revocation(lookup).await
     }

@@ -132,16 +132,27 @@ impl TenantRepository {
     ) -> Result<(Tenant, ApiKey, ApiKeyToken), CreateTenantError> {
         let tenant = self.create_tenant(id, name).await?;
         let (key, token) = self
-            .create_key(NewKey {
-                tenant: tenant.id.clone(),
-                name: "first owner key".to_owned(),
-                role: Role::Owner,
-                platform_admin: false,
-                expires_at: None,
-                created_by: Some(created_by.to_owned()),
-            })
+            .create_owner_key(&tenant.id, "first owner key", created_by)
             .await?;
         Ok((tenant, key, token))
+    }
+
+    /// An owner key of `tenant` that never expires (the token is returned here only).
+    pub async fn create_owner_key(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        created_by: &str,
+    ) -> Result<(ApiKey, ApiKeyToken), RepoError> {
+        self.create_key(NewKey {
+            tenant: tenant.clone(),
+            name: name.to_owned(),
+            role: Role::Owner,
+            platform_admin: false,
+            expires_at: None,
+            created_by: Some(created_by.to_owned()),
+        })
+        .await
     }
 
     pub async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, RepoError> {
