@@ -8,7 +8,8 @@
 //!   place the databases are written differently, implemented by
 //!   - `transactional`: a transaction of several statements each (SQLite; PostgreSQL
 //!     for a finish with outbox rows);
-//!   - `postgres`: group commit, one statement per batch (`coalesce`, `one_statement`).
+//!   - `postgres`: group commit, one statement per batch (its `coalesce` gathers the
+//!     calls, and its statements write them).
 //! - `webhooks`: [`WebhookRepository`] and the outbox rule (`write_outbox`).
 //! - `tenants`: [`TenantRepository`]: tenants and their API keys.
 //! - `audit`: [`AuditRepository`]: the append-only audit log.

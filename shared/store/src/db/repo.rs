@@ -737,12 +737,7 @@ impl TaskRepository {
         TaskState::Running
             .transition(next_state)
             .map_err(|error| RepoError::Corrupt(error.to_string()))?;
-        let finish = Finish {
-            id,
-            token,
-            outcome: &outcome,
-            now,
-        };
+        let finish = Finish::shaped(id, token, &outcome, now);
         let Some(record) = self.writes.finish(&finish).await? else {
             return Ok(FinishOutcome::LeaseLost);
         };
@@ -925,5 +920,54 @@ fn replay_or_refuse(
         Submitted::Replayed(earlier)
     } else {
         Submitted::KeyReused(earlier)
+    }
+}
+
+impl<'a> Finish<'a> {
+    /// The rows a finish writes, shaped once for both ways of writing them: one
+    /// `artifact` event per artifact, in order, then the `state` event's data (the
+    /// attempt number is added once the row is known), and the artifact rows.
+    fn shaped(id: TaskId, token: LeaseToken, outcome: &'a TaskOutcome, now: DateTime<Utc>) -> Self {
+        let next_state = outcome.next_state();
+        let error = outcome.error();
+        let stored: &[operator_domain::NewArtifact] = match outcome {
+            TaskOutcome::Succeeded { artifacts, .. } => artifacts,
+            _ => &[],
+        };
+        let events = stored
+            .iter()
+            .map(|new| {
+                let data = json!({"id": new.id, "name": new.name, "content_type": new.content_type, "size_bytes": new.size_bytes});
+                ("artifact", data)
+            })
+            .collect();
+        let mut state_data = json!({"state": next_state});
+        if let Some(error) = &error {
+            state_data["error"] = json!(error);
+        }
+        let artifacts = stored
+            .iter()
+            .map(|artifact| {
+                json!({
+                    "id": artifact.id,
+                    "name": artifact.name,
+                    "content_type": artifact.content_type,
+                    "size_bytes": artifact.size_bytes,
+                    "sha256": artifact.sha256,
+                    "storage_key": artifact.storage_key,
+                })
+            })
+            .collect();
+        Self {
+            id,
+            token,
+            outcome,
+            now,
+            next_state,
+            error,
+            events,
+            state_data,
+            artifacts,
+        }
     }
 }

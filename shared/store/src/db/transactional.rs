@@ -17,7 +17,7 @@ use super::entities::{task, task_attempt};
 use super::rows::RepoError;
 use super::rows::{insert_artifacts, insert_event, insert_events, to_record};
 use super::webhooks::write_outbox;
-use super::writes::{Claim, Finish, HotWrites, artifact_rows, finish_events};
+use super::writes::{Claim, Finish, HotWrites};
 
 #[derive(Debug, Clone)]
 pub(super) struct Transactional {
@@ -143,10 +143,10 @@ impl HotWrites for Transactional {
             token,
             outcome,
             now,
+            next_state,
+            ref error,
+            ..
         } = *finish;
-        let next_state = outcome.next_state();
-        let error = outcome.error();
-        let (mut events, mut state_data) = finish_events(outcome, next_state, error.as_ref());
         let transaction = self.db.begin().await?;
         let updated = finish_update(id, token, outcome, error.as_ref(), now)
             .exec_with_returning(&transaction)
@@ -177,12 +177,14 @@ impl HotWrites for Transactional {
         if let TaskOutcome::Succeeded { artifacts, .. } = outcome {
             insert_artifacts(&transaction, id, &record.tenant, artifacts, now).await?;
         }
+        let mut state_data = finish.state_data.clone();
         state_data["attempt"] = json!(record.attempts);
+        let mut events = finish.events.clone();
         events.push(("state", state_data));
         insert_events(&transaction, id, &record.tenant, events, now).await?;
         if next_state.is_terminal() {
             // Invariant 3: the outbox rows commit with the terminal state.
-            write_outbox(&transaction, &record, artifact_rows(outcome), now).await?;
+            write_outbox(&transaction, &record, finish.artifacts.clone(), now).await?;
         }
         transaction.commit().await?;
         Ok(Some(record))

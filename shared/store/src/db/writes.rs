@@ -16,7 +16,6 @@
 use chrono::{DateTime, Utc};
 use operator_domain::error::CodedError;
 use operator_domain::{LeaseToken, TaskId, TaskOutcome, TaskRecord, TaskState, TenantId};
-use serde_json::json;
 
 use super::entities::task;
 use super::rows::RepoError;
@@ -31,12 +30,23 @@ pub(super) struct Claim<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// How the worker holding `token` ended its run.
+/// How the worker holding `token` ended its run, with the rows it writes, shaped once
+/// by the repository for both ways of writing them.
 pub(super) struct Finish<'a> {
     pub id: TaskId,
     pub token: LeaseToken,
     pub outcome: &'a TaskOutcome,
     pub now: DateTime<Utc>,
+    pub next_state: TaskState,
+    pub error: Option<CodedError>,
+    /// The events before the `state` event: one `artifact` event per artifact, in order.
+    pub events: Vec<(&'static str, serde_json::Value)>,
+    /// The `state` event's data; it also gets the attempt number once the row is known.
+    pub state_data: serde_json::Value,
+    /// The artifacts a successful run stored, as the finish writes them and the webhook
+    /// outbox lists them (`storage_key` is internal there: it lets the dispatcher
+    /// presign a download and is never sent).
+    pub artifacts: Vec<serde_json::Value>,
 }
 
 #[async_trait::async_trait]
@@ -59,49 +69,4 @@ pub(super) trait HotWrites: Send + Sync + std::fmt::Debug {
     /// attempt's outcome, artifacts, events and, for a terminal state, the outbox rows.
     /// `None` when the lease is gone (nothing written).
     async fn finish(&self, finish: &Finish<'_>) -> Result<Option<TaskRecord>, RepoError>;
-}
-
-/// The artifacts a successful run stored, as the batch finish writes them and the
-/// webhook outbox lists them (`storage_key` is internal there: it lets the dispatcher
-/// presign a download and is never sent).
-pub(super) fn artifact_rows(outcome: &TaskOutcome) -> Vec<serde_json::Value> {
-    let TaskOutcome::Succeeded { artifacts, .. } = outcome else {
-        return Vec::new();
-    };
-    artifacts
-        .iter()
-        .map(|artifact| {
-            json!({
-                "id": artifact.id,
-                "name": artifact.name,
-                "content_type": artifact.content_type,
-                "size_bytes": artifact.size_bytes,
-                "sha256": artifact.sha256,
-                "storage_key": artifact.storage_key,
-            })
-        })
-        .collect()
-}
-
-/// A finish's events: one `artifact` event per artifact, in order, then the data of
-/// the `state` event, which also gets the attempt number once the row is known.
-pub(super) fn finish_events(
-    outcome: &TaskOutcome,
-    next_state: TaskState,
-    error: Option<&CodedError>,
-) -> (Vec<(&'static str, serde_json::Value)>, serde_json::Value) {
-    let mut events = Vec::new();
-    if let TaskOutcome::Succeeded { artifacts, .. } = outcome {
-        events.extend(artifacts.iter().map(|new| {
-            (
-                "artifact",
-                json!({"id": new.id, "name": new.name, "content_type": new.content_type, "size_bytes": new.size_bytes}),
-            )
-        }));
-    }
-    let mut state = json!({"state": next_state});
-    if let Some(error) = error {
-        state["error"] = json!(error);
-    }
-    (events, state)
 }
