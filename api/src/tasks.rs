@@ -220,8 +220,8 @@ impl TasksApi {
     /// Cancel a task.
     ///
     /// A task that has not started is cancelled at once and never runs. A running task
-    /// is stopped by its worker within a few seconds; the answer shows
-    /// `cancel_requested: true` until then.
+    /// is stopped by its worker, which is told at once (within a second, typically tens
+    /// of milliseconds); the answer shows `cancel_requested: true` until then.
     #[oai(path = "/v1/tasks/:id/cancel", method = "post")]
     async fn cancel(
         &self,

@@ -219,6 +219,15 @@ fn card() -> Html<&'static str> {
     )
 }
 
+/// `/ticking`: asks for `/tick` every 50 ms for as long as it is open.
+#[handler]
+fn ticking() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>ticking</title></head><body>\
+         <script>setInterval(() => fetch('/tick').catch(() => {}), 50);</script></body></html>",
+    )
+}
+
 /// `/hang`: never answers (within any test's patience).
 #[handler]
 async fn hang() -> &'static str {
@@ -264,6 +273,7 @@ impl PageServer {
             .at("/welcome", post(welcome))
             .at("/list", get(list))
             .at("/card", get(card))
+            .at("/ticking", get(ticking))
             .at("/hang", get(hang))
             .at("/never-loads", get(never_loads))
             .at("/cookies", get(cookies))

@@ -3,6 +3,7 @@
 //! API and worker instances on PostgreSQL, Redis and S3); `processes` runs the binary
 //! itself as separate OS processes.
 
+mod cancel;
 mod events;
 mod fault_pages;
 mod helpers;

@@ -3,7 +3,8 @@
 //! 1. Start an attempt in the database, guarded by the claim's lease token (a task that
 //!    was cancelled or finished meanwhile is dropped; one still leased elsewhere waits).
 //! 2. Heartbeat: renew the lease in the queue and the database every third of its life;
-//!    the database renewal is authoritative and also carries cancellation requests.
+//!    the database renewal is authoritative and also carries cancellation requests,
+//!    which the event bus pushes too, so a cancelled task stops at once.
 //! 3. Check the target against the network policy, render in a fresh browser context
 //!    under the task's deadline, upload the files.
 //! 4. Record exactly one outcome (guarded by the token), then ack or requeue the claim.
@@ -532,7 +533,10 @@ async fn write_logs(
 }
 
 /// Renews the lease every third of its life until aborted, reporting cancellation
-/// requests and a lost lease.
+/// requests and a lost lease. A cancellation pushed on the event bus for this task
+/// renews at once: the renewal reads the request from the database, the truth, so a
+/// running task stops within a round trip of the client's request, and a lost push
+/// only delays it to the next renewal.
 async fn heartbeat(
     repo: TaskRepository,
     queue: SharedQueue,
@@ -542,8 +546,17 @@ async fn heartbeat(
 ) {
     let interval = (lease_ttl / 3).max(Duration::from_millis(200));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut cancels = repo.cancel_requests();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            pushed = next_cancel(&mut cancels, claim.task_id) => {
+                if !pushed {
+                    cancels = None;
+                    continue;
+                }
+            }
+        }
         // The queue's lease decides who may claim the task next; a failure here is
         // logged, and the database lease (the truth) still guards every write.
         let lease_until = match queue.renew(&claim, lease_ttl).await {
@@ -576,6 +589,26 @@ async fn heartbeat(
             Err(error) => {
                 warn!(task_id = %claim.task_id, error = %error, "renewing the database lease failed")
             }
+        }
+    }
+}
+
+/// Waits for a cancellation of `task_id` on the bus: `true` when one (or, after
+/// falling behind, possibly one) arrived, `false` when the bus is gone. Pends forever
+/// without a bus.
+async fn next_cancel(
+    cancels: &mut Option<tokio::sync::broadcast::Receiver<TaskId>>,
+    task_id: TaskId,
+) -> bool {
+    let Some(receiver) = cancels else {
+        return std::future::pending().await;
+    };
+    loop {
+        match receiver.recv().await {
+            Ok(id) if id == task_id => return true,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return true,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
         }
     }
 }

@@ -13,7 +13,10 @@
 //! when Redis is configured, so a worker's events reach clients of every API replica.
 //! Channels are per tenant: `<redis.key_prefix>:events:<tenant>`, carrying task ids.
 //!
-//! The bus also carries API key revocations (`<redis.key_prefix>:revocations`, carrying
+//! The bus also carries requests to stop running tasks (`<redis.key_prefix>:cancels`,
+//! carrying a task id), so the worker running a cancelled task hears of it at once
+//! rather than at its next lease renewal (which still carries the request, should the
+//! notice be lost); and API key revocations (`<redis.key_prefix>:revocations`, carrying
 //! a key's look-up id), so every API replica drops its cached verification at once
 //! (see [`crate::credentials`]). After a reconnect, when notices may have been missed,
 //! subscribers get [`Revocation::All`].
@@ -55,6 +58,7 @@ const LOCAL_CAPACITY: usize = 1024;
 #[derive(Clone)]
 pub struct EventBus {
     local: broadcast::Sender<EventNotice>,
+    cancels: broadcast::Sender<TaskId>,
     revocations: broadcast::Sender<Revocation>,
     redis: Option<Arc<RedisBus>>,
 }
@@ -71,6 +75,7 @@ impl std::fmt::Debug for EventBus {
 struct RedisBus {
     publisher: Client,
     prefix: String,
+    cancel_channel: String,
     revocation_channel: String,
     /// Kept so the subscription lives as long as the bus.
     _subscriber: Client,
@@ -80,9 +85,11 @@ impl EventBus {
     /// The one-process bus.
     pub fn in_process() -> Self {
         let (local, _) = broadcast::channel(LOCAL_CAPACITY);
+        let (cancels, _) = broadcast::channel(LOCAL_CAPACITY);
         let (revocations, _) = broadcast::channel(LOCAL_CAPACITY);
         Self {
             local,
+            cancels,
             revocations,
             redis: None,
         }
@@ -109,6 +116,7 @@ impl EventBus {
         subscriber.init().await?;
         let bus = Self::in_process();
         let prefix = format!("{}:events:", redis.key_prefix);
+        let cancel_channel = format!("{}:cancels", redis.key_prefix);
         let revocation_channel = format!("{}:revocations", redis.key_prefix);
         // A reconnect drops the subscriptions: subscribe again (task notices lost
         // meanwhile are covered by the readers' resync; lost revocations by forgetting
@@ -116,7 +124,7 @@ impl EventBus {
         let mut reconnects = subscriber.reconnect_rx();
         let resubscriber = subscriber.clone();
         let pattern = format!("{prefix}*");
-        let channel = revocation_channel.clone();
+        let channels = [revocation_channel.clone(), cancel_channel.clone()];
         let revocations = bus.revocations.clone();
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
@@ -124,8 +132,8 @@ impl EventBus {
                 if let Err(error) = resubscriber.psubscribe(pattern.clone()).await {
                     warn!(error = %error, "re-subscribing to task event notices failed");
                 }
-                if let Err(error) = resubscriber.subscribe(channel.clone()).await {
-                    warn!(error = %error, "re-subscribing to key revocations failed");
+                if let Err(error) = resubscriber.subscribe(channels.to_vec()).await {
+                    warn!(error = %error, "re-subscribing to key revocations and cancellations failed");
                 }
                 let _ = revocations.send(Revocation::All);
             }
@@ -133,14 +141,25 @@ impl EventBus {
         let mut messages = subscriber.message_rx();
         let local = bus.local.clone();
         let revocations = bus.revocations.clone();
+        let cancels = bus.cancels.clone();
         let channel_prefix = prefix.clone();
         let channel = revocation_channel.clone();
+        let cancels_channel = cancel_channel.clone();
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
                     Ok(message) if message.channel == channel => {
                         if let Some(lookup) = message.value.as_string() {
                             let _ = revocations.send(Revocation::Key(lookup));
+                        }
+                    }
+                    Ok(message) if message.channel == cancels_channel => {
+                        let task_id = message
+                            .value
+                            .as_str()
+                            .and_then(|text| TaskId::parse(&text).ok());
+                        if let Some(task_id) = task_id {
+                            let _ = cancels.send(task_id);
                         }
                     }
                     Ok(message) => {
@@ -162,11 +181,14 @@ impl EventBus {
             }
         });
         subscriber.psubscribe(format!("{prefix}*")).await?;
-        subscriber.subscribe(revocation_channel.clone()).await?;
+        subscriber
+            .subscribe(vec![revocation_channel.clone(), cancel_channel.clone()])
+            .await?;
         Ok(Self {
             redis: Some(Arc::new(RedisBus {
                 publisher,
                 prefix,
+                cancel_channel,
                 revocation_channel,
                 _subscriber: subscriber,
             })),
@@ -200,6 +222,30 @@ impl EventBus {
     /// Whether notices reach other processes (Redis), not only this one.
     pub fn reaches_other_processes(&self) -> bool {
         self.redis.is_some()
+    }
+
+    /// Requests to stop running tasks, by id, from every process.
+    pub fn subscribe_cancels(&self) -> broadcast::Receiver<TaskId> {
+        self.cancels.subscribe()
+    }
+
+    /// Tells the worker running `task_id`, in this process or another, that a client
+    /// cancelled it (in the background, like [`Self::publish`]: a lost request is still
+    /// seen at the worker's next lease renewal).
+    pub fn publish_cancel(&self, task_id: TaskId) {
+        let _ = self.cancels.send(task_id);
+        if let Some(redis) = &self.redis {
+            let redis = Arc::clone(redis);
+            tokio::spawn(async move {
+                let published: Result<i64, _> = redis
+                    .publisher
+                    .publish(redis.cancel_channel.clone(), task_id.to_string())
+                    .await;
+                if let Err(error) = published {
+                    warn!(task_id = %task_id, error = %error, "publishing a cancellation failed; the worker sees it at its next lease renewal");
+                }
+            });
+        }
     }
 
     pub fn subscribe_revocations(&self) -> broadcast::Receiver<Revocation> {

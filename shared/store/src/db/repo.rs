@@ -179,6 +179,12 @@ impl TaskRepository {
         self.events.as_ref()
     }
 
+    /// Cancellation requests for running tasks, pushed by [`Self::cancel`] in any
+    /// process; `None` without an event bus (the lease renewal still carries them).
+    pub fn cancel_requests(&self) -> Option<tokio::sync::broadcast::Receiver<TaskId>> {
+        self.events.as_ref().map(EventBus::subscribe_cancels)
+    }
+
     fn announce(&self, tenant: &TenantId, task_id: TaskId) {
         if let Some(bus) = &self.events {
             bus.publish(EventNotice {
@@ -602,6 +608,9 @@ impl TaskRepository {
         transaction.commit().await?;
         if requested == 1 {
             self.announce(tenant, id);
+            if let Some(bus) = &self.events {
+                bus.publish_cancel(id);
+            }
         }
         Ok(match record {
             None => CancelOutcome::NotFound,
