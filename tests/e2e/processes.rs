@@ -1,7 +1,9 @@
 //! The binary as a user runs it: `operator migrate`, then `operator api` and `operator
 //! worker` as separate processes on PostgreSQL, Redis and S3. A task submitted to the
 //! API process is run by the worker process; SIGTERM stops both cleanly and leaves no
-//! Chromium behind.
+//! Chromium behind. The faults, with real processes and short leases: a worker killed,
+//! stopped (SIGSTOP) past its lease or terminated mid-task, and Redis flushed, killed
+//! and restarted while tasks are leased.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +14,7 @@ use serde_json::json;
 
 use crate::fault_pages::FaultPages;
 use crate::helpers::{ENDED, PageServer, decode_png};
+use crate::redis_faults::{OwnRedis, flush};
 
 fn operator() -> Command {
     Command::new(env!("CARGO_BIN_EXE_operator"))
@@ -103,14 +106,21 @@ impl Drop for Spawned {
 struct Deployment {
     database: TestDatabase,
     redis: RedisPrefix,
+    /// A Redis other than the shared one (a test's own, to flush and kill).
+    redis_url: Option<String>,
     isolation: String,
 }
 
 impl Deployment {
     async fn migrated() -> Self {
+        Self::migrated_on(None).await
+    }
+
+    async fn migrated_on(redis_url: Option<String>) -> Self {
         let deployment = Self {
             database: TestDatabase::postgres().await,
             redis: RedisPrefix::new(),
+            redis_url,
             isolation: unique_name("processes"),
         };
         let mut migrate = deployment.command();
@@ -127,6 +137,9 @@ impl Deployment {
     fn command(&self) -> Command {
         let mut command = operator();
         configure(&mut command, &self.database, &self.redis, &self.isolation);
+        if let Some(url) = &self.redis_url {
+            command.env("REDIS_URL", url);
+        }
         command
     }
 
@@ -139,14 +152,43 @@ impl Deployment {
 
     /// `operator worker` with its id and any extra settings.
     fn worker(&self, id: &str, settings: &[(&str, &str)]) -> Spawned {
+        let mut command = self.worker_command(id, settings);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command.spawn().map(Spawned).expect("spawn worker")
+    }
+
+    /// [`Self::worker`], with what it logs collected.
+    fn logged_worker(
+        &self,
+        id: &str,
+        settings: &[(&str, &str)],
+    ) -> (Spawned, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let mut command = self.worker_command(id, settings);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut worker = command.spawn().map(Spawned).expect("spawn worker");
+        let output = collect_output(&mut worker);
+        (worker, output)
+    }
+
+    fn worker_command(&self, id: &str, settings: &[(&str, &str)]) -> Command {
         let mut command = self.command();
         command
             .arg("worker")
             .env("OPERATOR_WORKER__ID", id)
-            .envs(settings.iter().copied())
+            .envs(settings.iter().copied());
+        command
+    }
+
+    /// `operator scheduler`, reconciling every second.
+    fn scheduler(&self) -> Spawned {
+        let mut command = self.command();
+        command
+            .arg("scheduler")
+            .env("OPERATOR_SCHEDULER__RECONCILE_INTERVAL", "1s")
+            .env("OPERATOR_SCHEDULER__RECONCILE_GRACE", "1s")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        command.spawn().map(Spawned).expect("spawn worker")
+        command.spawn().map(Spawned).expect("spawn scheduler")
     }
 }
 
@@ -440,6 +482,180 @@ async fn a_worker_killed_mid_task_loses_it_to_another_worker_after_its_lease() {
         "taken over {taken_after} after the kill, with a 3 s lease"
     );
     assert_eq!(pages.hits("slow", "killed"), 2, "one page load per attempt");
+}
+
+/// SIGSTOP of the worker running a task, for longer than its lease: another worker
+/// takes the task over and finishes it. Resumed, the stopped worker finds its lease
+/// gone whichever it reaches first, its heartbeat or its finish: it writes nothing,
+/// and the task keeps the survivor's outcome and files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_past_its_lease_resumes_and_writes_nothing() {
+    operator_store::install_crypto_provider();
+    let pages = FaultPages::start(Duration::from_secs(3), 0).await;
+    let deployment = Deployment::migrated().await;
+    let (_api_process, api) = deployment.api().await;
+    let short_lease = [("OPERATOR_QUEUE__LEASE_TTL", "3s")];
+    let (mut frozen, frozen_log) = deployment.logged_worker("frozen-worker", &short_lease);
+
+    let (status, task) = api
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("slow", "frozen"), "viewport": {"width": 320, "height": 200}}}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    let id = task["id"].as_str().expect("id").to_owned();
+    wait_for_first_load(&pages, "frozen").await;
+    signal(&frozen, "STOP");
+
+    let _survivor = deployment.worker("survivor-worker", &short_lease);
+    let done = api.wait_for(&id, &ENDED, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (attempts, _) = attempts_of(&api, &id).await;
+    assert_eq!(
+        attempts,
+        vec![
+            ("frozen-worker".to_owned(), "lease_expired".to_owned()),
+            ("survivor-worker".to_owned(), "succeeded".to_owned()),
+        ]
+    );
+
+    // By now the frozen worker's page has loaded too: resumed, it has a screenshot to
+    // upload and an outcome to record, under a lease that is gone.
+    signal(&frozen, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let log = frozen_log.lock().expect("lines").join("\n");
+        if let Some(line) = log.lines().find(|line| line.contains("lease lost")) {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed worker never noticed its lost lease: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_, after) = api.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(after["state"], "succeeded", "{refused}");
+    assert_eq!(after["attempts"], 2, "{after}");
+    assert_eq!(
+        after["result"], done["result"],
+        "the survivor's result stays"
+    );
+    let files = |task: &serde_json::Value| -> Vec<(String, String)> {
+        task["artifacts"]
+            .as_array()
+            .expect("artifacts")
+            .iter()
+            .map(|file| (file["id"].to_string(), file["sha256"].to_string()))
+            .collect()
+    };
+    assert_eq!(files(&after), files(&done), "and its files alone");
+    assert_eq!(
+        attempts_of(&api, &id).await.0,
+        attempts,
+        "no attempt rewritten"
+    );
+    assert!(
+        frozen.try_wait().expect("wait").is_none(),
+        "the resumed worker lives on"
+    );
+}
+
+/// Redis flushed while tasks are leased, then killed and restarted while others are:
+/// real worker processes with 3 s leases, and the scheduler re-dispatching. Every task
+/// succeeds, and each ran in Chromium exactly once: a flushed lease does not hand a
+/// running task to a second worker (the database lease, renewed, still holds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed_and_restarted_under_leased_tasks_loses_none_and_runs_none_twice() {
+    operator_store::install_crypto_provider();
+    let mut redis = OwnRedis::start();
+    let pages = FaultPages::start(Duration::from_millis(1500), 0).await;
+    let deployment = Deployment::migrated_on(Some(redis.url())).await;
+    let (_api_process, api) = deployment.api().await;
+    let _scheduler = deployment.scheduler();
+    let short_lease = [
+        ("OPERATOR_QUEUE__LEASE_TTL", "3s"),
+        ("OPERATOR_WORKER__CONCURRENCY", "3"),
+    ];
+    let _workers = [
+        deployment.worker("worker-a", &short_lease),
+        deployment.worker("worker-b", &short_lease),
+    ];
+    const TASKS: usize = 24;
+    let mut ids = Vec::with_capacity(TASKS);
+    for index in 0..TASKS {
+        let (status, task) = api
+            .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("slow", &format!("t{index}")), "viewport": {"width": 320, "height": 200}}}))
+            .await;
+        assert_eq!(status, 202, "{task}");
+        ids.push(task["id"].as_str().expect("id").to_owned());
+    }
+    let counts = |api: &ApiClient| {
+        let api = api.clone();
+        let ids = ids.clone();
+        async move {
+            let mut running = 0;
+            let mut ended = 0;
+            for id in &ids {
+                let (_, task) = api.get(&format!("/v1/tasks/{id}")).await;
+                match task["state"].as_str() {
+                    Some("running") => running += 1,
+                    Some(state) if ENDED.contains(&state) => ended += 1,
+                    _ => {}
+                }
+            }
+            (running, ended)
+        }
+    };
+    let wait_for = |what: &'static str, ready: fn((usize, usize)) -> bool| {
+        let counts = &counts;
+        let api = &api;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let now = counts(api).await;
+                if ready(now) {
+                    return now;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "waited 120 s for {what}: {now:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let (running, _) = wait_for("tasks to run", |(running, _)| running >= 2).await;
+    flush(&redis).await;
+    let (_, ended) = wait_for("more tasks to end after the flush", |(running, ended)| {
+        ended >= 8 && running >= 2
+    })
+    .await;
+    redis.kill();
+    // Down for two lease renewals of the running tasks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.restart();
+    wait_for("every task to end", |(_, ended)| ended == TASKS).await;
+
+    for (index, id) in ids.iter().enumerate() {
+        let (_, task) = api.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(task["state"], "succeeded", "{task}");
+        assert_eq!(task["attempts"], 1, "ran once: {task}");
+        assert_eq!(
+            pages.hits("slow", &format!("t{index}")),
+            1,
+            "loaded once in Chromium: {task}"
+        );
+    }
+    assert!(running >= 2 && ended < TASKS, "the faults hit leased tasks");
+}
+
+/// Sends a signal (`STOP`, `CONT`, …) to a process.
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name}");
 }
 
 /// SIGTERM while a task runs past the shutdown grace: the worker hands the lease back,

@@ -4,7 +4,8 @@
 //! other tests), the real API and scheduler roles on PostgreSQL, and consumers that do
 //! to the records exactly what a worker does (claim, start the attempt, finish it,
 //! acknowledge) without opening a browser: the subject here is the queue, and hundreds
-//! of tasks must run in seconds.
+//! of tasks must run in seconds. The same faults with real `operator worker` processes,
+//! short leases and tasks leased at the moment of the fault are in `processes.rs`.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -28,13 +29,13 @@ const LEASE: Duration = Duration::from_secs(30);
 
 /// A `redis-server` of this test's own, on a free port, without persistence (a restart
 /// loses everything, like a crashed cache node).
-struct OwnRedis {
+pub(crate) struct OwnRedis {
     port: u16,
     process: Option<Child>,
 }
 
 impl OwnRedis {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map(|address| address.port())
@@ -47,12 +48,12 @@ impl OwnRedis {
         redis
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Starts the server (again) and waits until it answers.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let process = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -69,7 +70,7 @@ impl OwnRedis {
     }
 
     /// SIGKILL: the server and all it held are gone.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
             let _ = process.kill();
             let _ = process.wait();
@@ -242,7 +243,7 @@ fn reports() -> QueueName {
     QueueName::parse("reports").expect("queue name")
 }
 
-async fn flush(redis: &OwnRedis) {
+pub(crate) async fn flush(redis: &OwnRedis) {
     let client = Client::new(
         Config::from_url(&redis.url()).expect("url"),
         None,
