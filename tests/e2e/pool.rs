@@ -17,6 +17,40 @@ async fn screenshot(app: &TestApp, pages: &PageServer, path: &str) -> serde_json
         .await
 }
 
+/// Waits until the script task `id` has opened its page (its progress lists the `open`
+/// step): it is in its delay step now.
+async fn wait_until_opened(app: &TestApp, id: &str) {
+    let deadline = std::time::Instant::now() + TASK_DEADLINE;
+    loop {
+        let (_, task) = app.get(&format!("/v1/tasks/{id}")).await;
+        if task["progress"]["steps"][0]["action"] == "open" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never opened its page: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The one live browser of `marker`, once a replaced one's processes are gone (its
+/// spare-page refill may hold it for a moment after its last task).
+async fn the_live_browser(marker: &BrowserMarker) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = marker.browsers();
+        if now.len() == 1 {
+            return now[0];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "one live browser, not {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried() {
     let marker = BrowserMarker::new();
@@ -33,14 +67,7 @@ async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried() {
     assert_eq!(status, 202, "{task}");
     let id = task["id"].as_str().expect("id");
     // Kill the browser while the first attempt waits in its delay step.
-    app.wait_for(id, &["running"], TASK_DEADLINE).await;
-    loop {
-        if pages.hits("home") >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_opened(&app, id).await;
     let status = std::process::Command::new("kill")
         .args(["-KILL", &browsers[0].to_string()])
         .status()
@@ -83,21 +110,22 @@ async fn a_browser_is_recycled_after_its_quota_of_tasks() {
     })
     .await;
     let pages = PageServer::start().await;
-    let first = marker.browsers();
-    assert_eq!(first.len(), 1);
-    for index in 0..3 {
+    let mut served_by = vec![the_live_browser(&marker).await];
+    for index in 0..4 {
         let done = screenshot(&app, &pages, &format!("r{index}")).await;
         assert_eq!(done["state"], "succeeded", "{done}");
+        served_by.push(the_live_browser(&marker).await);
     }
-    // The warm-up counts as the first browser's first use, so the second task already
-    // gets a new one; each replaced browser's processes end with its last task.
-    let now = marker.browsers();
-    assert_eq!(
-        now.len(),
-        1,
-        "the recycled browser's processes are gone: {now:?}"
-    );
-    assert_ne!(now[0], first[0], "recycled");
+    // The warm-up counts as the first browser's first use, so the first task is its
+    // second and the next task gets a new browser, which then serves two tasks: not
+    // one browser per task, and not one for all.
+    let [warm, first, second, third, fourth] = served_by[..] else {
+        panic!("{served_by:?}");
+    };
+    assert_eq!(first, warm, "the warm browser's quota: {served_by:?}");
+    assert_ne!(second, first, "recycled after two uses: {served_by:?}");
+    assert_eq!(third, second, "the new browser serves twice: {served_by:?}");
+    assert_ne!(fourth, third, "and is recycled in turn: {served_by:?}");
     app.shutdown().await;
 }
 
@@ -160,12 +188,9 @@ async fn tasks_spread_over_the_browsers_and_a_crash_takes_down_only_its_own() {
         assert_eq!(status, 202, "{task}");
         ids.push(task["id"].as_str().expect("id").to_owned());
     }
-    let deadline = std::time::Instant::now() + TASK_DEADLINE;
-    while pages.hits("left") == 0 || pages.hits("right") == 0 {
-        assert!(std::time::Instant::now() < deadline, "both tasks started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for id in &ids {
+        wait_until_opened(&app, id).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let status = std::process::Command::new("kill")
         .args(["-KILL", &browsers[0].to_string()])
         .status()

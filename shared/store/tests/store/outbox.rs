@@ -155,13 +155,22 @@ async fn every_terminal_path_writes_its_deliveries(repo: TaskRepository) {
     assert!(matches!(outcome, FinishOutcome::LeaseLost));
     assert!(deliveries(&webhooks, contested.id).await.is_empty());
 
-    // Timed out and succeeded, through the worker's finish.
-    for (outcome, event) in [
+    // Failed, timed out, succeeded and cancelled while running, through the worker's
+    // finish; a failure also reaches the endpoint that wants only failures.
+    for (outcome, event, endpoints) in [
+        (
+            TaskOutcome::Failed {
+                error: CodedError::new(ErrorCode::NavigationFailed, "refused"),
+            },
+            "task.failed",
+            vec![all_id.clone(), failures_id.clone()],
+        ),
         (
             TaskOutcome::TimedOut {
                 error: CodedError::new(ErrorCode::TaskTimeout, "late"),
             },
             "task.timed_out",
+            vec![all_id.clone()],
         ),
         (
             TaskOutcome::Succeeded {
@@ -169,16 +178,24 @@ async fn every_terminal_path_writes_its_deliveries(repo: TaskRepository) {
                 artifacts: Vec::new(),
             },
             "task.succeeded",
+            vec![all_id.clone()],
         ),
-        (TaskOutcome::Cancelled, "task.cancelled"),
+        (
+            TaskOutcome::Cancelled,
+            "task.cancelled",
+            vec![all_id.clone()],
+        ),
     ] {
         let task = repo.create(new_task(&tenant, None)).await.expect("create");
         let token = started(&repo, task.id).await;
         repo.finish(task.id, token, outcome).await.expect("finish");
-        assert_eq!(
-            deliveries(&webhooks, task.id).await,
-            vec![(event.to_owned(), all_id.clone())]
-        );
+        let mut written = deliveries(&webhooks, task.id).await;
+        written.sort();
+        let expected: Vec<(String, Option<String>)> = endpoints
+            .into_iter()
+            .map(|endpoint| (event.to_owned(), endpoint))
+            .collect();
+        assert_eq!(written, expected, "{event}");
     }
 }
 
