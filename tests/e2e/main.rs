@@ -182,13 +182,38 @@ async fn retries_back_off_dead_tasks_redrive_and_delays_are_kept(app: TestApp) {
         vec![json!("retrying"), json!("retrying"), json!("succeeded")]
     );
     assert_eq!(items[0]["error"]["code"], "navigation_failed");
-    // Backoff: base 200 ms doubling, capped at 1 s (test settings), full jitter; plus
-    // the wait for one of the two worker slots, which the other task may hold.
-    for pair in items.windows(2) {
-        let gap = timestamp(&pair[1]["started_at"]) - timestamp(&pair[0]["finished_at"]);
+    // Backoff: base 200 ms doubling, capped at 1 s (test settings), full jitter. Each
+    // retry's `state` event says when it is due: within the backoff's ceiling of the
+    // failure, and the next attempt starts neither before it nor long after.
+    let history = operator_testkit::read_sse(
+        app.http
+            .get(format!("{}/v1/tasks/{patient_id}/events", app.base))
+            .send()
+            .await
+            .expect("connect"),
+    )
+    .await;
+    let due: Vec<chrono::DateTime<chrono::Utc>> = history
+        .iter()
+        .filter(|event| {
+            event.data["data"]["state"] == "queued" && event.event.as_deref() == Some("state")
+        })
+        .map(|event| timestamp(&event.data["data"]["run_at"]))
+        .collect();
+    assert_eq!(due.len(), 2, "one due time per retry: {history:?}");
+    for (retry, (pair, due)) in items.windows(2).zip(&due).enumerate() {
+        let failed_at = timestamp(&pair[0]["finished_at"]);
+        let started_at = timestamp(&pair[1]["started_at"]);
+        let ceiling = chrono::Duration::milliseconds(200 << retry);
         assert!(
-            gap >= chrono::Duration::zero() && gap < chrono::Duration::seconds(4),
-            "retried {gap} after the failure"
+            *due >= failed_at && *due - failed_at <= ceiling,
+            "retry {retry} due {} after the failure, ceiling {ceiling}",
+            *due - failed_at
+        );
+        let late_by = started_at - *due;
+        assert!(
+            late_by >= chrono::Duration::zero() && late_by < chrono::Duration::seconds(2),
+            "retry {retry} started {late_by} after it was due"
         );
     }
     assert_eq!(pages.hits("flaky", "patient"), 3, "one load per attempt");

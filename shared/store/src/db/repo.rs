@@ -934,8 +934,9 @@ fn replay_or_refuse(
 
 impl<'a> Finish<'a> {
     /// The rows a finish writes, shaped once for both ways of writing them: one
-    /// `artifact` event per artifact, in order, then the `state` event's data (the
-    /// attempt number is added once the row is known), and the artifact rows.
+    /// `artifact` event per artifact, in order, then the `state` event's data (with a
+    /// retry's `run_at`; the attempt number is added once the row is known), and the
+    /// artifact rows.
     fn shaped(id: TaskId, token: LeaseToken, outcome: &'a TaskOutcome, now: DateTime<Utc>) -> Self {
         let next_state = outcome.next_state();
         let error = outcome.error();
@@ -953,6 +954,11 @@ impl<'a> Finish<'a> {
         let mut state_data = json!({"state": next_state});
         if let Some(error) = &error {
             state_data["error"] = json!(error);
+        }
+        if let TaskOutcome::Retry { run_at, .. } = outcome {
+            // When the retry is due, so a watcher knows (and a test can check the
+            // backoff was kept).
+            state_data["run_at"] = json!(run_at.trunc_subsecs(6));
         }
         let artifacts = stored
             .iter()
