@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Make sure every backing service the OperatorNext test suite needs is
 # installed and running: PostgreSQL, Redis, Chromium and an S3-compatible
-# server (s3s-fs). Idempotent: when everything is already up it only checks.
+# server (s3s-fs), and the Python library tests check webhook signatures
+# with (standardwebhooks); on request (not part of all) a loopback OpenID
+# Connect provider (oidc-provider, scripts/oidc-provider). Idempotent: when everything
+# is already up it only checks.
 #
-#   scripts/services.sh [all|postgres|redis|chromium|s3]...   (default: all)
+#   scripts/services.sh [all|postgres|redis|chromium|s3|python|oidc]...   (default: all)
 #   eval "$(scripts/services.sh env)"    # print only the test env exports
 #
 # May also be sourced (`source scripts/services.sh all`): the checks then run
@@ -15,7 +18,7 @@
 # TEST_S3_ENDPOINT point at services someone else runs; we then only
 # check them and never install or start anything for that service.
 # TEST_S3_PORT (9100) and TEST_S3_DIR (/tmp/operator-s3)
-# move the local s3s-fs.
+# move the local s3s-fs; TEST_OIDC_PORT (9780) moves the OpenID provider.
 
 SVC_DEFAULT_DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres
 SVC_DEFAULT_REDIS_URL=redis://127.0.0.1:6379
@@ -26,6 +29,7 @@ SVC_S3_ACCESS_KEY=${TEST_S3_ACCESS_KEY:-operator-test}
 SVC_S3_SECRET_KEY=${TEST_S3_SECRET_KEY:-operator-test-secret}
 # Newer s3s-fs releases need a newer rustc than the 1.95 this project pins.
 SVC_S3S_FS_VERSION=0.14.1
+SVC_OIDC_PORT=${TEST_OIDC_PORT:-9780}
 SVC_LOG_DIR=${TMPDIR:-/tmp}
 SVC_APT_UPDATED=0
 
@@ -57,6 +61,17 @@ svc_http_answers() {
     IFS= read -r -t 2 line <&3 && printf '%s' "$line"
   ) || return 1
   [[ $line == HTTP/* ]]
+}
+
+# True if GET http://127.0.0.1:$1$2 answers 2xx.
+svc_http_ok() {
+  local line
+  line=$(
+    exec 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1:%s\r\n\r\n' "$2" "$1" >&3
+    IFS= read -r -t 2 line <&3 && printf '%s' "$line"
+  ) || return 1
+  [[ $line =~ ^HTTP/[0-9.]+\ 2[0-9][0-9] ]]
 }
 
 # TCP reachability of scheme://[user[:pass]@]host[:port]/..., for overrides
@@ -344,12 +359,86 @@ svc_s3() {
   svc_say s3 "s3s-fs $state on 127.0.0.1:$port (pid $pid, bucket $SVC_S3_BUCKET); $result"
 }
 
+# ------------------------------------------------------------------ python
+
+# The Standard Webhooks reference library, which a test verifies our
+# signatures with, in a directory of its own (TEST_PYTHONPATH): no virtualenv
+# package needed, and nothing installed into a system Python.
+SVC_PY_DIR=${TEST_PYTHON_DIR:-${TMPDIR:-/tmp}/operator-python}
+SVC_STANDARDWEBHOOKS=standardwebhooks==1.3.0
+
+svc_python_ready() { PYTHONPATH=$SVC_PY_DIR python3 -c 'import standardwebhooks' 2>/dev/null; }
+
+svc_python() {
+  local state=present
+  if ! command -v python3 >/dev/null; then
+    svc_apt_install python python3 python3-pip || svc_die python "apt-get install python3 python3-pip failed"
+  fi
+  if ! svc_python_ready; then
+    local log=$SVC_LOG_DIR/operator-python-pip.log
+    python3 -m pip install --quiet --disable-pip-version-check --target "$SVC_PY_DIR" \
+      "$SVC_STANDARDWEBHOOKS" >"$log" 2>&1 ||
+      { svc_tail "$log" >&2; svc_die python "pip install $SVC_STANDARDWEBHOOKS failed (log: $log)"; }
+    svc_python_ready || svc_die python "standardwebhooks installed in $SVC_PY_DIR but does not import"
+    state=installed
+  fi
+  svc_say python "$SVC_STANDARDWEBHOOKS $state in $SVC_PY_DIR"
+}
+
+# -------------------------------------------------------------------- oidc
+
+svc_oidc_discovery() { svc_http_ok "$1" /.well-known/openid-configuration; }
+
+# Done waiting once discovery answers, or once the server has died.
+svc_oidc_up() { svc_oidc_discovery "$1" || ! kill -0 "$2" 2>/dev/null; }
+
+svc_oidc() {
+  local port=$SVC_OIDC_PORT state=running pid="" dir
+  local log=$SVC_LOG_DIR/operator-oidc.log pidfile=$SVC_LOG_DIR/operator-oidc.pid
+  dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/oidc-provider" && pwd) ||
+    svc_die oidc "scripts/oidc-provider is missing"
+  if ! svc_oidc_discovery "$port"; then
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+      svc_apt_install oidc nodejs npm || svc_die oidc "apt-get install nodejs npm failed"
+      state=installed
+    fi
+    # Feature test rather than a version number: these are what oidc-provider 9
+    # needs that Debian bookworm's Node.js 18 lacks.
+    node -e 'process.exit(URL.parse && require("node:crypto").hash ? 0 : 1)' ||
+      svc_die oidc "$(node --version) is too old for oidc-provider 9; install Node.js 20.18 or newer"
+    # npm writes node_modules/.package-lock.json on every install, so it dates
+    # the tree that is there.
+    if [[ ! -e $dir/node_modules/.package-lock.json ||
+      $dir/package-lock.json -nt $dir/node_modules/.package-lock.json ]]; then
+      local npm_log=$SVC_LOG_DIR/operator-oidc-npm.log
+      (cd "$dir" && npm ci --no-audit --no-fund) >"$npm_log" 2>&1 ||
+        { svc_tail "$npm_log" >&2; svc_die oidc "npm ci in $dir failed (log: $npm_log)"; }
+    fi
+    # setsid+nohup: the server must outlive this script and its terminal.
+    (cd "$dir" && OIDC_PORT=$port exec setsid nohup node provider.mjs \
+      >"$log" 2>&1 </dev/null) &
+    pid=$!
+    echo "$pid" >"$pidfile"
+    svc_wait_for 10 svc_oidc_up "$port" "$pid"
+    if ! svc_oidc_discovery "$port"; then
+      svc_tail "$log" >&2
+      kill -0 "$pid" 2>/dev/null &&
+        svc_die oidc "node provider.mjs (pid $pid) did not serve discovery on 127.0.0.1:$port within 10 s (log: $log)"
+      svc_die oidc "node provider.mjs exited right after start (log: $log)"
+    fi
+    [[ $state == installed ]] && state="installed, started" || state="was down, started"
+  fi
+  [[ -n $pid ]] || pid=$(cat "$pidfile" 2>/dev/null || echo "?")
+  svc_say oidc "oidc-provider $state on http://127.0.0.1:$port (pid $pid, log: $log)"
+}
+
 # --------------------------------------------------------------------- env
 
 svc_env() {
   local name value
   for name in TEST_DATABASE_URL TEST_REDIS_URL TEST_S3_ENDPOINT \
-    TEST_S3_BUCKET TEST_S3_ACCESS_KEY TEST_S3_SECRET_KEY CHROME_PATH; do
+    TEST_S3_BUCKET TEST_S3_ACCESS_KEY TEST_S3_SECRET_KEY CHROME_PATH TEST_PYTHONPATH \
+    TEST_OIDC_ISSUER; do
     case $name in
       TEST_DATABASE_URL) value=${TEST_DATABASE_URL:-$SVC_DEFAULT_DATABASE_URL} ;;
       TEST_REDIS_URL) value=${TEST_REDIS_URL:-$SVC_DEFAULT_REDIS_URL} ;;
@@ -358,6 +447,8 @@ svc_env() {
       TEST_S3_ACCESS_KEY) value=$SVC_S3_ACCESS_KEY ;;
       TEST_S3_SECRET_KEY) value=$SVC_S3_SECRET_KEY ;;
       CHROME_PATH) value=$(svc_chrome_path) ;;
+      TEST_PYTHONPATH) value=$SVC_PY_DIR ;;
+      TEST_OIDC_ISSUER) value=http://127.0.0.1:$SVC_OIDC_PORT ;;
     esac
     printf 'export %s=%q\n' "$name" "$value"
   done
@@ -372,10 +463,10 @@ svc_main() {
   local target
   for target in "$@"; do
     case $target in
-      all) svc_postgres; svc_redis; svc_chromium; svc_s3 ;;
-      postgres | redis | chromium | s3) "svc_$target" ;;
+      all) svc_postgres; svc_redis; svc_chromium; svc_s3; svc_python ;;
+      postgres | redis | chromium | s3 | python | oidc) "svc_$target" ;;
       env) svc_env ;;
-      *) printf 'usage: %s [all|postgres|redis|chromium|s3|env]...\n' "${0##*/}" >&2; exit 2 ;;
+      *) printf 'usage: %s [all|postgres|redis|chromium|s3|python|oidc|env]...\n' "${0##*/}" >&2; exit 2 ;;
     esac
   done
 }

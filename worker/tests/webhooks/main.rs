@@ -1,5 +1,6 @@
 //! The webhook dispatcher against real databases and a real receiver on loopback:
-//! retries with the same `webhook-id` and valid signatures, a receiver that comes back,
+//! signatures the Standard Webhooks reference library accepts (also with two secrets
+//! during a rotation), retries with the same `webhook-id` and valid signatures, a receiver that comes back,
 //! a dispatcher that dies holding a lease, `410 Gone`, and refused destinations.
 
 mod helpers;
@@ -32,6 +33,99 @@ fn assert_signed(request: &ReceivedRequest, secret: &SigningSecret) {
         "the signature verifies with the secret: {}",
         request.header("webhook-signature")
     );
+}
+
+/// What the Standard Webhooks reference library (PyPI `standardwebhooks`, run by
+/// `python3`; `scripts/services.sh python` installs it) says of `request` with `secret`:
+/// `Ok` when it verifies, the library's reason otherwise.
+fn reference_verdict(request: &ReceivedRequest, secret: &SigningSecret) -> Result<(), String> {
+    use std::io::Write as _;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/webhooks/standard_verify.py"
+    );
+    let headers: serde_json::Map<String, Value> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .into_iter()
+            .map(|name| (name.to_owned(), Value::from(request.header(name))))
+            .collect();
+    let body_hex: String = request
+        .body
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let input = serde_json::json!({"headers": headers, "body_hex": body_hex});
+    let mut command = std::process::Command::new("python3");
+    if let Ok(path) = std::env::var("TEST_PYTHONPATH") {
+        command.env("PYTHONPATH", path);
+    }
+    let mut child = command
+        .args([script, secret.expose()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("write the request");
+    let output = child.wait_with_output().expect("wait");
+    let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    match output.status.code() {
+        Some(0) => Ok(()),
+        Some(1) => Err(said),
+        _ => panic!(
+            "the reference verifier did not run (scripts/services.sh python installs it): {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// Our signatures, checked by an implementation that is not ours: the Standard
+/// Webhooks reference library. During a secret rotation a request carries two
+/// signatures, and it verifies with either secret; a wrong secret is refused.
+async fn the_reference_library_verifies_our_signatures(fixture: Fixture) {
+    let receiver = WebhookReceiver::start(Vec::new()).await;
+    let endpoint = fixture.endpoint(&receiver.url).await;
+    let rotated = fixture
+        .webhooks
+        .rotate_endpoint_secret(&fixture.tenant, endpoint.id, Duration::from_secs(3600))
+        .await
+        .expect("rotate")
+        .expect("the endpoint");
+    fixture.finished_task(None).await;
+    let dispatcher = dispatcher(&fixture, loopback_policy(), quick_settings());
+    fixture
+        .dispatch_until(&dispatcher, DEADLINE, async || {
+            !receiver.requests().is_empty()
+        })
+        .await;
+    let request = &receiver.requests()[0];
+    assert_eq!(
+        request.header("webhook-signature").split(' ').count(),
+        2,
+        "signed with both secrets during the overlap: {}",
+        request.header("webhook-signature")
+    );
+    for secret in [&endpoint.secret, &rotated.secret] {
+        assert_eq!(reference_verdict(request, secret), Ok(()));
+    }
+    let verdict = reference_verdict(request, &SigningSecret::generate());
+    assert!(
+        verdict
+            .as_ref()
+            .is_err_and(|why| why.contains("No matching signature")),
+        "a wrong secret is refused: {verdict:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_reference_library_verifies_our_signatures_sqlite() {
+    the_reference_library_verifies_our_signatures(fixture(TestDatabase::sqlite().await).await)
+        .await;
 }
 
 async fn retries_until_the_receiver_accepts(fixture: Fixture) {
