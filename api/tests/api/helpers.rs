@@ -1,19 +1,15 @@
-//! `spawn_api()`: the real API on port 0 over its own SQLite database, no worker.
+//! `spawn_api()`: the API role as `operator api` builds it (`Application::build`), on
+//! port 0 over its own SQLite database, the database queue and local files; no worker.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use operator_api::{ApiServer, AppState};
+use operator::{Application, Roles};
 use operator_config::Settings;
 use operator_domain::QueueName;
 use operator_domain::auth::Role;
-use operator_store::db::{self, TaskRepository};
-use operator_store::events::EventBus;
-use operator_store::queue::database::DatabaseQueue;
+use operator_store::db::TaskRepository;
 use operator_store::queue::{QueueStats, SharedQueue};
 use operator_store::storage::ArtifactStore;
 use operator_testkit::{ApiClient, TestDatabase, embedded_settings, issue_key, issue_key_with};
-use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 pub struct TestApi {
     /// A client with an owner key of the `default` tenant.
@@ -26,7 +22,7 @@ pub struct TestApi {
     pub repo: TaskRepository,
     /// The API's artifact storage, for files only workers write.
     pub storage: ArtifactStore,
-    stop: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
     _database: TestDatabase,
     _directory: tempfile::TempDir,
 }
@@ -40,31 +36,20 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
     let database = TestDatabase::sqlite().await;
     let mut settings = embedded_settings(directory.path());
     settings.database.url = Some(database.url().to_owned().into());
-    settings.storage.url = Some("memory://".into());
     adjust(&mut settings);
-    let connection = db::connect(&settings).await.expect("connect");
-    let queue: SharedQueue = Arc::new(DatabaseQueue::new(
-        connection.clone(),
-        Duration::from_millis(50),
-    ));
-    let repo = TaskRepository::new(connection.clone()).with_event_bus(EventBus::in_process());
-    let server = ApiServer::bind("127.0.0.1", 0).await.expect("bind");
-    let url = settings.public_url(server.port());
-    let policy = settings.network_policy().expect("policy");
-    let storage = ArtifactStore::from_settings(&settings).expect("storage");
-    let state = Arc::new(AppState::new(
-        settings,
-        repo.clone(),
-        SharedQueue::clone(&queue),
-        storage.clone(),
-        policy,
-        url.clone(),
-    ));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run_until_stopped(state, async move {
-        let _ = stopped.await;
-    }));
-    let key = issue_key(&connection, "default", Role::Owner).await;
+    let application = Application::build(settings, Roles::API)
+        .await
+        .expect("build the API role");
+    let url = application.public_url().expect("the API role serves");
+    let services = application.services();
+    let (repo, queue, storage) = (
+        services.repo.clone(),
+        SharedQueue::clone(&services.queue),
+        services.storage.clone(),
+    );
+    let key = issue_key(repo.connection(), "default", Role::Owner).await;
+    let stop = CancellationToken::new();
+    tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
     TestApi {
         api: ApiClient::with_key(url.clone(), &key),
         url,
@@ -72,7 +57,7 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
         queue,
         repo,
         storage,
-        stop: Some(stop),
+        stop,
         _database: database,
         _directory: directory,
     }
@@ -114,8 +99,6 @@ impl std::ops::Deref for TestApi {
 
 impl Drop for TestApi {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.cancel();
     }
 }
