@@ -552,11 +552,31 @@ mod limited {
         );
     }
 
+    /// Eight claimers at once for a tenant's two slots, twenty rounds: never more than
+    /// two held.
+    async fn racing_claimers_never_pass_the_limit(queue: SharedQueue) {
+        let busy: Vec<Dispatch> = (0..40)
+            .map(|_| dispatch_for(tenant("busy"), Priority::Normal))
+            .collect();
+        queue.enqueue_many(&busy).await.expect("enqueue many");
+        let mut most = 0;
+        for _ in 0..20 {
+            let claims = futures::future::join_all((0..8).map(|_| claim_now(&queue))).await;
+            let held: Vec<_> = claims.into_iter().flatten().collect();
+            most = most.max(held.len());
+            for claim in &held {
+                assert!(queue.ack(claim).await.expect("ack"));
+            }
+        }
+        assert_eq!(most, 2, "at most the limit of 2, and the limit reached");
+    }
+
     mod per_tenant {
         use super::*;
         contract!(
             operator_store::queue::QueueLimits { tenant_concurrency: 2, global_concurrency: 0 };
             a_tenant_never_runs_more_than_its_limit,
+            racing_claimers_never_pass_the_limit,
         );
     }
 

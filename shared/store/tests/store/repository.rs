@@ -8,7 +8,7 @@ use operator_domain::{
     TenantId,
 };
 use operator_store::db::{
-    CancelOutcome, FinishOutcome, LeaseRenewal, StartOutcome, TaskRepository,
+    CancelOutcome, FinishOutcome, LeaseRenewal, StartOutcome, Submitted, TaskRepository,
 };
 use operator_testkit::TestDatabase;
 use operator_testkit::screenshot_task;
@@ -618,7 +618,81 @@ async fn concurrent_calls_each_get_their_own_answer(repo: TaskRepository) {
     }
 }
 
+/// Nine submissions with one idempotency key at once (eight of one request, one of
+/// another), in the same burst as three with keys of their own. On PostgreSQL they
+/// reach one batch insert, which the unique key fails, and each is written again alone:
+/// the key's first writer creates the task, the others get it back (the same request)
+/// or are refused (another request), and the other keys' tasks are created regardless.
+async fn racing_submissions_with_one_key_make_one_task(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let keyed = |key: &str, request: &str| {
+        let mut task = new_task(&tenant);
+        task.idempotency_key = Some(key.to_owned());
+        task.request_hash = Some(request.to_owned());
+        task
+    };
+    let mut submissions: Vec<NewTask> = (0..8).map(|_| keyed("racing", "same")).collect();
+    submissions.insert(4, keyed("racing", "other"));
+    submissions.extend(["own-1", "own-2", "own-3"].map(|key| keyed(key, "same")));
+    let answers =
+        futures::future::join_all(submissions.into_iter().map(|task| repo.submit(task))).await;
+    let answers: Vec<Submitted> = answers
+        .into_iter()
+        .map(|answer| answer.expect("every submission gets an answer"))
+        .collect();
+    let (racing, own) = answers.split_at(9);
+    let created: Vec<&operator_domain::TaskRecord> = racing
+        .iter()
+        .filter_map(|answer| match answer {
+            Submitted::Created(task) => Some(task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "one writer wins: {racing:?}");
+    let winner = created[0].id;
+    let other_won = matches!(&racing[4], Submitted::Created(_));
+    for (index, answer) in racing.iter().enumerate() {
+        let same_request = index != 4;
+        match answer {
+            Submitted::Created(_) => {}
+            Submitted::Replayed(task) => {
+                assert!(
+                    same_request != other_won,
+                    "a replay of the winning request: {answer:?}"
+                );
+                assert_eq!(task.id, winner);
+            }
+            Submitted::KeyReused(task) => {
+                assert!(
+                    same_request == other_won,
+                    "another request is refused: {answer:?}"
+                );
+                assert_eq!(task.id, winner);
+            }
+        }
+    }
+    for answer in own {
+        assert!(matches!(answer, Submitted::Created(_)), "{answer:?}");
+    }
+    let listed = repo
+        .list(
+            &tenant,
+            &TaskFilter {
+                limit: 50,
+                ..TaskFilter::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.len(),
+        4,
+        "one task for the key, one for each other key"
+    );
+}
+
 crate::helpers::on_both_databases!(
+    racing_submissions_with_one_key_make_one_task,
     pages_go_newest_first_by_cursor,
     tenants_do_not_see_each_other,
     a_cancelled_task_never_starts,
