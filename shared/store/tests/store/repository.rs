@@ -691,7 +691,104 @@ async fn racing_submissions_with_one_key_make_one_task(repo: TaskRepository) {
     );
 }
 
+/// An owner whose lease ran out while nobody took the task over still owns it: its
+/// renewal and its finish are accepted (the token is still the task's), and the task
+/// ends once.
+async fn an_expired_lease_nobody_took_over_still_finishes(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let task = repo.create(new_task(&tenant)).await.expect("create");
+    let token = LeaseToken::new();
+    let expired = Utc::now() - ChronoDuration::seconds(1);
+    let StartOutcome::Started(_) = repo
+        .start_attempt(task.id, token, "slow", expired)
+        .await
+        .expect("start")
+    else {
+        panic!("started");
+    };
+    assert!(matches!(
+        repo.renew_lease(task.id, token, soon())
+            .await
+            .expect("renew"),
+        LeaseRenewal::Held { .. }
+    ));
+    // Expired again, and still nobody else: the finish lands.
+    let again = Utc::now() - ChronoDuration::seconds(1);
+    repo.renew_lease(task.id, token, again)
+        .await
+        .expect("renew");
+    let FinishOutcome::Recorded(done) = repo
+        .finish(
+            task.id,
+            token,
+            TaskOutcome::Succeeded {
+                result: json!({"late": true}),
+                artifacts: Vec::new(),
+            },
+        )
+        .await
+        .expect("finish")
+    else {
+        panic!("the uncontested owner records its outcome");
+    };
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.attempts, 1);
+    assert!(matches!(
+        repo.start_attempt(task.id, LeaseToken::new(), "next", soon())
+            .await
+            .expect("start"),
+        StartOutcome::Finished(TaskState::Succeeded)
+    ));
+}
+
+/// The owner of an expired lease finishing at the moment another worker takes the task
+/// over, twenty times: exactly one of them wins, and the rows agree with the winner.
+async fn a_finish_racing_a_takeover_has_one_winner(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    for _ in 0..20 {
+        let task = repo.create(new_task(&tenant)).await.expect("create");
+        let late = LeaseToken::new();
+        let expired = Utc::now() - ChronoDuration::seconds(1);
+        repo.start_attempt(task.id, late, "late", expired)
+            .await
+            .expect("start");
+        let taker = LeaseToken::new();
+        let (finished, taken) = tokio::join!(
+            repo.finish(
+                task.id,
+                late,
+                TaskOutcome::Succeeded {
+                    result: json!({"by": "late"}),
+                    artifacts: Vec::new(),
+                },
+            ),
+            repo.start_attempt(task.id, taker, "taker", soon()),
+        );
+        let stored = repo
+            .get(&tenant, task.id)
+            .await
+            .expect("get")
+            .expect("task");
+        match (finished.expect("finish"), taken.expect("start")) {
+            (FinishOutcome::Recorded(_), StartOutcome::Finished(TaskState::Succeeded)) => {
+                assert_eq!(stored.state, TaskState::Succeeded);
+                assert_eq!(stored.attempts, 1);
+            }
+            (FinishOutcome::LeaseLost, StartOutcome::Started(_)) => {
+                assert_eq!(stored.state, TaskState::Running);
+                assert_eq!(stored.attempts, 2);
+                assert_eq!(stored.lease_token, Some(taker));
+                let attempts = repo.attempts(&tenant, task.id).await.expect("attempts");
+                assert_eq!(attempts[0].outcome.as_deref(), Some("lease_expired"));
+            }
+            other => panic!("both or neither won: {other:?}"),
+        }
+    }
+}
+
 crate::helpers::on_both_databases!(
+    an_expired_lease_nobody_took_over_still_finishes,
+    a_finish_racing_a_takeover_has_one_winner,
     racing_submissions_with_one_key_make_one_task,
     pages_go_newest_first_by_cursor,
     tenants_do_not_see_each_other,
