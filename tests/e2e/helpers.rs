@@ -461,11 +461,17 @@ impl TestApp {
     /// The distributed setup: an API instance, a separate worker instance and a
     /// scheduler, sharing PostgreSQL, Redis and S3.
     pub async fn distributed() -> Self {
+        Self::distributed_with(|_| {}).await
+    }
+
+    /// [`TestApp::distributed`] with the settings of every instance adjusted first.
+    pub async fn distributed_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         operator_store::install_crypto_provider();
         let directory = tempfile::tempdir().expect("tempdir");
         let database = TestDatabase::postgres().await;
         let redis = RedisPrefix::new();
-        let settings = distributed_settings(&database, redis.prefix());
+        let mut settings = distributed_settings(&database, redis.prefix());
+        adjust(&mut settings);
         let stop = CancellationToken::new();
         let api = start(settings.clone(), Roles::API, &stop).await;
         // As in a real deployment, the other roles know the API's public address (for
@@ -522,6 +528,49 @@ impl Drop for TestApp {
         self.stop.cancel();
     }
 }
+
+/// Where a scenario runs: `operator serve` on the embedded defaults, or separate API,
+/// worker and scheduler instances on PostgreSQL, Redis and S3.
+#[derive(Debug, Clone, Copy)]
+pub enum Setup {
+    Embedded,
+    Distributed,
+}
+
+impl Setup {
+    /// The application in this setup, its settings adjusted first.
+    pub async fn start(self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        match self {
+            Self::Embedded => TestApp::embedded_with(adjust).await,
+            Self::Distributed => TestApp::distributed_with(adjust).await,
+        }
+    }
+}
+
+/// Runs each `async fn(Setup)` named as two tests, `embedded::NAME` and
+/// `distributed::NAME`.
+macro_rules! on_both_setups {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::helpers::Setup::Embedded).await;
+                }
+            )*
+        }
+        mod distributed {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::helpers::Setup::Distributed).await;
+                }
+            )*
+        }
+    };
+}
+
+pub(crate) use on_both_setups;
 
 /// Decodes a PNG; returns width, height and the RGB of pixel (x, y).
 pub fn decode_png(bytes: &[u8], x: u32, y: u32) -> (u32, u32, [u8; 3]) {

@@ -11,18 +11,18 @@
 
 use serde_json::json;
 
-use crate::helpers::{BrowserMarker, ConnectionCounter, PageServer, TestApp};
+use crate::helpers::{BrowserMarker, ConnectionCounter, PageServer, Setup, TestApp};
 
-async fn allowing_localhost_by_name() -> TestApp {
-    TestApp::embedded_with(|settings| {
-        settings.network.allow = vec!["localhost".into()];
-    })
-    .await
+async fn allowing_localhost_by_name(setup: Setup) -> TestApp {
+    setup
+        .start(|settings| {
+            settings.network.allow = vec!["localhost".into()];
+        })
+        .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_addresses_are_refused_at_submission() {
-    let app = allowing_localhost_by_name().await;
+async fn refused_addresses_are_refused_at_submission(setup: Setup) {
+    let app = allowing_localhost_by_name(setup).await;
     let pages = PageServer::start().await;
     for url in [
         pages.url("secret"),
@@ -43,9 +43,8 @@ async fn refused_addresses_are_refused_at_submission() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redirect_to_a_refused_address_fails_the_task_for_good() {
-    let app = allowing_localhost_by_name().await;
+async fn a_redirect_to_a_refused_address_fails_the_task_for_good(setup: Setup) {
+    let app = allowing_localhost_by_name(setup).await;
     let pages = PageServer::start().await;
     let to_loopback = pages.localhost_url_to("redirect", &pages.url("secret"));
     let to_metadata =
@@ -68,9 +67,8 @@ async fn a_redirect_to_a_refused_address_fails_the_task_for_good() {
 /// as the refused one. (So this proves the blocker is on; that the policy also refuses
 /// such a window is shown with one a click opens, which the blocker lets through:
 /// `a_window_a_click_opens_cannot_reach_a_refused_address`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_popup_without_a_gesture_opens_nowhere() {
-    let app = allowing_localhost_by_name().await;
+async fn a_popup_without_a_gesture_opens_nowhere(setup: Setup) {
+    let app = allowing_localhost_by_name(setup).await;
     let pages = PageServer::start().await;
     let refused = PageServer::start().await;
     let url = pages.localhost_url_to("popup", &refused.url("opened"));
@@ -108,9 +106,8 @@ async fn a_popup_without_a_gesture_opens_nowhere() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sub_request_to_a_refused_address_is_blocked() {
-    let app = allowing_localhost_by_name().await;
+async fn a_sub_request_to_a_refused_address_is_blocked(setup: Setup) {
+    let app = allowing_localhost_by_name(setup).await;
     let pages = PageServer::start().await;
     let refused = PageServer::start().await;
     let url = pages.localhost_url_to("embed", &refused.url("pixel"));
@@ -135,9 +132,8 @@ async fn run_script(app: &TestApp, url: &str, steps: serde_json::Value) -> serde
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_to_a_refused_address_never_connects() {
-    let app = allowing_localhost_by_name().await;
+async fn a_websocket_to_a_refused_address_never_connects(setup: Setup) {
+    let app = allowing_localhost_by_name(setup).await;
     let pages = PageServer::start().await;
     let refused = ConnectionCounter::start().await;
     let url = pages.localhost_url_to("websocket", &format!("ws://127.0.0.1:{}/", refused.port));
@@ -173,9 +169,8 @@ async fn a_websocket_to_a_refused_address_never_connects() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_window_a_click_opens_cannot_reach_a_refused_address() {
-    let app = allowing_localhost_by_name().await;
+async fn a_window_a_click_opens_cannot_reach_a_refused_address(setup: Setup) {
+    let app = allowing_localhost_by_name(setup).await;
     let pages = PageServer::start().await;
     let refused = PageServer::start().await;
     let click_and_wait = json!([
@@ -198,9 +193,8 @@ async fn a_window_a_click_opens_cannot_reach_a_refused_address() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_worker_cannot_reach_a_refused_address() {
-    let app = allowing_localhost_by_name().await;
+async fn a_service_worker_cannot_reach_a_refused_address(setup: Setup) {
+    let app = allowing_localhost_by_name(setup).await;
     let pages = PageServer::start().await;
     let refused = PageServer::start().await;
     let url = pages.localhost_url_to("service-worker", &refused.url("from-worker"));
@@ -264,10 +258,9 @@ fn egress_port(marker: &BrowserMarker) -> u16 {
 /// second time (DNS rebinding); here, with loopback allowed by network (the test
 /// default), it is the proxy's own address, which the guard allows and the proxy never
 /// connects to.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_document_the_proxy_refuses_fails_the_task_with_url_not_allowed() {
+async fn a_document_the_proxy_refuses_fails_the_task_with_url_not_allowed(setup: Setup) {
     let marker = BrowserMarker::new();
-    let app = TestApp::embedded_with(|settings| marker.mark(settings)).await;
+    let app = setup.start(|settings| marker.mark(settings)).await;
     let pages = PageServer::start().await;
     let proxy = format!("127.0.0.1:{}", egress_port(&marker));
     for url in [
@@ -288,7 +281,14 @@ async fn a_document_the_proxy_refuses_fails_the_task_with_url_not_allowed() {
 /// Nothing listens at the target: the proxy cannot connect, and the task fails with the
 /// retryable `navigation_failed` after its attempts, as a direct connection would,
 /// instead of succeeding with a screenshot of the proxy's own `502` page.
-async fn an_unreachable_page_fails_and_is_retried(app: TestApp) {
+async fn an_unreachable_page_fails_and_is_retried(setup: Setup) {
+    let app = setup
+        .start(|settings| {
+            settings.network.allow = vec!["127.0.0.0/8".into()];
+            settings.tasks.retry_base_delay = std::time::Duration::from_millis(100);
+            settings.tasks.retry_max_delay = std::time::Duration::from_millis(200);
+        })
+        .await;
     let port = operator_testkit::free_port();
     let task = app
         .run(&json!({"kind": "screenshot", "input": {"url": format!("http://127.0.0.1:{port}/")}, "max_attempts": 2}))
@@ -305,15 +305,14 @@ async fn an_unreachable_page_fails_and_is_retried(app: TestApp) {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_page_fails_and_is_retried_embedded() {
-    an_unreachable_page_fails_and_is_retried(
-        TestApp::embedded_with(|settings| {
-            settings.network.allow = vec!["127.0.0.0/8".into()];
-            settings.tasks.retry_base_delay = std::time::Duration::from_millis(100);
-            settings.tasks.retry_max_delay = std::time::Duration::from_millis(200);
-        })
-        .await,
-    )
-    .await;
-}
+crate::helpers::on_both_setups!(
+    refused_addresses_are_refused_at_submission,
+    a_redirect_to_a_refused_address_fails_the_task_for_good,
+    a_popup_without_a_gesture_opens_nowhere,
+    a_sub_request_to_a_refused_address_is_blocked,
+    a_websocket_to_a_refused_address_never_connects,
+    a_window_a_click_opens_cannot_reach_a_refused_address,
+    a_service_worker_cannot_reach_a_refused_address,
+    a_document_the_proxy_refuses_fails_the_task_with_url_not_allowed,
+    an_unreachable_page_fails_and_is_retried,
+);

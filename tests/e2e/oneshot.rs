@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PageServer, TestApp, decode_png, pdf_page_count};
+use crate::helpers::{PageServer, Setup, TestApp, decode_png, pdf_page_count};
 
 struct Answer {
     status: u16,
@@ -51,9 +51,8 @@ async fn call(app: &TestApp, path: &str, body: &str) -> Answer {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_endpoint_answers_with_what_its_task_produced() {
-    let app = TestApp::embedded().await;
+async fn each_endpoint_answers_with_what_its_task_produced(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
 
     let answer = call(
@@ -116,9 +115,8 @@ async fn each_endpoint_answers_with_what_its_task_produced() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_come_back_with_their_codes() {
-    let app = TestApp::embedded().await;
+async fn errors_come_back_with_their_codes(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
 
     let answer = call(&app, "/v1/screenshot", "{not json").await;
@@ -174,14 +172,14 @@ async fn errors_come_back_with_their_codes() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_that_outlasts_the_wait_is_answered_with_202() {
-    let app = TestApp::embedded_with(|settings| {
-        settings.server.sync_wait = Duration::from_millis(1500);
-        // Only `default`: the queue created below is served by nobody.
-        settings.worker.queues = vec!["default".to_owned()];
-    })
-    .await;
+async fn a_task_that_outlasts_the_wait_is_answered_with_202(setup: Setup) {
+    let app = setup
+        .start(|settings| {
+            settings.server.sync_wait = Duration::from_millis(1500);
+            // Only `default`: the queue created below is served by nobody.
+            settings.worker.queues = vec!["default".to_owned()];
+        })
+        .await;
     let pages = PageServer::start().await;
     let answer = call(
         &app,
@@ -220,3 +218,9 @@ async fn a_task_that_outlasts_the_wait_is_answered_with_202() {
     );
     app.shutdown().await;
 }
+
+crate::helpers::on_both_setups!(
+    each_endpoint_answers_with_what_its_task_produced,
+    errors_come_back_with_their_codes,
+    a_task_that_outlasts_the_wait_is_answered_with_202,
+);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::TASK_DEADLINE;
-use crate::helpers::{BrowserMarker, PageServer, TestApp};
+use crate::helpers::{BrowserMarker, PageServer, Setup, TestApp};
 
 /// Submits a screenshot of the page server's `path` and waits for the task to end.
 async fn screenshot(app: &TestApp, pages: &PageServer, path: &str) -> serde_json::Value {
@@ -51,10 +51,9 @@ async fn the_live_browser(marker: &BrowserMarker) -> u32 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried() {
+async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried(setup: Setup) {
     let marker = BrowserMarker::new();
-    let app = TestApp::embedded_with(|settings| marker.mark(settings)).await;
+    let app = setup.start(|settings| marker.mark(settings)).await;
     let pages = PageServer::start().await;
     let browsers = marker.browsers();
     assert_eq!(browsers.len(), 1, "one warm browser: {browsers:?}");
@@ -101,14 +100,14 @@ async fn a_browser_killed_mid_task_is_replaced_and_the_task_retried() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_is_recycled_after_its_quota_of_tasks() {
+async fn a_browser_is_recycled_after_its_quota_of_tasks(setup: Setup) {
     let marker = BrowserMarker::new();
-    let app = TestApp::embedded_with(|settings| {
-        marker.mark(settings);
-        settings.browser.recycle_after = 2;
-    })
-    .await;
+    let app = setup
+        .start(|settings| {
+            marker.mark(settings);
+            settings.browser.recycle_after = 2;
+        })
+        .await;
     let pages = PageServer::start().await;
     let mut served_by = vec![the_live_browser(&marker).await];
     for index in 0..4 {
@@ -129,16 +128,16 @@ async fn a_browser_is_recycled_after_its_quota_of_tasks() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_above_its_memory_limit_is_recycled() {
+async fn a_browser_above_its_memory_limit_is_recycled(setup: Setup) {
     // Every browser holds more than 1 MiB, so each is measured over the limit once it has
     // served a task (the warm-up counts as one), and the next task gets a new browser.
     let marker = BrowserMarker::new();
-    let app = TestApp::embedded_with(|settings| {
-        marker.mark(settings);
-        settings.browser.recycle_above_mb = 1;
-    })
-    .await;
+    let app = setup
+        .start(|settings| {
+            marker.mark(settings);
+            settings.browser.recycle_above_mb = 1;
+        })
+        .await;
     let pages = PageServer::start().await;
     let mut previous = marker.browsers();
     assert_eq!(previous.len(), 1);
@@ -165,15 +164,15 @@ async fn a_browser_above_its_memory_limit_is_recycled() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_spread_over_the_browsers_and_a_crash_takes_down_only_its_own() {
+async fn tasks_spread_over_the_browsers_and_a_crash_takes_down_only_its_own(setup: Setup) {
     let marker = BrowserMarker::new();
-    let app = TestApp::embedded_with(|settings| {
-        marker.mark(settings);
-        settings.browser.browsers = 2;
-        settings.worker.concurrency = 2;
-    })
-    .await;
+    let app = setup
+        .start(|settings| {
+            marker.mark(settings);
+            settings.browser.browsers = 2;
+            settings.worker.concurrency = 2;
+        })
+        .await;
     let pages = PageServer::start().await;
     let browsers = marker.browsers();
     assert_eq!(browsers.len(), 2, "two warm browsers: {browsers:?}");
@@ -220,3 +219,10 @@ async fn tasks_spread_over_the_browsers_and_a_crash_takes_down_only_its_own() {
     assert!(now.contains(&browsers[1]), "the other browser lives on");
     app.shutdown().await;
 }
+
+crate::helpers::on_both_setups!(
+    a_browser_killed_mid_task_is_replaced_and_the_task_retried,
+    a_browser_is_recycled_after_its_quota_of_tasks,
+    a_browser_above_its_memory_limit_is_recycled,
+    tasks_spread_over_the_browsers_and_a_crash_takes_down_only_its_own,
+);

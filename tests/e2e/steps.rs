@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use operator_testkit::read_sse;
 
-use crate::helpers::{PageServer, TestApp, decode_png};
+use crate::helpers::{PageServer, Setup, decode_png};
 
 fn artifact<'a>(task: &'a Value, name: &str) -> &'a Value {
     task["artifacts"]
@@ -16,9 +16,8 @@ fn artifact<'a>(task: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no artifact {name}: {task}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_login_form_is_filled_and_submitted() {
-    let app = TestApp::embedded().await;
+async fn a_login_form_is_filled_and_submitted(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
     let done = app
         .run(
@@ -78,9 +77,8 @@ async fn a_login_form_is_filled_and_submitted() {
 }
 
 /// The page's console lines reach the task's live stream as `log` events, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_lines_are_streamed_as_log_events() {
-    let app = TestApp::embedded().await;
+async fn console_lines_are_streamed_as_log_events(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
     let done = app.run(&json!({"kind": "script", "input": {"url": pages.url("logging"), "steps": [
             {"action": "evaluate", "name": "first", "expression": "console.log('first line'), 1"},
@@ -116,9 +114,8 @@ async fn console_lines_are_streamed_as_log_events() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_list_is_scraped_into_records() {
-    let app = TestApp::embedded().await;
+async fn a_list_is_scraped_into_records(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
     let done = app
         .run(
@@ -153,9 +150,8 @@ async fn a_list_is_scraped_into_records() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_is_the_html_after_scripts_ran() {
-    let app = TestApp::embedded().await;
+async fn content_is_the_html_after_scripts_ran(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
     let done = app
         .run(&json!({"kind": "content", "input": {"url": pages.url("list")}}))
@@ -173,9 +169,8 @@ async fn content_is_the_html_after_scripts_ran() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_element_screenshot_has_the_element_size() {
-    let app = TestApp::embedded().await;
+async fn an_element_screenshot_has_the_element_size(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
     let done = app
         .run(
@@ -194,9 +189,8 @@ async fn an_element_screenshot_has_the_element_size() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_that_never_finishes_loading_times_out() {
-    let app = TestApp::embedded().await;
+async fn a_page_that_never_finishes_loading_times_out(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
     let done = app.run(&json!({"kind": "script", "timeout_ms": 3000, "input": {"url": pages.url("never-loads"), "steps": [
             {"action": "screenshot"}
@@ -207,14 +201,14 @@ async fn a_page_that_never_finishes_loading_times_out() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_may_wait_longer_than_a_browser_call() {
+async fn a_step_may_wait_longer_than_a_browser_call(setup: Setup) {
     // A 2 s call timeout: the step's promise settles after 3 s, within its own timeout.
     // Waiting on purpose is not a hung browser.
-    let app = TestApp::embedded_with(|settings| {
-        settings.browser.call_timeout = Duration::from_secs(2);
-    })
-    .await;
+    let app = setup
+        .start(|settings| {
+            settings.browser.call_timeout = Duration::from_secs(2);
+        })
+        .await;
     let pages = PageServer::start().await;
     let done = app
         .run(
@@ -230,9 +224,8 @@ async fn a_step_may_wait_longer_than_a_browser_call() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_selector_fails_the_task_naming_the_step() {
-    let app = TestApp::embedded().await;
+async fn a_missing_selector_fails_the_task_naming_the_step(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
     let started = std::time::Instant::now();
     let done = app.run(&json!({"kind": "script", "max_attempts": 3, "input": {"url": pages.url("login"), "steps": [
@@ -265,9 +258,8 @@ async fn a_missing_selector_fails_the_task_naming_the_step() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cookie_set_by_one_task_is_absent_in_the_next() {
-    let app = TestApp::embedded().await;
+async fn a_cookie_set_by_one_task_is_absent_in_the_next(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
     let first = app.run(&json!({"kind": "script", "input": {"url": pages.url("cookies"), "storage_state": true, "steps": [
             {"action": "evaluate", "expression": "document.cookie = 'visitor=one; max-age=3600'"},
@@ -309,9 +301,8 @@ async fn a_cookie_set_by_one_task_is_absent_in_the_next() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_step_list_is_refused_before_it_is_queued() {
-    let app = TestApp::embedded().await;
+async fn a_bad_step_list_is_refused_before_it_is_queued(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let (status, body) = app
         .submit(&json!({"kind": "script", "input": {"steps": [
             {"action": "goto", "url": "https://example.com"},
@@ -339,9 +330,8 @@ async fn a_bad_step_list_is_refused_before_it_is_queued() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn page_options_apply_before_the_first_request() {
-    let app = TestApp::embedded().await;
+async fn page_options_apply_before_the_first_request(setup: Setup) {
+    let app = setup.start(|_| {}).await;
     let pages = PageServer::start().await;
     let blocked_image = format!("{}?to={}", pages.url("embed"), pages.url("pixel"));
     let done = app.run(&json!({"kind": "script", "input": {
@@ -381,3 +371,17 @@ async fn page_options_apply_before_the_first_request() {
     assert_eq!(pages.hits("embed"), 2, "the pages themselves loaded");
     app.shutdown().await;
 }
+
+crate::helpers::on_both_setups!(
+    a_login_form_is_filled_and_submitted,
+    console_lines_are_streamed_as_log_events,
+    a_list_is_scraped_into_records,
+    content_is_the_html_after_scripts_ran,
+    an_element_screenshot_has_the_element_size,
+    a_page_that_never_finishes_loading_times_out,
+    a_step_may_wait_longer_than_a_browser_call,
+    a_missing_selector_fails_the_task_naming_the_step,
+    a_cookie_set_by_one_task_is_absent_in_the_next,
+    a_bad_step_list_is_refused_before_it_is_queued,
+    page_options_apply_before_the_first_request,
+);
