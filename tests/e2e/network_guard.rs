@@ -238,6 +238,119 @@ async fn a_service_worker_cannot_reach_a_refused_address(setup: Setup) {
     app.shutdown().await;
 }
 
+/// Hosts that are loopback, link-local or special-purpose addresses in disguise: IPv4
+/// written in decimal, hex, octal and short forms, and IPv6 forms that embed an IPv4
+/// address or are special-purpose themselves.
+const DISGUISED: [&str; 15] = [
+    "2130706433",
+    "0x7f000001",
+    "0177.0.0.1",
+    "127.1",
+    "0xa9.254.169.254",
+    "[::ffff:127.0.0.1]",
+    "[::7f00:1]",
+    "[2002:7f00:1::]",
+    // Teredo: the client address is the last 32 bits, inverted (here 127.0.0.1).
+    "[2001:0:4136:e378:8000:63bf:80ff:fffe]",
+    "[64:ff9b::7f00:1]",
+    "[64:ff9b:1::7f00:1]",
+    "[::1]",
+    "[2001:db8::1]",
+    "[100::1]",
+    "[fec0::1]",
+];
+
+/// Sends `CONNECT host:port` to the egress proxy; its status code.
+async fn proxy_connect(proxy: u16, target: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", proxy))
+        .await
+        .expect("connect to the proxy");
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut head = vec![0; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut head))
+        .await
+        .expect("the proxy answers")
+        .expect("read");
+    let head = String::from_utf8_lossy(&head[..read]).into_owned();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {head:?}"))
+}
+
+/// Each disguised address, at each of the three checks: refused at submission, blocked
+/// by the request guard when a page asks for it, and refused by the egress proxy's
+/// CONNECT. The control: `localhost` by name passes all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disguised_addresses_are_refused_by_every_check() {
+    let marker = BrowserMarker::new();
+    let app = Setup::Embedded
+        .start(|settings| {
+            settings.network.allow = vec!["localhost".into()];
+            marker.mark(settings);
+        })
+        .await;
+    let pages = PageServer::start().await;
+    let proxy = egress_port(&marker);
+    let page_port = pages
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse::<u16>().ok())
+        .expect("the page server's port");
+    for host in DISGUISED {
+        let url = format!("http://{host}:{page_port}/pixel");
+        let (status, body) = app
+            .submit(&json!({"kind": "screenshot", "input": {"url": url}}))
+            .await;
+        assert_eq!(status, 422, "{host} at submission: {body}");
+        assert_eq!(body["code"], "url_not_allowed", "{host}: {body}");
+
+        let done = app
+            .run(&json!({"kind": "screenshot", "input": {"url": pages.localhost_url_to("embed", &url)}}))
+            .await;
+        assert_eq!(done["state"], "succeeded", "{host}: {done}");
+        assert_eq!(
+            done["result"]["page"]["blocked_requests"]["total"], 1,
+            "{host} in the page is blocked by the request guard: {done}"
+        );
+
+        assert_eq!(
+            proxy_connect(proxy, &format!("{host}:{page_port}")).await,
+            403,
+            "{host} through the egress proxy"
+        );
+    }
+    assert_eq!(
+        pages.hits("pixel"),
+        0,
+        "no disguise reached the page server"
+    );
+
+    let allowed = format!("http://localhost:{page_port}/pixel");
+    let (status, body) = app
+        .submit(&json!({"kind": "screenshot", "input": {"url": allowed}}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let done = app
+        .run(&json!({"kind": "screenshot", "input": {"url": pages.localhost_url_to("embed", &allowed)}}))
+        .await;
+    assert!(
+        done["result"]["page"].get("blocked_requests").is_none(),
+        "nothing blocked: {done}"
+    );
+    assert_eq!(
+        proxy_connect(proxy, &format!("localhost:{page_port}")).await,
+        200
+    );
+    assert!(pages.hits("pixel") >= 2, "the allowed name reached it");
+    app.shutdown().await;
+}
+
 /// The port of the egress proxy the marked browsers use, read from their command line.
 fn egress_port(marker: &BrowserMarker) -> u16 {
     marker
