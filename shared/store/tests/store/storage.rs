@@ -48,14 +48,29 @@ async fn a_wrong_secret_is_refused_by_the_server() {
     let mut settings = distributed_settings(&database, &unique_name("storage"));
     settings.storage.secret_access_key = Some(SecretString::from("not-the-secret".to_owned()));
     let store = ArtifactStore::from_settings(&settings).expect("store");
-    assert!(
-        store.check().await.is_err(),
-        "readiness must see the credentials fail"
-    );
-    assert!(
-        store
-            .put("x/y/z", Bytes::from_static(b"x"), "text/plain")
-            .await
-            .is_err()
-    );
+    let checked = store
+        .check()
+        .await
+        .expect_err("readiness sees the credentials fail");
+    let put = store
+        .put("x/y/z", Bytes::from_static(b"x"), "text/plain")
+        .await
+        .expect_err("the server refuses the write");
+    // Refused for the signature, by the server: not unreachable, not some other fault.
+    for error in [checked.to_string(), put.to_string()] {
+        assert!(
+            error.contains("403") || error.contains("SignatureDoesNotMatch"),
+            "refused as a bad signature: {error}"
+        );
+    }
+    // The control: the same settings with the right secret work.
+    let mut right = settings.clone();
+    right.storage.secret_access_key = distributed_settings(&database, "control")
+        .storage
+        .secret_access_key;
+    ArtifactStore::from_settings(&right)
+        .expect("store")
+        .check()
+        .await
+        .expect("the right secret is accepted");
 }
