@@ -219,6 +219,21 @@ fn card() -> Html<&'static str> {
     )
 }
 
+/// `/interactive`: an element that records being hovered, two focusable elements, a
+/// field that records the last key pressed in it, and room to scroll.
+#[handler]
+fn interactive() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>interactive</title><style>body{margin:0}</style></head><body>\
+         <button id=\"first\">first</button><input id=\"field\">\
+         <div id=\"target\" style=\"width:200px;height:100px;background:#3366cc\" \
+         onmouseenter=\"document.body.dataset.hovered = 'yes'\"></div>\
+         <div style=\"height:3000px\"></div>\
+         <script>document.getElementById('field').addEventListener('keydown', \
+         (event) => { document.body.dataset.lastKey = event.key; });</script></body></html>",
+    )
+}
+
 /// `/ticking`: asks for `/tick` every 50 ms for as long as it is open.
 #[handler]
 fn ticking() -> Html<&'static str> {
@@ -274,6 +289,7 @@ impl PageServer {
             .at("/list", get(list))
             .at("/card", get(card))
             .at("/ticking", get(ticking))
+            .at("/interactive", get(interactive))
             .at("/hang", get(hang))
             .at("/never-loads", get(never_loads))
             .at("/cookies", get(cookies))

@@ -372,7 +372,43 @@ async fn page_options_apply_before_the_first_request(setup: Setup) {
     app.shutdown().await;
 }
 
+/// Hover, press and scroll have their effects on the page, each checked before and
+/// after.
+async fn hover_press_and_scroll_act_on_the_page(setup: Setup) {
+    let app = setup.start(|_| {}).await;
+    let pages = PageServer::start().await;
+    let done = app
+        .run(&json!({"kind": "script", "input": {"url": pages.url("interactive"), "steps": [
+            {"action": "evaluate", "name": "hovered_before", "expression": "document.body.dataset.hovered ?? null"},
+            {"action": "hover", "selector": "#target"},
+            {"action": "evaluate", "name": "hovered", "expression": "document.body.dataset.hovered ?? null"},
+            {"action": "evaluate", "name": "focus_before", "expression": "document.activeElement.tagName"},
+            {"action": "press", "key": "Tab"},
+            {"action": "evaluate", "name": "focus_after_one", "expression": "document.activeElement.id"},
+            {"action": "press", "key": "Tab"},
+            {"action": "evaluate", "name": "focus_after_two", "expression": "document.activeElement.id"},
+            {"action": "press", "key": "Enter"},
+            {"action": "evaluate", "name": "key", "expression": "document.body.dataset.lastKey ?? null"},
+            {"action": "evaluate", "name": "scrolled_before", "expression": "window.scrollY"},
+            {"action": "scroll", "y": 500},
+            {"action": "evaluate", "name": "scrolled", "expression": "window.scrollY"}
+        ]}}))
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let data = &done["result"]["data"];
+    assert_eq!(data["hovered_before"], Value::Null, "{data}");
+    assert_eq!(data["hovered"], "yes", "{data}");
+    assert_eq!(data["focus_before"], "BODY", "{data}");
+    assert_eq!(data["focus_after_one"], "first", "{data}");
+    assert_eq!(data["focus_after_two"], "field", "{data}");
+    assert_eq!(data["key"], "Enter", "pressed in the focused field: {data}");
+    assert_eq!(data["scrolled_before"], 0, "{data}");
+    assert_eq!(data["scrolled"], 500, "{data}");
+    app.shutdown().await;
+}
+
 crate::helpers::on_both_setups!(
+    hover_press_and_scroll_act_on_the_page,
     a_login_form_is_filled_and_submitted,
     console_lines_are_streamed_as_log_events,
     a_list_is_scraped_into_records,
