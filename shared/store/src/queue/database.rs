@@ -328,6 +328,12 @@ impl Queue for DatabaseQueue {
                 vec![claim.task_id.as_uuid().into(), claim.token.as_uuid().into()],
             )
             .await?;
+        if deleted == 1 {
+            // A slot opened: a claimer in this process held back by a concurrency limit
+            // may take a task now, without waiting for its next poll. One slot, one
+            // claimer.
+            self.wakeup.notify_one();
+        }
         Ok(deleted == 1)
     }
 

@@ -10,6 +10,9 @@ use operator_store::queue::redis::RedisQueue;
 use operator_store::queue::{QueueLimits, SharedQueue};
 use operator_testkit::{RedisPrefix, TestDatabase};
 
+/// The database queue's poll for work from other processes, in these tests.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A queue backend for one test, with the guards that clean up after it.
 pub struct QueueUnderTest {
     queue: SharedQueue,
@@ -48,7 +51,9 @@ async fn database_queue(
         .expect("connect");
     QueueUnderTest {
         queue: Arc::new(
-            DatabaseQueue::new(connection, Duration::from_millis(50))
+            // Longer than any wake-up bound below, so a wake-up test fails when the
+            // wake-up is gone instead of passing on the next poll.
+            DatabaseQueue::new(connection, POLL_INTERVAL)
                 .with_limits(limits)
                 .serving(serves),
         ),
