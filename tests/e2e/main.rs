@@ -257,8 +257,11 @@ async fn retries_back_off_dead_tasks_redrive_and_delays_are_kept(app: TestApp) {
 /// it runs, within the queue list's refresh and one claim wait.
 async fn a_queue_created_while_the_worker_runs_is_served(app: TestApp) {
     let pages = PageServer::start().await;
-    // Let the worker settle on the queue list it starts with.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The worker runs on the queue list it started with: it has served a task.
+    let first = app
+        .run(&json!({"kind": "screenshot", "input": {"url": pages.url("first"), "viewport": {"width": 320, "height": 200}}}))
+        .await;
+    assert_eq!(first["state"], "succeeded", "{first}");
     let (status, created) = app.put("/v1/queues/latecomer", &json!({})).await;
     assert_eq!(status, 201, "{created}");
     let done = app

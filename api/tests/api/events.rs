@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use operator_testkit::{read_json, read_sse};
+use operator_testkit::{read_json, read_sse, read_sse_counting};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -36,8 +36,16 @@ async fn a_stream_carries_history_and_live_events_then_closes() {
             .unwrap_or_default()
             .starts_with("text/event-stream")
     );
-    let reading = tokio::spawn(read_sse(response));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (seen, mut arrived) = tokio::sync::watch::channel(0);
+    let reading = tokio::spawn(read_sse_counting(response, seen));
+    // The history (`created`) has arrived: the stream is live now.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        arrived.wait_for(|count| *count >= 1),
+    )
+    .await
+    .expect("the history in time")
+    .expect("the reader runs");
     let (status, _) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
     assert_eq!(status, 200);
     let events = reading.await.expect("join");
@@ -133,10 +141,12 @@ async fn event_streams_refuse_bad_requests_with_codes() {
 }
 
 /// Reads text messages until the server closes the socket; returns them and the close code.
+/// Reads a socket's messages until it closes, telling `seen` how many have arrived.
 async fn read_socket(
     mut socket: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    seen: tokio::sync::watch::Sender<usize>,
 ) -> (Vec<serde_json::Value>, Option<u16>) {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
@@ -147,7 +157,8 @@ async fn read_socket(
             .expect("a message or the end in time");
         match next {
             Some(Ok(Message::Text(text))) => {
-                messages.push(serde_json::from_str(text.as_str()).expect("JSON"))
+                messages.push(serde_json::from_str(text.as_str()).expect("JSON"));
+                seen.send_replace(messages.len());
             }
             Some(Ok(Message::Close(frame))) => {
                 return (messages, frame.map(|frame| u16::from(frame.code)));
@@ -180,8 +191,15 @@ async fn a_websocket_carries_the_same_events_and_closes_normally() {
         tokio_tungstenite::connect_async(with_key(&api, &format!("{ws_base}/v1/tasks/{id}/ws")))
             .await
             .expect("upgrade");
-    let reading = tokio::spawn(read_socket(socket));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (seen, mut arrived) = tokio::sync::watch::channel(0);
+    let reading = tokio::spawn(read_socket(socket, seen));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        arrived.wait_for(|count| *count >= 1),
+    )
+    .await
+    .expect("the history in time")
+    .expect("the reader runs");
     let (status, _) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
     assert_eq!(status, 200);
     let (messages, close) = reading.await.expect("join");
@@ -204,7 +222,7 @@ async fn a_websocket_carries_the_same_events_and_closes_normally() {
     ))
     .await
     .expect("upgrade");
-    let (resumed, _) = read_socket(socket).await;
+    let (resumed, _) = read_socket(socket, tokio::sync::watch::channel(0).0).await;
     assert_eq!(resumed, messages[1..]);
 
     let missing = "00000000-0000-7000-8000-000000000000";

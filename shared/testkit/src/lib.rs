@@ -645,6 +645,15 @@ pub struct SseEvent {
 
 /// Reads a whole SSE response until the server closes it.
 pub async fn read_sse(response: reqwest::Response) -> Vec<SseEvent> {
+    read_sse_counting(response, tokio::sync::watch::channel(0).0).await
+}
+
+/// [`read_sse`], telling `seen` how many events have arrived so far, so that a test can
+/// wait until the stream is live (its history read) before it makes the next event.
+pub async fn read_sse_counting(
+    response: reqwest::Response,
+    seen: tokio::sync::watch::Sender<usize>,
+) -> Vec<SseEvent> {
     use futures::StreamExt;
     let mut bytes = response.bytes_stream();
     let mut text = String::new();
@@ -653,6 +662,13 @@ pub async fn read_sse(response: reqwest::Response) -> Vec<SseEvent> {
         .expect("the stream goes on or ends in time")
     {
         text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        let complete = text.replace("\r\n", "\n");
+        let arrived = complete
+            .split("\n\n")
+            .take(complete.matches("\n\n").count())
+            .filter(|block| block.lines().any(|line| line.starts_with("data:")))
+            .count();
+        seen.send_replace(arrived);
     }
     text.replace("\r\n", "\n")
         .split("\n\n")
