@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Make sure every backing service the OperatorNext test suite needs is
 # installed and running: PostgreSQL, Redis, Chromium and an S3-compatible
-# server (s3s-fs), and the Python library tests check webhook signatures
-# with (standardwebhooks); on request (not part of all) a loopback OpenID
-# Connect provider (oidc-provider, scripts/oidc-provider). Idempotent: when everything
+# server (s3s-fs), the Python library tests check webhook signatures with
+# (standardwebhooks) and a loopback OpenID Connect provider for the sign-in
+# tests (oidc-provider, scripts/oidc-provider). Idempotent: when everything
 # is already up it only checks.
 #
 #   scripts/services.sh [all|postgres|redis|chromium|s3|python|oidc]...   (default: all)
@@ -463,7 +463,7 @@ svc_main() {
   local target
   for target in "$@"; do
     case $target in
-      all) svc_postgres; svc_redis; svc_chromium; svc_s3; svc_python ;;
+      all) svc_postgres; svc_redis; svc_chromium; svc_s3; svc_python; svc_oidc ;;
       postgres | redis | chromium | s3 | python | oidc) "svc_$target" ;;
       env) svc_env ;;
       *) printf 'usage: %s [all|postgres|redis|chromium|s3|python|oidc|env]...\n' "${0##*/}" >&2; exit 2 ;;

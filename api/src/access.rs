@@ -2,9 +2,11 @@
 //! middleware that authenticates every request and checks that table, and the
 //! [`Caller`] handlers act for.
 //!
-//! - Public: `/healthz`, `/readyz`, `/openapi.json` and `/docs`. Every other request
-//!   must present `Authorization: Bearer opk_…` (an API key); missing or bad
-//!   credentials are `401 unauthenticated` with `WWW-Authenticate: Bearer`.
+//! - Public: `/healthz`, `/readyz`, `/openapi.json`, `/docs`, the sign-in endpoints
+//!   (`/v1/auth/…`, which check their own state, cookie or token) and
+//!   `/.well-known/jwks.json`. Every other request must present `Authorization: Bearer`
+//!   with an API key (`opk_…`) or a session token (the JWT a sign-in gives); missing or
+//!   bad credentials are `401 unauthenticated` with `WWW-Authenticate: Bearer`.
 //! - [`RULES`] names the permission of every operation; the caller's role must grant
 //!   it ([`Role::grants`], the grant table) or the answer is `403 forbidden` naming the
 //!   permission. A route missing from the table is refused too (default deny): its
@@ -29,6 +31,7 @@ use operator_domain::error::ErrorCode;
 use operator_domain::links::{GrantScope, grant_holds, verify_stream_ticket};
 use operator_store::credentials::{KeyVerifier, Refusal};
 use operator_store::rate::{Decision, SubmissionLimiter};
+use operator_store::sessions::SessionTokenError;
 use operator_store::signing::LinkSigner;
 use poem::http::{Method, header};
 use poem::{Endpoint, FromRequest, IntoResponse, Middleware, Request, RequestBody, Response};
@@ -37,6 +40,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::signin::SignIn;
 
 use Permission::*;
 
@@ -93,9 +97,14 @@ pub const RULES: &[(&str, &str, Permission)] = &[
 
 /// Paths anyone may call.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
-        || path == "/docs"
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/openapi.json" | "/.well-known/jwks.json"
+    ) || path == "/docs"
         || path.starts_with("/docs/")
+        // Sign-in itself: the callback, refresh and logout check their own state,
+        // cookie or token.
+        || path.starts_with("/v1/auth/")
 }
 
 /// The permission of the operation at `method path`, if the table has it (`HEAD` is
@@ -155,6 +164,8 @@ pub enum Actor {
     Link,
     /// A stream ticket (this one task's events only).
     Ticket,
+    /// A person signed in through OpenID Connect, by a session token.
+    User { id: Uuid, session: Uuid },
 }
 
 impl Caller {
@@ -174,6 +185,24 @@ impl Caller {
             Actor::Anonymous => "anonymous".to_owned(),
             Actor::Link => "signed-link".to_owned(),
             Actor::Ticket => "ticket".to_owned(),
+            Actor::User { id, .. } => format!("user:{id}"),
+        }
+    }
+
+    /// A signed-in member, as sign-in records what it did.
+    pub fn for_user(
+        tenant: TenantId,
+        role: Role,
+        user: Uuid,
+        session: Uuid,
+        address: Option<String>,
+    ) -> Self {
+        Self {
+            tenant,
+            role,
+            platform_admin: false,
+            actor: Actor::User { id: user, session },
+            address,
         }
     }
 
@@ -206,6 +235,7 @@ impl<'a> FromRequest<'a> for Caller {
 pub struct Authenticator {
     verifier: Option<Arc<KeyVerifier>>,
     signer: Arc<LinkSigner>,
+    sign_in: Arc<SignIn>,
     failures: FailureLimiter,
 }
 
@@ -214,11 +244,13 @@ impl Authenticator {
     pub fn new(
         verifier: Option<Arc<KeyVerifier>>,
         signer: Arc<LinkSigner>,
+        sign_in: Arc<SignIn>,
         failures_per_minute: u32,
     ) -> Self {
         Self {
             verifier,
             signer,
+            sign_in,
             failures: FailureLimiter::new(failures_per_minute),
         }
     }
@@ -327,12 +359,15 @@ impl Authenticator {
             }
             None => {}
         }
-        let Some(presented) = bearer(request) else {
+        let Some(presented) = bearer_token(request) else {
             return Err(unauthenticated(
                 None,
-                "missing credentials: send Authorization: Bearer <API key>",
+                "missing credentials: send Authorization: Bearer <API key or session token>",
             ));
         };
+        if !presented.starts_with(operator_domain::auth::KEY_PREFIX) && presented.contains('.') {
+            return self.session(presented, address).await;
+        }
         match verifier.verify(presented).await {
             Ok(key) => Ok(Caller {
                 tenant: key.tenant,
@@ -358,8 +393,61 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// The member a session token names: its signature, key and expiry, then the
+    /// session itself (live, not logged out) and the member's current role, read on
+    /// each request so a logout or a role change applies at once on every replica.
+    async fn session(&self, token: &str, address: Option<IpAddr>) -> Result<Caller, Response> {
+        let refuse = |reason: &str| {
+            if let Some(address) = address {
+                self.failures.record(address);
+            }
+            info!(client = ?address, reason, "authentication refused");
+            unauthenticated(Some("invalid_token"), reason)
+        };
+        let verified = match self.sign_in.signer().verify(token).await {
+            Ok(verified) => verified,
+            Err(SessionTokenError::Invalid) => {
+                return Err(refuse(
+                    "the session token is malformed, forged, expired or signed by a retired key",
+                ));
+            }
+            Err(SessionTokenError::Store(error)) => {
+                return Err(poem::error::ResponseError::as_response(&ApiError::from(
+                    error,
+                )));
+            }
+        };
+        let session = self
+            .sign_in
+            .users()
+            .session(verified.claims.sid)
+            .await
+            .map_err(|error| poem::error::ResponseError::as_response(&ApiError::from(error)))?;
+        match session {
+            Some(session)
+                if session.live
+                    && session.user == verified.user
+                    && session.tenant == verified.claims.tenant =>
+            {
+                let Some(role) = session.role else {
+                    return Err(refuse("the member has left the tenant"));
+                };
+                Ok(Caller::for_user(
+                    session.tenant,
+                    role,
+                    session.user,
+                    session.id,
+                    None,
+                ))
+            }
+            _ => Err(refuse("the session has ended: sign in again")),
+        }
+    }
+}
+
 /// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).
-fn bearer(request: &Request) -> Option<&str> {
+pub(crate) fn bearer_token(request: &Request) -> Option<&str> {
     let value = request
         .headers()
         .get(header::AUTHORIZATION)?

@@ -67,9 +67,10 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::WebhookNotFound
         | ErrorCode::DeliveryNotFound
         | ErrorCode::KeyNotFound
-        | ErrorCode::TenantNotFound => StatusCode::NOT_FOUND,
-        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        | ErrorCode::TenantNotFound
+        | ErrorCode::ProviderNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Unauthenticated | ErrorCode::SignInFailed => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden | ErrorCode::NoMembership => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InvalidState | ErrorCode::IdempotencyConflict | ErrorCode::TenantExists => {

@@ -128,10 +128,20 @@ pub struct KeyList {
 pub struct MeView {
     pub tenant: String,
     pub role: RoleView,
-    /// The key the request presented; absent when authentication is off.
+    /// The key the request presented; absent for a signed-in person or with
+    /// authentication off.
     pub key: Option<MeKey>,
+    /// The signed-in person, for a session token.
+    pub user: Option<MeUser>,
     /// What the role may do (`tasks:read`, `tasks:write`, …).
     pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct MeUser {
+    pub id: Uuid,
+    /// The session the token belongs to.
+    pub session: Uuid,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -303,12 +313,20 @@ impl KeysApi {
                 id: *id,
                 prefix: prefix.clone(),
             }),
-            Actor::Anonymous | Actor::Link | Actor::Ticket => None,
+            Actor::Anonymous | Actor::Link | Actor::Ticket | Actor::User { .. } => None,
+        };
+        let user = match &caller.actor {
+            Actor::User { id, session } => Some(MeUser {
+                id: *id,
+                session: *session,
+            }),
+            _ => None,
         };
         Ok(Json(MeView {
             tenant: caller.tenant.to_string(),
             role: caller.role.into(),
             key,
+            user,
             permissions: Permission::ALL
                 .into_iter()
                 .filter(|permission| caller.holds(*permission))

@@ -11,6 +11,8 @@
 //! - [`keys`]: `/v1/api-keys` — a tenant's API keys; `/v1/me` — who is calling.
 //! - [`audit`]: `/v1/audit-events` — the tenant's audit log.
 //! - [`admin`]: `/v1/admin/tenants` — the platform's tenants (platform-admin keys).
+//! - [`signin`]: `/v1/auth/…` — sign-in through OpenID Connect, session refresh and
+//!   logout; `/.well-known/jwks.json`.
 //! - [`access`]: authentication, the permission table every route is checked against,
 //!   and the [`access::Caller`] handlers act for.
 //! - [`submission`]: parsing and validating a task submission.
@@ -40,6 +42,7 @@ pub mod health;
 pub mod keys;
 pub mod oneshot;
 pub mod queues;
+pub mod signin;
 pub mod state;
 pub mod submission;
 pub mod tasks;
@@ -113,6 +116,30 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
         .at(
             "/v1/tasks/:id/ws",
             poem::get(events::websocket).data(SharedState::clone(&state)),
+        )
+        .at(
+            "/v1/auth/providers",
+            poem::get(signin::providers).data(SharedState::clone(&state)),
+        )
+        .at(
+            "/v1/auth/oidc/:provider/login",
+            poem::get(signin::login).data(SharedState::clone(&state)),
+        )
+        .at(
+            "/v1/auth/oidc/:provider/callback",
+            poem::get(signin::callback).data(SharedState::clone(&state)),
+        )
+        .at(
+            "/v1/auth/refresh",
+            poem::post(signin::refresh).data(SharedState::clone(&state)),
+        )
+        .at(
+            "/v1/auth/logout",
+            poem::post(signin::logout).data(SharedState::clone(&state)),
+        )
+        .at(
+            "/.well-known/jwks.json",
+            poem::get(signin::jwks).data(SharedState::clone(&state)),
         )
         .nest("/", api)
         .at("/openapi.json", spec_endpoint)

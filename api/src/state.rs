@@ -36,6 +36,8 @@ pub struct AppState {
     pub known_queues: KnownQueues,
     /// Resolves each request's credentials to a tenant and a role.
     pub authenticator: Arc<Authenticator>,
+    /// Sign-in through OpenID Connect and the sessions it opens.
+    pub sign_in: Arc<crate::signin::SignIn>,
     /// Signs artifact links and stream tickets.
     pub signer: Arc<LinkSigner>,
     /// Each tenant's submission rate.
@@ -92,9 +94,15 @@ impl AppState {
             settings.limits.clone(),
             &settings.redis,
         ));
+        let sign_in = crate::signin::service(
+            &settings.auth,
+            repo.connection().clone(),
+            public_url.clone(),
+        );
         let authenticator = Arc::new(Authenticator::new(
             verifier,
             Arc::clone(&signer),
+            Arc::clone(&sign_in),
             settings.auth.failures_per_minute,
         ));
         Self {
@@ -107,6 +115,7 @@ impl AppState {
             public_url,
             known_queues: KnownQueues::default(),
             authenticator,
+            sign_in,
             signer,
             limiter,
         }

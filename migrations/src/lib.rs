@@ -17,6 +17,8 @@
 //! - `m20261204_000014_link_keys`: the keys that sign artifact links and stream tickets.
 //! - `m20261204_000015_audit_events`: the append-only audit log.
 //! - `m20261204_000016_tenant_limits`: a tenant's own submission rate and burst.
+//! - `m20261204_000017_users_and_sessions`: users, their provider identities, memberships,
+//!   invitations, email domains, sessions, session signing keys and sign-ins in flight.
 
 use sea_orm_migration::prelude::*;
 
@@ -29,6 +31,7 @@ mod m20261204_000013_tenants_and_keys;
 mod m20261204_000014_link_keys;
 mod m20261204_000015_audit_events;
 mod m20261204_000016_tenant_limits;
+mod m20261204_000017_users_and_sessions;
 
 pub struct Migrator;
 
@@ -45,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000014_link_keys::Migration),
             Box::new(m20261204_000015_audit_events::Migration),
             Box::new(m20261204_000016_tenant_limits::Migration),
+            Box::new(m20261204_000017_users_and_sessions::Migration),
         ]
     }
 }

@@ -14,7 +14,7 @@ import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const port = Number(process.env.OIDC_PORT || 9780);
 const issuer = `http://127.0.0.1:${port}`;
-const defaultRedirect = 'http://127.0.0.1:8080/v1/auth/oidc/callback';
+const defaultRedirect = 'http://127.0.0.1:8080/v1/auth/oidc/local/callback';
 // The rest of their metadata comes from clientDefaults below.
 const clients = JSON.parse(process.env.OIDC_CLIENTS || JSON.stringify([
   { client_id: 'operator', client_secret: 'operator-secret', redirect_uris: [defaultRedirect] },

@@ -15,7 +15,7 @@ issuer=$TEST_OIDC_ISSUER
 jar=$(mktemp)
 trap 'rm -f "$jar"' EXIT
 # Nothing listens there: the flow stops at the redirect to it.
-redirect_uri="http://127.0.0.1:$((20000 + RANDOM % 30000))/v1/auth/oidc/callback"
+redirect_uri="http://127.0.0.1:$((20000 + RANDOM % 30000))/v1/auth/oidc/local/callback"
 failures=0
 
 die() { printf 'smoke: %s\n' "$*" >&2; exit 1; }

@@ -5,6 +5,7 @@ mod access;
 mod events;
 mod helpers;
 mod queue;
+mod signin;
 mod webhooks;
 
 use helpers::{spawn_api, spawn_api_with};

@@ -559,6 +559,66 @@ pub struct AuthSettings {
     /// the task's event stream.
     #[serde(with = "humantime_serde")]
     pub ticket_ttl: Duration,
+    /// OpenID Connect providers people sign in with (`[[auth.oidc]]` in the settings
+    /// file); none by default.
+    pub oidc: Vec<OidcProviderSettings>,
+    /// How long a session token (the JWT a signed-in browser sends) is valid; the
+    /// console refreshes it through its cookie.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// How long a sign-in lasts (its refresh cookie), refreshed or not.
+    #[serde(with = "humantime_serde")]
+    pub session_refresh_ttl: Duration,
+    /// How long a session signing key signs before the next one is made.
+    #[serde(with = "humantime_serde")]
+    pub session_key_lifetime: Duration,
+    /// How long a key that no longer signs is still accepted; at least `session_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub session_key_overlap: Duration,
+    /// Whether the refresh cookie is `Secure` (sent over HTTPS only). Only a console
+    /// served over plain http on another host than localhost needs it off.
+    pub cookie_secure: bool,
+}
+
+/// One OpenID Connect provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProviderSettings {
+    /// Its name in URLs: `/v1/auth/oidc/<name>/login`.
+    pub name: String,
+    /// `oidc` (any issuer, discovered from `issuer`) or `google` (the issuer preset).
+    #[serde(default)]
+    pub kind: OidcProviderKind,
+    /// The issuer URL; discovery reads `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OidcProviderKind {
+    #[default]
+    Oidc,
+    Google,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    ["openid", "email", "profile"].map(String::from).to_vec()
+}
+
+impl OidcProviderSettings {
+    /// The issuer: the configured one, or the preset of its kind.
+    pub fn issuer(&self) -> Option<&str> {
+        match (self.kind, self.issuer.as_deref()) {
+            (_, Some(issuer)) => Some(issuer),
+            (OidcProviderKind::Google, None) => Some("https://accounts.google.com"),
+            (OidcProviderKind::Oidc, None) => None,
+        }
+    }
 }
 
 impl Default for AuthSettings {
@@ -571,6 +631,12 @@ impl Default for AuthSettings {
             cors_origins: Vec::new(),
             link_ttl: Duration::from_secs(3600),
             ticket_ttl: Duration::from_secs(60),
+            oidc: Vec::new(),
+            session_ttl: Duration::from_secs(15 * 60),
+            session_refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            session_key_lifetime: Duration::from_secs(7 * 24 * 3600),
+            session_key_overlap: Duration::from_secs(3600),
+            cookie_secure: true,
         }
     }
 }
@@ -812,6 +878,41 @@ impl Settings {
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.auth.ticket_ttl) {
             return Err(invalid("auth.ticket_ttl", "must be 1s to 1h"));
+        }
+        if self.auth.session_key_overlap < self.auth.session_ttl {
+            return Err(invalid(
+                "auth.session_key_overlap",
+                "must be at least auth.session_ttl, or sessions signed just before a rotation die early",
+            ));
+        }
+        if self.auth.session_ttl.is_zero() || self.auth.session_key_lifetime.is_zero() {
+            return Err(invalid(
+                "auth.session_ttl",
+                "session_ttl and session_key_lifetime must be above zero",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for provider in &self.auth.oidc {
+            let well_formed = !provider.name.is_empty()
+                && provider
+                    .name
+                    .bytes()
+                    .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
+            if !well_formed || !names.insert(provider.name.as_str()) {
+                return Err(invalid(
+                    "auth.oidc.name",
+                    "each provider needs its own name of lowercase letters, digits and '-'",
+                ));
+            }
+            if provider.issuer().is_none() {
+                return Err(invalid(
+                    "auth.oidc.issuer",
+                    "a provider of kind oidc needs its issuer URL",
+                ));
+            }
+            if provider.client_id.is_empty() {
+                return Err(invalid("auth.oidc.client_id", "must not be empty"));
+            }
         }
         if self.auth.key_cache_ttl > Duration::from_secs(3600) {
             return Err(invalid("auth.key_cache_ttl", "must be at most 1h"));

@@ -164,7 +164,7 @@ impl fmt::Display for Role {
     }
 }
 
-const KEY_PREFIX: &str = "opk_";
+pub const KEY_PREFIX: &str = "opk_";
 const LOOKUP_LENGTH: usize = 12;
 const SECRET_LENGTH: usize = 32;
 const CHECKSUM_LENGTH: usize = 6;

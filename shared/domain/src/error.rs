@@ -39,6 +39,9 @@ pub enum ErrorCode {
     KeyNotFound,
     TenantExists,
     TenantNotFound,
+    ProviderNotFound,
+    SignInFailed,
+    NoMembership,
 
     // --- task outcomes (worker) ---
     NavigationFailed,
@@ -92,6 +95,9 @@ impl ErrorCode {
             Self::KeyNotFound => "key_not_found",
             Self::TenantExists => "tenant_exists",
             Self::TenantNotFound => "tenant_not_found",
+            Self::ProviderNotFound => "provider_not_found",
+            Self::SignInFailed => "sign_in_failed",
+            Self::NoMembership => "no_membership",
             Self::NavigationFailed => "navigation_failed",
             Self::WaitTimeout => "wait_timeout",
             Self::SelectorNotFound => "selector_not_found",
@@ -146,6 +152,15 @@ impl ErrorCode {
             Self::KeyNotFound => "No API key with this id for this tenant.",
             Self::TenantExists => "A tenant with this id exists already.",
             Self::TenantNotFound => "No tenant with this id.",
+            Self::ProviderNotFound => "No sign-in provider with this name is configured.",
+            Self::SignInFailed => {
+                "The sign-in did not verify: an unknown or used state, a refused code, or an \
+                 ID token with a bad signature, issuer, audience, nonce or time."
+            }
+            Self::NoMembership => {
+                "Signed in, but a member of no tenant: ask for an invitation (or a verified \
+                 email of a mapped domain)."
+            }
             Self::NavigationFailed => {
                 "Navigation failed (DNS, connection refused, TLS, HTTP error page)."
             }

@@ -10,6 +10,7 @@
 //! - [`credentials`]: API key verification, cached and invalidated on revocation.
 //! - [`task_stream`]: one task's event stream, from the table and the bus.
 //! - [`rate`]: submission rate limits per tenant (GCRA, shared through Redis).
+//! - [`sessions`]: session tokens (EdDSA JWTs) and their rotating, shared signing keys.
 //! - [`signing`]: the shared keys that sign artifact links and stream tickets.
 //! - [`storage`]: artifact storage over object_store (local files, S3, memory).
 //! - [`submit`]: write, then dispatch (the [`submit::Submitter`] every caller uses).
@@ -21,6 +22,7 @@ pub mod db;
 pub mod events;
 pub mod queue;
 pub mod rate;
+pub mod sessions;
 pub mod signing;
 pub mod storage;
 pub mod submit;

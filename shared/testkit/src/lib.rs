@@ -29,6 +29,8 @@ pub struct TestServices {
     pub s3_bucket: String,
     pub s3_access_key: String,
     pub s3_secret_key: String,
+    /// The loopback OpenID provider (`scripts/services.sh oidc`).
+    pub oidc_issuer: String,
 }
 
 impl TestServices {
@@ -47,6 +49,7 @@ impl TestServices {
             s3_bucket: get("TEST_S3_BUCKET", "operator-test"),
             s3_access_key: get("TEST_S3_ACCESS_KEY", "operator-test"),
             s3_secret_key: get("TEST_S3_SECRET_KEY", "operator-test-secret"),
+            oidc_issuer: get("TEST_OIDC_ISSUER", "http://127.0.0.1:9780"),
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - `webhooks`: [`WebhookRepository`] and the outbox rule (`write_outbox`).
 //! - `tenants`: [`TenantRepository`]: tenants and their API keys.
 //! - `audit`: [`AuditRepository`]: the append-only audit log.
+//! - `users`: [`UserRepository`]: people who sign in, their memberships, invitations,
+//!   sessions and sign-ins in flight.
 
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ mod repo;
 mod rows;
 mod tenants;
 mod transactional;
+mod users;
 mod webhooks;
 mod writes;
 
@@ -38,6 +41,9 @@ pub use repo::{
 pub use rows::{RepoError, now};
 pub use tenants::{
     ApiKey, CreateTenantError, NewKey, StoredKey, Tenant, TenantLimits, TenantRepository,
+};
+pub use users::{
+    Invitation, Member, PendingLogin, SessionState, SignInIdentity, SignInRefusal, UserRepository,
 };
 pub use webhooks::{
     ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryState, EndpointUpdate,
