@@ -93,6 +93,23 @@ pub const RULES: &[(&str, &str, Permission)] = &[
     ("POST", "/v1/admin/tenants", TenantsManage),
     ("GET", "/v1/admin/tenants", TenantsManage),
     ("PUT", "/v1/admin/tenants/{id}/limits", TenantsManage),
+    ("GET", "/v1/members", MembersRead),
+    ("GET", "/v1/members/{user_id}", MembersRead),
+    ("PUT", "/v1/members/{user_id}", MembersManage),
+    ("DELETE", "/v1/members/{user_id}", MembersManage),
+    ("POST", "/v1/invitations", MembersManage),
+    ("GET", "/v1/invitations", MembersRead),
+    ("DELETE", "/v1/invitations/{id}", MembersManage),
+    (
+        "PUT",
+        "/v1/admin/tenants/{id}/email-domains/{domain}",
+        TenantsManage,
+    ),
+    (
+        "DELETE",
+        "/v1/admin/tenants/{id}/email-domains/{domain}",
+        TenantsManage,
+    ),
 ];
 
 /// Paths anyone may call.

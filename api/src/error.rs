@@ -68,7 +68,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::DeliveryNotFound
         | ErrorCode::KeyNotFound
         | ErrorCode::TenantNotFound
-        | ErrorCode::ProviderNotFound => StatusCode::NOT_FOUND,
+        | ErrorCode::ProviderNotFound
+        | ErrorCode::MemberNotFound
+        | ErrorCode::InvitationNotFound => StatusCode::NOT_FOUND,
         ErrorCode::Unauthenticated | ErrorCode::SignInFailed => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden | ErrorCode::NoMembership => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

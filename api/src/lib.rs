@@ -11,6 +11,8 @@
 //! - [`keys`]: `/v1/api-keys` — a tenant's API keys; `/v1/me` — who is calling.
 //! - [`audit`]: `/v1/audit-events` — the tenant's audit log.
 //! - [`admin`]: `/v1/admin/tenants` — the platform's tenants (platform-admin keys).
+//! - [`members`]: `/v1/members`, `/v1/invitations` — people who sign in, and invitations;
+//!   the platform's email-domain mapping.
 //! - [`signin`]: `/v1/auth/…` — sign-in through OpenID Connect, session refresh and
 //!   logout; `/.well-known/jwks.json`.
 //! - [`access`]: authentication, the permission table every route is checked against,
@@ -40,6 +42,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod keys;
+pub mod members;
 pub mod oneshot;
 pub mod queues;
 pub mod signin;
@@ -82,6 +85,9 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
                 state: SharedState::clone(&state),
             },
             admin::AdminApi {
+                state: SharedState::clone(&state),
+            },
+            members::MembersApi {
                 state: SharedState::clone(&state),
             },
         ),

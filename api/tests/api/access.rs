@@ -21,6 +21,8 @@ struct Resources {
     webhook: String,
     delivery: String,
     key: String,
+    member: String,
+    invitation: String,
 }
 
 /// A finished task with an artifact and a webhook delivery, an endpoint and a key, all
@@ -43,6 +45,30 @@ async fn resources_of_default(api: &TestApi) -> Resources {
     assert_eq!(status, 200, "{deliveries}");
     let (status, key) = create_key(api, "viewer", None).await;
     assert_eq!(status, 201, "{key}");
+    let response = api
+        .http
+        .post(format!("{}/v1/invitations", api.base))
+        .json(&json!({"email": "member@example.test", "role": "member"}))
+        .send()
+        .await
+        .expect("request");
+    let (status, invitation) = read_json(response).await;
+    assert_eq!(status, 201, "{invitation}");
+    // Signing in with the invited, verified email makes the member.
+    let member = operator_store::db::UserRepository::new(api.repo.connection().clone())
+        .sign_in(
+            &operator_store::db::SignInIdentity {
+                provider: "test".into(),
+                subject: "member".into(),
+                email: "member@example.test".into(),
+                email_verified: true,
+                name: None,
+            },
+            None,
+        )
+        .await
+        .expect("sign in")
+        .expect("a member");
     Resources {
         task: task["id"].as_str().expect("id").to_owned(),
         artifact: task["artifacts"][0]["id"]
@@ -55,6 +81,8 @@ async fn resources_of_default(api: &TestApi) -> Resources {
             .expect("the finished task made a delivery")
             .to_owned(),
         key: key["id"].as_str().expect("key id").to_owned(),
+        member: member.user.to_string(),
+        invitation: invitation["id"].as_str().expect("invitation id").to_owned(),
     }
 }
 
@@ -79,12 +107,16 @@ fn fill(template: &str, ids: &Resources) -> String {
         &ids.webhook
     } else if template.starts_with("/v1/api-keys/") {
         &ids.key
+    } else if template.starts_with("/v1/invitations/") {
+        &ids.invitation
     } else {
         "default"
     };
     template
         .replace("{id}", id)
         .replace("{delivery_id}", &ids.delivery)
+        .replace("{user_id}", &ids.member)
+        .replace("{domain}", "example.test")
         .replace("{name}", "default")
 }
 
@@ -94,7 +126,13 @@ async fn call(client: &ApiClient, method: &str, path: &str) -> reqwest::Response
         .http
         .request(method.clone(), format!("{}{path}", client.base));
     if method != reqwest::Method::GET && method != reqwest::Method::DELETE {
-        request = request.json(&json!({}));
+        // A body that parses, so the checks after parsing (the tenant's ids) are reached.
+        let body = if path.starts_with("/v1/members/") {
+            json!({"role": "viewer"})
+        } else {
+            json!({})
+        };
+        request = request.json(&body);
     }
     request.send().await.expect("request")
 }

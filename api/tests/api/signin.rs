@@ -421,3 +421,98 @@ async fn a_token_of_a_retired_session_key_is_refused() {
         200
     );
 }
+
+/// An owner invites someone over the API; after they sign in, a role change applies to
+/// their very next request, and removing them ends their session at once.
+#[tokio::test]
+async fn members_are_invited_changed_and_removed_over_the_api() {
+    let api = api_with_sign_in(|_| {}).await;
+    let admin = api.client_for("default", Role::Admin).await;
+    let (status, refused) = admin
+        .post_json(
+            "/v1/invitations",
+            &json!({"email": "dana@partner.test", "role": "owner"}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (403, Some("forbidden")),
+        "{refused}"
+    );
+    let (status, invitation) = admin
+        .post_json(
+            "/v1/invitations",
+            &json!({"email": "Dana@Partner.test", "role": "member", "expires_in_days": 2}),
+        )
+        .await;
+    assert_eq!(status, 201, "{invitation}");
+    assert_eq!(invitation["email"], "dana@partner.test");
+    assert!(invitation["accepted_at"].is_null());
+
+    let landed = sign_in(&api, "dana@partner.test").await;
+    assert_eq!(landed.status, 303, "{}", landed.body);
+    let cookie = cookie_pair(&landed.refresh_cookie.expect("a cookie"));
+    let (_, session, _) = refresh(&api, &cookie).await;
+    let dana = ApiClient::with_key(
+        api.url.clone(),
+        session["access_token"].as_str().expect("token"),
+    );
+    let (_, invitations) = admin.get("/v1/invitations").await;
+    assert!(
+        invitations["items"][0]["accepted_at"].is_string(),
+        "{invitations}"
+    );
+    let (status, members) = admin.get("/v1/members").await;
+    assert_eq!(status, 200, "{members}");
+    let member = members["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|member| member["email"] == "dana@partner.test")
+        .expect("dana is a member")
+        .clone();
+    assert_eq!(member["role"], "member");
+    let user = member["user_id"].as_str().expect("user id").to_owned();
+    let task = json!({"kind": "screenshot", "input": {"url": "https://example.com"}});
+    assert_eq!(dana.submit(&task).await.0, 202, "a member submits");
+
+    let (status, changed) = admin
+        .put(&format!("/v1/members/{user}"), &json!({"role": "viewer"}))
+        .await;
+    assert_eq!(
+        (status, changed["role"].as_str()),
+        (200, Some("viewer")),
+        "{changed}"
+    );
+    let (status, body) = dana.submit(&task).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "a viewer now"
+    );
+
+    let response = admin
+        .http
+        .delete(format!("{}/v1/members/{user}", admin.base))
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(response.status().as_u16(), 200);
+    let (status, _) = dana.get("/v1/me").await;
+    assert_eq!(status, 401, "the removed member's session ended");
+    let (_, audit) = api.get("/v1/audit-events").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|event| event["action"].as_str())
+        .collect();
+    for action in [
+        "invitation.created",
+        "user.signed_in",
+        "member.role_changed",
+        "member.removed",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+}

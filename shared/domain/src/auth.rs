@@ -58,13 +58,18 @@ pub enum Permission {
     KeysManage,
     /// Read the tenant's audit log.
     AuditRead,
+    /// List the tenant's members and invitations.
+    MembersRead,
+    /// Invite people, change members' roles, remove members (never above the caller's
+    /// own role).
+    MembersManage,
     /// Create and list tenants. No tenant role grants it: only platform-admin keys
     /// (`operator keys create --platform-admin`) hold it.
     TenantsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 10] = [
+    pub const ALL: [Permission; 12] = [
         Permission::TasksRead,
         Permission::TasksWrite,
         Permission::QueuesRead,
@@ -74,6 +79,8 @@ impl Permission {
         Permission::KeysRead,
         Permission::KeysManage,
         Permission::AuditRead,
+        Permission::MembersRead,
+        Permission::MembersManage,
         Permission::TenantsManage,
     ];
 
@@ -88,6 +95,8 @@ impl Permission {
             Self::KeysRead => "keys:read",
             Self::KeysManage => "keys:manage",
             Self::AuditRead => "audit:read",
+            Self::MembersRead => "members:read",
+            Self::MembersManage => "members:manage",
             Self::TenantsManage => "tenants:manage",
         }
     }
@@ -101,6 +110,7 @@ impl Permission {
                 | Self::WebhooksRead
                 | Self::KeysRead
                 | Self::AuditRead
+                | Self::MembersRead
         )
     }
 }

@@ -40,6 +40,8 @@ pub enum ErrorCode {
     TenantExists,
     TenantNotFound,
     ProviderNotFound,
+    MemberNotFound,
+    InvitationNotFound,
     SignInFailed,
     NoMembership,
 
@@ -96,6 +98,8 @@ impl ErrorCode {
             Self::TenantExists => "tenant_exists",
             Self::TenantNotFound => "tenant_not_found",
             Self::ProviderNotFound => "provider_not_found",
+            Self::MemberNotFound => "member_not_found",
+            Self::InvitationNotFound => "invitation_not_found",
             Self::SignInFailed => "sign_in_failed",
             Self::NoMembership => "no_membership",
             Self::NavigationFailed => "navigation_failed",
@@ -153,6 +157,8 @@ impl ErrorCode {
             Self::TenantExists => "A tenant with this id exists already.",
             Self::TenantNotFound => "No tenant with this id.",
             Self::ProviderNotFound => "No sign-in provider with this name is configured.",
+            Self::MemberNotFound => "No member with this user id in this tenant.",
+            Self::InvitationNotFound => "No invitation with this id for this tenant.",
             Self::SignInFailed => {
                 "The sign-in did not verify: an unknown or used state, a refused code, or an \
                  ID token with a bad signature, issuer, audience, nonce or time."

@@ -379,6 +379,21 @@ impl ApiClient {
         read_json(response).await
     }
 
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("post");
+        read_json(response).await
+    }
+
     pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         let response = self
             .http

@@ -43,7 +43,8 @@ pub use tenants::{
     ApiKey, CreateTenantError, NewKey, StoredKey, Tenant, TenantLimits, TenantRepository,
 };
 pub use users::{
-    Invitation, Member, PendingLogin, SessionState, SignInIdentity, SignInRefusal, UserRepository,
+    Invitation, Member, MemberRecord, PendingLogin, SessionState, SignInIdentity, SignInRefusal,
+    UserRepository,
 };
 pub use webhooks::{
     ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryState, EndpointUpdate,

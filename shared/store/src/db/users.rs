@@ -64,6 +64,17 @@ pub struct Invitation {
     pub accepted_at: Option<DateTime<Utc>>,
 }
 
+/// A member of a tenant, as lists show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub user: Uuid,
+    pub email: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+}
+
 /// A session as the API checks it on each request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionState {
@@ -434,6 +445,133 @@ impl UserRepository {
             role,
             live: found.revoked_at.is_none() && found.expires_at > now(),
         }))
+    }
+}
+
+impl UserRepository {
+    /// The tenant's members, earliest first.
+    pub async fn members(&self, tenant: &TenantId) -> Result<Vec<MemberRecord>, RepoError> {
+        let memberships = membership::Entity::find()
+            .filter(membership::Column::TenantId.eq(tenant.as_str()))
+            .order_by_asc(membership::Column::CreatedAt)
+            .all(&self.db)
+            .await?;
+        let users = user::Entity::find()
+            .filter(user::Column::Id.is_in(memberships.iter().map(|membership| membership.user_id)))
+            .all(&self.db)
+            .await?;
+        memberships
+            .into_iter()
+            .map(|membership| {
+                let user = users
+                    .iter()
+                    .find(|user| user.id == membership.user_id)
+                    .ok_or_else(|| corrupt("membership's user"))?;
+                Ok(MemberRecord {
+                    user: user.id,
+                    email: user.email.clone(),
+                    name: user.name.clone(),
+                    role: Role::parse(&membership.role).map_err(|_| corrupt("role"))?,
+                    joined_at: membership.created_at,
+                    last_sign_in_at: user.last_sign_in_at,
+                })
+            })
+            .collect()
+    }
+
+    /// One member of the tenant.
+    pub async fn member(
+        &self,
+        tenant: &TenantId,
+        user: Uuid,
+    ) -> Result<Option<MemberRecord>, RepoError> {
+        Ok(self
+            .members(tenant)
+            .await?
+            .into_iter()
+            .find(|member| member.user == user))
+    }
+
+    /// Gives a member another role; `false` when no such member.
+    pub async fn set_role(
+        &self,
+        tenant: &TenantId,
+        user: Uuid,
+        role: Role,
+    ) -> Result<bool, RepoError> {
+        Ok(membership::Entity::update_many()
+            .col_expr(membership::Column::Role, Expr::value(role.as_str()))
+            .filter(membership::Column::TenantId.eq(tenant.as_str()))
+            .filter(membership::Column::UserId.eq(user))
+            .exec(&self.db)
+            .await?
+            .rows_affected
+            == 1)
+    }
+
+    /// Removes a member and ends their sessions in the tenant; `false` when no such
+    /// member.
+    pub async fn remove_member(&self, tenant: &TenantId, user: Uuid) -> Result<bool, RepoError> {
+        let transaction = self.db.begin().await?;
+        let removed = membership::Entity::delete_many()
+            .filter(membership::Column::TenantId.eq(tenant.as_str()))
+            .filter(membership::Column::UserId.eq(user))
+            .exec(&transaction)
+            .await?
+            .rows_affected;
+        session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, Expr::value(now()))
+            .filter(session::Column::TenantId.eq(tenant.as_str()))
+            .filter(session::Column::UserId.eq(user))
+            .filter(session::Column::RevokedAt.is_null())
+            .exec(&transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(removed == 1)
+    }
+
+    /// The tenant's invitations, newest first, accepted ones included.
+    pub async fn invitations(&self, tenant: &TenantId) -> Result<Vec<Invitation>, RepoError> {
+        invitation::Entity::find()
+            .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+            .order_by_desc(invitation::Column::CreatedAt)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_invitation)
+            .collect()
+    }
+
+    /// Withdraws an invitation; the withdrawn one, or `None` when no such invitation.
+    pub async fn withdraw_invitation(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Option<Invitation>, RepoError> {
+        let Some(found) = invitation::Entity::find_by_id(id)
+            .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        invitation::Entity::delete_by_id(id).exec(&self.db).await?;
+        to_invitation(found).map(Some)
+    }
+
+    /// Unmaps an email domain from the tenant; `false` when it was not mapped to it.
+    pub async fn unmap_email_domain(
+        &self,
+        domain: &str,
+        tenant: &TenantId,
+    ) -> Result<bool, RepoError> {
+        Ok(tenant_email_domain::Entity::delete_many()
+            .filter(tenant_email_domain::Column::Domain.eq(domain.to_ascii_lowercase()))
+            .filter(tenant_email_domain::Column::TenantId.eq(tenant.as_str()))
+            .exec(&self.db)
+            .await?
+            .rows_affected
+            == 1)
     }
 }
 
