@@ -53,6 +53,9 @@ pub struct TenantLimitsView {
     pub submissions_per_second: Option<f64>,
     /// Submissions at once above the rate, at least 1 (null: `limits.submission_burst`).
     pub submission_burst: Option<u32>,
+    /// Running tasks per queue, at least 1 (null: `queue.tenant_concurrency`, where 0
+    /// means no cap). Checked by every claim, atomically with it.
+    pub running_tasks_per_queue: Option<u32>,
 }
 
 impl From<Tenant> for TenantView {
@@ -64,6 +67,7 @@ impl From<Tenant> for TenantView {
             limits: TenantLimitsView {
                 submissions_per_second: tenant.limits.submissions_per_second,
                 submission_burst: tenant.limits.submission_burst,
+                running_tasks_per_queue: tenant.limits.running_per_queue,
             },
         }
     }
@@ -176,6 +180,13 @@ impl AdminApi {
             )
             .into());
         }
+        if limits.running_tasks_per_queue == Some(0) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "running_tasks_per_queue: must be at least 1, or null",
+            )
+            .into());
+        }
         if limits.submission_burst == Some(0) {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -188,6 +199,7 @@ impl AdminApi {
         let own = TenantLimits {
             submissions_per_second: limits.submissions_per_second,
             submission_burst: limits.submission_burst,
+            running_per_queue: limits.running_tasks_per_queue,
         };
         let Some(updated) = TenantRepository::new(self.state.repo.connection().clone())
             .set_limits(&tenant, own)
@@ -196,13 +208,22 @@ impl AdminApi {
             return Err(not_found().into());
         };
         self.state.limiter.forget_budgets();
+        if let Err(error) = self
+            .state
+            .queue
+            .limit_tenant(&tenant, own.running_per_queue)
+            .await
+        {
+            // Stored: the scheduler's next pass applies it to the queue.
+            tracing::warn!(tenant = %tenant, error = %error, "applying a tenant's running cap to the queue failed");
+        }
         self.state
             .audit(
                 &caller,
                 "tenant.limits_changed",
                 "tenant",
                 &tenant,
-                serde_json::json!({"submissions_per_second": own.submissions_per_second, "submission_burst": own.submission_burst}),
+                serde_json::json!({"submissions_per_second": own.submissions_per_second, "submission_burst": own.submission_burst, "running_tasks_per_queue": own.running_per_queue}),
             )
             .await;
         Ok(Json(updated.into()))

@@ -19,6 +19,7 @@
 //! - `m20261204_000016_tenant_limits`: a tenant's own submission rate and burst.
 //! - `m20261204_000017_users_and_sessions`: users, their provider identities, memberships,
 //!   invitations, email domains, sessions, session signing keys and sign-ins in flight.
+//! - `m20261204_000018_tenant_running_limit`: a tenant's own cap on running tasks per queue.
 
 use sea_orm_migration::prelude::*;
 
@@ -32,6 +33,7 @@ mod m20261204_000014_link_keys;
 mod m20261204_000015_audit_events;
 mod m20261204_000016_tenant_limits;
 mod m20261204_000017_users_and_sessions;
+mod m20261204_000018_tenant_running_limit;
 
 pub struct Migrator;
 
@@ -49,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000015_audit_events::Migration),
             Box::new(m20261204_000016_tenant_limits::Migration),
             Box::new(m20261204_000017_users_and_sessions::Migration),
+            Box::new(m20261204_000018_tenant_running_limit::Migration),
         ]
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 use operator_config::Settings;
 use operator_domain::TaskId;
-use operator_store::db::{RepoError, TaskRepository};
+use operator_store::db::{RepoError, TaskRepository, TenantRepository};
 use operator_store::queue::{Dispatch, QueueError, SharedQueue};
 use tracing::{info, warn};
 
@@ -64,6 +64,15 @@ impl Scheduler {
         if self.queue.backend() != "database" {
             for queue in self.repo.queues().await? {
                 self.queue.configure(&queue.name, queue.controls).await?;
+            }
+            // Tenants' own running caps, which a flushed Redis lost too.
+            let tenants = TenantRepository::new(self.repo.connection().clone())
+                .tenants()
+                .await?;
+            for tenant in tenants {
+                self.queue
+                    .limit_tenant(&tenant.id, tenant.limits.running_per_queue)
+                    .await?;
             }
         }
         let mut report = ReconcileReport::default();

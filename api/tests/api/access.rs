@@ -940,13 +940,14 @@ async fn a_tenant_over_its_submission_rate_gets_429_and_others_do_not() {
     let response = admin
         .http
         .put(format!("{}/v1/admin/tenants/default/limits", api.base))
-        .json(&json!({"submissions_per_second": 1000.0, "submission_burst": 50}))
+        .json(&json!({"submissions_per_second": 1000.0, "submission_burst": 50, "running_tasks_per_queue": 2}))
         .send()
         .await
         .expect("set limits");
     let (status, tenant) = read_json(response).await;
     assert_eq!(status, 200, "{tenant}");
     assert_eq!(tenant["limits"]["submission_burst"], 50);
+    assert_eq!(tenant["limits"]["running_tasks_per_queue"], 2);
     let (status, headers) = submit_with_headers(&api, "/v1/tasks").await;
     assert_eq!(status, 202);
     assert_eq!(header(&headers, "ratelimit-limit"), Some(50));
@@ -961,6 +962,19 @@ async fn a_tenant_over_its_submission_rate_gets_429_and_others_do_not() {
         read_json(response).await.0,
         422,
         "a burst of 0 is refused before the look-up"
+    );
+    let response = admin
+        .http
+        .put(format!("{}/v1/admin/tenants/default/limits", api.base))
+        .json(&json!({"running_tasks_per_queue": 0}))
+        .send()
+        .await
+        .expect("bad cap");
+    let (status, body) = read_json(response).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("invalid_request")),
+        "{body}"
     );
     let response = admin
         .http

@@ -356,13 +356,17 @@ mod tests {
             assert_eq!(
                 Role::Viewer.grants(permission),
                 permission.is_read()
-                    && !matches!(permission, Permission::KeysRead | Permission::AuditRead),
+                    && !matches!(
+                        permission,
+                        Permission::KeysRead | Permission::AuditRead | Permission::MembersRead
+                    ),
                 "{permission}"
             );
         }
         assert!(Role::Member.grants(Permission::TasksWrite));
         assert!(!Role::Member.grants(Permission::WebhooksManage));
         assert!(!Role::Member.grants(Permission::KeysRead));
+        assert!(!Role::Member.grants(Permission::MembersRead));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Tenant {
 pub struct TenantLimits {
     pub submissions_per_second: Option<f64>,
     pub submission_burst: Option<u32>,
+    /// Running tasks per queue (overrides `queue.tenant_concurrency`).
+    pub running_per_queue: Option<u32>,
 }
 
 /// An API key as lists show it (no secret, no hash).
@@ -103,6 +105,7 @@ impl TenantRepository {
             created_at: Set(created_at),
             submissions_per_second: Set(None),
             submission_burst: Set(None),
+            running_per_queue: Set(None),
         })
         .on_conflict(
             OnConflict::column(tenant::Column::Id)
@@ -180,6 +183,14 @@ impl TenantRepository {
                     limits
                         .submission_burst
                         .map(|burst| burst.min(i32::MAX as u32) as i32),
+                ),
+            )
+            .col_expr(
+                tenant::Column::RunningPerQueue,
+                Expr::value(
+                    limits
+                        .running_per_queue
+                        .map(|cap| cap.min(i32::MAX as u32) as i32),
                 ),
             )
             .filter(tenant::Column::Id.eq(id.as_str()))
@@ -300,6 +311,9 @@ fn to_tenant(row: tenant::Model) -> Result<Tenant, RepoError> {
             submission_burst: row
                 .submission_burst
                 .and_then(|burst| u32::try_from(burst).ok()),
+            running_per_queue: row
+                .running_per_queue
+                .and_then(|cap| u32::try_from(cap).ok()),
         },
     })
 }

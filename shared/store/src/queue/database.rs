@@ -135,6 +135,7 @@ impl DatabaseQueue {
              WHERE task_id = (SELECT job.task_id FROM queue_jobs job \
                  LEFT JOIN queue_tenants turn ON turn.tenant_id = job.tenant_id \
                  LEFT JOIN queues settings ON settings.name = job.queue \
+                 LEFT JOIN tenants own ON own.id = job.tenant_id \
                  WHERE job.queue IN ({served}) AND job.available_at <= ? \
                  AND (job.lease_expires_at IS NULL OR job.lease_expires_at <= ?) \
                  AND (settings.paused IS NULL OR settings.paused = ?) \
@@ -142,9 +143,10 @@ impl DatabaseQueue {
                      OR (SELECT COUNT(*) FROM queue_jobs leased \
                          WHERE leased.queue = job.queue AND leased.lease_expires_at > ?) \
                      < COALESCE(settings.concurrency_limit, ?)) \
-                 AND (? = 0 OR (SELECT COUNT(*) FROM queue_jobs leased \
+                 AND (COALESCE(own.running_per_queue, ?) = 0 \
+                     OR (SELECT COUNT(*) FROM queue_jobs leased \
                      WHERE leased.queue = job.queue AND leased.tenant_id = job.tenant_id \
-                     AND leased.lease_expires_at > ?) < ?) \
+                     AND leased.lease_expires_at > ?) < COALESCE(own.running_per_queue, ?)) \
                  ORDER BY job.priority DESC, COALESCE(settings.served_seq, 0) ASC, \
                      COALESCE(turn.served_seq, 0) ASC, \
                      job.available_at ASC, job.task_id ASC LIMIT 1{skip_locked}) \
@@ -397,6 +399,17 @@ impl Queue for DatabaseQueue {
             self.wakeup.notify_waiters();
             self.wakeup.notify_one();
         }
+        Ok(())
+    }
+
+    async fn limit_tenant(
+        &self,
+        _tenant: &TenantId,
+        _running_per_queue: Option<u32>,
+    ) -> Result<(), QueueError> {
+        // Claims read the cap from the tenant's row, in the claim's own statement; a
+        // raised cap may let a waiting claimer take a task now.
+        self.wakeup.notify_waiters();
         Ok(())
     }
 

@@ -173,6 +173,14 @@ pub trait Queue: Send + Sync + 'static {
     async fn configure(&self, queue: &QueueName, controls: QueueControls)
     -> Result<(), QueueError>;
 
+    /// Sets a tenant's own cap on its running tasks per queue (`None`: the
+    /// `queue.tenant_concurrency` setting), checked by every claim atomically with it.
+    async fn limit_tenant(
+        &self,
+        tenant: &TenantId,
+        running_per_queue: Option<u32>,
+    ) -> Result<(), QueueError>;
+
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, QueueError>;
 
     /// Checks the backend answers, for readiness probes.

@@ -149,6 +149,8 @@ const CLAIM: &str = r#"
 local now = now_ms()
 local tenant_limit, default_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 local first_queue = 6
+-- Tenants with a cap of their own (`{p}:tenant-limits`, tenant -> running per queue).
+local own_limits_key = string.sub(KEYS[1], 1, -6) .. ':tenant-limits'
 -- Per queue: recover due and expired tasks, and find the band of its best ready tenant
 -- when it may hand a task out.
 local candidates = {}
@@ -216,7 +218,8 @@ for _, candidate in ipairs(candidates) do
   local ring = redis.call('ZRANGE', key('tenants'), 0, RING_SCAN - 1)
   for _, tenant in ipairs(ring) do
     local running = tonumber(redis.call('HGET', key('running'), tenant) or '0')
-    if tenant_limit == 0 or running < tenant_limit then
+    local limit = tonumber(redis.call('HGET', own_limits_key, tenant) or tenant_limit)
+    if limit == 0 or running < limit then
       local popped = redis.call('ZPOPMIN', ready_key(tenant))
       touch_tenant(tenant, true)
       if #popped > 0 then
@@ -802,6 +805,30 @@ impl Queue for RedisQueue {
                 vec![flag.into(), limit.into()],
             )
             .await?;
+        Ok(())
+    }
+
+    async fn limit_tenant(
+        &self,
+        tenant: &TenantId,
+        running_per_queue: Option<u32>,
+    ) -> Result<(), QueueError> {
+        let key = format!("{}:tenant-limits", self.root);
+        match running_per_queue {
+            Some(cap) => {
+                let _: i64 = self
+                    .client
+                    .hset(key, (tenant.as_str(), i64::from(cap)))
+                    .await?;
+            }
+            None => {
+                let _: i64 = self.client.hdel(key, tenant.as_str()).await?;
+            }
+        }
+        // A raised cap may let a waiting tenant's task out now.
+        for signal in &self.served.get().signal_keys {
+            let _: i64 = self.client.lpush(signal.as_str(), "1").await?;
+        }
         Ok(())
     }
 

@@ -62,6 +62,35 @@ async fn database_queue(
     }
 }
 
+/// A database queue whose tenant `capped` has its own running cap of `cap` (a tenant
+/// row, as the admin API writes it).
+pub async fn database_queue_with_a_capped_tenant(
+    database: TestDatabase,
+    limits: QueueLimits,
+    cap: u32,
+) -> QueueUnderTest {
+    let connection = db::connect_url(database.url(), 4, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    let tenants = operator_store::db::TenantRepository::new(connection);
+    let capped = operator_domain::TenantId::parse("capped").expect("tenant");
+    tenants
+        .create_tenant(&capped, "Capped")
+        .await
+        .expect("create the tenant");
+    tenants
+        .set_limits(
+            &capped,
+            operator_store::db::TenantLimits {
+                running_per_queue: Some(cap),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("set its cap");
+    database_queue(database, limits, vec![QueueName::default()]).await
+}
+
 pub async fn database_queue_sqlite(limits: QueueLimits, serves: Vec<QueueName>) -> QueueUnderTest {
     database_queue(TestDatabase::sqlite().await, limits, serves).await
 }

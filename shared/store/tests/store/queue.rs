@@ -571,6 +571,77 @@ mod limited {
         assert_eq!(most, 2, "at most the limit of 2, and the limit reached");
     }
 
+    /// `capped` has a cap of its own, 1, below the setting's 3: the claims stop at one
+    /// of its tasks while `free` gets three; an ack opens its slot again.
+    async fn a_tenants_own_cap_overrides_the_setting(queue: SharedQueue) {
+        let capped: Vec<Dispatch> = (0..4)
+            .map(|_| dispatch_for(tenant("capped"), Priority::Normal))
+            .collect();
+        let free: Vec<Dispatch> = (0..4)
+            .map(|_| dispatch_for(tenant("free"), Priority::Normal))
+            .collect();
+        queue.enqueue_many(&capped).await.expect("enqueue");
+        queue.enqueue_many(&free).await.expect("enqueue");
+        let mut held = Vec::new();
+        while let Some(claim) = claim_now(&queue).await {
+            held.push(claim);
+        }
+        let of = |name: &str, held: &[operator_store::queue::Claim]| {
+            held.iter()
+                .filter(|claim| claim.tenant.as_str() == name)
+                .count()
+        };
+        assert_eq!(
+            (of("capped", &held), of("free", &held)),
+            (1, 3),
+            "its own cap for capped, the setting for free"
+        );
+        let capped_claim = held
+            .iter()
+            .find(|claim| claim.tenant.as_str() == "capped")
+            .expect("a capped claim");
+        assert!(queue.ack(capped_claim).await.expect("ack"));
+        let next = claim_now(&queue).await.expect("its slot opened");
+        assert_eq!(next.tenant.as_str(), "capped");
+        assert!(claim_now(&queue).await.is_none(), "both at their caps");
+    }
+
+    mod own_caps {
+        use super::*;
+
+        const LIMITS: operator_store::queue::QueueLimits = operator_store::queue::QueueLimits {
+            tenant_concurrency: 3,
+            global_concurrency: 0,
+        };
+
+        #[tokio::test]
+        async fn redis_backend() {
+            let queue = crate::helpers::redis_queue(LIMITS, vec![QueueName::default()]).await;
+            queue
+                .queue()
+                .limit_tenant(&tenant("capped"), Some(1))
+                .await
+                .expect("cap");
+            a_tenants_own_cap_overrides_the_setting(queue.queue()).await;
+        }
+
+        #[tokio::test]
+        async fn database_backend_on_sqlite() {
+            let database = operator_testkit::TestDatabase::sqlite().await;
+            let queue =
+                crate::helpers::database_queue_with_a_capped_tenant(database, LIMITS, 1).await;
+            a_tenants_own_cap_overrides_the_setting(queue.queue()).await;
+        }
+
+        #[tokio::test]
+        async fn database_backend_on_postgres() {
+            let database = operator_testkit::TestDatabase::postgres().await;
+            let queue =
+                crate::helpers::database_queue_with_a_capped_tenant(database, LIMITS, 1).await;
+            a_tenants_own_cap_overrides_the_setting(queue.queue()).await;
+        }
+    }
+
     mod per_tenant {
         use super::*;
         contract!(

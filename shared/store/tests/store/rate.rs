@@ -73,6 +73,7 @@ async fn a_tenants_own_limits_override_the_settings_and_no_limit_is_no_check() {
             TenantLimits {
                 submissions_per_second: Some(1.0),
                 submission_burst: Some(1),
+                running_per_queue: None,
             },
         )
         .await

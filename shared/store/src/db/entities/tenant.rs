@@ -8,6 +8,7 @@ pub struct Model {
     pub name: String,
     pub submissions_per_second: Option<f64>,
     pub submission_burst: Option<i32>,
+    pub running_per_queue: Option<i32>,
     pub created_at: DateTimeUtc,
 }
 
