@@ -36,16 +36,9 @@ async fn a_stream_carries_history_and_live_events_then_closes() {
             .unwrap_or_default()
             .starts_with("text/event-stream")
     );
-    let (seen, mut arrived) = tokio::sync::watch::channel(0);
+    let (seen, arrived) = tokio::sync::watch::channel(0);
     let reading = tokio::spawn(read_sse_counting(response, seen));
-    // The history (`created`) has arrived: the stream is live now.
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        arrived.wait_for(|count| *count >= 1),
-    )
-    .await
-    .expect("the history in time")
-    .expect("the reader runs");
+    history_arrived(arrived).await;
     let (status, _) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
     assert_eq!(status, 200);
     let events = reading.await.expect("join");
@@ -141,6 +134,18 @@ async fn event_streams_refuse_bad_requests_with_codes() {
 }
 
 /// Reads text messages until the server closes the socket; returns them and the close code.
+/// Waits until a reader has seen the first event (`created`, the history): the stream
+/// is live from then on.
+async fn history_arrived(mut arrived: tokio::sync::watch::Receiver<usize>) {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        arrived.wait_for(|count| *count >= 1),
+    )
+    .await
+    .expect("the history in time")
+    .expect("the reader runs");
+}
+
 /// Reads a socket's messages until it closes, telling `seen` how many have arrived.
 async fn read_socket(
     mut socket: tokio_tungstenite::WebSocketStream<
@@ -191,15 +196,9 @@ async fn a_websocket_carries_the_same_events_and_closes_normally() {
         tokio_tungstenite::connect_async(with_key(&api, &format!("{ws_base}/v1/tasks/{id}/ws")))
             .await
             .expect("upgrade");
-    let (seen, mut arrived) = tokio::sync::watch::channel(0);
+    let (seen, arrived) = tokio::sync::watch::channel(0);
     let reading = tokio::spawn(read_socket(socket, seen));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        arrived.wait_for(|count| *count >= 1),
-    )
-    .await
-    .expect("the history in time")
-    .expect("the reader runs");
+    history_arrived(arrived).await;
     let (status, _) = api.post(&format!("/v1/tasks/{id}/cancel")).await;
     assert_eq!(status, 200);
     let (messages, close) = reading.await.expect("join");
