@@ -9,6 +9,7 @@ use operator_config::Settings;
 use operator_domain::auth::Role;
 use operator_testkit::{
     ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings, issue_key,
+    issue_key_with,
 };
 use poem::http::StatusCode;
 use poem::web::Form;
@@ -504,6 +505,20 @@ impl TestApp {
             _redis: Some(redis),
             _directory: directory,
         }
+    }
+
+    /// A client holding a platform-admin key (the distributed setup, on its PostgreSQL).
+    pub async fn platform_admin(&self) -> ApiClient {
+        let database = self
+            ._database
+            .as_ref()
+            .expect("a distributed app has its database");
+        let connection =
+            operator_store::db::connect_url(database.url(), 2, std::time::Duration::from_secs(10))
+                .await
+                .expect("connect");
+        let key = issue_key_with(&connection, "default", Role::Owner, true).await;
+        ApiClient::with_key(self.api.base.clone(), &key)
     }
 
     /// Deletes every queue key of this deployment: what Redis losing its data (a flush,

@@ -14,6 +14,7 @@ mod pool;
 mod processes;
 mod redis_faults;
 mod steps;
+mod tenants;
 mod webhooks;
 
 use std::time::Duration;
