@@ -340,10 +340,7 @@ impl Authenticator {
 
     /// The caller, with the client's address, or the response refusing the request.
     async fn authenticate(&self, request: &Request) -> Result<Caller, Response> {
-        let address = request
-            .remote_addr()
-            .as_socket_addr()
-            .map(|address| address.ip());
+        let address = client_ip(request);
         let mut caller = self.resolve(request, address).await?;
         caller.address = address.map(|address| address.to_string());
         Ok(caller)
@@ -429,7 +426,7 @@ impl Authenticator {
                     "the session token is malformed, forged, expired or signed by a retired key",
                 ));
             }
-            Err(SessionTokenError::Store(error)) => {
+            Err(error) => {
                 return Err(poem::error::ResponseError::as_response(&ApiError::from(
                     error,
                 )));
@@ -461,6 +458,14 @@ impl Authenticator {
             _ => Err(refuse("the session has ended: sign in again")),
         }
     }
+}
+
+/// The address the request came from.
+pub(crate) fn client_ip(request: &Request) -> Option<IpAddr> {
+    request
+        .remote_addr()
+        .as_socket_addr()
+        .map(|address| address.ip())
 }
 
 /// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).

@@ -134,6 +134,17 @@ impl From<CodedError> for ApiError {
     }
 }
 
+impl From<operator_store::sessions::SessionTokenError> for ApiError {
+    fn from(error: operator_store::sessions::SessionTokenError) -> Self {
+        match error {
+            operator_store::sessions::SessionTokenError::Invalid => {
+                Self::new(ErrorCode::Unauthenticated, error.to_string())
+            }
+            operator_store::sessions::SessionTokenError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<RepoError> for ApiError {
     fn from(error: RepoError) -> Self {
         match error {

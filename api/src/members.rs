@@ -376,27 +376,21 @@ impl MembersApi {
         id: Path<Uuid>,
     ) -> ApiResult<Json<InvitationView>, WithdrawCodes> {
         let users = self.users();
-        let found = users
-            .invitations(&caller.tenant)
-            .await?
-            .into_iter()
-            .find(|invitation| invitation.id == id.0);
         let not_found = || {
             ApiError::new(
                 ErrorCode::InvitationNotFound,
                 format!("no invitation {}", id.0),
             )
         };
-        let Some(found) = found else {
+        let Some(withdrawn) = users.invitation(&caller.tenant, id.0).await? else {
             return Err(not_found().into());
         };
-        if !caller.role.may_manage(found.role) {
-            return Err(above_caller(&caller, found.role).into());
+        if !caller.role.may_manage(withdrawn.role) {
+            return Err(above_caller(&caller, withdrawn.role).into());
         }
-        let withdrawn = users
-            .withdraw_invitation(&caller.tenant, id.0)
-            .await?
-            .ok_or_else(not_found)?;
+        if !users.withdraw_invitation(&caller.tenant, id.0).await? {
+            return Err(not_found().into());
+        }
         self.state
             .audit(
                 &caller,

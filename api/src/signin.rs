@@ -525,10 +525,7 @@ pub async fn callback(
 }
 
 fn client_address(request: &Request) -> Option<String> {
-    request
-        .remote_addr()
-        .as_socket_addr()
-        .map(|address| address.ip().to_string())
+    crate::access::client_ip(request).map(|address| address.to_string())
 }
 
 /// The refresh cookie: never readable by scripts, sent only to `/v1/auth` of this site.
@@ -589,8 +586,7 @@ pub async fn refresh(
     let token = sign_in
         .signer
         .sign(session.user, claims, sign_in.settings.session_ttl)
-        .await
-        .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
+        .await?;
     let body = serde_json::json!({
         "access_token": token,
         "token_type": "Bearer",
@@ -618,17 +614,14 @@ pub async fn logout(
     request: &Request,
 ) -> Result<Response, ApiError> {
     let sign_in = &state.sign_in;
-    let mut ended = None;
-    if let Some(presented) = presented_refresh(request) {
-        // A refresh that finds the session also names it; the next hash is thrown away.
-        if let Some((session, _)) = sign_in
+    let mut ended = match presented_refresh(request) {
+        Some(presented) => sign_in
             .users
-            .refresh_session(&sha256_hex(&presented), &sha256_hex(&random_token()))
+            .session_by_refresh(&sha256_hex(&presented))
             .await?
-        {
-            ended = Some(session);
-        }
-    }
+            .filter(|session| session.live),
+        None => None,
+    };
     if ended.is_none()
         && let Some(token) = crate::access::bearer_token(request)
         && let Ok(verified) = sign_in.signer.verify(token).await
@@ -665,12 +658,7 @@ pub async fn logout(
 /// `GET /.well-known/jwks.json`
 #[handler]
 pub async fn jwks(Data(state): Data<&SharedState>) -> Result<Response, ApiError> {
-    let keys = state
-        .sign_in
-        .signer
-        .jwks()
-        .await
-        .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
+    let keys = state.sign_in.signer.jwks().await?;
     let mut response = Json(keys).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,

@@ -416,6 +416,21 @@ impl UserRepository {
         Ok(Some((state, email)))
     }
 
+    /// The session whose refresh token has this hash, without turning the token.
+    pub async fn session_by_refresh(
+        &self,
+        refresh_hash: &str,
+    ) -> Result<Option<SessionState>, RepoError> {
+        let found = session::Entity::find()
+            .filter(session::Column::RefreshHash.eq(refresh_hash))
+            .one(&self.db)
+            .await?;
+        match found {
+            Some(found) => self.session(found.id).await,
+            None => Ok(None),
+        }
+    }
+
     /// Ends a session; `true` when it was live.
     pub async fn revoke_session(&self, id: Uuid) -> Result<bool, RepoError> {
         Ok(session::Entity::update_many()
@@ -451,11 +466,31 @@ impl UserRepository {
 impl UserRepository {
     /// The tenant's members, earliest first.
     pub async fn members(&self, tenant: &TenantId) -> Result<Vec<MemberRecord>, RepoError> {
-        let memberships = membership::Entity::find()
+        self.member_records(tenant, None).await
+    }
+
+    /// One member of the tenant.
+    pub async fn member(
+        &self,
+        tenant: &TenantId,
+        user: Uuid,
+    ) -> Result<Option<MemberRecord>, RepoError> {
+        Ok(self.member_records(tenant, Some(user)).await?.pop())
+    }
+
+    /// The tenant's members, or only `user` among them.
+    async fn member_records(
+        &self,
+        tenant: &TenantId,
+        user: Option<Uuid>,
+    ) -> Result<Vec<MemberRecord>, RepoError> {
+        let mut query = membership::Entity::find()
             .filter(membership::Column::TenantId.eq(tenant.as_str()))
-            .order_by_asc(membership::Column::CreatedAt)
-            .all(&self.db)
-            .await?;
+            .order_by_asc(membership::Column::CreatedAt);
+        if let Some(user) = user {
+            query = query.filter(membership::Column::UserId.eq(user));
+        }
+        let memberships = query.all(&self.db).await?;
         let users = user::Entity::find()
             .filter(user::Column::Id.is_in(memberships.iter().map(|membership| membership.user_id)))
             .all(&self.db)
@@ -477,19 +512,6 @@ impl UserRepository {
                 })
             })
             .collect()
-    }
-
-    /// One member of the tenant.
-    pub async fn member(
-        &self,
-        tenant: &TenantId,
-        user: Uuid,
-    ) -> Result<Option<MemberRecord>, RepoError> {
-        Ok(self
-            .members(tenant)
-            .await?
-            .into_iter()
-            .find(|member| member.user == user))
     }
 
     /// Gives a member another role; `false` when no such member.
@@ -542,21 +564,33 @@ impl UserRepository {
             .collect()
     }
 
-    /// Withdraws an invitation; the withdrawn one, or `None` when no such invitation.
-    pub async fn withdraw_invitation(
+    /// One of the tenant's invitations.
+    pub async fn invitation(
         &self,
         tenant: &TenantId,
         id: Uuid,
     ) -> Result<Option<Invitation>, RepoError> {
-        let Some(found) = invitation::Entity::find_by_id(id)
+        invitation::Entity::find_by_id(id)
             .filter(invitation::Column::TenantId.eq(tenant.as_str()))
             .one(&self.db)
             .await?
-        else {
-            return Ok(None);
-        };
-        invitation::Entity::delete_by_id(id).exec(&self.db).await?;
-        to_invitation(found).map(Some)
+            .map(to_invitation)
+            .transpose()
+    }
+
+    /// Withdraws one of the tenant's invitations; `false` when there was none.
+    pub async fn withdraw_invitation(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<bool, RepoError> {
+        Ok(invitation::Entity::delete_many()
+            .filter(invitation::Column::Id.eq(id))
+            .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+            .exec(&self.db)
+            .await?
+            .rows_affected
+            == 1)
     }
 
     /// Unmaps an email domain from the tenant; `false` when it was not mapped to it.
