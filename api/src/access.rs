@@ -90,6 +90,7 @@ pub const RULES: &[(&str, &str, Permission)] = &[
     ("DELETE", "/v1/api-keys/{id}", KeysManage),
     ("GET", "/v1/me", TasksRead),
     ("GET", "/v1/audit-events", AuditRead),
+    ("GET", "/v1/usage", UsageRead),
     ("POST", "/v1/admin/tenants", TenantsManage),
     ("GET", "/v1/admin/tenants", TenantsManage),
     ("PUT", "/v1/admin/tenants/{id}/limits", TenantsManage),
@@ -730,11 +731,38 @@ pub fn document(spec: &str) -> String {
                     responses
                         .entry("403")
                         .or_insert(answer(ErrorCode::Forbidden));
-                    let mut limited = answer(ErrorCode::RateLimited);
-                    limited["headers"] = json!({"Retry-After": {
-                        "description": "Seconds until the address may try again",
+                    let retry_after = json!({"Retry-After": {
+                        "description": "Seconds until the caller may try again",
                         "schema": {"type": "integer"}}});
-                    responses.entry("429").or_insert(limited);
+                    match responses.get_mut("429") {
+                        // The operation's own 429 (`quota_exceeded`) gets the rate's too.
+                        Some(own) => {
+                            let limited = answer(ErrorCode::RateLimited);
+                            let text = format!(
+                                "{}\n\n{}",
+                                own["description"].as_str().unwrap_or_default(),
+                                limited["description"].as_str().unwrap_or_default()
+                            );
+                            own["description"] = json!(text);
+                            own["headers"] = retry_after;
+                        }
+                        None => {
+                            let mut limited = answer(ErrorCode::RateLimited);
+                            if is_submission(&method, path) {
+                                // The one-call endpoints' quota answer is not in their
+                                // own 4XX range.
+                                let quota = answer(ErrorCode::QuotaExceeded);
+                                let text = format!(
+                                    "{}\n\n{}",
+                                    limited["description"].as_str().unwrap_or_default(),
+                                    quota["description"].as_str().unwrap_or_default()
+                                );
+                                limited["description"] = json!(text);
+                            }
+                            limited["headers"] = retry_after;
+                            responses.insert("429".into(), limited);
+                        }
+                    }
                 }
             }
         }

@@ -56,6 +56,14 @@ pub struct TenantLimitsView {
     /// Running tasks per queue, at least 1 (null: `queue.tenant_concurrency`, where 0
     /// means no cap). Checked by every claim, atomically with it.
     pub running_tasks_per_queue: Option<u32>,
+    /// Tasks it may create per calendar month in UTC (null: `limits.monthly_tasks`,
+    /// unset there: no quota); 0 stops all submissions. Exact across replicas: the
+    /// creation is refused with `429 quota_exceeded` once the month's count reaches it.
+    pub monthly_tasks: Option<u64>,
+    /// Browser time it may use per calendar month in UTC, in seconds (null:
+    /// `limits.monthly_browser_seconds`). Checked when a task is submitted or retried;
+    /// running tasks are not stopped.
+    pub monthly_browser_seconds: Option<u64>,
 }
 
 impl From<Tenant> for TenantView {
@@ -68,6 +76,8 @@ impl From<Tenant> for TenantView {
                 submissions_per_second: tenant.limits.submissions_per_second,
                 submission_burst: tenant.limits.submission_burst,
                 running_tasks_per_queue: tenant.limits.running_per_queue,
+                monthly_tasks: tenant.limits.monthly_tasks,
+                monthly_browser_seconds: tenant.limits.monthly_browser_seconds,
             },
         }
     }
@@ -160,8 +170,8 @@ impl AdminApi {
 
     /// Set a tenant's own limits.
     ///
-    /// They replace both limits at once; `null` returns one to its setting. Every API
-    /// replica applies them within 5 s.
+    /// They replace all the tenant's limits at once; `null` returns one to its setting.
+    /// Every API replica applies them within 5 s.
     #[oai(path = "/v1/admin/tenants/:id/limits", method = "put")]
     async fn set_limits(
         &self,
@@ -200,6 +210,8 @@ impl AdminApi {
             submissions_per_second: limits.submissions_per_second,
             submission_burst: limits.submission_burst,
             running_per_queue: limits.running_tasks_per_queue,
+            monthly_tasks: limits.monthly_tasks,
+            monthly_browser_seconds: limits.monthly_browser_seconds,
         };
         let Some(updated) = TenantRepository::new(self.state.repo.connection().clone())
             .set_limits(&tenant, own)
@@ -207,7 +219,7 @@ impl AdminApi {
         else {
             return Err(not_found().into());
         };
-        self.state.limiter.forget_budgets();
+        self.state.limits.forget();
         if let Err(error) = self
             .state
             .queue
@@ -223,7 +235,7 @@ impl AdminApi {
                 "tenant.limits_changed",
                 "tenant",
                 &tenant,
-                serde_json::json!({"submissions_per_second": own.submissions_per_second, "submission_burst": own.submission_burst, "running_tasks_per_queue": own.running_per_queue}),
+                serde_json::json!({"submissions_per_second": own.submissions_per_second, "submission_burst": own.submission_burst, "running_tasks_per_queue": own.running_per_queue, "monthly_tasks": own.monthly_tasks, "monthly_browser_seconds": own.monthly_browser_seconds}),
             )
             .await;
         Ok(Json(updated.into()))

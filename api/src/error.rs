@@ -73,7 +73,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::InvitationNotFound => StatusCode::NOT_FOUND,
         ErrorCode::Unauthenticated | ErrorCode::SignInFailed => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden | ErrorCode::NoMembership => StatusCode::FORBIDDEN,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited | ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InvalidState | ErrorCode::IdempotencyConflict | ErrorCode::TenantExists => {
             StatusCode::CONFLICT
@@ -95,13 +95,23 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
 #[error("{error}")]
 pub struct ApiError {
     error: CodedError,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             error: CodedError::new(code, message),
+            retry_after: None,
         }
+    }
+
+    /// With a `Retry-After` header of `duration` (whole seconds, rounded up, at least 1).
+    pub fn retry_after(mut self, duration: std::time::Duration) -> Self {
+        let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -130,7 +140,10 @@ impl ApiError {
 
 impl From<CodedError> for ApiError {
     fn from(error: CodedError) -> Self {
-        Self { error }
+        Self {
+            error,
+            retry_after: None,
+        }
     }
 }
 
@@ -150,6 +163,18 @@ impl From<RepoError> for ApiError {
         match error {
             RepoError::Database(cause) => Self::unavailable("the database", &cause),
             RepoError::Corrupt(cause) => Self::internal(&cause),
+            RepoError::QuotaExceeded { limit } => {
+                let now = chrono::Utc::now();
+                let period = operator_store::db::Period::containing(now);
+                Self::new(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "the tenant has created its monthly quota of {limit} tasks in {period}; more can be created from {}",
+                        period.end().to_rfc3339()
+                    ),
+                )
+                .retry_after((period.end() - now).to_std().unwrap_or_default())
+            }
         }
     }
 }
@@ -181,7 +206,13 @@ impl poem::error::ResponseError for ApiError {
     }
 
     fn as_response(&self) -> Response {
-        json_error(status_for(self.error.code), self.body())
+        let mut response = json_error(status_for(self.error.code), self.body());
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = seconds.to_string().parse()
+        {
+            response.headers_mut().insert("retry-after", value);
+        }
+        response
     }
 }
 

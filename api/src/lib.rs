@@ -10,6 +10,7 @@
 //! - [`webhooks`]: `/v1/webhooks` — endpoints, deliveries, redelivery, signing keys.
 //! - [`keys`]: `/v1/api-keys` — a tenant's API keys; `/v1/me` — who is calling.
 //! - [`audit`]: `/v1/audit-events` — the tenant's audit log.
+//! - [`usage`]: `/v1/usage` — the tenant's monthly use and quotas.
 //! - [`admin`]: `/v1/admin/tenants` — the platform's tenants (platform-admin keys).
 //! - [`members`]: `/v1/members`, `/v1/invitations` — people who sign in, and invitations;
 //!   the platform's email-domain mapping.
@@ -49,6 +50,7 @@ pub mod signin;
 pub mod state;
 pub mod submission;
 pub mod tasks;
+pub mod usage;
 pub mod webhooks;
 
 pub use state::{AppState, SharedState};
@@ -88,6 +90,9 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
                 state: SharedState::clone(&state),
             },
             members::MembersApi {
+                state: SharedState::clone(&state),
+            },
+            usage::UsageApi {
                 state: SharedState::clone(&state),
             },
         ),

@@ -278,10 +278,11 @@ impl OneShotApi {
             return Ok(Waited::Invalid(refused));
         }
         // Subscribed before the task exists, so that no event of it can be missed.
+        let quota = state.admit(&options.caller.tenant).await?;
         let mut notices = state.repo.event_bus().map(EventBus::subscribe);
         let task = state
             .submitter
-            .create(new_task)
+            .create(new_task, quota)
             .await
             .map_err(ApiError::from)?;
         let deadline = tokio::time::Instant::now() + state.settings.server.sync_wait;

@@ -7,10 +7,13 @@ use operator_config::Settings;
 use operator_domain::error::ErrorCode;
 use operator_domain::links;
 use operator_domain::network::NetworkPolicy;
-use operator_domain::{QueueName, TaskId};
+use operator_domain::{QueueName, TaskId, TenantId};
 use operator_store::credentials::{KeyVerifier, VerifierTiming};
-use operator_store::db::{AuditEntry, AuditRepository, TaskRepository, TenantRepository};
+use operator_store::db::{
+    AuditEntry, AuditRepository, TaskRepository, TenantRepository, UsageRepository,
+};
 use operator_store::events::EventBus;
+use operator_store::limits::{Quotas, TenantLimitsCache};
 use operator_store::queue::SharedQueue;
 use operator_store::rate::SubmissionLimiter;
 use operator_store::signing::LinkSigner;
@@ -41,7 +44,10 @@ pub struct AppState {
     /// Signs artifact links and stream tickets.
     pub signer: Arc<LinkSigner>,
     /// Each tenant's submission rate.
+    /// The tenants' own limits, cached; forgotten here when an admin changes them.
+    pub limits: Arc<TenantLimitsCache>,
     pub limiter: Arc<SubmissionLimiter>,
+    pub quotas: Arc<Quotas>,
 }
 
 #[derive(Debug, Default)]
@@ -89,10 +95,18 @@ impl AppState {
             )
         });
         let signer = Arc::new(LinkSigner::new(repo.connection().clone()));
+        let limits = Arc::new(TenantLimitsCache::new(TenantRepository::new(
+            repo.connection().clone(),
+        )));
         let limiter = Arc::new(SubmissionLimiter::new(
-            TenantRepository::new(repo.connection().clone()),
+            Arc::clone(&limits),
             settings.limits.clone(),
             &settings.redis,
+        ));
+        let quotas = Arc::new(Quotas::new(
+            Arc::clone(&limits),
+            UsageRepository::new(repo.connection().clone()),
+            settings.limits.clone(),
         ));
         let sign_in = crate::signin::service(
             &settings.auth,
@@ -117,7 +131,9 @@ impl AppState {
             authenticator,
             sign_in,
             signer,
+            limits,
             limiter,
+            quotas,
         }
     }
 
@@ -145,6 +161,27 @@ impl AppState {
             .await
         {
             tracing::error!(error = %error, action, tenant = %caller.tenant, "recording an audit event failed");
+        }
+    }
+
+    /// Whether `tenant` may start more browser work (a submission or a retry): refused
+    /// with `quota_exceeded` when its browser time this month has reached its quota.
+    /// Otherwise the monthly quota of tasks a creation must stay within.
+    pub async fn admit(&self, tenant: &TenantId) -> Result<Option<u64>, ApiError> {
+        let now = chrono::Utc::now();
+        match self.quotas.admit(tenant, now).await? {
+            Ok(tasks) => Ok(tasks),
+            Err(refusal) => Err(ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "the tenant has used its monthly quota of {} {} in {}; more from {}",
+                    refusal.limit,
+                    refusal.kind.as_str().replace('_', " "),
+                    refusal.period,
+                    refusal.period.end().to_rfc3339()
+                ),
+            )
+            .retry_after(refusal.retry_after(now))),
         }
     }
 

@@ -69,11 +69,12 @@ pub enum CreateTaskResponse {
 }
 
 codes!(CreateCodes: InvalidJson, InvalidParameter, IdempotencyConflict, InvalidRequest,
-    UnknownKind, UnknownQueue, InvalidInput, InvalidUrl, UrlSchemeNotAllowed, UrlNotAllowed);
+    UnknownKind, UnknownQueue, InvalidInput, InvalidUrl, UrlSchemeNotAllowed, UrlNotAllowed,
+    QuotaExceeded);
 codes!(TaskCodes: InvalidParameter, TaskNotFound);
 codes!(ListCodes: InvalidParameter);
 codes!(CancelCodes: InvalidParameter, TaskNotFound, InvalidState);
-codes!(RetryCodes: InvalidParameter, TaskNotFound, InvalidState);
+codes!(RetryCodes: InvalidParameter, TaskNotFound, InvalidState, QuotaExceeded);
 
 pub struct TasksApi {
     pub state: SharedState,
@@ -121,7 +122,8 @@ impl TasksApi {
         let new_task =
             body.validate(&rules, caller.tenant.clone(), idempotency_key, trace_parent)?;
         state.check_queue(&new_task.queue).await?;
-        match state.submitter.submit(new_task).await? {
+        let quota = state.admit(&caller.tenant).await?;
+        match state.submitter.submit(new_task, quota).await? {
             Submitted::Created(task) => {
                 let location = state.task_url(task.id);
                 Ok(CreateTaskResponse::Accepted(
@@ -286,6 +288,8 @@ impl TasksApi {
             )
             .into());
         }
+        // A retry creates no task, but runs the browser again.
+        state.admit(&caller.tenant).await?;
         match state
             .submitter
             .redrive(&caller.tenant, TaskId::from(id.0), attempts)

@@ -34,6 +34,7 @@ mod m20261204_000015_audit_events;
 mod m20261204_000016_tenant_limits;
 mod m20261204_000017_users_and_sessions;
 mod m20261204_000018_tenant_running_limit;
+mod m20261205_000019_monthly_usage;
 
 pub struct Migrator;
 
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000016_tenant_limits::Migration),
             Box::new(m20261204_000017_users_and_sessions::Migration),
             Box::new(m20261204_000018_tenant_running_limit::Migration),
+            Box::new(m20261205_000019_monthly_usage::Migration),
         ]
     }
 }

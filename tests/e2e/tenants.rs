@@ -1,5 +1,6 @@
 //! Tenants through the API, with a real worker: a tenant at its own running cap waits
-//! while another tenant's tasks run.
+//! while another tenant's tasks run; a tenant's browser time is counted and its
+//! monthly quota refuses more.
 
 use std::time::Duration;
 
@@ -107,5 +108,57 @@ async fn a_tenant_at_its_running_cap_waits_while_another_tenant_runs() {
         Some(3),
         "{listed}"
     );
+    app.shutdown().await;
+}
+
+/// A tenant's browser time is what its attempts ran, to the millisecond, and its
+/// monthly quota of it refuses more work once used up: two slow tasks with a quota of
+/// 2 s run (the first leaves room), and the third submission is `429 quota_exceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_browser_time_is_counted_and_its_quota_refuses_more() {
+    let app = TestApp::distributed().await;
+    let admin = app.platform_admin().await;
+    let timed = tenant(&app, &admin, "timed").await;
+    let (status, limits) = admin
+        .put(
+            "/v1/admin/tenants/timed/limits",
+            &json!({"monthly_browser_seconds": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{limits}");
+    let pages = FaultPages::start(Duration::from_millis(1200), 0).await;
+    let mut spans = Vec::new();
+    for index in 0..2 {
+        let (status, task) = timed
+            .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("slow", &format!("timed-{index}")), "viewport": {"width": 320, "height": 200}}}))
+            .await;
+        assert_eq!(status, 202, "task {index} is admitted: {task}");
+        let id = task["id"].as_str().expect("id").to_owned();
+        let done: Value = timed.wait_for(&id, &ENDED, TASK_DEADLINE).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        spans.push(ran(&timed, &id).await);
+    }
+    let ran_ms: i64 = spans
+        .iter()
+        .map(|(start, end)| (*end - *start).num_milliseconds())
+        .sum();
+    let (_, usage) = timed.get("/v1/usage").await;
+    let used = usage["browser_seconds"]["used"].as_f64().expect("used");
+    assert!(
+        ((used * 1000.0).round() as i64 - ran_ms).abs() <= 2,
+        "the usage is the attempts' time, {ran_ms} ms: {usage}"
+    );
+    assert!(used > 2.4, "two slow pages: {usage}");
+    assert_eq!(usage["tasks"]["used"], 2);
+    let (status, refused) = timed
+        .submit(&json!({"kind": "screenshot", "input": {"url": pages.url("slow", "timed-2")}}))
+        .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (429, Some("quota_exceeded")),
+        "{refused}"
+    );
+    let (_, listed) = timed.get("/v1/tasks").await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(2));
     app.shutdown().await;
 }

@@ -309,7 +309,13 @@ async fn a_tenant_sees_only_its_own_lists() {
     assert_eq!(me["role"], "member");
     assert_eq!(
         me["permissions"],
-        json!(["tasks:read", "tasks:write", "queues:read", "webhooks:read"]),
+        json!([
+            "tasks:read",
+            "tasks:write",
+            "queues:read",
+            "webhooks:read",
+            "usage:read"
+        ]),
         "no keys:read or audit:read"
     );
 }

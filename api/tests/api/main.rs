@@ -6,6 +6,7 @@ mod events;
 mod helpers;
 mod queue;
 mod signin;
+mod usage;
 mod webhooks;
 
 use helpers::{spawn_api, spawn_api_with};
@@ -511,6 +512,11 @@ async fn each_operation_documents_exactly_the_statuses_it_answers() {
             &["200", "400", "401", "403", "404", "429", "500", "503"],
         ),
         ("get", "/v1/me", &["200", "401", "403", "429", "500", "503"]),
+        (
+            "get",
+            "/v1/usage",
+            &["200", "400", "401", "403", "429", "500", "503"],
+        ),
         (
             "get",
             "/v1/audit-events",

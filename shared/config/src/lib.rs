@@ -641,7 +641,8 @@ impl Default for AuthSettings {
     }
 }
 
-/// Limits per tenant; a tenant's own (`PATCH /v1/admin/tenants/{id}`) override these.
+/// Limits per tenant; a tenant's own (`PUT /v1/admin/tenants/{id}/limits`) override
+/// these.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
@@ -650,6 +651,12 @@ pub struct LimitSettings {
     pub submissions_per_second: f64,
     /// How many submissions may arrive at once above that rate.
     pub submission_burst: u32,
+    /// Tasks a tenant may create per calendar month (UTC); unset: no quota.
+    pub monthly_tasks: Option<u64>,
+    /// Browser time a tenant may use per calendar month (UTC), in seconds; unset: no
+    /// quota. Checked when a task is submitted or retried: tasks admitted before the
+    /// quota ran out still run to their end.
+    pub monthly_browser_seconds: Option<u64>,
 }
 
 impl Default for LimitSettings {
@@ -657,6 +664,8 @@ impl Default for LimitSettings {
         Self {
             submissions_per_second: 0.0,
             submission_burst: 20,
+            monthly_tasks: None,
+            monthly_browser_seconds: None,
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum Permission {
     AuditRead,
     /// List the tenant's members and invitations.
     MembersRead,
+    /// Read the tenant's monthly usage and quotas.
+    UsageRead,
     /// Invite people, change members' roles, remove members (never above the caller's
     /// own role).
     MembersManage,
@@ -69,7 +71,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 13] = [
         Permission::TasksRead,
         Permission::TasksWrite,
         Permission::QueuesRead,
@@ -81,6 +83,7 @@ impl Permission {
         Permission::AuditRead,
         Permission::MembersRead,
         Permission::MembersManage,
+        Permission::UsageRead,
         Permission::TenantsManage,
     ];
 
@@ -97,6 +100,7 @@ impl Permission {
             Self::AuditRead => "audit:read",
             Self::MembersRead => "members:read",
             Self::MembersManage => "members:manage",
+            Self::UsageRead => "usage:read",
             Self::TenantsManage => "tenants:manage",
         }
     }
@@ -111,6 +115,7 @@ impl Permission {
                 | Self::KeysRead
                 | Self::AuditRead
                 | Self::MembersRead
+                | Self::UsageRead
         )
     }
 }
@@ -151,9 +156,12 @@ impl Role {
             Self::Owner | Self::Admin => permission != TenantsManage,
             Self::Member => matches!(
                 permission,
-                TasksRead | TasksWrite | QueuesRead | WebhooksRead
+                TasksRead | TasksWrite | QueuesRead | WebhooksRead | UsageRead
             ),
-            Self::Viewer => matches!(permission, TasksRead | QueuesRead | WebhooksRead),
+            Self::Viewer => matches!(
+                permission,
+                TasksRead | QueuesRead | WebhooksRead | UsageRead
+            ),
         }
     }
 

@@ -36,6 +36,7 @@ pub enum ErrorCode {
     Unauthenticated,
     Forbidden,
     RateLimited,
+    QuotaExceeded,
     KeyNotFound,
     TenantExists,
     TenantNotFound,
@@ -94,6 +95,7 @@ impl ErrorCode {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
+            Self::QuotaExceeded => "quota_exceeded",
             Self::KeyNotFound => "key_not_found",
             Self::TenantExists => "tenant_exists",
             Self::TenantNotFound => "tenant_not_found",
@@ -152,6 +154,9 @@ impl ErrorCode {
             Self::Forbidden => "The caller's role lacks the permission the operation needs.",
             Self::RateLimited => {
                 "Too many requests (or failed sign-ins); retry after `Retry-After`."
+            }
+            Self::QuotaExceeded => {
+                "The tenant's monthly quota of tasks or browser time is used up; it is whole again at the start of the next month (UTC), in `Retry-After` seconds."
             }
             Self::KeyNotFound => "No API key with this id for this tenant.",
             Self::TenantExists => "A tenant with this id exists already.",

@@ -8,7 +8,8 @@
 //! (`<redis.key_prefix>:rate:<tenant>:<interval µs>:<burst>`) and one script checks and moves it, with
 //! Redis' own clock, so every API replica shares one budget; without, it lives in this
 //! process. Each tenant's rate and burst are its own (`tenants` row) or the
-//! `limits.*` settings, read at most every [`LIMITS_TTL`].
+//! `limits.*` settings, read at most every
+//! [`LIMITS_TTL`](crate::limits::LIMITS_TTL).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -19,13 +20,11 @@ use fred::types::scripts::Script;
 use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 
-use crate::db::{RepoError, TenantRepository};
+use crate::db::RepoError;
+use crate::limits::TenantLimitsCache;
 use crate::queue::redis::build_client;
 use operator_config::{LimitSettings, RedisSettings};
 use operator_domain::TenantId;
-
-/// How long a tenant's own limits are trusted before they are read again.
-pub const LIMITS_TTL: Duration = Duration::from_secs(5);
 
 /// KEYS[1]: the TAT; ARGV: the interval T and the tolerance (burst − 1) × T, in
 /// microseconds. Returns {allowed, wait µs, remaining, µs until the burst is whole}.
@@ -74,11 +73,10 @@ struct Budget {
 }
 
 pub struct SubmissionLimiter {
-    tenants: TenantRepository,
+    limits: std::sync::Arc<TenantLimitsCache>,
     defaults: LimitSettings,
     redis: Option<RedisSettings>,
     client: OnceCell<(Client, Script)>,
-    budgets: Mutex<HashMap<TenantId, (Option<Budget>, Instant)>>,
     /// Without Redis: each tenant's TAT, as an instant, and the budget it counts in.
     local: Mutex<HashMap<TenantId, (Instant, Budget)>>,
 }
@@ -94,13 +92,16 @@ impl std::fmt::Debug for SubmissionLimiter {
 
 impl SubmissionLimiter {
     /// With Redis settings that name a server, the budget is shared through it.
-    pub fn new(tenants: TenantRepository, defaults: LimitSettings, redis: &RedisSettings) -> Self {
+    pub fn new(
+        limits: std::sync::Arc<TenantLimitsCache>,
+        defaults: LimitSettings,
+        redis: &RedisSettings,
+    ) -> Self {
         Self {
-            tenants,
+            limits,
             defaults,
             redis: redis.url.is_some().then(|| redis.clone()),
             client: OnceCell::new(),
-            budgets: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
         }
     }
@@ -201,24 +202,9 @@ impl SubmissionLimiter {
         })
     }
 
-    /// The tenant's budget, from its row or the settings, cached for [`LIMITS_TTL`].
+    /// The tenant's budget, from its own limits or the settings.
     async fn budget(&self, tenant: &TenantId) -> Result<Option<Budget>, RepoError> {
-        if let Some((budget, read)) = self
-            .budgets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(tenant)
-            .copied()
-            && read.elapsed() < LIMITS_TTL
-        {
-            return Ok(budget);
-        }
-        let own = self
-            .tenants
-            .tenant(tenant)
-            .await?
-            .map(|tenant| tenant.limits)
-            .unwrap_or_default();
+        let own = self.limits.get(tenant).await?;
         let rate = own
             .submissions_per_second
             .unwrap_or(self.defaults.submissions_per_second);
@@ -226,22 +212,9 @@ impl SubmissionLimiter {
             .submission_burst
             .unwrap_or(self.defaults.submission_burst)
             .max(1);
-        let budget = (rate > 0.0 && rate.is_finite()).then(|| Budget {
+        Ok((rate > 0.0 && rate.is_finite()).then(|| Budget {
             interval: Duration::from_secs_f64(1.0 / rate),
             burst,
-        });
-        self.budgets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(tenant.clone(), (budget, Instant::now()));
-        Ok(budget)
-    }
-
-    /// Forgets the cached budgets (after a tenant's limits changed here).
-    pub fn forget_budgets(&self) {
-        self.budgets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        }))
     }
 }

@@ -58,18 +58,20 @@ impl Submitter {
     }
 
     /// Stores a task unless its idempotency key was seen (see
-    /// [`TaskRepository::submit`]); a created one is dispatched.
-    pub async fn submit(&self, task: NewTask) -> Result<Submitted, RepoError> {
-        let submitted = self.repo.submit(task).await?;
+    /// [`TaskRepository::submit_within`]), within the tenant's monthly quota of tasks;
+    /// a created one is dispatched.
+    pub async fn submit(&self, task: NewTask, quota: Option<u64>) -> Result<Submitted, RepoError> {
+        let submitted = self.repo.submit_within(task, quota).await?;
         if let Submitted::Created(task) = &submitted {
             self.dispatch(task).await;
         }
         Ok(submitted)
     }
 
-    /// Stores a task (no idempotency key) and dispatches it.
-    pub async fn create(&self, task: NewTask) -> Result<TaskRecord, RepoError> {
-        let task = self.repo.create(task).await?;
+    /// Stores a task (no idempotency key) within the tenant's monthly quota of tasks,
+    /// and dispatches it.
+    pub async fn create(&self, task: NewTask, quota: Option<u64>) -> Result<TaskRecord, RepoError> {
+        let task = self.repo.create_within(task, quota).await?;
         self.dispatch(&task).await;
         Ok(task)
     }

@@ -13,6 +13,8 @@
 //! - `webhooks`: [`WebhookRepository`] and the outbox rule (`write_outbox`).
 //! - `tenants`: [`TenantRepository`]: tenants and their API keys.
 //! - `audit`: [`AuditRepository`]: the append-only audit log.
+//! - `usage`: [`UsageRepository`]: each tenant's monthly tasks and browser time, written
+//!   by the hot transitions.
 //! - `users`: [`UserRepository`]: people who sign in, their memberships, invitations,
 //!   sessions and sign-ins in flight.
 
@@ -29,6 +31,7 @@ mod repo;
 mod rows;
 mod tenants;
 mod transactional;
+mod usage;
 mod users;
 mod webhooks;
 mod writes;
@@ -42,6 +45,7 @@ pub use rows::{RepoError, now};
 pub use tenants::{
     ApiKey, CreateTenantError, NewKey, StoredKey, Tenant, TenantLimits, TenantRepository,
 };
+pub use usage::{Period, Usage, UsageRepository};
 pub use users::{
     Invitation, Member, MemberRecord, PendingLogin, SessionState, SignInIdentity, SignInRefusal,
     UserRepository,

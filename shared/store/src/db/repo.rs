@@ -230,9 +230,19 @@ impl TaskRepository {
     }
 
     /// Stores a new task (state `queued`, or `scheduled` when it runs later) and its
-    /// `created` event.
-    #[instrument(skip_all, fields(tenant = %new.tenant))]
+    /// `created` event, and counts it in the tenant's monthly usage.
     pub async fn create(&self, new: NewTask) -> Result<TaskRecord, RepoError> {
+        self.create_within(new, None).await
+    }
+
+    /// [`Self::create`] within a monthly quota of tasks: when the tenant has created
+    /// `quota` tasks this month, nothing is written ([`RepoError::QuotaExceeded`]).
+    #[instrument(skip_all, fields(tenant = %new.tenant))]
+    pub async fn create_within(
+        &self,
+        new: NewTask,
+        quota: Option<u64>,
+    ) -> Result<TaskRecord, RepoError> {
         let now = now();
         let id = TaskId::new();
         let run_at = new.run_at.map(|at| at.trunc_subsecs(6)).unwrap_or(now);
@@ -268,7 +278,7 @@ impl TaskRepository {
             started_at: Set(None),
             finished_at: Set(None),
         };
-        let stored = self.writes.create(model, &new.tenant, now).await?;
+        let stored = self.writes.create(model, &new.tenant, now, quota).await?;
         self.announce(&new.tenant, id);
         to_record(stored)
     }
@@ -276,15 +286,25 @@ impl TaskRepository {
     /// Stores a new task unless its idempotency key was used before: then the earlier
     /// task is returned when the request is the same, and refused when it differs.
     pub async fn submit(&self, new: NewTask) -> Result<Submitted, RepoError> {
+        self.submit_within(new, None).await
+    }
+
+    /// [`Self::submit`] within a monthly quota of tasks (see [`Self::create_within`]); a
+    /// replay of an earlier submission is answered whatever the quota.
+    pub async fn submit_within(
+        &self,
+        new: NewTask,
+        quota: Option<u64>,
+    ) -> Result<Submitted, RepoError> {
         let Some(key) = new.idempotency_key.clone() else {
-            return Ok(Submitted::Created(self.create(new).await?));
+            return Ok(Submitted::Created(self.create_within(new, quota).await?));
         };
         let tenant = new.tenant.clone();
         let request_hash = new.request_hash.clone();
         if let Some(earlier) = self.find_by_idempotency_key(&tenant, &key).await? {
             return Ok(replay_or_refuse(earlier, request_hash.as_deref()));
         }
-        match self.create(new).await {
+        match self.create_within(new, quota).await {
             Ok(record) => Ok(Submitted::Created(record)),
             // Two requests with one key raced and the other committed first.
             Err(RepoError::Database(error))

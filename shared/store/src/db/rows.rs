@@ -21,6 +21,9 @@ pub enum RepoError {
     /// A row the code cannot interpret (written by a newer version, or edited by hand).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The tenant has created its monthly quota of tasks; nothing was written.
+    #[error("the tenant's monthly quota of {limit} tasks is used up")]
+    QuotaExceeded { limit: u64 },
 }
 
 /// The current time at the precision every supported database stores (microseconds),

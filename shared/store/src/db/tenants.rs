@@ -15,7 +15,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{api_key, tenant};
-use super::rows::{RepoError, now};
+use super::rows::{RepoError, now, to_i64};
 use operator_domain::TenantId;
 use operator_domain::auth::{ApiKeyToken, Role};
 
@@ -35,6 +35,10 @@ pub struct TenantLimits {
     pub submission_burst: Option<u32>,
     /// Running tasks per queue (overrides `queue.tenant_concurrency`).
     pub running_per_queue: Option<u32>,
+    /// Tasks created per calendar month (UTC).
+    pub monthly_tasks: Option<u64>,
+    /// Browser time per calendar month (UTC), in seconds.
+    pub monthly_browser_seconds: Option<u64>,
 }
 
 /// An API key as lists show it (no secret, no hash).
@@ -106,6 +110,8 @@ impl TenantRepository {
             submissions_per_second: Set(None),
             submission_burst: Set(None),
             running_per_queue: Set(None),
+            monthly_tasks: Set(None),
+            monthly_browser_seconds: Set(None),
         })
         .on_conflict(
             OnConflict::column(tenant::Column::Id)
@@ -192,6 +198,14 @@ impl TenantRepository {
                         .running_per_queue
                         .map(|cap| cap.min(i32::MAX as u32) as i32),
                 ),
+            )
+            .col_expr(
+                tenant::Column::MonthlyTasks,
+                Expr::value(limits.monthly_tasks.map(to_i64)),
+            )
+            .col_expr(
+                tenant::Column::MonthlyBrowserSeconds,
+                Expr::value(limits.monthly_browser_seconds.map(to_i64)),
             )
             .filter(tenant::Column::Id.eq(id.as_str()))
             .exec(&self.db)
@@ -314,6 +328,12 @@ fn to_tenant(row: tenant::Model) -> Result<Tenant, RepoError> {
             running_per_queue: row
                 .running_per_queue
                 .and_then(|cap| u32::try_from(cap).ok()),
+            monthly_tasks: row
+                .monthly_tasks
+                .and_then(|quota| u64::try_from(quota).ok()),
+            monthly_browser_seconds: row
+                .monthly_browser_seconds
+                .and_then(|quota| u64::try_from(quota).ok()),
         },
     })
 }

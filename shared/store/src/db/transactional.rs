@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::entities::{task, task_attempt};
 use super::rows::RepoError;
 use super::rows::{insert_artifacts, insert_event, insert_events, to_record};
+use super::usage;
 use super::webhooks::write_outbox;
 use super::writes::{Claim, Finish, HotWrites};
 
@@ -37,8 +38,16 @@ impl HotWrites for Transactional {
         model: task::ActiveModel,
         tenant: &TenantId,
         now: DateTime<Utc>,
+        quota: Option<u64>,
     ) -> Result<task::Model, RepoError> {
         let transaction = self.db.begin().await?;
+        // Counted first: the usage row's lock orders concurrent creations of a tenant.
+        if !usage::count_created(&transaction, tenant, now, quota).await? {
+            transaction.rollback().await?;
+            return Err(RepoError::QuotaExceeded {
+                limit: quota.unwrap_or(0),
+            });
+        }
         let stored = task::Entity::insert(model)
             .exec_with_returning(&transaction)
             .await?;
@@ -156,7 +165,7 @@ impl HotWrites for Transactional {
             return Ok(None);
         };
         let record = to_record(updated)?;
-        task_attempt::Entity::update_many()
+        let closed = task_attempt::Entity::update_many()
             .col_expr(task_attempt::Column::FinishedAt, Expr::value(now))
             .col_expr(
                 task_attempt::Column::Outcome,
@@ -172,8 +181,12 @@ impl HotWrites for Transactional {
             )
             .filter(task_attempt::Column::TaskId.eq(id.as_uuid()))
             .filter(task_attempt::Column::LeaseToken.eq(token.as_uuid()))
-            .exec(&transaction)
+            .exec_with_returning(&transaction)
             .await?;
+        for attempt in &closed {
+            let ms = usage::attempt_ms(attempt.started_at, now);
+            usage::add_browser_time(&transaction, &record.tenant, now, ms).await?;
+        }
         if let TaskOutcome::Succeeded { artifacts, .. } = outcome {
             insert_artifacts(&transaction, id, &record.tenant, artifacts, now).await?;
         }

@@ -51,12 +51,15 @@ pub(super) struct Finish<'a> {
 
 #[async_trait::async_trait]
 pub(super) trait HotWrites: Send + Sync + std::fmt::Debug {
-    /// Stores a new task row and its `created` event.
+    /// Stores a new task row and its `created` event, and counts it in the tenant's
+    /// monthly usage. With a `quota` (the tenant's monthly tasks), nothing is written
+    /// when the month's count has reached it: [`RepoError::QuotaExceeded`].
     async fn create(
         &self,
         model: task::ActiveModel,
         tenant: &TenantId,
         now: DateTime<Utc>,
+        quota: Option<u64>,
     ) -> Result<task::Model, RepoError>;
 
     /// Makes the claim's worker the owner of the task as a new attempt, if the task is
@@ -66,7 +69,8 @@ pub(super) trait HotWrites: Send + Sync + std::fmt::Debug {
     async fn start(&self, claim: &Claim<'_>) -> Result<Option<task::Model>, RepoError>;
 
     /// Records the finish under the lease: the task's new state, result or error, the
-    /// attempt's outcome, artifacts, events and, for a terminal state, the outbox rows.
+    /// attempt's outcome, artifacts, events, the attempt's time in the tenant's monthly
+    /// usage and, for a terminal state, the outbox rows.
     /// `None` when the lease is gone (nothing written).
     async fn finish(&self, finish: &Finish<'_>) -> Result<Option<TaskRecord>, RepoError>;
 }

@@ -9,3 +9,4 @@ mod queue;
 mod rate;
 mod repository;
 mod storage;
+mod usage;

@@ -2,20 +2,28 @@
 //! budget; a tenant's own limits override the settings; without Redis it holds per
 //! process.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use operator_config::LimitSettings;
 use operator_domain::TenantId;
 use operator_store::db::{TenantLimits, TenantRepository};
+use operator_store::limits::TenantLimitsCache;
 use operator_store::rate::SubmissionLimiter;
 use operator_testkit::{RedisPrefix, TestDatabase};
 
 use crate::helpers::repository;
 
+/// One API replica's cache of the tenants' own limits.
+fn cache(tenants: &TenantRepository) -> Arc<TenantLimitsCache> {
+    Arc::new(TenantLimitsCache::new(tenants.clone()))
+}
+
 fn limits(rate: f64, burst: u32) -> LimitSettings {
     LimitSettings {
         submissions_per_second: rate,
         submission_burst: burst,
+        ..LimitSettings::default()
     }
 }
 
@@ -24,8 +32,8 @@ async fn two_replicas_on_one_redis_share_a_tenants_budget() {
     let database = TestDatabase::sqlite().await;
     let tenants = TenantRepository::new(repository(&database).await.connection().clone());
     let redis = RedisPrefix::new();
-    let first = SubmissionLimiter::new(tenants.clone(), limits(0.5, 2), redis.settings());
-    let second = SubmissionLimiter::new(tenants.clone(), limits(0.5, 2), redis.settings());
+    let first = SubmissionLimiter::new(cache(&tenants), limits(0.5, 2), redis.settings());
+    let second = SubmissionLimiter::new(cache(&tenants), limits(0.5, 2), redis.settings());
     let tenant = TenantId::default_tenant();
     let one = first.check(&tenant).await.expect("check").expect("limited");
     assert!(one.allowed);
@@ -65,7 +73,7 @@ async fn a_tenants_own_limits_override_the_settings_and_no_limit_is_no_check() {
     let database = TestDatabase::sqlite().await;
     let tenants = TenantRepository::new(repository(&database).await.connection().clone());
     let tenant = TenantId::default_tenant();
-    let unlimited = SubmissionLimiter::new(tenants.clone(), limits(0.0, 5), &Default::default());
+    let unlimited = SubmissionLimiter::new(cache(&tenants), limits(0.0, 5), &Default::default());
     assert_eq!(unlimited.check(&tenant).await.expect("check"), None);
     tenants
         .set_limits(
@@ -73,13 +81,13 @@ async fn a_tenants_own_limits_override_the_settings_and_no_limit_is_no_check() {
             TenantLimits {
                 submissions_per_second: Some(1.0),
                 submission_burst: Some(1),
-                running_per_queue: None,
+                ..TenantLimits::default()
             },
         )
         .await
         .expect("set")
         .expect("the tenant");
-    let limiter = SubmissionLimiter::new(tenants, limits(0.0, 5), &Default::default());
+    let limiter = SubmissionLimiter::new(cache(&tenants), limits(0.0, 5), &Default::default());
     let first = limiter
         .check(&tenant)
         .await

@@ -16,6 +16,7 @@ pub mod task_attempt;
 pub mod task_event;
 pub mod tenant;
 pub mod tenant_email_domain;
+pub mod tenant_usage;
 pub mod user;
 pub mod user_identity;
 pub mod webhook_attempt;

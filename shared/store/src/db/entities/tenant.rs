@@ -9,6 +9,8 @@ pub struct Model {
     pub submissions_per_second: Option<f64>,
     pub submission_burst: Option<i32>,
     pub running_per_queue: Option<i32>,
+    pub monthly_tasks: Option<i64>,
+    pub monthly_browser_seconds: Option<i64>,
     pub created_at: DateTimeUtc,
 }
 

@@ -78,10 +78,16 @@ impl HotWrites for Batched {
     async fn create(
         &self,
         model: task::ActiveModel,
-        _tenant: &TenantId,
-        _now: DateTime<Utc>,
+        tenant: &TenantId,
+        now: DateTime<Utc>,
+        quota: Option<u64>,
     ) -> Result<task::Model, RepoError> {
-        self.writers().create.call(model).await
+        match quota {
+            // A quota is checked against the tenant's count row by row, which one
+            // statement for many tenants cannot do: such creates are written alone.
+            Some(_) => self.fallback.create(model, tenant, now, quota).await,
+            None => self.writers().create.call(model).await,
+        }
     }
 
     async fn start(&self, claim: &Claim<'_>) -> Result<Option<task::Model>, RepoError> {
@@ -395,7 +401,9 @@ impl Composed {
     }
 }
 
-/// Inserts tasks (`insert` must return all columns) and their `created` events.
+/// Inserts tasks (`insert` must return all columns) and their `created` events, and
+/// counts them in their tenants' monthly usage (in tenant order, so that two batches
+/// lock the usage rows in the same order and cannot deadlock).
 async fn create_many(
     db: &DatabaseConnection,
     insert: &InsertStatement,
@@ -410,6 +418,15 @@ async fn create_many(
         "INSERT INTO task_events (task_id, tenant_id, kind, data, created_at) \
          SELECT id, tenant_id, 'created', jsonb_build_object('state', state), created_at \
          FROM t",
+    );
+    statement.then(
+        "usage",
+        &format!(
+            "INSERT INTO tenant_usage (tenant_id, period, tasks, browser_ms, updated_at) \
+             SELECT tenant_id, {month}, count(*), 0, max(created_at) FROM t \
+             GROUP BY 1, 2 ORDER BY 1, 2 {ADD_USAGE}",
+            month = month_of("created_at")
+        ),
     );
     statement.sql.push_str(" SELECT * FROM t");
     statement.task_rows(db).await
@@ -551,7 +568,18 @@ async fn finish_many(
         &format!(
             "UPDATE task_attempts SET finished_at = {at}, outcome = t.attempt_outcome, \
              error_code = t.error_code, error_message = t.error_message FROM t \
-             WHERE task_attempts.task_id = t.id AND task_attempts.lease_token = t.finished_token"
+             WHERE task_attempts.task_id = t.id AND task_attempts.lease_token = t.finished_token \
+             RETURNING task_attempts.tenant_id, task_attempts.started_at"
+        ),
+    );
+    statement.then(
+        "usage",
+        &format!(
+            "INSERT INTO tenant_usage (tenant_id, period, tasks, browser_ms, updated_at) \
+             SELECT tenant_id, {month}, 0, \
+             sum(GREATEST(0, floor(extract(epoch FROM ({at}::timestamptz - started_at)) * 1000)))::bigint, \
+             {at}::timestamptz FROM attempt GROUP BY 1 ORDER BY 1 {ADD_USAGE}",
+            month = month_of(&format!("{at}::timestamptz"))
         ),
     );
     statement.then(
@@ -588,6 +616,17 @@ async fn finish_many(
         })
         .collect()
 }
+
+/// The usage period (`YYYY-MM` in UTC) of a timestamp, as `db::usage::Period` labels it.
+fn month_of(timestamp: &str) -> String {
+    format!("to_char(({timestamp}) AT TIME ZONE 'UTC', 'YYYY-MM')")
+}
+
+/// Adds a usage row's counts to the month's row that exists.
+const ADD_USAGE: &str = "ON CONFLICT (tenant_id, period) DO UPDATE SET \
+     tasks = tenant_usage.tasks + excluded.tasks, \
+     browser_ms = tenant_usage.browser_ms + excluded.browser_ms, \
+     updated_at = GREATEST(tenant_usage.updated_at, excluded.updated_at)";
 
 /// The batch's task ids as a PostgreSQL array literal (`{id,id,…}`), for
 /// `tasks.id = ANY($n::uuid[])`. The planner sees how many ids there are and looks each
