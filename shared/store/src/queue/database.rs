@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    Claim, Dispatch, PriorityCounts, Queue, QueueError, QueueLimits, QueueStats, Swappable,
-    served_queues,
+    Claim, Dispatch, ParkedClaims, PriorityCounts, Queue, QueueError, QueueLimits, QueueStats,
+    Swappable, served_queues,
 };
 use operator_domain::QueueControls;
 use operator_domain::{LeaseToken, Priority, QueueName, TaskId, TenantId};
@@ -31,6 +31,7 @@ pub struct DatabaseQueue {
     /// permit when nobody waits, so an enqueue between a failed claim and the wait
     /// is not missed.
     wakeup: Notify,
+    parked: ParkedClaims,
     poll_interval: Duration,
     limits: QueueLimits,
     /// The queues claims take from.
@@ -48,6 +49,7 @@ impl DatabaseQueue {
         Self {
             db,
             wakeup: Notify::new(),
+            parked: ParkedClaims::default(),
             poll_interval,
             limits: QueueLimits::default(),
             serves: Swappable::new(served_queues(Vec::new())),
@@ -226,6 +228,10 @@ impl DatabaseQueue {
 
 #[async_trait::async_trait]
 impl Queue for DatabaseQueue {
+    fn parked_claims(&self) -> usize {
+        self.parked.count()
+    }
+
     fn backend(&self) -> &'static str {
         "database"
     }
@@ -297,8 +303,14 @@ impl Queue for DatabaseQueue {
                 return Ok(None);
             }
             let pause = remaining.min(self.poll_interval);
+            // Registered for the wake-up before it counts as parked, so that a
+            // `notify_waiters` sent once it is seen parked reaches it.
+            let woken = self.wakeup.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let _parked = self.parked.park();
             tokio::select! {
-                () = self.wakeup.notified() => {}
+                () = woken => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }

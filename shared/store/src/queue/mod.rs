@@ -112,10 +112,40 @@ impl QueueLimits {
     }
 }
 
+/// The claims of this instance parked waiting for work: each found nothing, is
+/// registered for the wake-up an enqueue, ack or resume sends, and waits. A gauge of
+/// idle claimers, and the condition a test waits for before it makes work arrive.
+#[derive(Debug, Default)]
+pub struct ParkedClaims(std::sync::atomic::AtomicUsize);
+
+impl ParkedClaims {
+    /// Counts one parked claim until the guard drops (the claim woke, or was dropped).
+    pub fn park(&self) -> ParkedGuard<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ParkedGuard(&self.0)
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+pub struct ParkedGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for ParkedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// `redis` or `database`.
     fn backend(&self) -> &'static str;
+
+    /// How many of this instance's claims are parked waiting for work (see
+    /// [`ParkedClaims`]).
+    fn parked_claims(&self) -> usize;
 
     /// Sets the queues this instance's claims take from (`default` when none are
     /// given); a claim waiting when the set changes keeps the old set until it returns.

@@ -42,8 +42,8 @@ use tokio::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{
-    Claim, Dispatch, PriorityCounts, Queue, QueueError, QueueLimits, QueueStats, Swappable,
-    served_queues,
+    Claim, Dispatch, ParkedClaims, PriorityCounts, Queue, QueueError, QueueLimits, QueueStats,
+    Swappable, served_queues,
 };
 use operator_config::RedisSettings;
 use operator_domain::QueueControls;
@@ -427,6 +427,7 @@ pub struct RedisQueue {
     served: Swappable<Served>,
     /// Rotates the order claims look at equal-priority queues in, so they take turns.
     turn: AtomicUsize,
+    parked: ParkedClaims,
     scripts: Scripts,
     limits: QueueLimits,
     command_timeout: Duration,
@@ -455,6 +456,7 @@ impl RedisQueue {
             root,
             served: Swappable::new(Served::default()),
             turn: AtomicUsize::new(0),
+            parked: ParkedClaims::default(),
             scripts: Scripts::new(),
             limits: QueueLimits::default(),
             command_timeout: settings.command_timeout,
@@ -629,6 +631,10 @@ fn count(reply: &[Value], index: usize) -> u64 {
 
 #[async_trait::async_trait]
 impl Queue for RedisQueue {
+    fn parked_claims(&self) -> usize {
+        self.parked.count()
+    }
+
     fn backend(&self) -> &'static str {
         "redis"
     }
@@ -704,6 +710,8 @@ impl Queue for RedisQueue {
             // BLPOP's timeout has a resolution of milliseconds, given as seconds.
             let seconds = pause.as_secs_f64().max(0.001);
             let waiter = self.waiter.lock().await;
+            // The signal list keeps a push that comes before the BLPOP does.
+            let _parked = self.parked.park();
             let options = Options {
                 timeout: Some(pause + self.command_timeout),
                 ..Default::default()

@@ -42,6 +42,16 @@ fn spawn_idle_claim(
     })
 }
 
+/// Waits until a claim of `queue` is parked waiting for work (registered for its
+/// wake-up), so that what the test does next must wake it.
+async fn parked(queue: &SharedQueue) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue.parked_claims() == 0 {
+        assert!(Instant::now() < deadline, "no claim parked within 5 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 async fn pause(queue: &SharedQueue, name: &QueueName, paused: bool) {
     let controls = QueueControls {
         paused,
@@ -295,7 +305,7 @@ async fn remove_takes_off_waiting_tasks_but_not_leased_ones(queue: SharedQueue) 
 
 async fn an_idle_claim_wakes_when_work_arrives(queue: SharedQueue) {
     let waiter = spawn_idle_claim(&queue);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    parked(&queue).await;
     let job = dispatch(Priority::Normal);
     let enqueued_at = Instant::now();
     queue.enqueue(&job).await.expect("enqueue");
@@ -393,7 +403,7 @@ async fn a_paused_queue_hands_out_nothing_until_resumed(queue: SharedQueue) {
     assert!(stats.paused);
     assert_eq!(stats.ready(), 1, "the task stays queued");
     let waiter = spawn_idle_claim(&queue);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    parked(&queue).await;
     let resumed_at = Instant::now();
     pause(&queue, &QueueName::default(), false).await;
     let (claim, claimed_at) = waiter.await.expect("join");
@@ -541,7 +551,7 @@ mod limited {
         let third = claim_now(&queue).await.expect("a slot opened");
         // An idle claimer held back by the cap wakes when a task ends.
         let waiter = spawn_idle_claim(&queue);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        parked(&queue).await;
         let acked_at = Instant::now();
         assert!(queue.ack(&third).await.expect("ack"));
         let (claim, claimed_at) = waiter.await.expect("join");
@@ -752,7 +762,7 @@ mod named {
         assert_eq!(claim.task_id, beta.task_id);
         assert!(claim_now(&queue).await.is_none(), "alpha is paused");
         let waiter = spawn_idle_claim(&queue);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        parked(&queue).await;
         let resumed_at = Instant::now();
         pause(&queue, &name("alpha"), false).await;
         let (claim, claimed_at) = waiter.await.expect("join");
@@ -801,7 +811,7 @@ mod named {
         assert!(claim_now(&queue).await.is_none(), "back at alpha's limit");
         // Lifting the limit lets the rest go.
         let waiter = spawn_idle_claim(&queue);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        parked(&queue).await;
         queue
             .configure(&name("alpha"), QueueControls::default())
             .await
@@ -815,7 +825,7 @@ mod named {
 
     async fn an_idle_claim_wakes_for_any_of_its_queues(queue: SharedQueue) {
         let waiter = spawn_idle_claim(&queue);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        parked(&queue).await;
         let job = dispatch_to("beta", Priority::Normal);
         let sent_at = Instant::now();
         queue.enqueue(&job).await.expect("enqueue");
