@@ -525,6 +525,36 @@ fn error_body(code: ErrorCode, message: &str) -> Response {
     poem::error::ResponseError::as_response(&ApiError::new(code, message))
 }
 
+/// Sign-in's callback and refresh check their own state or cookie, outside the
+/// middleware: their refusals (`401`) count against the client's address like a bad
+/// key's, and an address past its failures is refused before they run.
+pub struct CountedFailures<E> {
+    pub inner: E,
+    pub authenticator: Arc<Authenticator>,
+}
+
+impl<E: Endpoint> Endpoint for CountedFailures<E> {
+    type Output = Response;
+
+    async fn call(&self, request: Request) -> poem::Result<Response> {
+        let address = client_ip(&request);
+        let failures = &self.authenticator.failures;
+        if let Some(retry_after) = address.and_then(|address| failures.blocked(address)) {
+            return Ok(rate_limited(retry_after));
+        }
+        let response = match self.inner.call(request).await {
+            Ok(output) => output.into_response(),
+            Err(error) => error.into_response(),
+        };
+        if response.status() == poem::http::StatusCode::UNAUTHORIZED
+            && let Some(address) = address
+        {
+            failures.record(address);
+        }
+        Ok(response)
+    }
+}
+
 /// Failed authentications per client address in fixed one-minute windows.
 struct FailureLimiter {
     limit: u32,

@@ -138,11 +138,17 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
         )
         .at(
             "/v1/auth/oidc/:provider/callback",
-            poem::get(signin::callback).data(SharedState::clone(&state)),
+            access::CountedFailures {
+                inner: poem::get(signin::callback).data(SharedState::clone(&state)),
+                authenticator: std::sync::Arc::clone(&state.authenticator),
+            },
         )
         .at(
             "/v1/auth/refresh",
-            poem::post(signin::refresh).data(SharedState::clone(&state)),
+            access::CountedFailures {
+                inner: poem::post(signin::refresh).data(SharedState::clone(&state)),
+                authenticator: std::sync::Arc::clone(&state.authenticator),
+            },
         )
         .at(
             "/v1/auth/logout",

@@ -30,7 +30,7 @@ use jwt_simple::prelude::{
 use operator_config::{AuthSettings, OidcProviderSettings};
 use operator_domain::TenantId;
 use operator_domain::error::ErrorCode;
-use operator_store::db::{PendingLogin, SignInIdentity, SignInRefusal, UserRepository};
+use operator_store::db::{PendingLogin, Refreshed, SignInIdentity, SignInRefusal, UserRepository};
 use operator_store::sessions::{SessionClaims, SessionSigner};
 use poem::http::{StatusCode, header};
 use poem::web::{Data, Json, Path, Query};
@@ -568,12 +568,42 @@ pub async fn refresh(
     let refused = || ApiError::new(ErrorCode::Unauthenticated, "no live session: sign in again");
     let presented = presented_refresh(request).ok_or_else(refused)?;
     let next = random_token();
-    let Some((session, email)) = sign_in
+    let (session, email) = match sign_in
         .users
-        .refresh_session(&sha256_hex(&presented), &sha256_hex(&next))
+        .refresh_session(
+            &sha256_hex(&presented),
+            &sha256_hex(&next),
+            sign_in.settings.refresh_reuse_grace,
+        )
         .await?
-    else {
-        return Err(refused());
+    {
+        Refreshed::Rotated(session, email) => (session, email),
+        Refreshed::Refused => return Err(refused()),
+        Refreshed::Reused(session) => {
+            tracing::warn!(session = %session.id, user = %session.user, client = ?client_address(request), "a spent refresh token was presented again; the session is ended");
+            if let Some(role) = session.role {
+                let caller = crate::access::Caller::for_user(
+                    session.tenant.clone(),
+                    role,
+                    session.user,
+                    session.id,
+                    client_address(request),
+                );
+                state
+                    .audit(
+                        &caller,
+                        "session.refresh_reused",
+                        "session",
+                        session.id,
+                        serde_json::json!({}),
+                    )
+                    .await;
+            }
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "this refresh token was used before, so a copy of it exists: the session is ended; sign in again",
+            ));
+        }
     };
     let Some(role) = session.role.filter(|_| session.live) else {
         return Err(refused());

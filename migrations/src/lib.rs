@@ -35,6 +35,7 @@ mod m20261204_000016_tenant_limits;
 mod m20261204_000017_users_and_sessions;
 mod m20261204_000018_tenant_running_limit;
 mod m20261205_000019_monthly_usage;
+mod m20261205_000020_spent_refresh_tokens;
 
 pub struct Migrator;
 
@@ -54,6 +55,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000017_users_and_sessions::Migration),
             Box::new(m20261204_000018_tenant_running_limit::Migration),
             Box::new(m20261205_000019_monthly_usage::Migration),
+            Box::new(m20261205_000020_spent_refresh_tokens::Migration),
         ]
     }
 }

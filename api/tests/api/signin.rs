@@ -1,8 +1,10 @@
 //! Sign-in end to end against a real OpenID provider on loopback (npm `oidc-provider`,
 //! started by `scripts/services.sh oidc`): authorization code with PKCE, state and
-//! nonce; the session's refresh cookie and its EdDSA session token; logout; and every
-//! spoiled ID token refused (tampered, another audience, expired, another issuer, a
-//! wrong nonce, a key the provider does not publish, unsigned).
+//! nonce; the session's refresh cookie and its EdDSA session token; logout; a spent
+//! refresh token presented again ends the session; failed callbacks and refreshes count
+//! against the address; and every spoiled ID token refused (tampered, another audience,
+//! expired, another issuer, a wrong nonce, a key the provider does not publish,
+//! unsigned).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -278,6 +280,99 @@ async fn a_person_signs_in_with_code_and_pkce_and_gets_a_session() {
         "{body}"
     );
     assert_eq!(refresh(&api, &last_cookie).await.0, 401);
+}
+
+/// Someone copied the first refresh token; the client refreshed with it meanwhile. When
+/// the copy is presented after the grace, the session ends for both: the client's
+/// current cookie and its session token are refused, and the audit log says why.
+#[tokio::test]
+async fn a_spent_refresh_token_presented_again_ends_the_session() {
+    let api = api_with_sign_in(|settings| {
+        settings.auth.refresh_reuse_grace = Duration::from_millis(500);
+    })
+    .await;
+    let landed = sign_in(&api, "victim@acme.test").await;
+    let copied = cookie_pair(&landed.refresh_cookie.expect("a cookie"));
+    let (status, session, second) = refresh(&api, &copied).await;
+    assert_eq!(status, 200, "{session}");
+    let member = ApiClient::with_key(
+        api.url.clone(),
+        session["access_token"].as_str().expect("token"),
+    );
+    // Within the grace (another tab refreshing at the same moment): refused, no more.
+    assert_eq!(refresh(&api, &copied).await.0, 401);
+    let (status, _, third) = refresh(&api, &second.expect("a cookie")).await;
+    assert_eq!(status, 200, "the session lives on");
+    let third = third.expect("a cookie");
+    assert_eq!(member.get("/v1/me").await.0, 200);
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, body, _) = refresh(&api, &copied).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("used before"),
+        "{body}"
+    );
+    assert_eq!(
+        refresh(&api, &third).await.0,
+        401,
+        "the client's current cookie is refused too"
+    );
+    assert_eq!(
+        member.get("/v1/me").await.0,
+        401,
+        "and its session token, at once"
+    );
+    let (_, audit) = api
+        .get("/v1/audit-events?action=session.refresh_reused")
+        .await;
+    assert_eq!(audit["items"].as_array().map(Vec::len), Some(1), "{audit}");
+}
+
+/// A failed callback or refresh counts against the client's address like a bad key:
+/// past `auth.failures_per_minute`, the address gets `429` before anything is checked.
+#[tokio::test]
+async fn failed_callbacks_and_refreshes_count_against_the_address() {
+    let api = api_with_sign_in(|settings| settings.auth.failures_per_minute = 3).await;
+    let callback = format!(
+        "{}/v1/auth/oidc/local/callback?code=guess&state=guess",
+        api.base
+    );
+    for _ in 0..2 {
+        let response = client().get(&callback).send().await.expect("callback");
+        let (status, body) = read_json(response).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("sign_in_failed")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        refresh(&api, "operator_refresh=guess").await.0,
+        401,
+        "the third failure"
+    );
+    let response = client().get(&callback).send().await.expect("callback");
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, body) = read_json(response).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    assert_eq!(refresh(&api, "operator_refresh=guess").await.0, 429);
+    assert_eq!(
+        api.get("/v1/me").await.0,
+        429,
+        "the address is blocked for keys as well"
+    );
 }
 
 fn base64_url(text: &str) -> Vec<u8> {

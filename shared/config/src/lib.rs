@@ -569,6 +569,11 @@ pub struct AuthSettings {
     /// How long a sign-in lasts (its refresh cookie), refreshed or not.
     #[serde(with = "humantime_serde")]
     pub session_refresh_ttl: Duration,
+    /// A refresh token already traded for the next is refused; presented again later
+    /// than this after its trade, it means someone holds a copy, and the session is
+    /// ended. Within it, it is only refused (two tabs refreshing at once).
+    #[serde(with = "humantime_serde")]
+    pub refresh_reuse_grace: Duration,
     /// How long a session signing key signs before the next one is made.
     #[serde(with = "humantime_serde")]
     pub session_key_lifetime: Duration,
@@ -634,6 +639,7 @@ impl Default for AuthSettings {
             oidc: Vec::new(),
             session_ttl: Duration::from_secs(15 * 60),
             session_refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_reuse_grace: Duration::from_secs(5),
             session_key_lifetime: Duration::from_secs(7 * 24 * 3600),
             session_key_overlap: Duration::from_secs(3600),
             cookie_secure: true,

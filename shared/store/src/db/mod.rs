@@ -47,8 +47,8 @@ pub use tenants::{
 };
 pub use usage::{Period, Usage, UsageRepository};
 pub use users::{
-    Invitation, Member, MemberRecord, PendingLogin, SessionState, SignInIdentity, SignInRefusal,
-    UserRepository,
+    Invitation, Member, MemberRecord, PendingLogin, Refreshed, SessionState, SignInIdentity,
+    SignInRefusal, UserRepository,
 };
 pub use webhooks::{
     ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryFilter, DeliveryState, EndpointUpdate,

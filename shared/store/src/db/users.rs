@@ -5,7 +5,8 @@
 //!
 //! A membership comes from an invitation to the user's email, or from the user's email
 //! domain mapped to a tenant; both only for an email the provider says is verified.
-//! A session's refresh token is stored as its SHA-256, rotated at each refresh.
+//! A session's refresh token is stored as its SHA-256, rotated at each refresh; the
+//! tokens it traded are kept, so that one presented again ends the session.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
@@ -16,7 +17,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{
-    invitation, membership, oidc_login, session, tenant_email_domain, user, user_identity,
+    invitation, membership, oidc_login, session, spent_refresh_token, tenant_email_domain, user,
+    user_identity,
 };
 use super::rows::{RepoError, now};
 use operator_domain::TenantId;
@@ -84,6 +86,19 @@ pub struct SessionState {
     /// The member's current role; `None` when the membership is gone.
     pub role: Option<Role>,
     pub live: bool,
+}
+
+/// What a presented refresh token turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The session's current token, traded for the next: the session, with the
+    /// member's current role, and the user's email.
+    Rotated(SessionState, String),
+    /// No live session's token (unknown, expired, revoked, or spent a moment ago by a
+    /// refresh racing this one).
+    Refused,
+    /// A token the session had traded before, presented again: the session is ended.
+    Reused(SessionState),
 }
 
 /// A sign-in between the redirect to the provider and its callback.
@@ -375,21 +390,39 @@ impl UserRepository {
         Ok(id)
     }
 
-    /// Trades a refresh token (by its hash) for the next one: the session whose token
-    /// it was, with the member's current role. `None` when no live session has it (an
-    /// old, stolen or revoked token).
+    /// Trades a refresh token (by its hash) for the next one. The traded token is kept
+    /// as spent: presented again more than `reuse_grace` after its trade, someone holds
+    /// a copy of it (the client or a thief refreshed meanwhile), and the session is
+    /// ended ([`Refreshed::Reused`]), so neither copy works any longer.
     pub async fn refresh_session(
         &self,
         refresh_hash: &str,
         next_hash: &str,
-    ) -> Result<Option<(SessionState, String)>, RepoError> {
+        reuse_grace: std::time::Duration,
+    ) -> Result<Refreshed, RepoError> {
         let at = now();
-        let Some(found) = session::Entity::find()
+        let transaction = self.db.begin().await?;
+        let found = session::Entity::find()
             .filter(session::Column::RefreshHash.eq(refresh_hash))
-            .one(&self.db)
-            .await?
-        else {
-            return Ok(None);
+            .one(&transaction)
+            .await?;
+        let Some(found) = found else {
+            let spent = spent_refresh_token::Entity::find_by_id(refresh_hash.to_owned())
+                .one(&transaction)
+                .await?;
+            transaction.commit().await?;
+            let Some(spent) = spent else {
+                return Ok(Refreshed::Refused);
+            };
+            let grace = chrono::TimeDelta::from_std(reuse_grace).unwrap_or(chrono::TimeDelta::MAX);
+            if at - spent.spent_at <= grace {
+                return Ok(Refreshed::Refused);
+            }
+            self.revoke_session(spent.session_id).await?;
+            return Ok(match self.session(spent.session_id).await? {
+                Some(session) => Refreshed::Reused(session),
+                None => Refreshed::Refused,
+            });
         };
         let rotated = session::Entity::update_many()
             .col_expr(session::Column::RefreshHash, Expr::value(next_hash))
@@ -398,12 +431,21 @@ impl UserRepository {
             .filter(session::Column::RefreshHash.eq(refresh_hash))
             .filter(session::Column::RevokedAt.is_null())
             .filter(session::Column::ExpiresAt.gt(at))
-            .exec(&self.db)
+            .exec(&transaction)
             .await?
             .rows_affected;
         if rotated != 1 {
-            return Ok(None);
+            transaction.rollback().await?;
+            return Ok(Refreshed::Refused);
         }
+        spent_refresh_token::Entity::insert(spent_refresh_token::ActiveModel {
+            hash: Set(refresh_hash.to_owned()),
+            session_id: Set(found.id),
+            spent_at: Set(at),
+        })
+        .exec_without_returning(&transaction)
+        .await?;
+        transaction.commit().await?;
         let state = self
             .session(found.id)
             .await?
@@ -413,7 +455,7 @@ impl UserRepository {
             .await?
             .map(|user| user.email)
             .unwrap_or_default();
-        Ok(Some((state, email)))
+        Ok(Refreshed::Rotated(state, email))
     }
 
     /// The session whose refresh token has this hash, without turning the token.

@@ -16,9 +16,11 @@ async fn named_queues_migrate_down_and_up_keeping_tasks(database: TestDatabase) 
     let connection = repo.connection();
     let select = |sql: &str| Statement::from_string(connection.get_database_backend(), sql);
 
-    operator_migrations::Migrator::down(connection, Some(3))
+    operator_migrations::Migrator::down(connection, Some(4))
         .await
-        .expect("down (monthly usage, tenant running caps, users and sessions)");
+        .expect(
+            "down (spent refresh tokens, monthly usage, tenant running caps, users and sessions)",
+        );
     assert!(
         connection
             .query_one_raw(select("SELECT kid FROM session_keys"))

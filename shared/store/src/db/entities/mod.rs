@@ -11,6 +11,7 @@ pub mod oidc_login;
 pub mod queue;
 pub mod session;
 pub mod session_key;
+pub mod spent_refresh_token;
 pub mod task;
 pub mod task_attempt;
 pub mod task_event;
