@@ -30,7 +30,9 @@ use jwt_simple::prelude::{
 use operator_config::{AuthSettings, OidcProviderSettings};
 use operator_domain::TenantId;
 use operator_domain::error::ErrorCode;
-use operator_store::db::{PendingLogin, Refreshed, SignInIdentity, SignInRefusal, UserRepository};
+use operator_store::db::{
+    PendingLogin, Refreshed, SessionState, SignInIdentity, SignInRefusal, UserRepository,
+};
 use operator_store::sessions::{SessionClaims, SessionSigner};
 use poem::http::{StatusCode, header};
 use poem::web::{Data, Json, Path, Query};
@@ -524,6 +526,35 @@ pub async fn callback(
         .finish())
 }
 
+/// Records `action` on `session` in its tenant's audit log, as the session's member (a
+/// member removed meanwhile is not recorded: there is no role to act as).
+async fn audit_session(
+    state: &SharedState,
+    session: &SessionState,
+    request: &Request,
+    action: &str,
+) {
+    let Some(role) = session.role else {
+        return;
+    };
+    let caller = crate::access::Caller::for_user(
+        session.tenant.clone(),
+        role,
+        session.user,
+        session.id,
+        client_address(request),
+    );
+    state
+        .audit(
+            &caller,
+            action,
+            "session",
+            session.id,
+            serde_json::json!({}),
+        )
+        .await;
+}
+
 fn client_address(request: &Request) -> Option<String> {
     crate::access::client_ip(request).map(|address| address.to_string())
 }
@@ -581,24 +612,7 @@ pub async fn refresh(
         Refreshed::Refused => return Err(refused()),
         Refreshed::Reused(session) => {
             tracing::warn!(session = %session.id, user = %session.user, client = ?client_address(request), "a spent refresh token was presented again; the session is ended");
-            if let Some(role) = session.role {
-                let caller = crate::access::Caller::for_user(
-                    session.tenant.clone(),
-                    role,
-                    session.user,
-                    session.id,
-                    client_address(request),
-                );
-                state
-                    .audit(
-                        &caller,
-                        "session.refresh_reused",
-                        "session",
-                        session.id,
-                        serde_json::json!({}),
-                    )
-                    .await;
-            }
+            audit_session(state, &session, request, "session.refresh_reused").await;
             return Err(ApiError::new(
                 ErrorCode::Unauthenticated,
                 "this refresh token was used before, so a copy of it exists: the session is ended; sign in again",
@@ -660,24 +674,7 @@ pub async fn logout(
     }
     if let Some(session) = &ended {
         sign_in.users.revoke_session(session.id).await?;
-        if let Some(role) = session.role {
-            let caller = crate::access::Caller::for_user(
-                session.tenant.clone(),
-                role,
-                session.user,
-                session.id,
-                client_address(request),
-            );
-            state
-                .audit(
-                    &caller,
-                    "user.signed_out",
-                    "session",
-                    session.id,
-                    serde_json::json!({}),
-                )
-                .await;
-        }
+        audit_session(state, session, request, "user.signed_out").await;
     }
     Ok(Response::builder()
         .status(StatusCode::NO_CONTENT)
