@@ -151,8 +151,17 @@ async fn first_owner_key(
     if !tenants.keys(&tenant).await?.is_empty() {
         return Ok(None);
     }
+    // The person who runs `operator serve` runs the platform too: the key may also
+    // manage queues and tenants.
     let (_, token) = tenants
-        .create_owner_key(&tenant, "owner key made by operator serve", "operator")
+        .create_key(operator_store::db::NewKey {
+            tenant: tenant.clone(),
+            name: "owner key made by operator serve".to_owned(),
+            role: operator_domain::auth::Role::Owner,
+            platform_admin: true,
+            expires_at: None,
+            created_by: Some("operator".to_owned()),
+        })
         .await?;
     let path = owner_key_path(settings);
     write_private(&path, token.expose())

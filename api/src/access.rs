@@ -165,7 +165,7 @@ fn template_matches(template: &str, path: &str) -> bool {
 pub struct Caller {
     pub tenant: TenantId,
     pub role: Role,
-    /// A platform-admin key: it also holds `tenants:manage`.
+    /// A platform-admin key: it also holds `tenants:manage` and `queues:manage`.
     pub platform_admin: bool,
     pub actor: Actor,
     /// The client's address, for the audit log (set once the caller is resolved).
@@ -188,10 +188,10 @@ pub enum Actor {
 
 impl Caller {
     /// Whether the caller holds `permission`: its role grants it, or it is the
-    /// platform's (`tenants:manage`, platform-admin keys only).
+    /// platform's (`tenants:manage`, `queues:manage`: platform-admin keys only).
     pub fn holds(&self, permission: Permission) -> bool {
         match permission {
-            Permission::TenantsManage => self.platform_admin,
+            Permission::TenantsManage | Permission::QueuesManage => self.platform_admin,
             _ => self.role.grants(permission),
         }
     }
@@ -224,11 +224,12 @@ impl Caller {
         }
     }
 
+    /// Authentication off (loopback only): the one person there runs the platform too.
     fn unauthenticated_owner() -> Self {
         Self {
             tenant: TenantId::default_tenant(),
             role: Role::Owner,
-            platform_admin: false,
+            platform_admin: true,
             actor: Actor::Anonymous,
             address: None,
         }
@@ -499,7 +500,9 @@ fn unauthenticated(error: Option<&str>, message: &str) -> Response {
 
 fn forbidden(permission: Permission, caller: &Caller) -> Response {
     let lacking = match permission {
-        Permission::TenantsManage => "only platform-admin keys hold".to_owned(),
+        Permission::TenantsManage | Permission::QueuesManage => {
+            "only platform-admin keys hold".to_owned()
+        }
         _ => format!("the role {} lacks", caller.role),
     };
     error_body(

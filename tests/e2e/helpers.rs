@@ -8,8 +8,7 @@ use operator::{Application, Roles};
 use operator_config::Settings;
 use operator_domain::auth::Role;
 use operator_testkit::{
-    ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings, issue_key,
-    issue_key_with,
+    ApiClient, RedisPrefix, TestDatabase, distributed_settings, embedded_settings, issue_key_with,
 };
 use poem::http::StatusCode;
 use poem::web::Form;
@@ -412,10 +411,11 @@ async fn start(settings: Settings, roles: Roles, stop: &CancellationToken) -> St
     let key = match (application.first_key(), &url) {
         (Some(key), _) => Some(key.to_owned()),
         (None, Some(_)) => Some(
-            issue_key(
+            issue_key_with(
                 application.services().repo.connection(),
                 "default",
                 Role::Owner,
+                true,
             )
             .await,
         ),

@@ -192,10 +192,19 @@ impl Deployment {
     }
 }
 
-/// `operator keys create`: an owner key of the `default` tenant, from what it printed.
+/// `operator keys create`: an owner key of the `default` tenant that runs the platform
+/// too (it manages queues), from what it printed.
 fn make_key(mut command: Command) -> String {
     let output = command
-        .args(["keys", "create", "--tenant", "default", "--role", "owner"])
+        .args([
+            "keys",
+            "create",
+            "--tenant",
+            "default",
+            "--role",
+            "owner",
+            "--platform-admin",
+        ])
         .output()
         .expect("run operator keys create");
     assert!(output.status.success(), "{output:?}");

@@ -19,7 +19,8 @@ use operator_store::db::{self, TaskRepository};
 use operator_store::queue::redis::RedisQueue;
 use operator_store::queue::{QueueStats, SharedQueue};
 use operator_testkit::{
-    ApiClient, TestDatabase, complete_without_browser, distributed_settings, issue_key, unique_name,
+    ApiClient, TestDatabase, complete_without_browser, distributed_settings, issue_key_with,
+    unique_name,
 };
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::json;
@@ -117,7 +118,7 @@ impl Deployment {
                 .await
                 .expect("connect to the database"),
         );
-        let key = issue_key(repo.connection(), "default", Role::Owner).await;
+        let key = issue_key_with(repo.connection(), "default", Role::Owner, true).await;
         let stop = CancellationToken::new();
         let roles = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
         Self {

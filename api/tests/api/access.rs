@@ -165,6 +165,7 @@ async fn every_operation_checks_credentials_role_and_tenant() {
     let anonymous = api.anonymous();
     let viewer = api.client_for("default", Role::Viewer).await;
     let other_tenant = api.client_for("tenant-b", Role::Owner).await;
+    let tenant_owner = api.client_for("default", Role::Owner).await;
     let operations = operations(&spec);
     assert!(operations.len() > 30, "{} operations", operations.len());
 
@@ -200,7 +201,10 @@ async fn every_operation_checks_credentials_role_and_tenant() {
 
         let (status, body) = read_json(call(&viewer, method, &path).await).await;
         if method != "get"
-            || permission == Permission::TenantsManage
+            || matches!(
+                permission,
+                Permission::TenantsManage | Permission::QueuesManage
+            )
             || !Role::Viewer.grants(permission)
         {
             assert_eq!(
@@ -222,9 +226,12 @@ async fn every_operation_checks_credentials_role_and_tenant() {
             );
         }
 
-        if permission == Permission::TenantsManage {
+        if matches!(
+            permission,
+            Permission::TenantsManage | Permission::QueuesManage
+        ) {
             // The platform's, not a tenant's: a tenant's owner is refused.
-            let (status, _) = read_json(call(&api, method, &path).await).await;
+            let (status, _) = read_json(call(&tenant_owner, method, &path).await).await;
             assert_eq!(status, 403, "{method} {template} as a tenant owner");
         } else if template.contains('{') && !template.starts_with("/v1/queues/") {
             let (status, body) = read_json(call(&other_tenant, method, &path).await).await;

@@ -12,7 +12,8 @@ use operator_testkit::{ApiClient, TestDatabase, embedded_settings, issue_key, is
 use tokio_util::sync::CancellationToken;
 
 pub struct TestApi {
-    /// A client with an owner key of the `default` tenant.
+    /// A client with an owner key of the `default` tenant that is also a platform admin
+    /// (as `operator serve`'s first key).
     api: ApiClient,
     pub url: String,
     /// The owner key `api` presents.
@@ -47,7 +48,8 @@ pub async fn spawn_api_with(adjust: impl FnOnce(&mut Settings)) -> TestApi {
         SharedQueue::clone(&services.queue),
         services.storage.clone(),
     );
-    let key = issue_key(repo.connection(), "default", Role::Owner).await;
+    // As `operator serve` makes it: an owner of `default` that runs the platform too.
+    let key = issue_key_with(repo.connection(), "default", Role::Owner, true).await;
     let stop = CancellationToken::new();
     tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
     TestApi {

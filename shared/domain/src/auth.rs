@@ -46,7 +46,9 @@ pub enum Permission {
     TasksWrite,
     /// Read queues and their statistics.
     QueuesRead,
-    /// Create, pause and resume queues.
+    /// Create, pause, resume and cap queues. Queues are the platform's (every tenant's
+    /// tasks share them, and workers are deployed per queue), so no tenant role grants
+    /// it: only platform-admin keys hold it, as `tenants:manage`.
     QueuesManage,
     /// Read webhook endpoints (without secrets) and deliveries.
     WebhooksRead,
@@ -153,7 +155,7 @@ impl Role {
     pub fn grants(self, permission: Permission) -> bool {
         use Permission::*;
         match self {
-            Self::Owner | Self::Admin => permission != TenantsManage,
+            Self::Owner | Self::Admin => !matches!(permission, TenantsManage | QueuesManage),
             Self::Member => matches!(
                 permission,
                 TasksRead | TasksWrite | QueuesRead | WebhooksRead | UsageRead
@@ -358,7 +360,10 @@ mod tests {
     #[test]
     fn the_grant_table() {
         for permission in Permission::ALL {
-            let tenant_wide = permission != Permission::TenantsManage;
+            let tenant_wide = !matches!(
+                permission,
+                Permission::TenantsManage | Permission::QueuesManage
+            );
             assert_eq!(Role::Owner.grants(permission), tenant_wide);
             assert_eq!(Role::Admin.grants(permission), tenant_wide);
             assert_eq!(
