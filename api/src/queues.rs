@@ -61,12 +61,15 @@ pub struct QueueView {
     /// The most of its tasks running at once, across all workers; `null` when the queue
     /// sets none (then each worker's `queue.global_concurrency` applies, 0 = no limit).
     pub concurrency_limit: Option<u32>,
-    /// Tasks ready to run now (all tenants).
-    pub ready: ReadyCounts,
+    /// Tasks of every tenant ready to run now. This and the fields down to
+    /// `oldest_waiting_since` describe every tenant's tasks, so they are shown to
+    /// platform-admin keys only (`null` for a tenant's own keys, which see their tasks
+    /// in `tasks`).
+    pub ready: Option<ReadyCounts>,
     /// Tasks waiting for their time: delayed submissions and retries in backoff.
-    pub delayed: u64,
+    pub delayed: Option<u64>,
     /// Tasks held by a worker.
-    pub running: u64,
+    pub running: Option<u64>,
     /// How long the task that has waited longest has been ready, in seconds.
     pub oldest_waiting_seconds: Option<f64>,
     pub oldest_waiting_since: Option<DateTime<Utc>>,
@@ -240,7 +243,11 @@ impl QueuesApi {
 
     async fn view(&self, caller: &Caller, record: QueueRecord) -> Result<QueueView, ApiError> {
         let state = &self.state;
-        let stats = state.queue.stats(&record.name).await?;
+        // Every tenant's depth is the platform's to see.
+        let stats = match caller.platform_admin {
+            true => Some(state.queue.stats(&record.name).await?),
+            false => None,
+        };
         let mut tasks = TaskCounts::default();
         for (task_state, count) in state
             .repo
@@ -259,24 +266,23 @@ impl QueuesApi {
             };
             *slot = count;
         }
-        let ready = stats.ready_by_priority;
+        let oldest = stats.as_ref().and_then(|stats| stats.oldest_ready_at);
         Ok(QueueView {
             name: record.name.into(),
             // The database's word: the backend catches up at the next reconciliation.
             paused: record.controls.paused,
             concurrency_limit: record.controls.concurrency_limit,
-            ready: ReadyCounts {
-                high: ready.high,
-                normal: ready.normal,
-                low: ready.low,
+            ready: stats.as_ref().map(|stats| ReadyCounts {
+                high: stats.ready_by_priority.high,
+                normal: stats.ready_by_priority.normal,
+                low: stats.ready_by_priority.low,
                 total: stats.ready(),
-            },
-            delayed: stats.delayed,
-            running: stats.leased,
-            oldest_waiting_seconds: stats
-                .oldest_ready_at
+            }),
+            delayed: stats.as_ref().map(|stats| stats.delayed),
+            running: stats.as_ref().map(|stats| stats.leased),
+            oldest_waiting_seconds: oldest
                 .map(|since| (Utc::now() - since).num_milliseconds().max(0) as f64 / 1000.0),
-            oldest_waiting_since: stats.oldest_ready_at,
+            oldest_waiting_since: oldest,
             tasks,
         })
     }

@@ -240,6 +240,31 @@ async fn queue_stats_pause_and_resume() {
             .is_some_and(|age| age >= 0.0)
     );
 
+    // Another tenant's owner sees the queue and its own tasks, not everyone's depth.
+    let other = api
+        .client_for("tenant-b", operator_domain::auth::Role::Owner)
+        .await;
+    assert_eq!(
+        other
+            .submit(&json!({"kind": "pdf", "input": {"url": "https://example.com"}}))
+            .await
+            .0,
+        202
+    );
+    let (status, seen) = other.get("/v1/queues/default").await;
+    assert_eq!(status, 200, "{seen}");
+    for field in ["ready", "delayed", "running", "oldest_waiting_seconds"] {
+        assert_eq!(seen[field], Value::Null, "{field}: {seen}");
+    }
+    assert_eq!(seen["tasks"]["queued"], 1, "its own task only: {seen}");
+    let (_, listed) = other.get("/v1/queues").await;
+    assert_eq!(listed["items"][0]["ready"], Value::Null, "{listed}");
+    assert_eq!(
+        other.post("/v1/queues/default/pause").await.0,
+        403,
+        "nor may it pause everyone's queue"
+    );
+
     let (status, paused) = api.post("/v1/queues/default/pause").await;
     assert_eq!((status, &paused["paused"]), (200, &json!(true)));
     assert!(
