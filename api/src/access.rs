@@ -767,35 +767,31 @@ pub fn document(spec: &str) -> String {
                     let retry_after = json!({"Retry-After": {
                         "description": "Seconds until the caller may try again",
                         "schema": {"type": "integer"}}});
-                    match responses.get_mut("429") {
-                        // The operation's own 429 (`quota_exceeded`) gets the rate's too.
-                        Some(own) => {
-                            let limited = answer(ErrorCode::RateLimited);
-                            let text = format!(
-                                "{}\n\n{}",
-                                own["description"].as_str().unwrap_or_default(),
-                                limited["description"].as_str().unwrap_or_default()
-                            );
-                            own["description"] = json!(text);
-                            own["headers"] = retry_after;
-                        }
-                        None => {
-                            let mut limited = answer(ErrorCode::RateLimited);
-                            if is_submission(&method, path) {
-                                // The one-call endpoints' quota answer is not in their
-                                // own 4XX range.
-                                let quota = answer(ErrorCode::QuotaExceeded);
-                                let text = format!(
-                                    "{}\n\n{}",
-                                    limited["description"].as_str().unwrap_or_default(),
-                                    quota["description"].as_str().unwrap_or_default()
-                                );
-                                limited["description"] = json!(text);
-                            }
-                            limited["headers"] = retry_after;
-                            responses.insert("429".into(), limited);
-                        }
+                    // Every protected operation may be `rate_limited`, after an
+                    // operation's own 429 (`quota_exceeded`). The one-call endpoints
+                    // declare their errors as a 4XX range, so their quota answer is
+                    // added here.
+                    let mut also = vec![ErrorCode::RateLimited];
+                    if !responses.contains_key("429") && is_submission(&method, path) {
+                        also.push(ErrorCode::QuotaExceeded);
                     }
+                    let limited = responses
+                        .entry("429")
+                        .or_insert_with(|| json!({"description": "", "content": error_body}));
+                    let mut lines: Vec<String> = limited["description"]
+                        .as_str()
+                        .filter(|text| !text.is_empty())
+                        .map(str::to_owned)
+                        .into_iter()
+                        .collect();
+                    lines.extend(also.into_iter().map(|code| {
+                        answer(code)["description"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                    }));
+                    limited["description"] = json!(lines.join("\n\n"));
+                    limited["headers"] = retry_after;
                 }
             }
         }

@@ -18,6 +18,7 @@ use std::sync::{Mutex, OnceLock};
 
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_store::db::RepoError;
+use operator_store::limits::{QuotaKind, QuotaRefusal};
 use operator_store::queue::QueueError;
 use operator_store::storage::StorageError;
 use poem::Response;
@@ -163,19 +164,31 @@ impl From<RepoError> for ApiError {
         match error {
             RepoError::Database(cause) => Self::unavailable("the database", &cause),
             RepoError::Corrupt(cause) => Self::internal(&cause),
-            RepoError::QuotaExceeded { limit } => {
-                let now = chrono::Utc::now();
-                let period = operator_store::db::Period::containing(now);
-                Self::new(
-                    ErrorCode::QuotaExceeded,
-                    format!(
-                        "the tenant has created its monthly quota of {limit} tasks in {period}; more can be created from {}",
-                        period.end().to_rfc3339()
-                    ),
-                )
-                .retry_after((period.end() - now).to_std().unwrap_or_default())
+            RepoError::QuotaExceeded { limit } => QuotaRefusal {
+                kind: QuotaKind::Tasks,
+                limit,
+                period: operator_store::db::Period::containing(chrono::Utc::now()),
             }
+            .into(),
         }
+    }
+}
+
+/// `429 quota_exceeded`, with `Retry-After` until the quota is whole again.
+impl From<QuotaRefusal> for ApiError {
+    fn from(refusal: QuotaRefusal) -> Self {
+        let now = chrono::Utc::now();
+        Self::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "the tenant has used its monthly quota of {} {} in {}; more from {}",
+                refusal.limit,
+                refusal.kind.as_str().replace('_', " "),
+                refusal.period,
+                refusal.period.end().to_rfc3339()
+            ),
+        )
+        .retry_after(refusal.retry_after(now))
     }
 }
 

@@ -277,8 +277,8 @@ impl OneShotApi {
         if let Err(refused) = state.check_queue(&new_task.queue).await {
             return Ok(Waited::Invalid(refused));
         }
-        // Subscribed before the task exists, so that no event of it can be missed.
         let quota = state.admit(&options.caller.tenant).await?;
+        // Subscribed before the task exists, so that no event of it can be missed.
         let mut notices = state.repo.event_bus().map(EventBus::subscribe);
         let task = state
             .submitter

@@ -244,9 +244,10 @@ impl QueuesApi {
     async fn view(&self, caller: &Caller, record: QueueRecord) -> Result<QueueView, ApiError> {
         let state = &self.state;
         // Every tenant's depth is the platform's to see.
-        let stats = match caller.platform_admin {
-            true => Some(state.queue.stats(&record.name).await?),
-            false => None,
+        let stats = if caller.platform_admin {
+            Some(state.queue.stats(&record.name).await?)
+        } else {
+            None
         };
         let mut tasks = TaskCounts::default();
         for (task_state, count) in state

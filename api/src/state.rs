@@ -43,10 +43,11 @@ pub struct AppState {
     pub sign_in: Arc<crate::signin::SignIn>,
     /// Signs artifact links and stream tickets.
     pub signer: Arc<LinkSigner>,
-    /// Each tenant's submission rate.
     /// The tenants' own limits, cached; forgotten here when an admin changes them.
     pub limits: Arc<TenantLimitsCache>,
+    /// Each tenant's submission rate.
     pub limiter: Arc<SubmissionLimiter>,
+    /// Each tenant's monthly quotas.
     pub quotas: Arc<Quotas>,
 }
 
@@ -168,21 +169,7 @@ impl AppState {
     /// with `quota_exceeded` when its browser time this month has reached its quota.
     /// Otherwise the monthly quota of tasks a creation must stay within.
     pub async fn admit(&self, tenant: &TenantId) -> Result<Option<u64>, ApiError> {
-        let now = chrono::Utc::now();
-        match self.quotas.admit(tenant, now).await? {
-            Ok(tasks) => Ok(tasks),
-            Err(refusal) => Err(ApiError::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "the tenant has used its monthly quota of {} {} in {}; more from {}",
-                    refusal.limit,
-                    refusal.kind.as_str().replace('_', " "),
-                    refusal.period,
-                    refusal.period.end().to_rfc3339()
-                ),
-            )
-            .retry_after(refusal.retry_after(now))),
-        }
+        Ok(self.quotas.admit(tenant, chrono::Utc::now()).await??)
     }
 
     /// A task's address, for `Location` headers.

@@ -401,16 +401,10 @@ impl UserRepository {
         reuse_grace: std::time::Duration,
     ) -> Result<Refreshed, RepoError> {
         let at = now();
-        let transaction = self.db.begin().await?;
-        let found = session::Entity::find()
-            .filter(session::Column::RefreshHash.eq(refresh_hash))
-            .one(&transaction)
-            .await?;
-        let Some(found) = found else {
+        let Some(found) = self.session_row_by_refresh(refresh_hash).await? else {
             let spent = spent_refresh_token::Entity::find_by_id(refresh_hash.to_owned())
-                .one(&transaction)
+                .one(&self.db)
                 .await?;
-            transaction.commit().await?;
             let Some(spent) = spent else {
                 return Ok(Refreshed::Refused);
             };
@@ -424,6 +418,8 @@ impl UserRepository {
                 None => Refreshed::Refused,
             });
         };
+        // The guarded turn and the spent token's row commit together.
+        let transaction = self.db.begin().await?;
         let rotated = session::Entity::update_many()
             .col_expr(session::Column::RefreshHash, Expr::value(next_hash))
             .col_expr(session::Column::RefreshedAt, Expr::value(at))
@@ -463,14 +459,20 @@ impl UserRepository {
         &self,
         refresh_hash: &str,
     ) -> Result<Option<SessionState>, RepoError> {
-        let found = session::Entity::find()
-            .filter(session::Column::RefreshHash.eq(refresh_hash))
-            .one(&self.db)
-            .await?;
-        match found {
+        match self.session_row_by_refresh(refresh_hash).await? {
             Some(found) => self.session(found.id).await,
             None => Ok(None),
         }
+    }
+
+    async fn session_row_by_refresh(
+        &self,
+        refresh_hash: &str,
+    ) -> Result<Option<session::Model>, RepoError> {
+        Ok(session::Entity::find()
+            .filter(session::Column::RefreshHash.eq(refresh_hash))
+            .one(&self.db)
+            .await?)
     }
 
     /// Ends a session; `true` when it was live.
