@@ -57,6 +57,17 @@ pub enum ErrorCode {
     Cancelled,
     StorageError,
 
+    // --- agent task outcomes ---
+    AgentFailed,
+    AgentStuck,
+    AgentMaxSteps,
+    BudgetExceeded,
+    InvalidOutput,
+    LlmNotConfigured,
+    LlmAuthFailed,
+    LlmRejected,
+    LlmUnavailable,
+
     // --- webhook delivery attempts ---
     WebhookTimeout,
     WebhookConnectionFailed,
@@ -113,6 +124,15 @@ impl ErrorCode {
             Self::BrowserCrashed => "browser_crashed",
             Self::Cancelled => "cancelled",
             Self::StorageError => "storage_error",
+            Self::AgentFailed => "agent_failed",
+            Self::AgentStuck => "agent_stuck",
+            Self::AgentMaxSteps => "agent_max_steps",
+            Self::BudgetExceeded => "budget_exceeded",
+            Self::InvalidOutput => "invalid_output",
+            Self::LlmNotConfigured => "llm_not_configured",
+            Self::LlmAuthFailed => "llm_auth_failed",
+            Self::LlmRejected => "llm_rejected",
+            Self::LlmUnavailable => "llm_unavailable",
             Self::WebhookTimeout => "webhook_timeout",
             Self::WebhookConnectionFailed => "webhook_connection_failed",
             Self::WebhookRejected => "webhook_rejected",
@@ -187,6 +207,29 @@ impl ErrorCode {
             Self::BrowserCrashed => "The browser process died or stopped answering.",
             Self::Cancelled => "The task was cancelled.",
             Self::StorageError => "Storing an artifact failed.",
+            Self::AgentFailed => {
+                "The agent gave up: the model called `fail`, saying why (the goal cannot be reached on this site)."
+            }
+            Self::AgentStuck => {
+                "The agent repeated itself (the same action on the same element, or no change on the page) after being told so."
+            }
+            Self::AgentMaxSteps => "The agent took `max_steps` steps without reaching its goal.",
+            Self::BudgetExceeded => {
+                "The agent's budget (`max_tokens`, `max_cost_usd` or `max_duration_ms`) is spent."
+            }
+            Self::InvalidOutput => {
+                "The agent's output did not satisfy `output_schema`, even after one repair turn."
+            }
+            Self::LlmNotConfigured => {
+                "Agent tasks need a language model: set `llm.base_url` (and `llm.model`), or a price for the model when the budget has `max_cost_usd`."
+            }
+            Self::LlmAuthFailed => "The model provider refused the API key (401 or 403).",
+            Self::LlmRejected => {
+                "The model provider refused the request (an unknown model, a request it cannot serve)."
+            }
+            Self::LlmUnavailable => {
+                "The model provider did not answer, or kept answering 429 or 5xx after the retries."
+            }
             Self::WebhookTimeout => "The receiver did not answer within the delivery timeout.",
             Self::WebhookConnectionFailed => {
                 "The receiver could not be reached (DNS, connection, TLS)."
@@ -211,6 +254,7 @@ impl ErrorCode {
                 | Self::BrowserError
                 | Self::BrowserCrashed
                 | Self::StorageError
+                | Self::LlmUnavailable
                 | Self::Unavailable
                 | Self::Internal
         )

@@ -3,6 +3,8 @@
 //!
 //! - `ids` (re-exported): task, artifact, tenant and queue ids and lease tokens.
 //! - `spec` (re-exported): task kinds and their validated inputs.
+//! - [`agent`]: the `agent` kind's input (goal, budget, secrets, allowed domains) and
+//!   the secret masking and output checks its worker and API share.
 //! - [`steps`] (partly re-exported): the step language, one module per action with its
 //!   shape, checks and run over [`steps::StepPage`], the page the worker provides.
 //! - `state` (re-exported): the task state machine and its checked transitions.
@@ -22,6 +24,7 @@ mod spec;
 mod state;
 mod task;
 
+pub mod agent;
 pub mod auth;
 pub mod error;
 pub mod links;

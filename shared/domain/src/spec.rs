@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::agent::AgentInput;
 use super::steps::{BrowseInput, parse_browse_input};
 use crate::error::{CodedError, ErrorCode};
 
@@ -22,15 +23,18 @@ pub enum TaskKind {
     Scrape,
     /// A list of steps (goto, click, type, extract, screenshot, ...).
     Script,
+    /// A goal in plain language that a language model reaches by driving the browser.
+    Agent,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 5] = [
+    pub const ALL: [TaskKind; 6] = [
         Self::Screenshot,
         Self::Pdf,
         Self::Content,
         Self::Scrape,
         Self::Script,
+        Self::Agent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +44,7 @@ impl TaskKind {
             Self::Content => "content",
             Self::Scrape => "scrape",
             Self::Script => "script",
+            Self::Agent => "agent",
         }
     }
 
@@ -509,6 +514,7 @@ pub enum TaskSpec {
     Content(BrowseInput),
     Scrape(BrowseInput),
     Script(BrowseInput),
+    Agent(Box<AgentInput>),
 }
 
 impl TaskSpec {
@@ -520,6 +526,7 @@ impl TaskSpec {
             TaskKind::Content => Self::Content(parse_browse_input(input)?),
             TaskKind::Scrape => Self::Scrape(parse_browse_input(input)?),
             TaskKind::Script => Self::Script(parse_browse_input(input)?),
+            TaskKind::Agent => Self::Agent(Box::new(AgentInput::parse(input)?)),
         };
         spec.validate()?;
         Ok(spec)
@@ -532,6 +539,7 @@ impl TaskSpec {
             Self::Content(_) => TaskKind::Content,
             Self::Scrape(_) => TaskKind::Scrape,
             Self::Script(_) => TaskKind::Script,
+            Self::Agent(_) => TaskKind::Agent,
         }
     }
 
@@ -541,6 +549,7 @@ impl TaskSpec {
             Self::Screenshot(input) => Some(&input.url),
             Self::Pdf(input) => Some(&input.url),
             Self::Content(input) | Self::Scrape(input) | Self::Script(input) => input.url.as_ref(),
+            Self::Agent(input) => input.url.as_ref(),
         }
     }
 
@@ -551,6 +560,7 @@ impl TaskSpec {
             Self::Screenshot(input) => vec![&input.url],
             Self::Pdf(input) => vec![&input.url],
             Self::Content(input) | Self::Scrape(input) | Self::Script(input) => input.urls(),
+            Self::Agent(input) => input.url.iter().collect(),
         }
     }
 
@@ -562,6 +572,7 @@ impl TaskSpec {
             Self::Content(input) | Self::Scrape(input) | Self::Script(input) => {
                 (input.wait_until, &input.wait_for_selector, input.delay_ms)
             }
+            Self::Agent(input) => (input.wait_until, &None, 0),
         };
         WaitSpec {
             wait_until,
@@ -578,6 +589,7 @@ impl TaskSpec {
             Self::Content(input) | Self::Scrape(input) | Self::Script(input) => {
                 serde_json::to_value(input)
             }
+            Self::Agent(input) => serde_json::to_value(input),
         };
         // Serializing plain data structs cannot fail; keep the fallback total anyway.
         serialized.unwrap_or(serde_json::Value::Null)
@@ -622,6 +634,8 @@ impl TaskSpec {
             Self::Content(input) => input.validate(true, false, false),
             Self::Scrape(input) => input.validate(true, false, true),
             Self::Script(input) => input.validate(false, true, false),
+            // Checked as it was parsed.
+            Self::Agent(_) => Ok(()),
         }
     }
 }
@@ -801,7 +815,7 @@ mod tests {
         assert!(
             error
                 .message
-                .contains("screenshot, pdf, content, scrape, script")
+                .contains("screenshot, pdf, content, scrape, script, agent")
         );
     }
 
