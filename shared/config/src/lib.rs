@@ -64,6 +64,8 @@ pub struct Settings {
     pub events: EventSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    pub llm: LlmSettings,
+    pub agent: AgentSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -85,6 +87,8 @@ impl Default for Settings {
             events: EventSettings::default(),
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
+            llm: LlmSettings::default(),
+            agent: AgentSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -676,6 +680,105 @@ impl Default for LimitSettings {
     }
 }
 
+/// The language model agent tasks talk to: any OpenAI-compatible chat-completions
+/// endpoint (OpenAI, a gateway, vLLM, llama.cpp's server, Ollama).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmSettings {
+    /// e.g. `https://api.openai.com/v1`; agent tasks are refused while it is unset.
+    pub base_url: Option<String>,
+    pub api_key: Option<SecretString>,
+    /// The model a task gets when it names none.
+    pub model: String,
+    /// How the model is asked for an action: `auto` (tool calling, and JSON mode from
+    /// the first refusal of tools on), `tools`, or `json` (for servers without tools).
+    pub protocol: LlmProtocol,
+    /// One request's limit, from sending to the whole answer.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Retries of a 429, a 5xx or a connection failure, each after the provider's
+    /// `Retry-After` or an exponential backoff with jitter.
+    pub max_retries: u32,
+    /// The longest wait between two retries, whatever `Retry-After` asks.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// The most tokens one answer may have.
+    pub max_output_tokens: u32,
+    /// US dollars per million tokens, by model name, for `budget.max_cost_usd` and the
+    /// cost in each task's usage.
+    pub prices: HashMap<String, ModelPrice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmProtocol {
+    Auto,
+    Tools,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            api_key: None,
+            model: "gpt-4o-mini".to_owned(),
+            protocol: LlmProtocol::Auto,
+            request_timeout: Duration::from_secs(60),
+            max_retries: 4,
+            retry_max_delay: Duration::from_secs(30),
+            max_output_tokens: 1024,
+            prices: HashMap::new(),
+        }
+    }
+}
+
+impl LlmSettings {
+    /// The price of `model`, when the table has it.
+    pub fn price(&self, model: &str) -> Option<ModelPrice> {
+        self.prices.get(model).copied()
+    }
+}
+
+/// How an agent observes a page and when it counts as stuck.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    /// The most interactive elements one observation lists.
+    pub max_elements: usize,
+    /// The most characters of visible text one observation carries.
+    pub max_text_chars: usize,
+    /// How far below the viewport elements and text are still shown, in viewports.
+    pub lookahead_viewports: f64,
+    /// Steps repeating themselves (the same action on the same element, or no change
+    /// on the page) before the model is told so.
+    pub stuck_warn_after: u32,
+    /// Further repeating steps after that warning before the task fails `agent_stuck`.
+    pub stuck_fail_after: u32,
+    /// A screenshot of every step as an artifact (`steps/NNN.jpg`).
+    pub step_screenshots: bool,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            max_elements: 150,
+            max_text_chars: 3000,
+            lookahead_viewports: 1.0,
+            stuck_warn_after: 3,
+            stuck_fail_after: 2,
+            step_screenshots: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -998,6 +1101,40 @@ impl Settings {
         }
         if self.webhooks.concurrency == 0 {
             return Err(invalid("webhooks.concurrency", "must be at least 1"));
+        }
+        if let Some(url) = &self.llm.base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "llm.base_url",
+                "must start with http:// or https://",
+            ));
+        }
+        if self.llm.model.trim().is_empty() {
+            return Err(invalid("llm.model", "must not be empty"));
+        }
+        if self.llm.request_timeout < Duration::from_millis(100) {
+            return Err(invalid("llm.request_timeout", "must be at least 100ms"));
+        }
+        if self.llm.max_output_tokens == 0 {
+            return Err(invalid("llm.max_output_tokens", "must be at least 1"));
+        }
+        for price in self.llm.prices.values() {
+            if !(price.input_per_million >= 0.0 && price.output_per_million >= 0.0) {
+                return Err(invalid("llm.prices", "prices must be non-negative numbers"));
+            }
+        }
+        if !(1..=2000).contains(&self.agent.max_elements) {
+            return Err(invalid("agent.max_elements", "must be 1 to 2000"));
+        }
+        if !(100..=200_000).contains(&self.agent.max_text_chars) {
+            return Err(invalid("agent.max_text_chars", "must be 100 to 200000"));
+        }
+        if !(0.0..=50.0).contains(&self.agent.lookahead_viewports) {
+            return Err(invalid("agent.lookahead_viewports", "must be 0 to 50"));
+        }
+        if self.agent.stuck_warn_after < 2 {
+            return Err(invalid("agent.stuck_warn_after", "must be at least 2"));
         }
         if self
             .telemetry
