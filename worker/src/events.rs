@@ -225,6 +225,24 @@ impl PageEvents {
         })
     }
 
+    /// Whether a main-frame navigation that started after `since` has not loaded yet
+    /// (an agent's click that follows a link: its next look waits for the new page).
+    pub fn navigation_pending_since(&self, since: u64) -> bool {
+        let Ok(inner) = self.inner.lock() else {
+            return false;
+        };
+        inner
+            .lifecycle
+            .iter()
+            .filter(|(sequence, _, name)| *sequence > since && name == "init")
+            .any(|(_, loader, _)| {
+                !inner
+                    .lifecycle
+                    .iter()
+                    .any(|(_, other, name)| other == loader && name == "load")
+            })
+    }
+
     /// Whether no request has been in flight for `quiet`.
     pub fn network_idle_for(&self, quiet: Duration) -> bool {
         let Ok(inner) = self.inner.lock() else {

@@ -76,6 +76,9 @@ pub struct RequestGuard {
     blocked_patterns: Vec<String>,
     /// The egress proxy's refusals, when the browser uses one.
     egress: Option<Arc<RefusalLog>>,
+    /// An agent task's `allowed_domains`: hosts outside them are refused, narrower than
+    /// the policy (empty: no narrowing).
+    allowed_domains: Vec<String>,
     /// The last request for the page's own document that this guard let through: its
     /// host and port, and the egress proxy's latest refusal number then. A refusal of
     /// that host and port numbered after it is a refusal of the document.
@@ -100,6 +103,7 @@ impl RequestGuard {
             blocked_types: Vec::new(),
             blocked_patterns: Vec::new(),
             egress: None,
+            allowed_domains: Vec::new(),
             document_target: Mutex::new(None),
         }
     }
@@ -117,6 +121,12 @@ impl RequestGuard {
     pub fn blocking(mut self, types: Vec<&'static str>, patterns: Vec<String>) -> Self {
         self.blocked_types = types;
         self.blocked_patterns = patterns;
+        self
+    }
+
+    /// Also refuses every host outside `domains` (an agent task's `allowed_domains`).
+    pub fn confined_to(mut self, domains: Vec<String>) -> Self {
+        self.allowed_domains = domains;
         self
     }
 
@@ -253,6 +263,13 @@ impl RequestGuard {
             }
         }
         let port = url.port_or_known_default().unwrap_or(80);
+        if let Some(host) = url.host_str()
+            && !operator_domain::agent::domain_allowed(&self.allowed_domains, host)
+        {
+            return Verdict::Refuse(refused(format!(
+                "host {host} is not in the task's allowed_domains"
+            )));
+        }
         let host = match url.host() {
             None => return Verdict::Refuse(refused(format!("{text} has no host"))),
             // Allowed by name: its addresses are not looked at (nor looked up).

@@ -1,5 +1,7 @@
 //! The worker role: claims tasks from the queue and runs them in Chromium.
 //!
+//! - [`agent`]: `agent` tasks: the model client, the page observation, the tools and
+//!   the observe → ask → act loop with its budget, loop guard and records.
 //! - [`browser`]: the Chromium pool (launch, warm browser, isolated contexts, spare
 //!   pages, crash and hang recovery, blocking pool).
 //! - [`cdp`]: our Chrome DevTools Protocol connection (one WebSocket per browser,
@@ -33,6 +35,7 @@ use operator_store::storage::ArtifactStore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub mod agent;
 pub mod browser;
 pub mod cdp;
 pub mod egress;
@@ -124,6 +127,10 @@ impl Worker {
                 max: settings.tasks.retry_max_delay,
             },
             hard_stop: CancellationToken::new(),
+            agent: Arc::new(
+                agent::AgentRuntime::new(&settings.llm, &settings.agent)
+                    .map_err(|error| WorkerError::Runtime(error.message))?,
+            ),
         };
         Ok(Self {
             runner: Arc::new(runner),

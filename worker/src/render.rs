@@ -23,6 +23,7 @@ use operator_domain::{
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::agent::{self, AgentRun, AgentRuntime};
 use crate::browser::{BrowserHandle, PreparedPage};
 use crate::events::{ConsoleEntry, PageEvents};
 use crate::guard::RequestGuard;
@@ -63,16 +64,36 @@ impl From<CodedError> for RenderFailure {
     }
 }
 
+/// What one render needs besides the page.
+pub struct RenderJob<'a> {
+    pub spec: &'a TaskSpec,
+    pub policy: &'a NetworkPolicy,
+    pub deadline: Instant,
+    pub stop: &'a StopSignal,
+    pub progress: ProgressSink<'a>,
+    pub log_sink: mpsc::UnboundedSender<ConsoleEntry>,
+    pub agent: &'a AgentRuntime,
+}
+
 /// Runs a task in a new isolated context.
 pub async fn render(
     handle: &Arc<BrowserHandle>,
-    spec: &TaskSpec,
-    policy: &NetworkPolicy,
-    deadline: Instant,
-    stop: &StopSignal,
-    progress: ProgressSink<'_>,
-    log_sink: mpsc::UnboundedSender<ConsoleEntry>,
+    job: RenderJob<'_>,
 ) -> Result<Rendered, RenderFailure> {
+    let RenderJob {
+        spec,
+        policy,
+        deadline,
+        stop,
+        progress,
+        log_sink,
+        agent: agent_runtime,
+    } = job;
+    // An agent task without a model fails before it takes a page.
+    let model = match spec {
+        TaskSpec::Agent(_) => Some(agent_runtime.model()?),
+        _ => None,
+    };
     let started = Instant::now();
     // A fresh context with a blank page, opened ahead of time when a spare is ready.
     let PreparedPage {
@@ -85,10 +106,19 @@ pub async fn render(
     let events_subscription = events.install(&page);
     let mut guard =
         RequestGuard::new(policy.clone(), page.target_id()).with_egress(handle.egress_refusals());
-    if let TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) = spec {
+    let blocked = match spec {
+        TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) => {
+            Some((&input.block_resources, &input.block_urls))
+        }
+        TaskSpec::Agent(input) => {
+            guard = guard.confined_to(input.allowed_domains.clone());
+            Some((&input.block_resources, &input.block_urls))
+        }
+        TaskSpec::Screenshot(_) | TaskSpec::Pdf(_) => None,
+    };
+    if let Some((resources, urls)) = blocked {
         guard = guard.blocking(
-            input
-                .block_resources
+            resources
                 .iter()
                 .map(|resource| match resource {
                     BlockableResource::Image => "Image",
@@ -97,7 +127,7 @@ pub async fn render(
                     BlockableResource::Stylesheet => "Stylesheet",
                 })
                 .collect(),
-            input.block_urls.clone(),
+            urls.clone(),
         );
     }
     let guard = Arc::new(guard);
@@ -117,10 +147,33 @@ pub async fn render(
         TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) => {
             browse(&session, spec.kind(), input, progress).await
         }
+        TaskSpec::Agent(input) => match model {
+            Some(model) => {
+                agent::run(AgentRun {
+                    session: &session,
+                    input,
+                    model,
+                    settings: &agent_runtime.settings,
+                    policy,
+                    progress,
+                })
+                .await
+            }
+            None => Err(CodedError::new(
+                ErrorCode::LlmNotConfigured,
+                "no language model",
+            )),
+        },
     };
+    let (mut network_log, mut console_log) = (events.network_log(), events.console_log());
+    if let TaskSpec::Agent(input) = spec {
+        // A secret typed into a page may come back in a URL or a console line.
+        operator_domain::agent::mask_secrets_in(&mut network_log, &input.secrets);
+        operator_domain::agent::mask_secrets_in(&mut console_log, &input.secrets);
+    }
     let logs = vec![
-        json_file("network.json", &events.network_log()),
-        json_file("console.json", &events.console_log()),
+        json_file("network.json", &network_log),
+        json_file("console.json", &console_log),
     ];
     let result = match result {
         Ok(mut rendered) => {

@@ -35,9 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::agent::AgentRuntime;
 use crate::browser::BrowserPool;
 use crate::events::ConsoleEntry;
-use crate::render::{self, RenderFailure, Rendered, RenderedFile};
+use crate::render::{self, RenderFailure, RenderJob, Rendered, RenderedFile};
 use crate::session::StopSignal;
 
 /// Exponential backoff with full jitter: a random delay in `[0, min(max, base·2^(n-1))]`.
@@ -95,6 +96,8 @@ pub struct TaskRunner {
     pub retry: RetryPolicy,
     /// Fired when the shutdown grace period ends: running tasks hand their leases back.
     pub hard_stop: CancellationToken,
+    /// The model and settings agent tasks run with.
+    pub agent: Arc<AgentRuntime>,
 }
 
 impl TaskRunner {
@@ -308,17 +311,29 @@ impl TaskRunner {
         // latest as the task's progress, guarded by the lease token.
         let (progress_sender, progress_receiver) =
             watch::channel::<Option<serde_json::Value>>(None);
+        // An agent's steps are `agent_step` events; a script's are `step` events.
+        let step_event = if record.kind == operator_domain::TaskKind::Agent {
+            "agent_step"
+        } else {
+            "step"
+        };
         let writer = record.lease_token.map(|token| {
             tokio::spawn(write_progress(
                 self.repo.clone(),
                 record.id,
                 token,
                 progress_receiver,
+                step_event,
             ))
         });
         // Console lines go the same way, each as a `log` event while the task runs.
         let (log_sender, log_receiver) = mpsc::unbounded_channel::<ConsoleEntry>();
         let (logs_done, logs_done_signal) = oneshot::channel::<()>();
+        // An agent's secrets may come back in what the page logs.
+        let secrets = match &spec {
+            TaskSpec::Agent(input) => input.secrets.clone(),
+            _ => Default::default(),
+        };
         let log_writer = record.lease_token.map(|token| {
             tokio::spawn(write_logs(
                 self.repo.clone(),
@@ -326,18 +341,26 @@ impl TaskRunner {
                 token,
                 log_receiver,
                 logs_done_signal,
+                secrets,
             ))
         });
+        let agent = Arc::clone(&self.agent);
         let rendered = self
             .pool
             .run(|handle| async move {
                 let sink = move |progress: serde_json::Value| {
                     let _receiver_gone = progress_sender.send(Some(progress));
                 };
-                Ok(
-                    render::render(&handle, &spec, &policy, deadline, &stop, &sink, log_sender)
-                        .await,
-                )
+                let job = RenderJob {
+                    spec: &spec,
+                    policy: &policy,
+                    deadline,
+                    stop: &stop,
+                    progress: &sink,
+                    log_sink: log_sender,
+                    agent: &agent,
+                };
+                Ok(render::render(&handle, job).await)
             })
             .await;
         // The sender went with the job: the writer stores the last value and ends, before
@@ -461,6 +484,7 @@ async fn write_progress(
     task_id: TaskId,
     token: LeaseToken,
     mut progress: watch::Receiver<Option<serde_json::Value>>,
+    step_event: &'static str,
 ) {
     let mut steps_recorded = 0;
     loop {
@@ -470,7 +494,7 @@ async fn write_progress(
             let steps = latest["steps"].as_array().cloned().unwrap_or_default();
             let new_steps: Vec<_> = steps.iter().skip(steps_recorded).cloned().collect();
             match repo
-                .record_progress(task_id, token, &latest, new_steps)
+                .record_progress(task_id, token, &latest, step_event, new_steps)
                 .await
             {
                 Ok(true) => steps_recorded = steps.len(),
@@ -495,6 +519,7 @@ async fn write_logs(
     token: LeaseToken,
     mut lines: mpsc::UnboundedReceiver<ConsoleEntry>,
     mut done: oneshot::Receiver<()>,
+    secrets: std::collections::BTreeMap<String, String>,
 ) {
     let mut finishing = false;
     loop {
@@ -523,6 +548,10 @@ async fn write_logs(
         let events = batch
             .into_iter()
             .filter_map(|line| serde_json::to_value(line).ok())
+            .map(|mut line| {
+                operator_domain::agent::mask_secrets_in(&mut line, &secrets);
+                line
+            })
             .collect();
         match repo.append_events(task_id, token, "log", events).await {
             Ok(true) => {}

@@ -702,8 +702,9 @@ impl TaskRepository {
         Ok(LeaseRenewal::Held { cancel_requested })
     }
 
-    /// Records the task's progress and appends one `step` event per step that ended
-    /// since the last call (`new_steps`), in one transaction; announced on the event
+    /// Records the task's progress and appends one event of type `step_event` (`step`,
+    /// or `agent_step`) per step that ended since the last call (`new_steps`), in one
+    /// transaction; announced on the event
     /// bus so live streams show each step as it ends. Guarded by the lease token;
     /// `false` (nothing written) when the lease is gone.
     pub async fn record_progress(
@@ -711,6 +712,7 @@ impl TaskRepository {
         id: TaskId,
         token: LeaseToken,
         progress: &serde_json::Value,
+        step_event: &'static str,
         new_steps: Vec<serde_json::Value>,
     ) -> Result<bool, RepoError> {
         let now = now();
@@ -720,7 +722,10 @@ impl TaskRepository {
             return Ok(false);
         };
         if !new_steps.is_empty() {
-            let events = new_steps.into_iter().map(|step| ("step", step)).collect();
+            let events = new_steps
+                .into_iter()
+                .map(|step| (step_event, step))
+                .collect();
             insert_events(&transaction, id, &tenant, events, now).await?;
         }
         transaction.commit().await?;

@@ -310,7 +310,7 @@ async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
     let click = json!({"action": "click", "ok": true});
     let progress = json!({"steps": [click.clone()]});
     assert!(
-        repo.record_progress(task.id, token, &progress, vec![click.clone()])
+        repo.record_progress(task.id, token, &progress, "step", vec![click.clone()])
             .await
             .expect("progress")
     );
@@ -334,6 +334,7 @@ async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
                 task.id,
                 stranger,
                 &json!({}),
+                "step",
                 vec![json!({"action": "press"})]
             )
             .await

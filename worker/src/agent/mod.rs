@@ -1,0 +1,1116 @@
+//! `agent` tasks: a language model drives the page towards a goal in plain language.
+//!
+//! - [`model`]: the OpenAI-compatible chat-completions client (retries honouring
+//!   `Retry-After`, JSON mode for servers without tools, error classification).
+//! - [`observe`]: the page as the model sees it (one DOM snapshot, indexed elements).
+//! - [`tools`]: the actions offered and their parsing.
+//!
+//! The loop: observe → ask → act, one action per step. Before each model call the
+//! budget is checked (tokens, cost from the settings' price table, duration), so a task
+//! never spends past a limit by more than the one call that crossed it; `max_steps`
+//! ends it as `agent_max_steps`. An action on element `[n]` runs as the script step on
+//! that element's selector (`click` → the `click` step), through the same executor as
+//! `script` tasks, and is recorded as that step: the result's `script` replays the run
+//! without the model. A loop detector (the same action on the same element, or a page
+//! that does not change, several steps running) first tells the model, then fails the
+//! task `agent_stuck`. `done`'s output is checked against `output_schema`; a mismatch
+//! gets one repair turn, then `invalid_output`.
+//!
+//! Secrets: the model sees `{{name}}` only. The executor types the real value; page
+//! text, element values, step records, logs and the result are masked.
+
+pub mod model;
+pub mod observe;
+pub mod tools;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use operator_config::{AgentSettings, ModelPrice};
+use operator_domain::agent::{
+    AgentInput, Vision, fill_secrets, mask_secrets, mask_secrets_in, output_problems,
+};
+use operator_domain::error::{CodedError, ErrorCode};
+use operator_domain::network::NetworkPolicy;
+use operator_domain::steps::{
+    Click, Goto, Hover, Press, Scroll, Select, StepOutput, StepPage, TypeText, WaitFor,
+};
+use operator_domain::{ElementState, ImageFormat, Step, TargetUrl, WaitSpec};
+use serde_json::{Value, json};
+use tracing::{debug, info};
+
+use crate::render::{ProgressSink, Rendered, RenderedFile};
+use crate::session::Session;
+use model::{ModelAnswer, ModelClient, ModelRequest, TokenUsage};
+use observe::{Element, Observation, Observer};
+use tools::AgentAction;
+
+/// How long the page may take to load after an action that navigates.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a page is given to go network-idle after an action (best effort).
+const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Estimated characters per token, for the observation's size in the step records.
+const CHARS_PER_TOKEN: usize = 4;
+/// The most characters of page text one `extract` sends.
+const EXTRACT_TEXT_CHARS: usize = 40_000;
+
+/// What a worker's agent tasks share: the model client (none until `llm.base_url` is
+/// set) and the observation and loop settings.
+pub struct AgentRuntime {
+    pub model: Option<ModelClient>,
+    pub settings: AgentSettings,
+}
+
+impl AgentRuntime {
+    pub fn new(
+        llm: &operator_config::LlmSettings,
+        settings: &AgentSettings,
+    ) -> Result<Self, CodedError> {
+        let model = match llm.base_url {
+            Some(_) => Some(ModelClient::new(llm)?),
+            None => None,
+        };
+        Ok(Self {
+            model,
+            settings: settings.clone(),
+        })
+    }
+
+    /// The model client, or the task's `llm_not_configured`.
+    pub fn model(&self) -> Result<&ModelClient, CodedError> {
+        self.model.as_ref().ok_or_else(|| {
+            CodedError::new(
+                ErrorCode::LlmNotConfigured,
+                "agent tasks need a language model: set llm.base_url (and llm.model)",
+            )
+        })
+    }
+}
+
+/// What one agent task runs with.
+pub(crate) struct AgentRun<'a> {
+    pub session: &'a Session<'a>,
+    pub input: &'a AgentInput,
+    pub model: &'a ModelClient,
+    pub settings: &'a AgentSettings,
+    pub policy: &'a NetworkPolicy,
+    pub progress: ProgressSink<'a>,
+}
+
+/// Tokens and cost so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    tokens: TokenUsage,
+    cost_usd: f64,
+    calls: u32,
+}
+
+impl Spent {
+    fn add(&mut self, usage: TokenUsage, price: Option<ModelPrice>) {
+        self.tokens.prompt_tokens += usage.prompt_tokens;
+        self.tokens.completion_tokens += usage.completion_tokens;
+        self.cost_usd += usage.cost(price);
+        self.calls += 1;
+    }
+
+    fn to_json(self, model: &str, priced: bool) -> Value {
+        json!({
+            "model": model,
+            "model_calls": self.calls,
+            "prompt_tokens": self.tokens.prompt_tokens,
+            "completion_tokens": self.tokens.completion_tokens,
+            "total_tokens": self.tokens.total(),
+            "cost_usd": if priced { json!(self.cost_usd) } else { Value::Null },
+        })
+    }
+}
+
+/// Counts steps that repeat themselves.
+struct StuckDetector {
+    last: Option<(String, u64)>,
+    repeats: u32,
+    warned_at: Option<u32>,
+    warn_after: u32,
+    fail_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stuck {
+    No,
+    Warn,
+    Fail,
+}
+
+impl StuckDetector {
+    fn new(settings: &AgentSettings) -> Self {
+        Self {
+            last: None,
+            repeats: 0,
+            warned_at: None,
+            warn_after: settings.stuck_warn_after,
+            fail_after: settings.stuck_fail_after,
+        }
+    }
+
+    /// `action` (its name and element) taken on a page with `before` fingerprint that
+    /// became `after`.
+    fn record(&mut self, action: String, before: u64, after: u64) -> Stuck {
+        let same_action = self.last.as_ref().is_some_and(|(last, _)| *last == action);
+        let unchanged = before == after
+            && self
+                .last
+                .as_ref()
+                .is_some_and(|(_, previous)| *previous == before);
+        if same_action || unchanged {
+            self.repeats += 1;
+        } else {
+            self.repeats = 1;
+            self.warned_at = None;
+        }
+        self.last = Some((action, after));
+        match self.warned_at {
+            Some(warned) if self.repeats >= warned + self.fail_after => Stuck::Fail,
+            Some(_) => Stuck::No,
+            None if self.repeats >= self.warn_after => {
+                self.warned_at = Some(self.repeats);
+                Stuck::Warn
+            }
+            None => Stuck::No,
+        }
+    }
+}
+
+/// One turn of the conversation kept for the next calls: what the model did and what
+/// came of it (observations are not kept: each call carries the current one only).
+struct Turn {
+    call_id: String,
+    name: String,
+    /// Arguments as the model gave them (they hold placeholders, never secrets).
+    arguments: Value,
+    reason: Option<String>,
+    result: String,
+    json_mode: bool,
+}
+
+pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
+    let AgentRun {
+        session,
+        input,
+        model,
+        settings,
+        policy,
+        progress,
+    } = agent;
+    let started = Instant::now();
+    let model_name = input
+        .model
+        .clone()
+        .unwrap_or_else(|| model.settings().model.clone());
+    let price = model.settings().price(&model_name);
+    if input.budget.max_cost_usd.is_some() && price.is_none() {
+        return Err(CodedError::new(
+            ErrorCode::LlmNotConfigured,
+            format!(
+                "input.budget.max_cost_usd: the settings have no price for model {model_name:?} (llm.prices)"
+            ),
+        ));
+    }
+    let page_options = input.page_options();
+    session.apply_page_options(&page_options).await?;
+    let mut script: Vec<Step> = Vec::new();
+    let mut visited: Vec<String> = Vec::new();
+    if let Some(url) = &input.url {
+        session
+            .open(
+                url.as_str(),
+                &WaitSpec {
+                    wait_until: input.wait_until,
+                    ..WaitSpec::default()
+                },
+            )
+            .await?;
+        visited.push(url.as_str().to_owned());
+    }
+    let tools = tools::definitions(input.output_schema.as_ref());
+    let secrets = &input.secrets;
+    let mut observer = Observer::new(settings.clone());
+    let mut turns: Vec<Turn> = Vec::new();
+    let mut records: Vec<Value> = Vec::new();
+    let mut files: Vec<RenderedFile> = Vec::new();
+    let mut spent = Spent::default();
+    let mut stuck = StuckDetector::new(settings);
+    let mut nudge: Option<String> = None;
+    // The last action and the page before it: judged on the page the next look finds.
+    let mut judged: Option<(String, u64, &'static str)> = None;
+    let mut repaired = false;
+    let report = |records: &Vec<Value>, spent: Spent| {
+        progress(json!({"steps": records, "usage": spent.to_json(&model_name, price.is_some())}));
+    };
+
+    for step in 0..=input.max_steps {
+        session.check_stop()?;
+        if step == input.max_steps {
+            return Err(CodedError::new(
+                ErrorCode::AgentMaxSteps,
+                format!("the goal was not reached in {} steps", input.max_steps),
+            ));
+        }
+        check_budget(input, &spent, started)?;
+        let observation = observer.observe(session, secrets).await?;
+        if let Some((signature, before, name)) = judged.take() {
+            match stuck.record(signature, before, observation.fingerprint) {
+                Stuck::No => {}
+                Stuck::Warn => {
+                    nudge = Some(
+                        "You seem to be repeating yourself: the last steps did the same thing or did not change the page. Try a different approach, or call fail if the goal cannot be reached.".to_owned(),
+                    );
+                }
+                Stuck::Fail => {
+                    return Err(CodedError::new(
+                        ErrorCode::AgentStuck,
+                        format!(
+                            "the agent kept repeating itself ({name} without progress) after being told so"
+                        ),
+                    ));
+                }
+            }
+        }
+        let screenshot = match vision_wanted(input.vision, &observation) {
+            true => Some(labelled_screenshot(session, &observation).await?),
+            false => None,
+        };
+        let messages = conversation(
+            input,
+            &turns,
+            &observation,
+            step,
+            nudge.take(),
+            screenshot.as_deref(),
+            model_json_mode_hint(&turns),
+            &tools,
+        );
+        let max_tokens = remaining_tokens(input, &spent, model.settings().max_output_tokens);
+        let answer = model
+            .complete(ModelRequest {
+                model: &model_name,
+                messages,
+                tools: &tools,
+                max_tokens,
+                deadline: session.deadline,
+            })
+            .await?;
+        spent.add(answer.usage, price);
+        let step_cost = answer.usage.cost(price);
+        let (action, reason, call_id, arguments) = match read_action(&answer) {
+            Ok(parsed) => parsed,
+            Err(problem) => {
+                // Not an action: tell the model, and count the step.
+                records.push(json!({
+                    "index": step, "action": null, "ok": false,
+                    "error": {"code": "invalid_action", "message": problem},
+                    "url": observation.url,
+                    "tokens_in": answer.usage.prompt_tokens, "tokens_out": answer.usage.completion_tokens,
+                    "cost_usd": step_cost, "latency_ms": answer.latency.as_millis() as u64,
+                }));
+                report(&records, spent);
+                turns.push(Turn {
+                    call_id: format!("call_{step}"),
+                    name: "invalid".to_owned(),
+                    arguments: json!({}),
+                    reason: answer.content.clone().map(|text| mask_secrets(&text, secrets)),
+                    result: format!("That was not a valid action ({problem}). Answer with exactly one tool call."),
+                    json_mode: answer.json_mode,
+                });
+                judged = Some((
+                    "invalid".to_owned(),
+                    observation.fingerprint,
+                    "answers that are no action",
+                ));
+                continue;
+            }
+        };
+        let step_started = Instant::now();
+        let element = action
+            .index()
+            .and_then(|index| observation.element(index).cloned());
+        let outcome = match &action {
+            AgentAction::Done { output } => {
+                let mut output = output.clone();
+                mask_secrets_in(&mut output, secrets);
+                let problems = input
+                    .output_schema
+                    .as_ref()
+                    .map(|schema| output_problems(schema, &output))
+                    .unwrap_or_default();
+                if problems.is_empty() {
+                    records.push(step_record(
+                        step,
+                        &action,
+                        &arguments,
+                        reason.as_deref(),
+                        &observation,
+                        element.as_ref(),
+                        Ok("done"),
+                        &answer,
+                        step_cost,
+                        step_started,
+                        secrets,
+                        None,
+                    ));
+                    report(&records, spent);
+                    let page = session.facts().await?;
+                    let mut extra = serde_json::Map::new();
+                    extra.insert("output".to_owned(), output);
+                    extra.insert("steps".to_owned(), Value::Array(records));
+                    extra.insert(
+                        "usage".to_owned(),
+                        spent.to_json(&model_name, price.is_some()),
+                    );
+                    let mut replay = page_options.clone();
+                    replay.steps = script;
+                    extra.insert(
+                        "script".to_owned(),
+                        serde_json::to_value(&replay).unwrap_or(Value::Null),
+                    );
+                    info!(
+                        steps = step + 1,
+                        tokens = spent.tokens.total(),
+                        "agent reached its goal"
+                    );
+                    return Ok(Rendered { files, page, extra });
+                }
+                if repaired {
+                    return Err(CodedError::new(
+                        ErrorCode::InvalidOutput,
+                        format!(
+                            "the output does not satisfy output_schema: {}",
+                            problems.join("; ")
+                        ),
+                    ));
+                }
+                repaired = true;
+                Err(format!(
+                    "the output does not satisfy output_schema: {}. Call done again with a corrected output.",
+                    problems.join("; ")
+                ))
+            }
+            AgentAction::Fail { reason: why } => {
+                records.push(step_record(
+                    step,
+                    &action,
+                    &arguments,
+                    reason.as_deref(),
+                    &observation,
+                    element.as_ref(),
+                    Ok("gave up"),
+                    &answer,
+                    step_cost,
+                    step_started,
+                    secrets,
+                    None,
+                ));
+                report(&records, spent);
+                return Err(CodedError::new(
+                    ErrorCode::AgentFailed,
+                    format!("the agent gave up: {}", mask_secrets(why, secrets)),
+                ));
+            }
+            AgentAction::Extract { question } => {
+                check_budget(input, &spent, started)?;
+                match extract(model, &model_name, session, question, &observation).await {
+                    Ok((answer_text, usage)) => {
+                        spent.add(usage, price);
+                        Ok(format!("Answer: {}", mask_secrets(&answer_text, secrets)))
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            other => act(
+                session,
+                other,
+                &observation,
+                input,
+                policy,
+                &mut script,
+                &mut visited,
+            )
+            .await?
+            .map(str::to_owned),
+        };
+        session.check_document_allowed()?;
+        // After the action: a screenshot for the record, and the stuck check on what the
+        // page looks like now.
+        let shot_name = if settings.step_screenshots {
+            match session
+                .capture_clip(ImageFormat::Jpeg, Some(60), false, None)
+                .await
+            {
+                Ok(bytes) => {
+                    let name = format!("steps/{:03}.jpg", step + 1);
+                    files.push(RenderedFile {
+                        name: name.clone(),
+                        content_type: "image/jpeg".to_owned(),
+                        bytes,
+                    });
+                    Some(name)
+                }
+                Err(error) => {
+                    debug!(error = %error, "no screenshot of the step");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let result_text = match &outcome {
+            Ok(text) => text.clone(),
+            Err(problem) => format!("Error: {problem}"),
+        };
+        records.push(step_record(
+            step,
+            &action,
+            &arguments,
+            reason.as_deref(),
+            &observation,
+            element.as_ref(),
+            outcome.as_deref().map_err(String::as_str),
+            &answer,
+            step_cost,
+            step_started,
+            secrets,
+            shot_name,
+        ));
+        report(&records, spent);
+        turns.push(Turn {
+            call_id,
+            name: action.name().to_owned(),
+            arguments: arguments.clone(),
+            reason: reason.map(|text| mask_secrets(&text, secrets)),
+            result: mask_secrets(&result_text, secrets),
+            json_mode: answer.json_mode,
+        });
+        let signature = format!(
+            "{}:{}:{}",
+            action.name(),
+            element
+                .as_ref()
+                .map_or_else(String::new, |element| element.selector.clone()),
+            arguments
+        );
+        judged = Some((signature, observation.fingerprint, action.name()));
+    }
+    Err(CodedError::new(
+        ErrorCode::AgentMaxSteps,
+        format!("the goal was not reached in {} steps", input.max_steps),
+    ))
+}
+
+fn check_budget(input: &AgentInput, spent: &Spent, started: Instant) -> Result<(), CodedError> {
+    let budget = &input.budget;
+    if let Some(max) = budget.max_tokens
+        && spent.tokens.total() >= max
+    {
+        return Err(CodedError::new(
+            ErrorCode::BudgetExceeded,
+            format!(
+                "{} tokens used of budget.max_tokens {max}",
+                spent.tokens.total()
+            ),
+        ));
+    }
+    if let Some(max) = budget.max_cost_usd
+        && spent.cost_usd >= max
+    {
+        return Err(CodedError::new(
+            ErrorCode::BudgetExceeded,
+            format!("${:.6} spent of budget.max_cost_usd ${max}", spent.cost_usd),
+        ));
+    }
+    if let Some(max) = budget.max_duration_ms
+        && started.elapsed() >= Duration::from_millis(max)
+    {
+        return Err(CodedError::new(
+            ErrorCode::BudgetExceeded,
+            format!(
+                "{} ms taken of budget.max_duration_ms {max}",
+                started.elapsed().as_millis()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The most tokens the next answer may have: the setting, or what is left of the
+/// token budget if less.
+fn remaining_tokens(input: &AgentInput, spent: &Spent, setting: u32) -> u32 {
+    match input.budget.max_tokens {
+        Some(max) => {
+            let left = max.saturating_sub(spent.tokens.total()).max(1);
+            u32::try_from(left).unwrap_or(u32::MAX).min(setting)
+        }
+        None => setting,
+    }
+}
+
+fn vision_wanted(vision: Vision, observation: &Observation) -> bool {
+    match vision {
+        Vision::Off => false,
+        Vision::On => true,
+        // A page whose text says little (canvas, images): the picture may say more.
+        Vision::Auto => {
+            observation.text_chars < 40
+                && observation.elements.len() < 2
+                && !observation.url.starts_with("about:")
+        }
+    }
+}
+
+/// A JPEG of the viewport with each listed element's index drawn on it.
+async fn labelled_screenshot(
+    session: &Session<'_>,
+    observation: &Observation,
+) -> Result<Vec<u8>, CodedError> {
+    let boxes: Vec<Value> = observation
+        .elements
+        .iter()
+        .map(|element| {
+            json!([
+                element.index,
+                element.bounds[0],
+                element.bounds[1],
+                element.bounds[2],
+                element.bounds[3]
+            ])
+        })
+        .collect();
+    let draw = format!(
+        "(() => {{ const layer = document.createElement('div'); layer.id = '__operator_labels'; \
+         layer.style.cssText = 'position:absolute;left:0;top:0;pointer-events:none;z-index:2147483647'; \
+         for (const [index, x, y, w, h] of {boxes}) {{ const box = document.createElement('div'); \
+         box.style.cssText = `position:absolute;left:${{x}}px;top:${{y}}px;width:${{w}}px;height:${{h}}px;outline:2px solid #e5195f`; \
+         const label = document.createElement('span'); label.textContent = index; \
+         label.style.cssText = 'position:absolute;left:0;top:-14px;font:bold 11px sans-serif;background:#e5195f;color:#fff;padding:0 2px'; \
+         box.appendChild(label); layer.appendChild(box); }} \
+         document.documentElement.appendChild(layer); return true; }})()",
+        boxes = Value::Array(boxes)
+    );
+    session.evaluate(&draw).await?;
+    let shot = session
+        .capture_clip(ImageFormat::Jpeg, Some(60), false, None)
+        .await;
+    session
+        .evaluate("document.getElementById('__operator_labels')?.remove(), true")
+        .await?;
+    shot
+}
+
+fn model_json_mode_hint(turns: &[Turn]) -> bool {
+    turns.last().is_some_and(|turn| turn.json_mode)
+}
+
+const SYSTEM_PROMPT: &str = "You drive a web browser to reach the user's goal. Each turn shows the current page: its title, URL and scroll position, then its visible content in page order, where each element you can act on has an index, e.g. [3]<button>Sign in</button>; *[7] marks an element that appeared since your last action. Take exactly one action per turn, referring to elements by index. Secrets are written as {{name}}: type the placeholder itself, never guess a value. When the goal is reached, call done with the output; when it cannot be reached, call fail with the reason. Give each action a short reason.";
+
+/// The messages of the next call: instructions, the goal, the steps so far (as tool
+/// calls and their results) and the current page.
+#[allow(clippy::too_many_arguments)]
+fn conversation(
+    input: &AgentInput,
+    turns: &[Turn],
+    observation: &Observation,
+    step: u32,
+    nudge: Option<String>,
+    screenshot: Option<&[u8]>,
+    json_mode: bool,
+    tools: &[Value],
+) -> Vec<Value> {
+    let mut system = SYSTEM_PROMPT.to_owned();
+    system.push_str(&format!(
+        "\n\nIf your server offers no tool calling, answer with one JSON object instead: {{\"reason\": \"…\", \"action\": \"<tool name>\", \"args\": {{…}}}}. The tools:\n{}",
+        tools::describe_for_json_mode(tools)
+    ));
+    let mut goal = format!("Goal: {}", input.goal);
+    if let Some(schema) = &input.output_schema {
+        goal.push_str(&format!(
+            "\n\nThe output given to done must satisfy this JSON Schema: {schema}"
+        ));
+    }
+    if !input.secrets.is_empty() {
+        let names: Vec<String> = input
+            .secrets
+            .keys()
+            .map(|name| format!("{{{{{name}}}}}"))
+            .collect();
+        goal.push_str(&format!(
+            "\n\nSecrets you can type by their placeholder: {}.",
+            names.join(", ")
+        ));
+    }
+    if !input.allowed_domains.is_empty() {
+        goal.push_str(&format!(
+            "\n\nOnly these sites can be reached: {}.",
+            input.allowed_domains.join(", ")
+        ));
+    }
+    let mut messages = vec![
+        json!({"role": "system", "content": system}),
+        json!({"role": "user", "content": goal}),
+    ];
+    for turn in turns {
+        let mut arguments = turn.arguments.clone();
+        if let (Some(reason), Some(object)) = (&turn.reason, arguments.as_object_mut()) {
+            object.entry("reason").or_insert_with(|| json!(reason));
+        }
+        if turn.json_mode || json_mode {
+            messages.push(json!({"role": "assistant", "content": json!({"action": turn.name, "args": arguments}).to_string()}));
+            messages.push(json!({"role": "user", "content": format!("Result: {}", turn.result)}));
+        } else {
+            messages.push(json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": [{"id": turn.call_id, "type": "function", "function": {"name": turn.name, "arguments": arguments.to_string()}}],
+            }));
+            messages.push(
+                json!({"role": "tool", "tool_call_id": turn.call_id, "content": turn.result}),
+            );
+        }
+    }
+    let mut current = format!(
+        "Step {} of at most {}. The current page:\n\n{}",
+        step + 1,
+        input.max_steps,
+        observation.text
+    );
+    if let Some(nudge) = nudge {
+        current.push_str(&format!("\n\nNote: {nudge}"));
+    }
+    match screenshot {
+        Some(bytes) => {
+            let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+            messages.push(json!({"role": "user", "content": [
+                {"type": "text", "text": current},
+                {"type": "image_url", "image_url": {"url": format!("data:image/jpeg;base64,{data}")}},
+            ]}));
+        }
+        None => messages.push(json!({"role": "user", "content": current})),
+    }
+    messages
+}
+
+/// The action in an answer: a tool call, or a JSON object in the text.
+fn read_action(
+    answer: &ModelAnswer,
+) -> Result<(AgentAction, Option<String>, String, Value), String> {
+    if let Some(call) = answer.tool_calls.first() {
+        let action = AgentAction::parse(&call.name, &call.arguments)?;
+        let reason = call
+            .arguments
+            .get("reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| answer.content.clone());
+        let mut arguments = call.arguments.clone();
+        if let Some(object) = arguments.as_object_mut() {
+            object.remove("reason");
+        }
+        return Ok((action, reason, call.id.clone(), arguments));
+    }
+    let content = answer.content.as_deref().ok_or("the answer was empty")?;
+    let (action, reason) = AgentAction::parse_json(content)?;
+    let arguments = serde_json::from_str::<Value>(
+        content
+            .trim()
+            .trim_start_matches("```json")
+            .trim_start_matches("```")
+            .trim_end_matches("```"),
+    )
+    .ok()
+    .and_then(|value| value.get("args").cloned())
+    .unwrap_or_else(|| json!({}));
+    Ok((action, reason, "call_json".to_owned(), arguments))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_record(
+    step: u32,
+    action: &AgentAction,
+    arguments: &Value,
+    reason: Option<&str>,
+    observation: &Observation,
+    element: Option<&Element>,
+    outcome: Result<&str, &str>,
+    answer: &ModelAnswer,
+    cost: f64,
+    started: Instant,
+    secrets: &BTreeMap<String, String>,
+    screenshot: Option<String>,
+) -> Value {
+    let mut arguments = arguments.clone();
+    mask_secrets_in(&mut arguments, secrets);
+    let mut record = json!({
+        "index": step,
+        "action": action.name(),
+        "args": arguments,
+        "reason": reason.map(|text| mask_secrets(text, secrets)),
+        "url": observation.url,
+        "ok": outcome.is_ok(),
+        "tokens_in": answer.usage.prompt_tokens,
+        "tokens_out": answer.usage.completion_tokens,
+        "cost_usd": cost,
+        "latency_ms": answer.latency.as_millis() as u64,
+        "duration_ms": started.elapsed().as_millis() as u64,
+        "observation": {
+            "elements": observation.elements.len(),
+            "interactive_total": observation.interactive_total,
+            "text_chars": observation.text_chars,
+            "estimated_tokens": observation.text.len() / CHARS_PER_TOKEN,
+        },
+    });
+    match outcome {
+        Ok(result) => record["result"] = json!(mask_secrets(result, secrets)),
+        Err(problem) => {
+            record["error"] =
+                json!({"code": "action_failed", "message": mask_secrets(problem, secrets)})
+        }
+    }
+    if let Some(element) = element {
+        record["element"] = json!({"index": element.index, "selector": element.selector, "tag": element.tag, "name": element.name});
+    }
+    if let Some(name) = screenshot {
+        record["screenshot"] = json!(name);
+    }
+    record
+}
+
+/// Runs an action on the page; `Ok(Ok)` says what it did, `Ok(Err)` what went wrong
+/// (for the model to read: a failed action does not fail the task), `Err` a failure
+/// that ends the task (cancelled, timed out, the browser gone, a refused document).
+/// The steps that ran are appended to `script`.
+async fn act(
+    session: &Session<'_>,
+    action: &AgentAction,
+    observation: &Observation,
+    input: &AgentInput,
+    policy: &NetworkPolicy,
+    script: &mut Vec<Step>,
+    visited: &mut Vec<String>,
+) -> Result<Result<&'static str, String>, CodedError> {
+    Ok(
+        match plan(action, observation, input, policy, visited).await {
+            Ok(steps) => run_steps(session, action, steps, input, script, visited).await?,
+            Err(problem) => Err(problem),
+        },
+    )
+}
+
+/// The script steps an action is.
+async fn plan(
+    action: &AgentAction,
+    observation: &Observation,
+    input: &AgentInput,
+    policy: &NetworkPolicy,
+    visited: &[String],
+) -> Result<Vec<Step>, String> {
+    let element = |index: u32| -> Result<&Element, String> {
+        observation
+            .element(index)
+            .ok_or_else(|| format!("there is no element [{index}] on the page now"))
+    };
+    let steps: Vec<Step> = match action {
+        AgentAction::Click { index } => vec![Step::Click(Click {
+            selector: element(*index)?.selector.clone(),
+            timeout_ms: None,
+        })],
+        AgentAction::Hover { index } => vec![Step::Hover(Hover {
+            selector: element(*index)?.selector.clone(),
+            timeout_ms: None,
+        })],
+        AgentAction::Type {
+            index,
+            text,
+            submit,
+        } => {
+            let target = element(*index)?;
+            if !target.is_text_field() && target.tag != "div" && target.tag != "span" {
+                return Err(format!(
+                    "[{index}] is a {} that text cannot be typed into",
+                    target.tag
+                ));
+            }
+            fill_secrets(text, &input.secrets)?;
+            let mut steps = vec![Step::Type(TypeText {
+                selector: target.selector.clone(),
+                // The placeholder is kept; the value is filled in as it is typed.
+                text: text.clone(),
+                delay_ms: None,
+                clear: true,
+                timeout_ms: None,
+            })];
+            if *submit {
+                steps.push(Step::Press(Press {
+                    key: "Enter".to_owned(),
+                    selector: Some(target.selector.clone()),
+                    timeout_ms: None,
+                }));
+            }
+            steps
+        }
+        AgentAction::Select { index, values } => {
+            let target = element(*index)?;
+            if target.tag != "select" {
+                return Err(format!("[{index}] is not a select"));
+            }
+            let chosen: Result<Vec<String>, String> = values
+                .iter()
+                .map(|wanted| {
+                    target
+                        .options
+                        .iter()
+                        .find(|(text, value)| text == wanted || value == wanted)
+                        .or_else(|| {
+                            target
+                                .options
+                                .iter()
+                                .find(|(text, _)| text.eq_ignore_ascii_case(wanted.trim()))
+                        })
+                        .map(|(_, value)| value.clone())
+                        .ok_or_else(|| format!("[{index}] has no option {wanted:?}"))
+                })
+                .collect();
+            vec![Step::Select(Select {
+                selector: target.selector.clone(),
+                values: chosen?,
+                timeout_ms: None,
+            })]
+        }
+        AgentAction::Press { key, index } => vec![Step::Press(Press {
+            key: key.clone(),
+            selector: match index {
+                Some(index) => Some(element(*index)?.selector.clone()),
+                None => None,
+            },
+            timeout_ms: None,
+        })],
+        AgentAction::Scroll { down, index } => vec![Step::Scroll(match index {
+            Some(index) => Scroll {
+                selector: Some(element(*index)?.selector.clone()),
+                x: 0,
+                y: 0,
+                timeout_ms: None,
+            },
+            None => {
+                let distance = (observation.viewport_height * 0.8).round() as i32;
+                Scroll {
+                    selector: None,
+                    x: 0,
+                    y: if *down { distance } else { -distance },
+                    timeout_ms: None,
+                }
+            }
+        })],
+        AgentAction::Goto { url } => {
+            let target = TargetUrl::parse(url).map_err(|error| error.message)?;
+            let host = target.as_url().host_str().unwrap_or_default().to_owned();
+            if !input.allows_host(&host) {
+                return Err(format!("{host} is not in allowed_domains"));
+            }
+            crate::resolve::check_url(policy, target.as_url())
+                .await
+                .map_err(|error| error.message)?;
+            vec![Step::Goto(Goto {
+                url: target,
+                wait_until: input.wait_until,
+                timeout_ms: None,
+            })]
+        }
+        AgentAction::GoBack => {
+            // The page before this one, opened again (its URL is what a replay can use).
+            let current = observation.url.clone();
+            let previous = visited.iter().rev().find(|url| **url != current).cloned();
+            let Some(previous) = previous else {
+                return Err("there is no previous page".to_owned());
+            };
+            let target = TargetUrl::parse(&previous).map_err(|error| error.message)?;
+            vec![Step::Goto(Goto {
+                url: target,
+                wait_until: input.wait_until,
+                timeout_ms: None,
+            })]
+        }
+        AgentAction::Wait { seconds } => vec![Step::WaitFor(WaitFor {
+            selector: None,
+            state: ElementState::default(),
+            event: None,
+            delay_ms: Some((seconds * 1000.0).round() as u32),
+            timeout_ms: Some((seconds * 1000.0).round() as u32 + 1000),
+        })],
+        AgentAction::Extract { .. } | AgentAction::Done { .. } | AgentAction::Fail { .. } => {
+            Vec::new()
+        }
+    };
+    Ok(steps)
+}
+
+/// Runs an action's steps through the script executor.
+async fn run_steps(
+    session: &Session<'_>,
+    action: &AgentAction,
+    steps: Vec<Step>,
+    input: &AgentInput,
+    script: &mut Vec<Step>,
+    visited: &mut Vec<String>,
+) -> Result<Result<&'static str, String>, CodedError> {
+    for step in steps {
+        let sequence = session.event_sequence();
+        let filled = match fill_step_secrets(&step, &input.secrets) {
+            Ok(filled) => filled,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        let mut output = StepOutput::default();
+        let index = script.len();
+        if let Err(error) = filled.run(session, index, sequence, &mut output).await {
+            session.check_document_allowed()?;
+            return match error.code {
+                ErrorCode::Cancelled
+                | ErrorCode::TaskTimeout
+                | ErrorCode::BrowserCrashed
+                | ErrorCode::BrowserError
+                | ErrorCode::UrlNotAllowed => Err(error),
+                _ => Ok(Err(mask_secrets(&error.message, &input.secrets))),
+            };
+        }
+        settle(session, sequence).await;
+        script.push(step);
+    }
+    if let Ok(url) = session.evaluate("location.href").await
+        && let Some(url) = url.as_str()
+        && visited.last().map(String::as_str) != Some(url)
+    {
+        visited.push(url.to_owned());
+    }
+    Ok(Ok(match action {
+        AgentAction::Click { .. } => "clicked",
+        AgentAction::Type { submit: true, .. } => "typed and pressed Enter",
+        AgentAction::Type { .. } => "typed",
+        AgentAction::Select { .. } => "selected",
+        AgentAction::Press { .. } => "pressed",
+        AgentAction::Hover { .. } => "hovered",
+        AgentAction::Scroll { .. } => "scrolled",
+        AgentAction::Goto { .. } | AgentAction::GoBack => "opened",
+        AgentAction::Wait { .. } => "waited",
+        _ => "done",
+    }))
+}
+
+/// The step with its `{{name}}` placeholders replaced by the secrets' values (only
+/// `type` carries text the model wrote).
+fn fill_step_secrets(step: &Step, secrets: &BTreeMap<String, String>) -> Result<Step, String> {
+    match step {
+        Step::Type(typed) => Ok(Step::Type(TypeText {
+            text: fill_secrets(&typed.text, secrets)?,
+            ..typed.clone()
+        })),
+        other => Ok(other.clone()),
+    }
+}
+
+/// Waits for a navigation the action started to load, then (briefly) for the network
+/// to go quiet, so the next look sees the page the action led to.
+async fn settle(session: &Session<'_>, sequence: u64) {
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let until = Instant::now() + SETTLE_TIMEOUT;
+    while session.events.navigation_pending_since(sequence) && Instant::now() < until {
+        if session.check_stop().is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let idle_until = Instant::now() + IDLE_TIMEOUT;
+    while !session.events.network_idle_for(Duration::from_millis(200))
+        && Instant::now() < idle_until
+    {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `extract`: one more model call, with the page's whole text and the question.
+async fn extract(
+    model: &ModelClient,
+    model_name: &str,
+    session: &Session<'_>,
+    question: &str,
+    observation: &Observation,
+) -> Result<(String, TokenUsage), CodedError> {
+    let text: String = observation
+        .full_text
+        .chars()
+        .take(EXTRACT_TEXT_CHARS)
+        .collect();
+    let messages = vec![
+        json!({"role": "system", "content": "Answer the question from the page's text only. Be brief; say so when the text does not tell."}),
+        json!({"role": "user", "content": format!("Page: {} ({})\n\n{text}\n\nQuestion: {question}", observation.title, observation.url)}),
+    ];
+    let answer = model
+        .complete(ModelRequest {
+            model: model_name,
+            messages,
+            tools: &[],
+            max_tokens: model.settings().max_output_tokens,
+            deadline: session.deadline,
+        })
+        .await?;
+    Ok((answer.content.unwrap_or_default(), answer.usage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AgentSettings {
+        AgentSettings {
+            stuck_warn_after: 3,
+            stuck_fail_after: 2,
+            ..AgentSettings::default()
+        }
+    }
+
+    /// Feeds `steps` (action, page before, page after) and returns each verdict.
+    fn verdicts(steps: &[(&str, u64, u64)]) -> Vec<Stuck> {
+        let mut detector = StuckDetector::new(&settings());
+        steps
+            .iter()
+            .map(|(action, before, after)| detector.record((*action).to_owned(), *before, *after))
+            .collect()
+    }
+
+    #[test]
+    fn repeating_the_same_action_warns_then_fails() {
+        let same = [
+            ("click:#a", 1, 2),
+            ("click:#a", 2, 3),
+            ("click:#a", 3, 4),
+            ("click:#a", 4, 5),
+            ("click:#a", 5, 6),
+        ];
+        assert_eq!(
+            verdicts(&same),
+            [Stuck::No, Stuck::No, Stuck::Warn, Stuck::No, Stuck::Fail]
+        );
+    }
+
+    #[test]
+    fn a_page_that_does_not_change_counts_as_repeating() {
+        let unchanged = [
+            ("click:#a", 7, 7),
+            ("scroll:", 7, 7),
+            ("hover:#b", 7, 7),
+            ("click:#c", 7, 8),
+            ("click:#d", 8, 9),
+        ];
+        // Progress (a changed page, another action) resets the count.
+        assert_eq!(
+            verdicts(&unchanged),
+            [Stuck::No, Stuck::No, Stuck::Warn, Stuck::No, Stuck::No]
+        );
+    }
+}
