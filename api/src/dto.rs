@@ -23,6 +23,8 @@ pub enum TaskKindDto {
     /// screenshot, pdf, extract, evaluate, set_viewport, set_user_agent,
     /// set_extra_headers, set_cookies.
     Script,
+    /// A goal in plain language that a language model reaches by driving the browser.
+    Agent,
 }
 
 impl From<TaskKind> for TaskKindDto {
@@ -33,6 +35,7 @@ impl From<TaskKind> for TaskKindDto {
             TaskKind::Content => Self::Content,
             TaskKind::Scrape => Self::Scrape,
             TaskKind::Script => Self::Script,
+            TaskKind::Agent => Self::Agent,
         }
     }
 }
@@ -45,6 +48,7 @@ impl From<TaskKindDto> for TaskKind {
             TaskKindDto::Content => Self::Content,
             TaskKindDto::Scrape => Self::Scrape,
             TaskKindDto::Script => Self::Script,
+            TaskKindDto::Agent => Self::Agent,
         }
     }
 }
@@ -137,6 +141,12 @@ impl From<Priority> for PriorityDto {
 ///   `media`, `stylesheet`), `block_urls` (`*` patterns), `save_html`.
 /// - `content`: `url`, the wait fields and page options (optionally `steps` to run first);
 ///   the result is the HTML after scripts ran.
+/// - `agent`: `goal` (plain language; `{{name}}` refers to a secret), optional `url`,
+///   `output_schema` (a JSON Schema the output must satisfy), `max_steps` (default 25),
+///   `budget` (`{max_tokens, max_cost_usd, max_duration_ms}`), `allowed_domains`,
+///   `secrets` (`{"password": "…"}`, shown back redacted), `vision` (`off` | `auto` |
+///   `on`), `model`, and the page options of `script`. The result has `output`, `steps`,
+///   `usage` and `script` (the run as script steps, replayable without the model).
 /// - `scrape`: like `content` plus `extract` (a list of `{name, selector, what, attribute,
 ///   all, fields}`); the result's `data` holds the values.
 #[derive(Debug, Clone, Object)]
@@ -203,6 +213,14 @@ pub struct TaskView {
     pub artifacts: Option<Vec<ArtifactView>>,
 }
 
+/// The input as shown: an agent task's secrets redacted.
+fn shown_input(kind: TaskKind, mut input: serde_json::Value) -> serde_json::Value {
+    if kind == TaskKind::Agent {
+        operator_domain::agent::redact_input(&mut input);
+    }
+    input
+}
+
 impl TaskView {
     pub fn from_record(record: TaskRecord, artifacts: Option<Vec<ArtifactView>>) -> Self {
         Self {
@@ -210,7 +228,7 @@ impl TaskView {
             kind: record.kind.into(),
             state: record.state.into(),
             queue: record.queue.into(),
-            input: record.input,
+            input: shown_input(record.kind, record.input),
             priority: record.priority.into(),
             attempts: record.attempts,
             max_attempts: record.max_attempts,

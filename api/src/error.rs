@@ -58,7 +58,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::InvalidInput
         | ErrorCode::InvalidUrl
         | ErrorCode::UrlSchemeNotAllowed
-        | ErrorCode::UrlNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
+        | ErrorCode::UrlNotAllowed
+        | ErrorCode::LlmNotConfigured => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::NotFound

@@ -231,6 +231,9 @@ impl TaskSubmission {
         for url in spec.urls() {
             rules.policy.check_url_statically(url.as_url())?;
         }
+        if let TaskSpec::Agent(input) = &spec {
+            check_model(rules.settings, input)?;
+        }
 
         let tasks = &rules.settings.tasks;
         let max_timeout_ms = millis(tasks.max_timeout);
@@ -283,6 +286,30 @@ impl TaskSubmission {
             trace_parent,
         })
     }
+}
+
+/// An agent task needs a model, and a price for it when its budget is in dollars: both
+/// are refused at submission rather than failing on a worker.
+fn check_model(
+    settings: &operator_config::Settings,
+    input: &operator_domain::agent::AgentInput,
+) -> Result<(), ApiError> {
+    if settings.llm.base_url.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::LlmNotConfigured,
+            "agent tasks need a language model: the service has no llm.base_url",
+        ));
+    }
+    let model = input.model.as_deref().unwrap_or(&settings.llm.model);
+    if input.budget.max_cost_usd.is_some() && settings.llm.price(model).is_none() {
+        return Err(ApiError::new(
+            ErrorCode::LlmNotConfigured,
+            format!(
+                "input.budget.max_cost_usd: the service has no price for model {model:?} (llm.prices)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// SHA-256 (hex) of the body in a canonical form (object keys sorted, no spaces), so the

@@ -70,7 +70,7 @@ pub enum CreateTaskResponse {
 
 codes!(CreateCodes: InvalidJson, InvalidParameter, IdempotencyConflict, InvalidRequest,
     UnknownKind, UnknownQueue, InvalidInput, InvalidUrl, UrlSchemeNotAllowed, UrlNotAllowed,
-    QuotaExceeded);
+    LlmNotConfigured, QuotaExceeded);
 codes!(TaskCodes: InvalidParameter, TaskNotFound);
 codes!(ListCodes: InvalidParameter);
 codes!(CancelCodes: InvalidParameter, TaskNotFound, InvalidState);
