@@ -3,11 +3,13 @@
 //! API and worker instances on PostgreSQL, Redis and S3); `processes` runs the binary
 //! itself as separate OS processes.
 
+mod agent;
 mod cancel;
 mod events;
 mod fault_pages;
 mod helpers;
 mod keys;
+mod model_server;
 mod network_guard;
 mod oneshot;
 mod pool;

@@ -1,0 +1,443 @@
+//! Agent tasks against a scripted model (the suite's one fake) and a real site and
+//! browser: a login that extracts a value matching `output_schema` with the password
+//! never leaving the worker, a three-page navigation, and every guard (budget,
+//! `max_steps`, the loop detector, a 429 retried after `Retry-After`, a 401 that is
+//! final, an invalid output repaired once). All on both setups.
+
+use std::time::{Duration, Instant};
+
+use poem::web::{Form, Html};
+use poem::{Route, get, handler, post};
+use serde_json::{Value, json};
+
+use crate::helpers::{ENDED, Setup, on_both_setups, serve_on_loopback};
+use crate::model_server::{Call, ModelServer, Reply, index_in};
+
+/// The password the login page wants; it must appear in no request the model server
+/// sees, and in no event, log or artifact.
+const PASSWORD: &str = "hunter2-Xq9zK";
+
+#[handler]
+fn login_page() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>Sign in</title></head><body><h1>Sign in to the shop</h1>\
+         <form method=\"post\" action=\"/shop/welcome\">\
+         <label for=\"user\">User name</label><input id=\"user\" name=\"user\">\
+         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\">\
+         <select id=\"plan\" name=\"plan\"><option value=\"free\">Free</option><option value=\"pro\">Pro</option></select>\
+         <button id=\"submit\" type=\"submit\">Sign in</button></form></body></html>",
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Login {
+    user: String,
+    password: String,
+    plan: String,
+}
+
+/// Greets a user with the right password; logs the password to the console, as a
+/// careless page would, to show that logs are masked too.
+#[handler]
+fn welcome_page(Form(login): Form<Login>) -> Html<String> {
+    if login.password != PASSWORD {
+        return Html("<!doctype html><html><body><h1>Wrong password</h1></body></html>".to_owned());
+    }
+    Html(format!(
+        "<!doctype html><html><head><title>Welcome</title></head><body><h1>Welcome, {} ({})</h1>\
+         <script>console.log('signed in with ' + {:?});</script></body></html>",
+        login.user, login.plan, login.password
+    ))
+}
+
+#[handler]
+fn page_a() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>A</title></head><body><p>Start here.</p><a href=\"/shop/b\">Next to B</a></body></html>",
+    )
+}
+
+#[handler]
+fn page_b() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>B</title></head><body><p>Halfway.</p><a href=\"/shop/c\">Next to C</a></body></html>",
+    )
+}
+
+#[handler]
+fn page_c() -> Html<&'static str> {
+    Html("<!doctype html><html><head><title>C</title></head><body><p>Code: C-42</p></body></html>")
+}
+
+#[handler]
+fn stuck_page() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>Stuck</title></head><body><button id=\"noop\">Nothing</button></body></html>",
+    )
+}
+
+/// What the scripted model does, by the scenario its goal names.
+fn script(call: &Call<'_>) -> Reply {
+    let goal = call.goal();
+    let page = call.page();
+    if goal.contains("LOGIN") {
+        if let Some(line) = page.lines().find(|line| line.contains("Welcome,")) {
+            let greeting = line.trim_start_matches(|c: char| c != 'W');
+            return Reply::Tool(
+                "done",
+                json!({"output": {"greeting": greeting}, "reason": "signed in"}),
+            );
+        }
+        if page.contains("Wrong password") {
+            return Reply::Tool("fail", json!({"reason": "the password was refused"}));
+        }
+        let line_of = |needle: &str| {
+            page.lines()
+                .find(|line| line.contains(needle))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let user = line_of("name=\"user\"");
+        if !user.contains("value=\"ada\"") {
+            return Reply::Tool(
+                "type",
+                json!({"index": index_in(&page, "name=\"user\""), "text": "ada", "reason": "the user name"}),
+            );
+        }
+        if !line_of("name=\"password\"").contains("value=\"{{password}}\"") {
+            return Reply::Tool(
+                "type",
+                json!({"index": index_in(&page, "name=\"password\""), "text": "{{password}}"}),
+            );
+        }
+        if !line_of("name=\"plan\"").contains("Pro (selected)") {
+            return Reply::Tool(
+                "select",
+                json!({"index": index_in(&page, "name=\"plan\""), "values": ["Pro"]}),
+            );
+        }
+        return Reply::Tool(
+            "click",
+            json!({"index": call.index_of(">Sign in</button>")}),
+        );
+    }
+    if goal.contains("NAVIGATE") {
+        if page.contains("Code: C-42") {
+            return Reply::Tool("done", json!({"output": {"code": "C-42"}}));
+        }
+        return Reply::Tool("click", json!({"index": call.index_of("Next to")}));
+    }
+    if goal.contains("MAXSTEPS") {
+        return Reply::Tool("click", json!({"index": call.index_of("Next to")}));
+    }
+    if goal.contains("BUDGET") {
+        return Reply::Tool("wait", json!({"seconds": 0.1}));
+    }
+    if goal.contains("LOOP") {
+        return Reply::Tool("click", json!({"index": call.index_of("Nothing")}));
+    }
+    if goal.contains("RATELIMIT") {
+        if call.earlier == 0 {
+            return Reply::Status(429, Some(1));
+        }
+        return Reply::Tool("done", json!({"output": {"ok": true}}));
+    }
+    if goal.contains("AUTH") {
+        return Reply::Status(401, None);
+    }
+    if goal.contains("REPAIR") {
+        if call.earlier == 0 {
+            return Reply::Tool("done", json!({"output": {"total": "12.50"}}));
+        }
+        return Reply::Tool("done", json!({"output": {"total": 12.5}}));
+    }
+    Reply::Text("not an action".to_owned())
+}
+
+async fn agent_scenarios(setup: Setup) {
+    let (site, _stop) = serve_on_loopback(
+        Route::new()
+            .at("/shop/login", get(login_page))
+            .at("/shop/welcome", post(welcome_page))
+            .at("/shop/a", get(page_a))
+            .at("/shop/b", get(page_b))
+            .at("/shop/c", get(page_c))
+            .at("/shop/stuck", get(stuck_page)),
+    )
+    .await;
+    let model = ModelServer::start(script).await;
+    let base_url = model.base_url.clone();
+    let app = setup
+        .start(move |settings| {
+            settings.llm.base_url = Some(base_url);
+            settings.llm.max_retries = 2;
+        })
+        .await;
+    let agent = |goal: &str, url: &str, extra: Value| {
+        let mut input = json!({"goal": goal, "url": format!("{site}{url}")});
+        if let (Some(input), Some(extra)) = (input.as_object_mut(), extra.as_object()) {
+            input.extend(extra.clone());
+        }
+        json!({"kind": "agent", "max_attempts": 3, "input": input})
+    };
+    // A dollar budget needs a price for the model: refused at submission.
+    let (status, refused) = app
+        .submit(&agent(
+            "x",
+            "/shop/a",
+            json!({"budget": {"max_cost_usd": 1.0}}),
+        ))
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["code"], "llm_not_configured");
+
+    let scenarios = [
+        (
+            "LOGIN",
+            agent(
+                "LOGIN: sign in as ada with the password {{password}} on the Pro plan and read the greeting",
+                "/shop/login",
+                json!({
+                    "secrets": {"password": PASSWORD},
+                    "output_schema": {"type": "object", "required": ["greeting"], "properties": {"greeting": {"type": "string", "pattern": "^Welcome"}}},
+                }),
+            ),
+        ),
+        (
+            "NAVIGATE",
+            agent(
+                "NAVIGATE: follow the pages to the code",
+                "/shop/a",
+                json!({}),
+            ),
+        ),
+        (
+            "MAXSTEPS",
+            agent(
+                "MAXSTEPS: follow the pages",
+                "/shop/a",
+                json!({"max_steps": 2}),
+            ),
+        ),
+        (
+            "BUDGET",
+            agent(
+                "BUDGET: wait",
+                "/shop/a",
+                json!({"budget": {"max_tokens": 50}}),
+            ),
+        ),
+        (
+            "LOOP",
+            agent("LOOP: press the button", "/shop/stuck", json!({})),
+        ),
+        (
+            "RATELIMIT",
+            agent("RATELIMIT: finish", "/shop/a", json!({})),
+        ),
+        ("AUTH", agent("AUTH: anything", "/shop/a", json!({}))),
+        (
+            "REPAIR",
+            agent(
+                "REPAIR: read the total",
+                "/shop/a",
+                json!({
+                    "output_schema": {"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}},
+                }),
+            ),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (name, task) in &scenarios {
+        let (status, created) = app.submit(task).await;
+        assert_eq!(status, 202, "{name}: {created}");
+        ids.push((*name, created["id"].as_str().expect("id").to_owned()));
+    }
+    let mut done = std::collections::HashMap::new();
+    for (name, id) in &ids {
+        let task = app.wait_for(id, &ENDED, crate::TASK_DEADLINE).await;
+        done.insert(*name, task);
+    }
+
+    // The login: five steps, each the script step on a concrete selector.
+    let login = &done["LOGIN"];
+    assert_eq!(
+        login["state"],
+        "succeeded",
+        "{login}\nthe last page the model saw: {}",
+        model
+            .requests_for("LOGIN")
+            .last()
+            .map(crate::model_server::last_user_text)
+            .unwrap_or_default()
+    );
+    assert_eq!(login["result"]["output"]["greeting"], "Welcome, ada (pro)");
+    let actions: Vec<&str> = login["result"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|step| step["action"].as_str().expect("action"))
+        .collect();
+    assert_eq!(
+        actions,
+        ["type", "type", "select", "click", "done"],
+        "{login}"
+    );
+    let script_steps = login["result"]["script"]["steps"]
+        .as_array()
+        .expect("script");
+    let selectors: Vec<&str> = script_steps
+        .iter()
+        .filter_map(|step| step["selector"].as_str())
+        .collect();
+    assert_eq!(
+        selectors,
+        ["#user", "#password", "#plan", "#submit"],
+        "{login}"
+    );
+    assert_eq!(
+        script_steps[1]["text"], "{{password}}",
+        "the script keeps the placeholder"
+    );
+    assert_eq!(
+        script_steps[2]["values"],
+        json!(["pro"]),
+        "the option's value, chosen by its text"
+    );
+    let usage = &login["result"]["usage"];
+    assert_eq!(usage["model_calls"], 5, "{usage}");
+    assert!(usage["total_tokens"].as_u64().expect("tokens") > 0);
+    assert_eq!(login["input"]["secrets"]["password"], "[redacted]");
+    // The model saw the login button with its index, and never the password.
+    let login_requests = model.requests_for("LOGIN");
+    assert_eq!(login_requests.len(), 5);
+    let first_page = crate::model_server::last_user_text(&login_requests[0]);
+    assert!(
+        index_in(&first_page, ">Sign in</button>").is_some(),
+        "the first observation lists the button: {first_page}"
+    );
+    let sent = serde_json::to_string(&model.requests()).expect("json");
+    assert!(
+        !sent.contains(PASSWORD),
+        "a model request carried the password"
+    );
+    assert!(
+        sent.contains("value=\\\"{{password}}\\\""),
+        "the typed field is shown masked"
+    );
+    // Nor any event, the task itself, or any artifact.
+    let id = ids[0].1.clone();
+    let events = operator_testkit::read_sse(
+        app.http
+            .get(format!("{}/v1/tasks/{id}/events", app.base))
+            .send()
+            .await
+            .expect("connect"),
+    )
+    .await;
+    let agent_steps = events
+        .iter()
+        .filter(|event| event.data["kind"] == "agent_step")
+        .count();
+    assert_eq!(agent_steps, 5, "one agent_step event per step: {events:?}");
+    let events_text = format!("{events:?}");
+    assert!(
+        !events_text.contains(PASSWORD),
+        "an event carried the password"
+    );
+    assert!(!login.to_string().contains(PASSWORD));
+    let (_, full) = app.get(&format!("/v1/tasks/{id}")).await;
+    let artifacts = full["artifacts"].as_array().expect("artifacts");
+    assert!(
+        artifacts
+            .iter()
+            .any(|artifact| artifact["name"] == "steps/001.jpg"),
+        "a screenshot per step: {artifacts:?}"
+    );
+    let mut console_seen = false;
+    for artifact in artifacts {
+        let (_, bytes) = app.download(artifact["url"].as_str().expect("url")).await;
+        let haystack = String::from_utf8_lossy(&bytes);
+        assert!(
+            !haystack.contains(PASSWORD),
+            "{} carried the password",
+            artifact["name"]
+        );
+        if artifact["name"] == "console.json" {
+            console_seen = haystack.contains("signed in with {{password}}");
+        }
+    }
+    assert!(console_seen, "the page's console line is kept, masked");
+
+    let navigate = &done["NAVIGATE"];
+    assert_eq!(navigate["state"], "succeeded", "{navigate}");
+    assert_eq!(navigate["result"]["output"], json!({"code": "C-42"}));
+    assert!(
+        navigate["result"]["page"]["url"]
+            .as_str()
+            .expect("url")
+            .ends_with("/shop/c")
+    );
+
+    let max_steps = &done["MAXSTEPS"];
+    assert_eq!(max_steps["state"], "failed", "{max_steps}");
+    assert_eq!(max_steps["error"]["code"], "agent_max_steps");
+    assert_eq!(model.requests_for("MAXSTEPS").len(), 2);
+
+    let budget = &done["BUDGET"];
+    assert_eq!(budget["error"]["code"], "budget_exceeded", "{budget}");
+    assert_eq!(
+        model.requests_for("BUDGET").len(),
+        1,
+        "no call past the budget"
+    );
+
+    let looped = &done["LOOP"];
+    assert_eq!(looped["error"]["code"], "agent_stuck", "{looped}");
+    let loop_requests = model.requests_for("LOOP");
+    assert_eq!(
+        loop_requests.len(),
+        5,
+        "warned after 3 repeats, failed 2 later"
+    );
+    assert!(
+        crate::model_server::last_user_text(&loop_requests[3]).contains("repeating yourself"),
+        "the model was told before the task failed"
+    );
+
+    let retried = &done["RATELIMIT"];
+    assert_eq!(retried["state"], "succeeded", "{retried}");
+    assert_eq!(retried["attempts"], 1, "retried inside the attempt");
+    let timed: Vec<Instant> = model
+        .timed_requests()
+        .into_iter()
+        .filter(|(_, request)| crate::model_server::goal_of(request).contains("RATELIMIT"))
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(timed.len(), 2);
+    assert!(
+        timed[1] - timed[0] >= Duration::from_millis(950),
+        "the retry waited for Retry-After: 1 ({:?})",
+        timed[1] - timed[0]
+    );
+
+    let refused = &done["AUTH"];
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert_eq!(refused["error"]["code"], "llm_auth_failed");
+    assert_eq!(refused["attempts"], 1, "final at once");
+
+    let repaired = &done["REPAIR"];
+    assert_eq!(repaired["state"], "succeeded", "{repaired}");
+    assert_eq!(repaired["result"]["output"]["total"], 12.5);
+    let repair_requests = model.requests_for("REPAIR");
+    assert_eq!(repair_requests.len(), 2);
+    assert!(
+        repair_requests[1]
+            .to_string()
+            .contains("does not satisfy output_schema"),
+        "the repair turn says why"
+    );
+    app.shutdown().await;
+}
+
+on_both_setups!(agent_scenarios);
