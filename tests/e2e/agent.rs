@@ -151,6 +151,15 @@ fn script(call: &Call<'_>) -> Reply {
         }
         return Reply::Tool("done", json!({"output": {"total": 12.5}}));
     }
+    if goal.contains("JSONMODE") {
+        if call.request.get("tools").is_some() {
+            return Reply::Refuse(400, "this server does not support tools");
+        }
+        return Reply::Text(
+            json!({"reason": "nothing to do", "action": "done", "args": {"output": {"mode": "json"}}})
+                .to_string(),
+        );
+    }
     Reply::Text("not an action".to_owned())
 }
 
@@ -236,6 +245,7 @@ async fn agent_scenarios(setup: Setup) {
             agent("RATELIMIT: finish", "/shop/a", json!({})),
         ),
         ("AUTH", agent("AUTH: anything", "/shop/a", json!({}))),
+        ("JSONMODE", agent("JSONMODE: finish", "/shop/a", json!({}))),
         (
             "REPAIR",
             agent(
@@ -425,6 +435,20 @@ async fn agent_scenarios(setup: Setup) {
     assert_eq!(refused["state"], "failed", "{refused}");
     assert_eq!(refused["error"]["code"], "llm_auth_failed");
     assert_eq!(refused["attempts"], 1, "final at once");
+
+    // A server that refuses tools is asked again in JSON mode, with the tools described.
+    let json_mode = &done["JSONMODE"];
+    assert_eq!(json_mode["state"], "succeeded", "{json_mode}");
+    assert_eq!(json_mode["result"]["output"], json!({"mode": "json"}));
+    let json_requests = model.requests_for("JSONMODE");
+    let last = json_requests.last().expect("a request");
+    assert!(last.get("tools").is_none(), "{last}");
+    assert_eq!(last["response_format"]["type"], "json_object");
+    assert!(
+        last["messages"]
+            .to_string()
+            .contains("offers no tool calling")
+    );
 
     let repaired = &done["REPAIR"];
     assert_eq!(repaired["state"], "succeeded", "{repaired}");

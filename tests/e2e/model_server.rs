@@ -21,6 +21,8 @@ pub enum Reply {
     Text(String),
     /// An error status, with a `Retry-After` when given.
     Status(u16, Option<u64>),
+    /// An error status with this message (e.g. a server refusing tools).
+    Refuse(u16, &'static str),
 }
 
 /// The request being answered and those of the same goal before it.
@@ -173,6 +175,11 @@ fn complete(Json(request): Json<Value>, state: Data<&Arc<State>>) -> Response {
                     .insert("retry-after", seconds.to_string().parse().expect("header"));
             }
             return response;
+        }
+        Reply::Refuse(status, message) => {
+            return Json(json!({"error": {"message": message, "type": "invalid_request_error"}}))
+                .with_status(StatusCode::from_u16(status).expect("status"))
+                .into_response();
         }
         Reply::Tool(name, arguments) => json!({
             "role": "assistant",

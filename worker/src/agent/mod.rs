@@ -233,6 +233,11 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
         visited.push(url.as_str().to_owned());
     }
     let tools = tools::definitions(input.output_schema.as_ref());
+    // Sent only to a server without tool calling (JSON mode).
+    let json_instructions = format!(
+        "Your server offers no tool calling: answer with one JSON object, {{\"reason\": \"…\", \"action\": \"<tool name>\", \"args\": {{…}}}}. The tools:\n{}",
+        tools::describe_for_json_mode(&tools)
+    );
     let secrets = &input.secrets;
     let mut observer = Observer::new(settings.clone());
     let mut turns: Vec<Turn> = Vec::new();
@@ -288,7 +293,6 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
             nudge.take(),
             screenshot.as_deref(),
             model_json_mode_hint(&turns),
-            &tools,
         );
         let max_tokens = remaining_tokens(input, &spent, model.settings().max_output_tokens);
         let answer = model
@@ -296,6 +300,7 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
                 model: &model_name,
                 messages,
                 tools: &tools,
+                json_instructions: Some(&json_instructions),
                 max_tokens,
                 deadline: session.deadline,
             })
@@ -622,13 +627,8 @@ fn conversation(
     nudge: Option<String>,
     screenshot: Option<&[u8]>,
     json_mode: bool,
-    tools: &[Value],
 ) -> Vec<Value> {
-    let mut system = SYSTEM_PROMPT.to_owned();
-    system.push_str(&format!(
-        "\n\nIf your server offers no tool calling, answer with one JSON object instead: {{\"reason\": \"…\", \"action\": \"<tool name>\", \"args\": {{…}}}}. The tools:\n{}",
-        tools::describe_for_json_mode(tools)
-    ));
+    let system = SYSTEM_PROMPT.to_owned();
     let mut goal = format!("Goal: {}", input.goal);
     if let Some(schema) = &input.output_schema {
         goal.push_str(&format!(
@@ -1055,6 +1055,7 @@ async fn extract(
             model: model_name,
             messages,
             tools: &[],
+            json_instructions: None,
             max_tokens: model.settings().max_output_tokens,
             deadline: session.deadline,
         })

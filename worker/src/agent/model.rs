@@ -86,8 +86,10 @@ impl TokenUsage {
 pub struct ModelRequest<'a> {
     pub model: &'a str,
     pub messages: Vec<Value>,
-    /// OpenAI tool definitions; sent unless in JSON mode.
+    /// OpenAI tool definitions; sent unless in JSON mode. None: a plain text answer.
     pub tools: &'a [Value],
+    /// How to answer without tools (appended as a system message in JSON mode).
+    pub json_instructions: Option<&'a str>,
     pub max_tokens: u32,
     /// The answer must come before this (the task's deadline).
     pub deadline: Instant,
@@ -146,7 +148,7 @@ impl ModelClient {
     /// Asks for one answer, retrying as the transport does and switching to JSON mode
     /// when the server refuses tools (`llm.protocol = auto`).
     pub async fn complete(&self, request: ModelRequest<'_>) -> Result<ModelAnswer, CodedError> {
-        let json_mode = self.json_mode.load(Ordering::Relaxed) || request.tools.is_empty();
+        let json_mode = !request.tools.is_empty() && self.json_mode.load(Ordering::Relaxed);
         match self.complete_once(&request, json_mode).await {
             Err(Failure::ToolsRefused(message))
                 if !json_mode && self.settings.protocol == LlmProtocol::Auto =>
@@ -174,7 +176,12 @@ impl ModelClient {
         });
         if json_mode {
             body["response_format"] = json!({"type": "json_object"});
-        } else {
+            if let (Some(instructions), Some(messages)) =
+                (request.json_instructions, body["messages"].as_array_mut())
+            {
+                messages.insert(1, json!({"role": "system", "content": instructions}));
+            }
+        } else if !request.tools.is_empty() {
             body["tools"] = json!(request.tools);
             body["tool_choice"] = json!("required");
             body["parallel_tool_calls"] = json!(false);
