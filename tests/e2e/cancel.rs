@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use operator_domain::webhooks::SigningSecret;
-use operator_testkit::{WebhookReceiver, read_sse};
+use operator_testkit::WebhookReceiver;
 use serde_json::{Value, json};
 
 use crate::TASK_DEADLINE;
@@ -82,14 +82,7 @@ async fn a_running_task_is_cancelled_within_a_second(app: TestApp) {
         pages.hits("tick")
     );
 
-    let history = read_sse(
-        app.http
-            .get(format!("{}/v1/tasks/{id}/events", app.base))
-            .send()
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let history = app.events(&id).await;
     let kinds: Vec<String> = history
         .iter()
         .filter(|event| event.event.as_deref() != Some("log"))

@@ -101,14 +101,7 @@ async fn a_client_of_another_api_replica_sees_every_event_in_order() {
 
     // After the end, either replica gives the full history; resuming gives the rest.
     for api in [first, second] {
-        let history = read_sse(
-            api.http
-                .get(format!("{}/v1/tasks/{id}/events", api.base))
-                .send()
-                .await
-                .expect("connect"),
-        )
-        .await;
+        let history = api.events(&id).await;
         assert_eq!(history, live);
     }
     let resumed = read_sse(

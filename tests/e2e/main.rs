@@ -188,14 +188,7 @@ async fn retries_back_off_dead_tasks_redrive_and_delays_are_kept(app: TestApp) {
     // Backoff: base 200 ms doubling, capped at 1 s (test settings), full jitter. Each
     // retry's `state` event says when it is due: within the backoff's ceiling of the
     // failure, and the next attempt starts neither before it nor long after.
-    let history = operator_testkit::read_sse(
-        app.http
-            .get(format!("{}/v1/tasks/{patient_id}/events", app.base))
-            .send()
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let history = app.events(patient_id).await;
     let due: Vec<chrono::DateTime<chrono::Utc>> = history
         .iter()
         .filter(|event| {

@@ -369,6 +369,17 @@ impl ApiClient {
         read_json(response).await
     }
 
+    /// A task's event stream read to its end: the whole history of a finished task.
+    pub async fn events(&self, id: &str) -> Vec<SseEvent> {
+        let response = self
+            .http
+            .get(format!("{}/v1/tasks/{id}/events", self.base))
+            .send()
+            .await
+            .expect("connect to the event stream");
+        read_sse(response).await
+    }
+
     pub async fn post(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self
             .http
