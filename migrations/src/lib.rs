@@ -36,6 +36,7 @@ mod m20261204_000017_users_and_sessions;
 mod m20261204_000018_tenant_running_limit;
 mod m20261205_000019_monthly_usage;
 mod m20261205_000020_spent_refresh_tokens;
+mod m20261205_000021_task_checkpoints;
 
 pub struct Migrator;
 
@@ -56,6 +57,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000018_tenant_running_limit::Migration),
             Box::new(m20261205_000019_monthly_usage::Migration),
             Box::new(m20261205_000020_spent_refresh_tokens::Migration),
+            Box::new(m20261205_000021_task_checkpoints::Migration),
         ]
     }
 }

@@ -38,8 +38,8 @@ mod writes;
 
 pub use audit::{AuditEntry, AuditEvent, AuditFilter, AuditRepository};
 pub use repo::{
-    CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, QueueRecord, RedriveOutcome,
-    StartOutcome, Submitted, TaskRepository,
+    AgentStepWrite, CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, QueueRecord,
+    RedriveOutcome, StartOutcome, Submitted, TaskRepository,
 };
 pub use rows::{RepoError, now};
 pub use tenants::{

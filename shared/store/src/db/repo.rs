@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection,
     DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
@@ -21,7 +21,7 @@ use tracing::instrument;
 
 use operator_config::BatchSettings;
 
-use super::entities::{artifact, queue, task, task_attempt, task_event};
+use super::entities::{artifact, queue, task, task_attempt, task_checkpoint, task_event};
 use super::postgres::Batched;
 use super::rows::{
     RepoError, coded_error, insert_artifacts, insert_event, insert_events, now, to_artifact,
@@ -390,6 +390,10 @@ impl TaskRepository {
             transaction.commit().await?;
             return Ok(RedriveOutcome::NotRedrivable(to_record(current)?));
         }
+        // A redriven task starts afresh: an agent does not resume from where it failed.
+        task_checkpoint::Entity::delete_by_id(id.as_uuid())
+            .exec(&transaction)
+            .await?;
         insert_event(
             &transaction,
             id,
@@ -702,9 +706,8 @@ impl TaskRepository {
         Ok(LeaseRenewal::Held { cancel_requested })
     }
 
-    /// Records the task's progress and appends one event of type `step_event` (`step`,
-    /// or `agent_step`) per step that ended since the last call (`new_steps`), in one
-    /// transaction; announced on the event
+    /// Records the task's progress and appends one `step` event per step that ended
+    /// since the last call (`new_steps`), in one transaction; announced on the event
     /// bus so live streams show each step as it ends. Guarded by the lease token;
     /// `false` (nothing written) when the lease is gone.
     pub async fn record_progress(
@@ -712,7 +715,6 @@ impl TaskRepository {
         id: TaskId,
         token: LeaseToken,
         progress: &serde_json::Value,
-        step_event: &'static str,
         new_steps: Vec<serde_json::Value>,
     ) -> Result<bool, RepoError> {
         let now = now();
@@ -722,15 +724,68 @@ impl TaskRepository {
             return Ok(false);
         };
         if !new_steps.is_empty() {
-            let events = new_steps
-                .into_iter()
-                .map(|step| (step_event, step))
-                .collect();
+            let events = new_steps.into_iter().map(|step| ("step", step)).collect();
             insert_events(&transaction, id, &tenant, events, now).await?;
         }
         transaction.commit().await?;
         self.announce(&tenant, id);
         Ok(true)
+    }
+
+    /// An agent's step as it ends, in one transaction under the lease: the task's
+    /// progress, the step's `agent_step` event, its artifacts (the step's screenshot),
+    /// and the checkpoint the next attempt resumes from (written by `attempt`). Returns
+    /// whether the lease was still held; when not, nothing was written.
+    pub async fn record_agent_step(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        attempt: u32,
+        write: AgentStepWrite<'_>,
+    ) -> Result<bool, RepoError> {
+        let AgentStepWrite {
+            progress,
+            step,
+            checkpoint,
+            artifacts,
+        } = write;
+        let now = now();
+        let transaction = self.db.begin().await?;
+        let Some(tenant) = lock_leased(&transaction, id, token, Some(progress), now).await? else {
+            transaction.rollback().await?;
+            return Ok(false);
+        };
+        insert_events(&transaction, id, &tenant, vec![("agent_step", step)], now).await?;
+        insert_artifacts(&transaction, id, &tenant, artifacts, now).await?;
+        let row = task_checkpoint::ActiveModel {
+            task_id: Set(id.as_uuid()),
+            attempt: Set(to_i32(attempt)),
+            checkpoint: Set(checkpoint.clone()),
+            updated_at: Set(now),
+        };
+        task_checkpoint::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(task_checkpoint::Column::TaskId)
+                    .update_columns([
+                        task_checkpoint::Column::Attempt,
+                        task_checkpoint::Column::Checkpoint,
+                        task_checkpoint::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&transaction)
+            .await?;
+        transaction.commit().await?;
+        self.announce(&tenant, id);
+        Ok(true)
+    }
+
+    /// The checkpoint an earlier attempt of the task left, if any.
+    pub async fn checkpoint(&self, id: TaskId) -> Result<Option<serde_json::Value>, RepoError> {
+        Ok(task_checkpoint::Entity::find_by_id(id.as_uuid())
+            .one(&self.db)
+            .await?
+            .map(|row| row.checkpoint))
     }
 
     /// Records artifacts of a running attempt that will not succeed (its page logs), so
@@ -775,6 +830,12 @@ impl TaskRepository {
         let Some(record) = self.writes.finish(&finish).await? else {
             return Ok(FinishOutcome::LeaseLost);
         };
+        if next_state.is_terminal() {
+            // No attempt will resume from it (a redrive starts afresh, see there).
+            task_checkpoint::Entity::delete_by_id(id.as_uuid())
+                .exec(&self.db)
+                .await?;
+        }
         self.announce(&record.tenant, id);
         Ok(FinishOutcome::Recorded(Box::new(record)))
     }
@@ -915,6 +976,16 @@ pub(super) async fn find_task<C: ConnectionTrait>(
         .await?
         .map(to_record)
         .transpose()
+}
+
+/// What [`TaskRepository::record_agent_step`] writes.
+pub struct AgentStepWrite<'a> {
+    /// The task's progress (every step so far, the usage).
+    pub progress: &'a serde_json::Value,
+    /// The step's record, as its `agent_step` event.
+    pub step: serde_json::Value,
+    pub checkpoint: &'a serde_json::Value,
+    pub artifacts: &'a [operator_domain::NewArtifact],
 }
 
 /// Touches a running task's row under the worker's lease inside `transaction`, setting

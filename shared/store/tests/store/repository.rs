@@ -8,7 +8,8 @@ use operator_domain::{
     TenantId,
 };
 use operator_store::db::{
-    CancelOutcome, FinishOutcome, LeaseRenewal, StartOutcome, Submitted, TaskRepository,
+    AgentStepWrite, CancelOutcome, FinishOutcome, LeaseRenewal, StartOutcome, Submitted,
+    TaskRepository,
 };
 use operator_testkit::TestDatabase;
 use operator_testkit::screenshot_task;
@@ -310,7 +311,7 @@ async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
     let click = json!({"action": "click", "ok": true});
     let progress = json!({"steps": [click.clone()]});
     assert!(
-        repo.record_progress(task.id, token, &progress, "step", vec![click.clone()])
+        repo.record_progress(task.id, token, &progress, vec![click.clone()])
             .await
             .expect("progress")
     );
@@ -334,7 +335,6 @@ async fn progress_and_attempt_artifacts_need_the_lease(repo: TaskRepository) {
                 task.id,
                 stranger,
                 &json!({}),
-                "step",
                 vec![json!({"action": "press"})]
             )
             .await
@@ -787,6 +787,118 @@ async fn a_finish_racing_a_takeover_has_one_winner(repo: TaskRepository) {
     }
 }
 
+fn step_write<'a>(
+    progress: &'a serde_json::Value,
+    checkpoint: &'a serde_json::Value,
+) -> AgentStepWrite<'a> {
+    AgentStepWrite {
+        progress,
+        step: json!({"index": checkpoint["step"], "action": "click"}),
+        checkpoint,
+        artifacts: &[],
+    }
+}
+
+/// An agent's step lands whole under the lease (progress, its event, its screenshot and
+/// the checkpoint), the checkpoint outlives a lost lease for the next attempt, and the
+/// terminal state removes it.
+async fn an_agent_checkpoint_is_kept_for_the_next_attempt_until_the_end(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let task = repo.create(new_task(&tenant)).await.expect("create");
+    let first = LeaseToken::new();
+    let expired = Utc::now() - ChronoDuration::seconds(1);
+    assert!(matches!(
+        repo.start_attempt(task.id, first, "first", expired)
+            .await
+            .expect("start"),
+        StartOutcome::Started(_)
+    ));
+    let shot = NewArtifact {
+        id: ArtifactId::new(),
+        name: "steps/001.jpg".into(),
+        content_type: "image/jpeg".into(),
+        size_bytes: 3,
+        storage_key: "k1".into(),
+        sha256: "00".into(),
+    };
+    let progress = json!({"step": 1});
+    let write = |checkpoint| step_write(&progress, checkpoint);
+    let checkpoint = json!({"version": 1, "step": 1});
+    let with_shot = AgentStepWrite {
+        artifacts: std::slice::from_ref(&shot),
+        ..write(&checkpoint)
+    };
+    assert!(
+        repo.record_agent_step(task.id, first, 1, with_shot)
+            .await
+            .expect("step")
+    );
+    assert_eq!(
+        repo.checkpoint(task.id).await.expect("read"),
+        Some(checkpoint.clone())
+    );
+    // The first worker dies; the second takes the task over and finds the checkpoint.
+    let second = LeaseToken::new();
+    assert!(matches!(
+        repo.start_attempt(task.id, second, "second", soon())
+            .await
+            .expect("start"),
+        StartOutcome::Started(_)
+    ));
+    let stale = json!({"version": 1, "step": 9});
+    assert!(
+        !repo
+            .record_agent_step(task.id, first, 1, write(&stale))
+            .await
+            .expect("step"),
+        "the lost lease writes nothing"
+    );
+    assert_eq!(
+        repo.checkpoint(task.id).await.expect("read"),
+        Some(checkpoint.clone())
+    );
+    let later = json!({"version": 1, "step": 2});
+    assert!(
+        repo.record_agent_step(task.id, second, 2, write(&later))
+            .await
+            .expect("step")
+    );
+    assert_eq!(
+        repo.checkpoint(task.id).await.expect("read"),
+        Some(later.clone())
+    );
+    let steps = repo
+        .events(task.id, None)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|event| event.kind == "agent_step")
+        .count();
+    assert_eq!(
+        steps, 2,
+        "one event per recorded step, none from the lost lease"
+    );
+    let names: Vec<_> = repo
+        .artifacts(&tenant, task.id)
+        .await
+        .expect("artifacts")
+        .into_iter()
+        .map(|artifact| artifact.name)
+        .collect();
+    assert_eq!(names, vec!["steps/001.jpg".to_owned()]);
+    repo.finish(
+        task.id,
+        second,
+        TaskOutcome::Succeeded {
+            result: json!({}),
+            artifacts: Vec::new(),
+        },
+    )
+    .await
+    .expect("finish");
+    assert_eq!(repo.checkpoint(task.id).await.expect("read"), None);
+}
+
 crate::helpers::on_both_databases!(
     an_expired_lease_nobody_took_over_still_finishes,
     a_finish_racing_a_takeover_has_one_winner,
@@ -798,6 +910,7 @@ crate::helpers::on_both_databases!(
     a_running_task_learns_of_its_cancellation_at_heartbeat,
     a_retry_goes_back_to_queued_with_its_run_time,
     progress_and_attempt_artifacts_need_the_lease,
+    an_agent_checkpoint_is_kept_for_the_next_attempt_until_the_end,
     a_task_life_writes_its_attempts_events_and_artifacts,
     concurrent_calls_each_get_their_own_answer,
 );

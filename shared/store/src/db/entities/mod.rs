@@ -14,6 +14,7 @@ pub mod session_key;
 pub mod spent_refresh_token;
 pub mod task;
 pub mod task_attempt;
+pub mod task_checkpoint;
 pub mod task_event;
 pub mod tenant;
 pub mod tenant_email_domain;
