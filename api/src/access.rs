@@ -53,6 +53,7 @@ pub const RULES: &[(&str, &str, Permission)] = &[
     ("GET", "/v1/tasks/{id}", TasksRead),
     ("POST", "/v1/tasks/{id}/cancel", TasksWrite),
     ("POST", "/v1/tasks/{id}/retry", TasksWrite),
+    ("POST", "/v1/tasks/{id}/replay", TasksWrite),
     ("GET", "/v1/tasks/{id}/attempts", TasksRead),
     ("GET", "/v1/tasks/{id}/artifacts", TasksRead),
     ("GET", "/v1/tasks/{id}/events", TasksRead),

@@ -138,7 +138,9 @@ impl From<Priority> for PriorityDto {
 /// - `script`: `steps` (a list, each tagged by `action`; see the README), an optional
 ///   starting `url`, and page options: `viewport`, `user_agent`, `locale`, `timezone`,
 ///   `extra_headers`, `cookies`, `storage_state`, `block_resources` (`image`, `font`,
-///   `media`, `stylesheet`), `block_urls` (`*` patterns), `save_html`.
+///   `media`, `stylesheet`), `block_urls` (`*` patterns), `save_html`, and `secrets`
+///   (typed where a `type` step's text says `{{name}}`, masked in the result and logs,
+///   shown back redacted).
 /// - `content`: `url`, the wait fields and page options (optionally `steps` to run first);
 ///   the result is the HTML after scripts ran.
 /// - `agent`: `goal` (plain language; `{{name}}` refers to a secret), optional `url`,
@@ -213,11 +215,9 @@ pub struct TaskView {
     pub artifacts: Option<Vec<ArtifactView>>,
 }
 
-/// The input as shown: an agent task's secrets redacted.
-fn shown_input(kind: TaskKind, mut input: serde_json::Value) -> serde_json::Value {
-    if kind == TaskKind::Agent {
-        operator_domain::agent::redact_input(&mut input);
-    }
+/// The input as shown: its secrets (an agent's, a replayed script's) redacted.
+fn shown_input(mut input: serde_json::Value) -> serde_json::Value {
+    operator_domain::agent::redact_input(&mut input);
     input
 }
 
@@ -228,7 +228,7 @@ impl TaskView {
             kind: record.kind.into(),
             state: record.state.into(),
             queue: record.queue.into(),
-            input: shown_input(record.kind, record.input),
+            input: shown_input(record.input),
             priority: record.priority.into(),
             attempts: record.attempts,
             max_attempts: record.max_attempts,

@@ -166,6 +166,11 @@ pub struct SubmissionRules<'a> {
 }
 
 impl TaskSubmission {
+    /// A submission the server makes itself (a replay), validated as a client's is.
+    pub fn from_body(body: serde_json::Value) -> Self {
+        Self { body }
+    }
+
     /// A submission of `kind` whose body was only the task's input (the one-call
     /// endpoints); task options come from the query.
     pub fn from_input(kind: TaskKind, input: TaskSubmission, options: serde_json::Value) -> Self {

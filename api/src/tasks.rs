@@ -5,7 +5,7 @@
 #![allow(clippy::large_enum_variant)]
 
 use operator_domain::error::ErrorCode;
-use operator_domain::{QueueName, TaskFilter, TaskId};
+use operator_domain::{QueueName, TaskFilter, TaskId, TaskKind, TaskState};
 use operator_store::db::{CancelOutcome, RedriveOutcome, Submitted};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -75,9 +75,26 @@ codes!(TaskCodes: InvalidParameter, TaskNotFound);
 codes!(ListCodes: InvalidParameter);
 codes!(CancelCodes: InvalidParameter, TaskNotFound, InvalidState);
 codes!(RetryCodes: InvalidParameter, TaskNotFound, InvalidState, QuotaExceeded);
+codes!(ReplayCodes: InvalidParameter, TaskNotFound, InvalidState, IdempotencyConflict,
+    UnknownQueue, InvalidInput, InvalidUrl, UrlSchemeNotAllowed, UrlNotAllowed, QuotaExceeded);
 
 pub struct TasksApi {
     pub state: SharedState,
+}
+
+/// An `Idempotency-Key` header: empty is none; too long is refused.
+fn checked_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError> {
+    let key = key.filter(|key| !key.is_empty());
+    if key
+        .as_ref()
+        .is_some_and(|key| key.len() > MAX_IDEMPOTENCY_KEY_LENGTH)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"),
+        ));
+    }
+    Ok(key)
 }
 
 fn not_found(id: Uuid) -> ApiError {
@@ -103,17 +120,7 @@ impl TasksApi {
         traceparent: Header<Option<String>>,
     ) -> ApiResult<CreateTaskResponse, CreateCodes> {
         let state = &self.state;
-        let idempotency_key = idempotency_key.0.filter(|key| !key.is_empty());
-        if idempotency_key
-            .as_ref()
-            .is_some_and(|key| key.len() > MAX_IDEMPOTENCY_KEY_LENGTH)
-        {
-            return Err(ApiError::new(
-                ErrorCode::InvalidParameter,
-                format!("Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"),
-            )
-            .into());
-        }
+        let idempotency_key = checked_idempotency_key(idempotency_key.0)?;
         let trace_parent = traceparent.0.filter(|value| is_traceparent(value));
         let rules = SubmissionRules {
             settings: &state.settings,
@@ -121,32 +128,7 @@ impl TasksApi {
         };
         let new_task =
             body.validate(&rules, caller.tenant.clone(), idempotency_key, trace_parent)?;
-        state.check_queue(&new_task.queue).await?;
-        let quota = state.admit(&caller.tenant).await?;
-        match state.submitter.submit(new_task, quota).await? {
-            Submitted::Created(task) => {
-                let location = state.task_url(task.id);
-                Ok(CreateTaskResponse::Accepted(
-                    Json(TaskView::from_record(task, Some(Vec::new()))),
-                    location,
-                ))
-            }
-            Submitted::Replayed(task) => {
-                let location = state.task_url(task.id);
-                Ok(CreateTaskResponse::Replayed(
-                    Json(TaskView::from_record(task, None)),
-                    location,
-                ))
-            }
-            Submitted::KeyReused(task) => Err(ApiError::new(
-                ErrorCode::IdempotencyConflict,
-                format!(
-                    "this Idempotency-Key was used for a different request (task {}); use a new key",
-                    task.id
-                ),
-            )
-            .into()),
-        }
+        Ok(self.submit(&caller, new_task).await?)
     }
 
     /// Get a task, with its artifacts.
@@ -319,6 +301,73 @@ impl TasksApi {
         }
     }
 
+    /// Replay an agent's run without the model.
+    ///
+    /// Creates a `script` task from a succeeded `agent` task's recorded run
+    /// (`result.script`: its page options and every action as a step on the concrete
+    /// selector the agent resolved), in the same queue with the same priority, attempts,
+    /// timeout and webhook. The `{{name}}` placeholders of its typed text are filled from
+    /// the agent task's `secrets`. No model is asked: the replay costs browser time only.
+    #[oai(path = "/v1/tasks/:id/replay", method = "post")]
+    async fn replay(
+        &self,
+        caller: Caller,
+        id: Path<Uuid>,
+        /// As on `POST /v1/tasks`: the same key returns the replay created first.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        /// W3C trace context; the replay's spans join this trace.
+        traceparent: Header<Option<String>>,
+    ) -> ApiResult<CreateTaskResponse, ReplayCodes> {
+        let state = &self.state;
+        let idempotency_key = checked_idempotency_key(idempotency_key.0)?;
+        let Some(task) = state.repo.get(&caller.tenant, TaskId::from(id.0)).await? else {
+            return Err(not_found(id.0).into());
+        };
+        let script = task
+            .result
+            .as_ref()
+            .and_then(|result| result.get("script"))
+            .filter(|script| script.is_object());
+        let (TaskKind::Agent, TaskState::Succeeded, Some(script)) = (task.kind, task.state, script)
+        else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                format!(
+                    "task {} is a {} task in state {}; only a succeeded agent task has a run to replay",
+                    task.id, task.kind, task.state
+                ),
+            )
+            .into());
+        };
+        let mut input = script.clone();
+        if let (Some(input), Some(secrets)) = (input.as_object_mut(), task.input.get("secrets")) {
+            input.insert("secrets".to_owned(), secrets.clone());
+        }
+        let mut body = serde_json::json!({
+            "kind": "script",
+            "input": input,
+            "queue": task.queue,
+            "priority": task.priority,
+            "max_attempts": task.max_attempts,
+            "timeout_ms": task.timeout_ms,
+        });
+        if let Some(webhook_url) = &task.webhook_url {
+            body["webhook_url"] = serde_json::json!(webhook_url);
+        }
+        let rules = SubmissionRules {
+            settings: &state.settings,
+            policy: &state.policy,
+        };
+        let new_task = TaskSubmission::from_body(body).validate(
+            &rules,
+            caller.tenant.clone(),
+            idempotency_key,
+            traceparent.0.filter(|value| is_traceparent(value)),
+        )?;
+        Ok(self.submit(&caller, new_task).await?)
+    }
+
     /// List a task's artifacts.
     #[oai(
         path = "/v1/tasks/:id/artifacts",
@@ -385,6 +434,41 @@ impl TasksApi {
 
 impl TasksApi {
     /// The task's id when the tenant has it; `task_not_found` otherwise.
+    /// Queues a validated task (its queue checked, the tenant's quota admitted) and
+    /// answers as `POST /v1/tasks` does.
+    async fn submit(
+        &self,
+        caller: &Caller,
+        new_task: operator_domain::NewTask,
+    ) -> Result<CreateTaskResponse, ApiError> {
+        let state = &self.state;
+        state.check_queue(&new_task.queue).await?;
+        let quota = state.admit(&caller.tenant).await?;
+        match state.submitter.submit(new_task, quota).await? {
+            Submitted::Created(task) => {
+                let location = state.task_url(task.id);
+                Ok(CreateTaskResponse::Accepted(
+                    Json(TaskView::from_record(task, Some(Vec::new()))),
+                    location,
+                ))
+            }
+            Submitted::Replayed(task) => {
+                let location = state.task_url(task.id);
+                Ok(CreateTaskResponse::Replayed(
+                    Json(TaskView::from_record(task, None)),
+                    location,
+                ))
+            }
+            Submitted::KeyReused(task) => Err(ApiError::new(
+                ErrorCode::IdempotencyConflict,
+                format!(
+                    "this Idempotency-Key was used for a different request (task {}); use a new key",
+                    task.id
+                ),
+            )),
+        }
+    }
+
     async fn existing(&self, caller: &Caller, id: Uuid) -> Result<TaskId, ApiError> {
         let state = &self.state;
         let task_id = TaskId::from(id);

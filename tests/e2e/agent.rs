@@ -305,6 +305,16 @@ async fn agent_scenarios(setup: Setup) {
         ["#user", "#password", "#plan", "#submit"],
         "{login}"
     );
+    let actions: Vec<&str> = script_steps
+        .iter()
+        .filter_map(|step| step["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["type", "type", "select", "click", "wait_for"],
+        "the click's form post is waited for, as the agent did"
+    );
+    assert_eq!(script_steps[4]["event"], "navigation");
     assert_eq!(
         script_steps[1]["text"], "{{password}}",
         "the script keeps the placeholder"
@@ -337,14 +347,7 @@ async fn agent_scenarios(setup: Setup) {
     );
     // Nor any event, the task itself, or any artifact.
     let id = ids[0].1.clone();
-    let events = operator_testkit::read_sse(
-        app.http
-            .get(format!("{}/v1/tasks/{id}/events", app.base))
-            .send()
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let events = app.events(&id).await;
     let agent_steps = events
         .iter()
         .filter(|event| event.data["kind"] == "agent_step")
@@ -460,6 +463,53 @@ async fn agent_scenarios(setup: Setup) {
             .to_string()
             .contains("does not satisfy output_schema"),
         "the repair turn says why"
+    );
+
+    // The login replayed as a script with the model server gone: its recorded steps
+    // sign in again, the password typed from the agent task's secrets, and the replay
+    // shows and keeps the password nowhere.
+    model.stop();
+    let login_id = &ids[0].1;
+    let (status, replay) = app.post(&format!("/v1/tasks/{login_id}/replay")).await;
+    assert_eq!(status, 202, "{replay}");
+    assert_eq!(replay["kind"], "script");
+    assert_eq!(replay["input"]["secrets"]["password"], "[redacted]");
+    let replay_id = replay["id"].as_str().expect("id");
+    let replayed = app.wait_for(replay_id, &ENDED, crate::TASK_DEADLINE).await;
+    assert_eq!(replayed["state"], "succeeded", "{replayed}");
+    assert_eq!(replayed["result"]["page"]["title"], "Welcome", "{replayed}");
+    assert!(!replayed.to_string().contains(PASSWORD));
+    let (_, full) = app.get(&format!("/v1/tasks/{replay_id}")).await;
+    let console = full["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .find(|artifact| artifact["name"] == "console.json")
+        .expect("console.json");
+    let (_, bytes) = app.download(console["url"].as_str().expect("url")).await;
+    let console = String::from_utf8_lossy(&bytes);
+    assert!(
+        console.contains("signed in with {{password}}") && !console.contains(PASSWORD),
+        "the page's console line is masked: {console}"
+    );
+    // Only a succeeded agent task has a run to replay; another id is not found.
+    let (status, refused) = app.post(&format!("/v1/tasks/{replay_id}/replay")).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("invalid_state"))
+    );
+    let failed_id = &ids[2].1;
+    let (status, refused) = app.post(&format!("/v1/tasks/{failed_id}/replay")).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("invalid_state"))
+    );
+    let (status, missing) = app
+        .post("/v1/tasks/0190a0a0-0000-7000-8000-000000000000/replay")
+        .await;
+    assert_eq!(
+        (status, missing["code"].as_str()),
+        (404, Some("task_not_found"))
     );
     app.shutdown().await;
 }

@@ -23,6 +23,9 @@ pub enum Reply {
     Status(u16, Option<u64>),
     /// An error status with this message (e.g. a server refusing tools).
     Refuse(u16, &'static str),
+    /// No answer for a minute, then a 504: the model is slow while the test does
+    /// something to the worker that waits for it.
+    Hang,
 }
 
 /// The request being answered and those of the same goal before it.
@@ -130,6 +133,11 @@ impl ModelServer {
         self.state.requests.lock().expect("lock").clone()
     }
 
+    /// Stops answering: the port is closed, as when the provider is down.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
     /// The requests whose goal contains `needle`.
     pub fn requests_for(&self, needle: &str) -> Vec<Value> {
         self.requests()
@@ -146,7 +154,7 @@ impl Drop for ModelServer {
 }
 
 #[handler]
-fn complete(Json(request): Json<Value>, state: Data<&Arc<State>>) -> Response {
+async fn complete(Json(request): Json<Value>, state: Data<&Arc<State>>) -> Response {
     let earlier = {
         let mut requests = state.requests.lock().expect("lock");
         let goal = goal_of(&request);
@@ -162,7 +170,12 @@ fn complete(Json(request): Json<Value>, state: Data<&Arc<State>>) -> Response {
         earlier,
     };
     let prompt_tokens = serde_json::to_string(&request).map_or(0, |text| text.len() / 4);
-    let message = match (state.script)(&call) {
+    let reply = (state.script)(&call);
+    let message = match reply {
+        Reply::Hang => {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            return StatusCode::GATEWAY_TIMEOUT.into_response();
+        }
         Reply::Status(status, retry_after) => {
             let mut response = Json(
                 json!({"error": {"message": format!("scripted {status}"), "type": "scripted"}}),

@@ -896,3 +896,212 @@ async fn api_keys_never_reach_the_log() {
         );
     }
 }
+
+/// The password the wizard's sign-in wants; typed by the worker from `secrets`.
+const WIZARD_PASSWORD: &str = "open-sesame-7Yq";
+
+/// A six-page wizard behind a sign-in: the pages after it need the session cookie the
+/// sign-in sets, so an attempt in a fresh browser gets there only by signing in again.
+/// Counts the sign-ins.
+fn wizard_site(sign_ins: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> impl poem::Endpoint {
+    use poem::web::{Form, Html, Path};
+    use poem::{EndpointExt, IntoResponse, Request, get, handler};
+
+    #[handler]
+    fn sign_in_page() -> Html<&'static str> {
+        Html(
+            "<!doctype html><html><head><title>Wizard</title></head><body><h1>Sign in</h1>\
+             <form method=\"post\" action=\"/wiz/login\"><label for=\"pw\">Password</label>\
+             <input id=\"pw\" name=\"password\" type=\"password\"></form></body></html>",
+        )
+    }
+
+    #[derive(serde::Deserialize)]
+    struct SignIn {
+        password: String,
+    }
+
+    #[handler]
+    fn sign_in(
+        Form(form): Form<SignIn>,
+        counter: poem::web::Data<&std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    ) -> poem::Response {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if form.password != WIZARD_PASSWORD {
+            return Html("<!doctype html><html><body><h1>Wrong password</h1></body></html>")
+                .into_response();
+        }
+        poem::Response::builder()
+            .status(poem::http::StatusCode::SEE_OTHER)
+            .header("set-cookie", "wizard=signed-in; Path=/wiz")
+            .header("location", "/wiz/page/2")
+            .finish()
+    }
+
+    #[handler]
+    fn page(Path(number): Path<u32>, request: &Request) -> Html<String> {
+        let signed_in = request
+            .header("cookie")
+            .is_some_and(|cookie| cookie.contains("wizard=signed-in"));
+        if !signed_in {
+            return Html("<!doctype html><html><body><h1>Please sign in</h1></body></html>".into());
+        }
+        let body = if number < 6 {
+            format!(
+                "<p>Page {number} of 6</p><a href=\"/wiz/page/{}\">Next to page {}</a>",
+                number + 1,
+                number + 1
+            )
+        } else {
+            "<p>Finished: W-6</p>".to_owned()
+        };
+        Html(format!(
+            "<!doctype html><html><head><title>Page {number}</title></head><body>{body}</body></html>"
+        ))
+    }
+
+    poem::Route::new()
+        .at("/wiz/login", get(sign_in_page).post(sign_in))
+        .at("/wiz/page/:number", get(page))
+        .data(sign_ins)
+}
+
+/// kill -9 of a worker in the middle of an agent task (while the model thinks about
+/// step 4): another worker resumes it from the checkpoint of step 3. It replays the
+/// three recorded steps without the model (signing in again in its own browser, the
+/// password typed from the secrets), asks the model only from step 4 on, and the task
+/// ends with six steps, each recorded once, each with its screenshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_resumes_after_its_worker_is_killed_without_asking_the_model_again() {
+    use crate::model_server::{Call, ModelServer, Reply, index_in};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    operator_store::install_crypto_provider();
+    let sign_ins = Arc::new(AtomicUsize::new(0));
+    let (site, _stop_site) =
+        crate::helpers::serve_on_loopback(wizard_site(Arc::clone(&sign_ins))).await;
+    let hung = Arc::new(AtomicBool::new(false));
+    let first_step_four = Arc::clone(&hung);
+    let model = ModelServer::start(move |call: &Call<'_>| {
+        let page = call.page();
+        if page.contains("Step 4 of at most") && !first_step_four.swap(true, Ordering::SeqCst) {
+            return Reply::Hang;
+        }
+        if page.contains("Finished: W-6") {
+            return Reply::Tool("done", json!({"output": {"code": "W-6"}, "reason": "finished"}));
+        }
+        if page.contains("Sign in") {
+            return Reply::Tool(
+                "type",
+                json!({"index": index_in(&page, "name=\"password\""), "text": "{{password}}", "submit": true, "reason": "sign in"}),
+            );
+        }
+        Reply::Tool("click", json!({"index": call.index_of("Next to page"), "reason": "next"}))
+    })
+    .await;
+    let deployment = Deployment::migrated().await;
+    let llm = [("OPERATOR_LLM__BASE_URL", model.base_url.as_str())];
+    let mut api_command = deployment.command();
+    api_command.envs(llm);
+    let key = make_key(deployment.command());
+    let (_api_process, api) = spawn_api(api_command, &key).await;
+    let settings = [
+        ("OPERATOR_QUEUE__LEASE_TTL", "3s"),
+        ("OPERATOR_LLM__BASE_URL", model.base_url.as_str()),
+    ];
+    let mut doomed = deployment.worker("doomed-worker", &settings);
+
+    let (status, task) = api
+        .submit(&json!({"kind": "agent", "max_attempts": 3, "input": {
+            "goal": "WIZARD: sign in with {{password}} and go through the pages to the code",
+            "url": format!("{site}/wiz/login"),
+            "secrets": {"password": WIZARD_PASSWORD},
+        }}))
+        .await;
+    assert_eq!(status, 202, "{task}");
+    let id = task["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !hung.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the model was never asked for step 4: {:?}",
+            model
+                .requests()
+                .iter()
+                .map(crate::model_server::last_user_text)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill_hard();
+    assert_eq!(sign_ins.load(Ordering::SeqCst), 1);
+
+    let _survivor = deployment.worker("survivor-worker", &settings);
+    let done = api.wait_for(&id, &ENDED, Duration::from_secs(90)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(done["result"]["output"], json!({"code": "W-6"}));
+    let (attempts, _) = attempts_of(&api, &id).await;
+    assert_eq!(
+        attempts,
+        vec![
+            ("doomed-worker".to_owned(), "lease_expired".to_owned()),
+            ("survivor-worker".to_owned(), "succeeded".to_owned()),
+        ]
+    );
+    // The model was asked once per step, but for the step the kill interrupted.
+    let asked: Vec<u32> = model
+        .requests()
+        .iter()
+        .map(crate::model_server::last_user_text)
+        .filter_map(|text| {
+            text.strip_prefix("Step ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|number| number.parse().ok())
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        vec![1, 2, 3, 4, 4, 5, 6],
+        "steps the model was asked for"
+    );
+    assert_eq!(
+        sign_ins.load(Ordering::SeqCst),
+        2,
+        "the survivor signed in again by replaying step 1"
+    );
+    let actions: Vec<&str> = done["result"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|step| step["action"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        actions,
+        ["type", "click", "click", "click", "click", "done"],
+        "{done}"
+    );
+    let indices: Vec<u64> = api
+        .events(&id)
+        .await
+        .iter()
+        .filter(|event| event.data["kind"] == "agent_step")
+        .map(|event| event.data["data"]["index"].as_u64().expect("index"))
+        .collect();
+    assert_eq!(indices, vec![0, 1, 2, 3, 4, 5], "each step's event once");
+    let (_, full) = api.get(&format!("/v1/tasks/{id}")).await;
+    let mut shots: Vec<String> = full["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .filter_map(|artifact| artifact["name"].as_str())
+        .filter(|name| name.starts_with("steps/"))
+        .map(str::to_owned)
+        .collect();
+    shots.sort();
+    // `done` changes nothing on the page: the five actions each have their picture.
+    let expected: Vec<String> = (1..=5).map(|step| format!("steps/{step:03}.jpg")).collect();
+    assert_eq!(shots, expected, "one screenshot per action");
+    assert!(!done.to_string().contains(WIZARD_PASSWORD));
+}

@@ -225,6 +225,16 @@ impl PageEvents {
         })
     }
 
+    /// Whether a main-frame navigation started after `since`.
+    pub fn navigated_since(&self, since: u64) -> bool {
+        self.inner.lock().is_ok_and(|inner| {
+            inner
+                .lifecycle
+                .iter()
+                .any(|(sequence, _, name)| *sequence > since && name == "init")
+        })
+    }
+
     /// Whether a main-frame navigation that started after `since` has not loaded yet
     /// (an agent's click that follows a link: its next look waits for the new page).
     pub fn navigation_pending_since(&self, since: u64) -> bool {

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use operator_domain::agent::{mask_secrets, mask_secrets_in};
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_domain::network::NetworkPolicy;
 use operator_domain::steps::{StepFile, StepOutput, StepPage};
@@ -23,6 +24,7 @@ use operator_domain::{
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::agent::journal::Journal;
 use crate::agent::{self, AgentRun, AgentRuntime};
 use crate::browser::{BrowserHandle, PreparedPage};
 use crate::events::{ConsoleEntry, PageEvents};
@@ -73,6 +75,8 @@ pub struct RenderJob<'a> {
     pub progress: ProgressSink<'a>,
     pub log_sink: mpsc::UnboundedSender<ConsoleEntry>,
     pub agent: &'a AgentRuntime,
+    /// Where an agent task's steps are recorded (none when the task holds no lease).
+    pub journal: Option<&'a Journal>,
 }
 
 /// Runs a task in a new isolated context.
@@ -88,6 +92,7 @@ pub async fn render(
         progress,
         log_sink,
         agent: agent_runtime,
+        journal,
     } = job;
     // An agent task without a model fails before it takes a page.
     let model = match spec {
@@ -147,30 +152,34 @@ pub async fn render(
         TaskSpec::Content(input) | TaskSpec::Scrape(input) | TaskSpec::Script(input) => {
             browse(&session, spec.kind(), input, progress).await
         }
-        TaskSpec::Agent(input) => match model {
-            Some(model) => {
+        TaskSpec::Agent(input) => match (model, journal) {
+            (Some(model), Some(journal)) => {
                 agent::run(AgentRun {
                     session: &session,
                     input,
                     model,
                     settings: &agent_runtime.settings,
                     policy,
-                    progress,
+                    journal,
                 })
                 .await
             }
-            None => Err(CodedError::new(
+            (None, _) => Err(CodedError::new(
                 ErrorCode::LlmNotConfigured,
                 "no language model",
             )),
+            (_, None) => Err(CodedError::new(
+                ErrorCode::BrowserError,
+                "an agent task runs only under a lease (its steps are recorded under it)",
+            )),
         },
     };
+    // A secret typed into a page may come back in a URL, a console line, the page's
+    // text or an error message: each is masked back to its placeholder.
+    let secrets = spec.secrets();
     let (mut network_log, mut console_log) = (events.network_log(), events.console_log());
-    if let TaskSpec::Agent(input) = spec {
-        // A secret typed into a page may come back in a URL or a console line.
-        operator_domain::agent::mask_secrets_in(&mut network_log, &input.secrets);
-        operator_domain::agent::mask_secrets_in(&mut console_log, &input.secrets);
-    }
+    mask_secrets_in(&mut network_log, secrets);
+    mask_secrets_in(&mut console_log, secrets);
     let logs = vec![
         json_file("network.json", &network_log),
         json_file("console.json", &console_log),
@@ -178,9 +187,16 @@ pub async fn render(
     let result = match result {
         Ok(mut rendered) => {
             rendered.files.extend(logs);
+            rendered
+                .extra
+                .values_mut()
+                .for_each(|value| mask_secrets_in(value, secrets));
             Ok(rendered)
         }
-        Err(error) => Err(RenderFailure { error, logs }),
+        Err(mut error) => {
+            error.message = mask_secrets(&error.message, secrets);
+            Err(RenderFailure { error, logs })
+        }
     };
     let rendered_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(page_ms, rendered_ms, "render timings");
@@ -274,6 +290,7 @@ async fn browse(
     let mut outcomes = Outcomes {
         list: Vec::new(),
         progress,
+        secrets: &input.secrets,
     };
     if let Some(url) = &input.url {
         let started = Instant::now();
@@ -296,7 +313,17 @@ async fn browse(
         session.check_stop()?;
         let started = Instant::now();
         let sequence_at_start = session.event_sequence();
-        let outcome = step
+        // Without secrets the text is typed as written; with them, validation saw to it
+        // that every placeholder names one.
+        let filled = if input.secrets.is_empty() {
+            std::borrow::Cow::Borrowed(step)
+        } else {
+            std::borrow::Cow::Owned(
+                step.with_secrets(&input.secrets)
+                    .map_err(|problem| CodedError::new(ErrorCode::InvalidInput, problem))?,
+            )
+        };
+        let outcome = filled
             .run(session, index, previous_sequence, &mut output)
             .await;
         outcomes.record(Some(index), step.action(), started, outcome.as_ref().err());
@@ -363,6 +390,7 @@ fn name_step(error: CodedError, index: usize, step: &Step) -> CodedError {
 struct Outcomes<'a> {
     list: Vec<Value>,
     progress: ProgressSink<'a>,
+    secrets: &'a std::collections::BTreeMap<String, String>,
 }
 
 impl Outcomes<'_> {
@@ -382,7 +410,8 @@ impl Outcomes<'_> {
             outcome["index"] = json!(index);
         }
         if let Some(error) = error {
-            outcome["error"] = json!({"code": error.code, "message": error.message});
+            outcome["error"] =
+                json!({"code": error.code, "message": mask_secrets(&error.message, self.secrets)});
         }
         self.list.push(outcome);
         (self.progress)(json!({ "steps": self.list }));

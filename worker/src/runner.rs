@@ -23,7 +23,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_domain::network::NetworkPolicy;
 use operator_domain::{
-    ArtifactId, LeaseToken, NewArtifact, TaskId, TaskOutcome, TaskRecord, TaskSpec,
+    ArtifactId, LeaseToken, NewArtifact, TaskId, TaskOutcome, TaskRecord, TaskSpec, TenantId,
 };
 use operator_store::db::{FinishOutcome, LeaseRenewal, StartOutcome, TaskRepository};
 use operator_store::queue::{Claim, SharedQueue};
@@ -36,6 +36,7 @@ use tracing::{Instrument, Span, debug, info, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::agent::AgentRuntime;
+use crate::agent::journal::Journal;
 use crate::browser::BrowserPool;
 use crate::events::ConsoleEntry;
 use crate::render::{self, RenderFailure, RenderJob, Rendered, RenderedFile};
@@ -311,29 +312,19 @@ impl TaskRunner {
         // latest as the task's progress, guarded by the lease token.
         let (progress_sender, progress_receiver) =
             watch::channel::<Option<serde_json::Value>>(None);
-        // An agent's steps are `agent_step` events; a script's are `step` events.
-        let step_event = if record.kind == operator_domain::TaskKind::Agent {
-            "agent_step"
-        } else {
-            "step"
-        };
         let writer = record.lease_token.map(|token| {
             tokio::spawn(write_progress(
                 self.repo.clone(),
                 record.id,
                 token,
                 progress_receiver,
-                step_event,
             ))
         });
         // Console lines go the same way, each as a `log` event while the task runs.
         let (log_sender, log_receiver) = mpsc::unbounded_channel::<ConsoleEntry>();
         let (logs_done, logs_done_signal) = oneshot::channel::<()>();
-        // An agent's secrets may come back in what the page logs.
-        let secrets = match &spec {
-            TaskSpec::Agent(input) => input.secrets.clone(),
-            _ => Default::default(),
-        };
+        // Secrets typed into the page may come back in what it logs.
+        let secrets = spec.secrets().clone();
         let log_writer = record.lease_token.map(|token| {
             tokio::spawn(write_logs(
                 self.repo.clone(),
@@ -345,6 +336,30 @@ impl TaskRunner {
             ))
         });
         let agent = Arc::clone(&self.agent);
+        // An agent records each step as it ends, and resumes from an earlier attempt's
+        // last recorded step.
+        let journal = match (&spec, record.lease_token) {
+            (TaskSpec::Agent(_), Some(token)) => {
+                let restored = match self.repo.checkpoint(record.id).await {
+                    Ok(restored) => restored,
+                    Err(error) => {
+                        warn!(error = %error, "cannot read the agent's checkpoint; starting afresh");
+                        None
+                    }
+                };
+                Some(Journal::new(
+                    self.repo.clone(),
+                    self.storage.clone(),
+                    record.id,
+                    record.tenant.clone(),
+                    record.attempts,
+                    token,
+                    restored,
+                ))
+            }
+            _ => None,
+        };
+        let journal = journal.as_ref();
         let rendered = self
             .pool
             .run(|handle| async move {
@@ -359,6 +374,7 @@ impl TaskRunner {
                     progress: &sink,
                     log_sink: log_sender,
                     agent: &agent,
+                    journal,
                 };
                 Ok(render::render(&handle, job).await)
             })
@@ -383,31 +399,16 @@ impl TaskRunner {
         };
         let mut artifacts = Vec::with_capacity(rendered.files.len());
         for file in rendered.files {
-            // The attempt is part of the key: a stale attempt still uploading cannot
-            // overwrite the files of the attempt that succeeded.
-            let key = ArtifactStore::key_for(
-                &record.tenant,
-                record.id,
-                &format!("{}/{}", record.attempts, file.name),
+            artifacts.push(
+                store_file(
+                    &self.storage,
+                    &record.tenant,
+                    record.id,
+                    record.attempts,
+                    file,
+                )
+                .await?,
             );
-            let receipt = self
-                .storage
-                .put(&key, Bytes::from(file.bytes), &file.content_type)
-                .await
-                .map_err(|error| {
-                    CodedError::new(
-                        ErrorCode::StorageError,
-                        format!("storing {}: {error}", file.name),
-                    )
-                })?;
-            artifacts.push(NewArtifact {
-                id: ArtifactId::new(),
-                name: file.name,
-                content_type: file.content_type,
-                size_bytes: receipt.size_bytes,
-                storage_key: receipt.key,
-                sha256: receipt.sha256,
-            });
         }
         Ok((rendered.page, rendered.extra, artifacts))
     }
@@ -419,32 +420,26 @@ impl TaskRunner {
             return;
         };
         let mut artifacts = Vec::with_capacity(logs.len());
-        for file in logs {
-            let name = match file.name.rsplit_once('.') {
+        for mut file in logs {
+            file.name = match file.name.rsplit_once('.') {
                 Some((stem, extension)) => {
                     format!("{stem}-attempt-{}.{extension}", record.attempts)
                 }
                 None => format!("{}-attempt-{}", file.name, record.attempts),
             };
-            let key = ArtifactStore::key_for(
+            match store_file(
+                &self.storage,
                 &record.tenant,
                 record.id,
-                &format!("{}/{}", record.attempts, name),
-            );
-            match self
-                .storage
-                .put(&key, Bytes::from(file.bytes), &file.content_type)
-                .await
+                record.attempts,
+                file,
+            )
+            .await
             {
-                Ok(receipt) => artifacts.push(NewArtifact {
-                    id: ArtifactId::new(),
-                    name,
-                    content_type: file.content_type,
-                    size_bytes: receipt.size_bytes,
-                    storage_key: receipt.key,
-                    sha256: receipt.sha256,
-                }),
-                Err(error) => warn!(error = %error, "cannot store a failed attempt's log"),
+                Ok(artifact) => artifacts.push(artifact),
+                Err(error) => {
+                    warn!(error = %error.message, "cannot store a failed attempt's log")
+                }
             }
         }
         if let Err(error) = self
@@ -475,6 +470,35 @@ impl TaskRunner {
     }
 }
 
+/// Uploads one file of attempt `attempt`. The attempt is part of the key: a stale
+/// attempt still uploading cannot overwrite the files of the attempt that succeeded.
+pub(crate) async fn store_file(
+    storage: &ArtifactStore,
+    tenant: &TenantId,
+    task: TaskId,
+    attempt: u32,
+    file: RenderedFile,
+) -> Result<NewArtifact, CodedError> {
+    let key = ArtifactStore::key_for(tenant, task, &format!("{attempt}/{}", file.name));
+    let receipt = storage
+        .put(&key, Bytes::from(file.bytes), &file.content_type)
+        .await
+        .map_err(|error| {
+            CodedError::new(
+                ErrorCode::StorageError,
+                format!("storing {}: {error}", file.name),
+            )
+        })?;
+    Ok(NewArtifact {
+        id: ArtifactId::new(),
+        name: file.name,
+        content_type: file.content_type,
+        size_bytes: receipt.size_bytes,
+        storage_key: receipt.key,
+        sha256: receipt.sha256,
+    })
+}
+
 /// Records the latest progress each time it changes, until the sender is dropped; then
 /// records the last value if it was not written yet. Each step that ended since the
 /// last write also becomes a `step` event (the watch channel keeps only the latest
@@ -484,7 +508,6 @@ async fn write_progress(
     task_id: TaskId,
     token: LeaseToken,
     mut progress: watch::Receiver<Option<serde_json::Value>>,
-    step_event: &'static str,
 ) {
     let mut steps_recorded = 0;
     loop {
@@ -494,7 +517,7 @@ async fn write_progress(
             let steps = latest["steps"].as_array().cloned().unwrap_or_default();
             let new_steps: Vec<_> = steps.iter().skip(steps_recorded).cloned().collect();
             match repo
-                .record_progress(task_id, token, &latest, step_event, new_steps)
+                .record_progress(task_id, token, &latest, new_steps)
                 .await
             {
                 Ok(true) => steps_recorded = steps.len(),

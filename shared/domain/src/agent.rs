@@ -231,33 +231,39 @@ impl AgentInput {
     }
 
     fn validate_secrets(&self) -> Result<(), CodedError> {
-        if self.secrets.len() > MAX_SECRETS {
+        check_secrets(&self.secrets)
+    }
+}
+
+/// `input.secrets`: at most [`MAX_SECRETS`], each named by 1-64 letters, digits or `_`
+/// and 1 to [`MAX_SECRET_LENGTH`] characters long.
+pub(crate) fn check_secrets(secrets: &BTreeMap<String, String>) -> Result<(), CodedError> {
+    if secrets.len() > MAX_SECRETS {
+        return Err(invalid_input(
+            "input.secrets",
+            &format!("at most {MAX_SECRETS} secrets"),
+        ));
+    }
+    for (name, value) in secrets {
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|character| character.is_ascii_alphanumeric() || character == '_');
+        if !name_ok {
             return Err(invalid_input(
-                "input.secrets",
-                &format!("at most {MAX_SECRETS} secrets"),
+                &format!("input.secrets.{name}"),
+                "a secret's name must be 1-64 letters, digits or '_'",
             ));
         }
-        for (name, value) in &self.secrets {
-            let name_ok = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .chars()
-                    .all(|character| character.is_ascii_alphanumeric() || character == '_');
-            if !name_ok {
-                return Err(invalid_input(
-                    &format!("input.secrets.{name}"),
-                    "a secret's name must be 1-64 letters, digits or '_'",
-                ));
-            }
-            if value.is_empty() || value.len() > MAX_SECRET_LENGTH {
-                return Err(invalid_input(
-                    &format!("input.secrets.{name}"),
-                    &format!("must be 1-{MAX_SECRET_LENGTH} characters"),
-                ));
-            }
+        if value.is_empty() || value.len() > MAX_SECRET_LENGTH {
+            return Err(invalid_input(
+                &format!("input.secrets.{name}"),
+                &format!("must be 1-{MAX_SECRET_LENGTH} characters"),
+            ));
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// A JSON Schema an agent's output must satisfy: a valid schema of a known draft whose
@@ -329,8 +335,8 @@ pub fn domain_allowed(allowed: &[String], host: &str) -> bool {
     })
 }
 
-/// Hides the values of an agent input's secrets (the input is stored with them, for
-/// the worker; it is shown with their names only).
+/// Hides the values of an input's secrets (an `agent` task's, or a browse task's; the
+/// input is stored with them, for the worker; it is shown with their names only).
 pub fn redact_input(input: &mut Value) {
     if let Some(Value::Object(secrets)) = input.get_mut("secrets") {
         for value in secrets.values_mut() {

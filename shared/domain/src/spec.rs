@@ -543,6 +543,17 @@ impl TaskSpec {
         }
     }
 
+    /// The values the task types from `{{name}}` placeholders, to be masked wherever
+    /// they could come back (result, logs, progress, events).
+    pub fn secrets(&self) -> &std::collections::BTreeMap<String, String> {
+        static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        match self {
+            Self::Content(input) | Self::Scrape(input) | Self::Script(input) => &input.secrets,
+            Self::Agent(input) => &input.secrets,
+            Self::Screenshot(_) | Self::Pdf(_) => &NONE,
+        }
+    }
+
     /// The page the task opens first, if it names one (a script may start with `goto`).
     pub fn start_url(&self) -> Option<&TargetUrl> {
         match self {

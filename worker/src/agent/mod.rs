@@ -19,6 +19,7 @@
 //! Secrets: the model sees `{{name}}` only. The executor types the real value; page
 //! text, element values, step records, logs and the result are masked.
 
+pub mod journal;
 pub mod model;
 pub mod observe;
 pub mod tools;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use operator_config::{AgentSettings, ModelPrice};
+use operator_domain::NewArtifact;
 use operator_domain::agent::{
     AgentInput, Vision, fill_secrets, mask_secrets, mask_secrets_in, output_problems,
 };
@@ -36,15 +38,18 @@ use operator_domain::network::NetworkPolicy;
 use operator_domain::steps::{
     Click, Goto, Hover, Press, Scroll, Select, StepOutput, StepPage, TypeText, WaitFor,
 };
-use operator_domain::{ElementState, ImageFormat, Step, TargetUrl, WaitSpec};
+use operator_domain::{ElementState, ImageFormat, PageEvent, Step, TargetUrl, WaitSpec};
+use operator_store::db::AgentStepWrite;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::render::{ProgressSink, Rendered, RenderedFile};
+use crate::render::{Rendered, RenderedFile};
 use crate::session::Session;
+use journal::Journal;
 use model::{ModelAnswer, ModelClient, ModelRequest, TokenUsage};
 use observe::{Element, Observation, Observer};
-use tools::AgentAction;
+use tools::{AgentAction, Chosen};
 
 /// How long the page may take to load after an action that navigates.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,11 +100,11 @@ pub(crate) struct AgentRun<'a> {
     pub model: &'a ModelClient,
     pub settings: &'a AgentSettings,
     pub policy: &'a NetworkPolicy,
-    pub progress: ProgressSink<'a>,
+    pub journal: &'a Journal,
 }
 
 /// Tokens and cost so far.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Spent {
     tokens: TokenUsage,
     cost_usd: f64,
@@ -127,6 +132,7 @@ impl Spent {
 }
 
 /// Counts steps that repeat themselves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct StuckDetector {
     last: Option<(String, u64)>,
     repeats: u32,
@@ -183,6 +189,7 @@ impl StuckDetector {
 
 /// One turn of the conversation kept for the next calls: what the model did and what
 /// came of it (observations are not kept: each call carries the current one only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Turn {
     call_id: String,
     name: String,
@@ -190,7 +197,113 @@ struct Turn {
     arguments: Value,
     reason: Option<String>,
     result: String,
-    json_mode: bool,
+}
+
+/// The last action, judged by the loop detector on the page the next look finds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Judged {
+    /// The action's name, element and arguments.
+    signature: String,
+    /// The page's fingerprint before it.
+    before: u64,
+    name: String,
+}
+
+/// The version of [`Progress`] a checkpoint holds; another is not resumed from.
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// What the run has done so far: the loop's whole state, kept as the checkpoint after
+/// each step. It holds placeholders and masked text only, never a secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Progress {
+    version: u32,
+    /// Steps taken: the next step's index.
+    step: u32,
+    turns: Vec<Turn>,
+    /// The step records (also the task's progress and `agent_step` events).
+    records: Vec<Value>,
+    /// The actions that ran, as script steps: a replay without the model.
+    script: Vec<Step>,
+    /// The pages opened, in order (for `go_back`).
+    visited: Vec<String>,
+    spent: Spent,
+    stuck: StuckDetector,
+    judged: Option<Judged>,
+    nudge: Option<String>,
+    /// Whether the one repair turn for an output was used.
+    repaired: bool,
+    /// How long the attempts so far ran (counted against `budget.max_duration_ms`).
+    elapsed_ms: u64,
+}
+
+impl Progress {
+    fn fresh(settings: &AgentSettings) -> Self {
+        Self {
+            version: CHECKPOINT_VERSION,
+            step: 0,
+            turns: Vec::new(),
+            records: Vec::new(),
+            script: Vec::new(),
+            visited: Vec::new(),
+            spent: Spent::default(),
+            stuck: StuckDetector::new(settings),
+            judged: None,
+            nudge: None,
+            repaired: false,
+            elapsed_ms: 0,
+        }
+    }
+
+    /// Starting over after an earlier attempt whose steps no longer replay: the
+    /// conversation begins again, while the steps taken, what was spent and the time
+    /// taken still count against the limits.
+    fn start_over(self, settings: &AgentSettings) -> Self {
+        Self {
+            step: self.step,
+            records: self.records,
+            spent: self.spent,
+            elapsed_ms: self.elapsed_ms,
+            ..Self::fresh(settings)
+        }
+    }
+}
+
+/// What a run needs besides its progress, for the record of each step.
+struct Recorder<'a> {
+    journal: &'a Journal,
+    model_name: &'a str,
+    priced: bool,
+    /// When this attempt started, less the time earlier attempts took.
+    started: Instant,
+}
+
+impl Recorder<'_> {
+    /// Ends a step: its record joins the progress, and the step (record, screenshot,
+    /// checkpoint) is written in one transaction before anything else happens.
+    async fn commit(
+        &self,
+        progress: &mut Progress,
+        record: Value,
+        artifacts: &[NewArtifact],
+    ) -> Result<(), CodedError> {
+        progress.records.push(record.clone());
+        progress.step += 1;
+        progress.elapsed_ms = self.started.elapsed().as_millis() as u64;
+        let shown = json!({"steps": progress.records, "usage": self.usage(progress)});
+        let checkpoint = serde_json::to_value(&*progress).unwrap_or(Value::Null);
+        self.journal
+            .record(AgentStepWrite {
+                progress: &shown,
+                step: record,
+                checkpoint: &checkpoint,
+                artifacts,
+            })
+            .await
+    }
+
+    fn usage(&self, progress: &Progress) -> Value {
+        progress.spent.to_json(self.model_name, self.priced)
+    }
 }
 
 pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
@@ -200,9 +313,8 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
         model,
         settings,
         policy,
-        progress,
+        journal,
     } = agent;
-    let started = Instant::now();
     let model_name = input
         .model
         .clone()
@@ -218,20 +330,16 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
     }
     let page_options = input.page_options();
     session.apply_page_options(&page_options).await?;
-    let mut script: Vec<Step> = Vec::new();
-    let mut visited: Vec<String> = Vec::new();
-    if let Some(url) = &input.url {
-        session
-            .open(
-                url.as_str(),
-                &WaitSpec {
-                    wait_until: input.wait_until,
-                    ..WaitSpec::default()
-                },
-            )
-            .await?;
-        visited.push(url.as_str().to_owned());
-    }
+    let mut progress = resume(session, input, settings, journal.restored()).await?;
+    let recorder = Recorder {
+        journal,
+        model_name: &model_name,
+        priced: price.is_some(),
+        started: Instant::now()
+            .checked_sub(Duration::from_millis(progress.elapsed_ms))
+            .unwrap_or_else(Instant::now),
+    };
+    let started = recorder.started;
     let tools = tools::definitions(input.output_schema.as_ref());
     // Sent only to a server without tool calling (JSON mode).
     let json_instructions = format!(
@@ -240,34 +348,26 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
     );
     let secrets = &input.secrets;
     let mut observer = Observer::new(settings.clone());
-    let mut turns: Vec<Turn> = Vec::new();
-    let mut records: Vec<Value> = Vec::new();
-    let mut files: Vec<RenderedFile> = Vec::new();
-    let mut spent = Spent::default();
-    let mut stuck = StuckDetector::new(settings);
-    let mut nudge: Option<String> = None;
-    // The last action and the page before it: judged on the page the next look finds.
-    let mut judged: Option<(String, u64, &'static str)> = None;
-    let mut repaired = false;
-    let report = |records: &Vec<Value>, spent: Spent| {
-        progress(json!({"steps": records, "usage": spent.to_json(&model_name, price.is_some())}));
-    };
 
-    for step in 0..=input.max_steps {
+    loop {
         session.check_stop()?;
-        if step == input.max_steps {
+        let step = progress.step;
+        if step >= input.max_steps {
             return Err(CodedError::new(
                 ErrorCode::AgentMaxSteps,
                 format!("the goal was not reached in {} steps", input.max_steps),
             ));
         }
-        check_budget(input, &spent, started)?;
+        check_budget(input, &progress.spent, started)?;
         let observation = observer.observe(session, secrets).await?;
-        if let Some((signature, before, name)) = judged.take() {
-            match stuck.record(signature, before, observation.fingerprint) {
+        if let Some(judged) = progress.judged.take() {
+            match progress
+                .stuck
+                .record(judged.signature, judged.before, observation.fingerprint)
+            {
                 Stuck::No => {}
                 Stuck::Warn => {
-                    nudge = Some(
+                    progress.nudge = Some(
                         "You seem to be repeating yourself: the last steps did the same thing or did not change the page. Try a different approach, or call fail if the goal cannot be reached.".to_owned(),
                     );
                 }
@@ -275,7 +375,8 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
                     return Err(CodedError::new(
                         ErrorCode::AgentStuck,
                         format!(
-                            "the agent kept repeating itself ({name} without progress) after being told so"
+                            "the agent kept repeating itself ({} without progress) after being told so",
+                            judged.name
                         ),
                     ));
                 }
@@ -287,14 +388,14 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
         };
         let messages = conversation(
             input,
-            &turns,
+            &progress.turns,
             &observation,
             step,
-            nudge.take(),
+            progress.nudge.take(),
             screenshot.as_deref(),
-            model_json_mode_hint(&turns),
         );
-        let max_tokens = remaining_tokens(input, &spent, model.settings().max_output_tokens);
+        let max_tokens =
+            remaining_tokens(input, &progress.spent, model.settings().max_output_tokens);
         let answer = model
             .complete(ModelRequest {
                 model: &model_name,
@@ -305,41 +406,37 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
                 deadline: session.deadline,
             })
             .await?;
-        spent.add(answer.usage, price);
-        let step_cost = answer.usage.cost(price);
-        let (action, reason, call_id, arguments) = match read_action(&answer) {
+        progress.spent.add(answer.usage, price);
+        let mut record = step_record(step, &observation, &answer, answer.usage.cost(price));
+        let (chosen, call_id) = match read_action(&answer) {
             Ok(parsed) => parsed,
             Err(problem) => {
                 // Not an action: tell the model, and count the step.
-                records.push(json!({
-                    "index": step, "action": null, "ok": false,
-                    "error": {"code": "invalid_action", "message": problem},
-                    "url": observation.url,
-                    "tokens_in": answer.usage.prompt_tokens, "tokens_out": answer.usage.completion_tokens,
-                    "cost_usd": step_cost, "latency_ms": answer.latency.as_millis() as u64,
-                }));
-                report(&records, spent);
-                turns.push(Turn {
+                record["action"] = Value::Null;
+                record["ok"] = json!(false);
+                record["error"] = json!({"code": "invalid_action", "message": problem});
+                progress.turns.push(Turn {
                     call_id: format!("call_{step}"),
                     name: "invalid".to_owned(),
                     arguments: json!({}),
                     reason: answer.content.clone().map(|text| mask_secrets(&text, secrets)),
                     result: format!("That was not a valid action ({problem}). Answer with exactly one tool call."),
-                    json_mode: answer.json_mode,
                 });
-                judged = Some((
-                    "invalid".to_owned(),
-                    observation.fingerprint,
-                    "answers that are no action",
-                ));
+                progress.judged = Some(Judged {
+                    signature: "invalid".to_owned(),
+                    before: observation.fingerprint,
+                    name: "answers that are no action".to_owned(),
+                });
+                recorder.commit(&mut progress, record, &[]).await?;
                 continue;
             }
         };
         let step_started = Instant::now();
+        let action = &chosen.action;
         let element = action
             .index()
             .and_then(|index| observation.element(index).cloned());
-        let outcome = match &action {
+        let outcome = match action {
             AgentAction::Done { output } => {
                 let mut output = output.clone();
                 mask_secrets_in(&mut output, secrets);
@@ -349,43 +446,38 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
                     .map(|schema| output_problems(schema, &output))
                     .unwrap_or_default();
                 if problems.is_empty() {
-                    records.push(step_record(
-                        step,
-                        &action,
-                        &arguments,
-                        reason.as_deref(),
-                        &observation,
+                    describe_action(
+                        &mut record,
+                        &chosen,
                         element.as_ref(),
                         Ok("done"),
-                        &answer,
-                        step_cost,
                         step_started,
                         secrets,
-                        None,
-                    ));
-                    report(&records, spent);
+                    );
+                    recorder.commit(&mut progress, record, &[]).await?;
                     let page = session.facts().await?;
                     let mut extra = serde_json::Map::new();
                     extra.insert("output".to_owned(), output);
-                    extra.insert("steps".to_owned(), Value::Array(records));
-                    extra.insert(
-                        "usage".to_owned(),
-                        spent.to_json(&model_name, price.is_some()),
-                    );
+                    extra.insert("usage".to_owned(), recorder.usage(&progress));
+                    extra.insert("steps".to_owned(), Value::Array(progress.records));
                     let mut replay = page_options.clone();
-                    replay.steps = script;
+                    replay.steps = progress.script;
                     extra.insert(
                         "script".to_owned(),
                         serde_json::to_value(&replay).unwrap_or(Value::Null),
                     );
                     info!(
                         steps = step + 1,
-                        tokens = spent.tokens.total(),
+                        tokens = progress.spent.tokens.total(),
                         "agent reached its goal"
                     );
-                    return Ok(Rendered { files, page, extra });
+                    return Ok(Rendered {
+                        files: Vec::new(),
+                        page,
+                        extra,
+                    });
                 }
-                if repaired {
+                if progress.repaired {
                     return Err(CodedError::new(
                         ErrorCode::InvalidOutput,
                         format!(
@@ -394,121 +486,186 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
                         ),
                     ));
                 }
-                repaired = true;
+                progress.repaired = true;
                 Err(format!(
                     "the output does not satisfy output_schema: {}. Call done again with a corrected output.",
                     problems.join("; ")
                 ))
             }
             AgentAction::Fail { reason: why } => {
-                records.push(step_record(
-                    step,
-                    &action,
-                    &arguments,
-                    reason.as_deref(),
-                    &observation,
+                describe_action(
+                    &mut record,
+                    &chosen,
                     element.as_ref(),
                     Ok("gave up"),
-                    &answer,
-                    step_cost,
                     step_started,
                     secrets,
-                    None,
-                ));
-                report(&records, spent);
+                );
+                recorder.commit(&mut progress, record, &[]).await?;
                 return Err(CodedError::new(
                     ErrorCode::AgentFailed,
                     format!("the agent gave up: {}", mask_secrets(why, secrets)),
                 ));
             }
             AgentAction::Extract { question } => {
-                check_budget(input, &spent, started)?;
-                match extract(model, &model_name, session, question, &observation).await {
-                    Ok((answer_text, usage)) => {
-                        spent.add(usage, price);
-                        Ok(format!("Answer: {}", mask_secrets(&answer_text, secrets)))
-                    }
-                    Err(error) => return Err(error),
-                }
+                check_budget(input, &progress.spent, started)?;
+                let (answer_text, usage) =
+                    extract(model, &model_name, session, question, &observation).await?;
+                progress.spent.add(usage, price);
+                Ok(format!("Answer: {}", mask_secrets(&answer_text, secrets)))
             }
-            other => act(
-                session,
-                other,
-                &observation,
-                input,
-                policy,
-                &mut script,
-                &mut visited,
-            )
-            .await?
-            .map(str::to_owned),
+            other => match plan(other, &observation, input, policy, &progress.visited).await {
+                Ok(steps) => run_steps(
+                    session,
+                    other,
+                    steps,
+                    input,
+                    &mut progress.script,
+                    &mut progress.visited,
+                )
+                .await?
+                .map(str::to_owned),
+                Err(problem) => Err(problem),
+            },
         };
         session.check_document_allowed()?;
         // After the action: a screenshot for the record, and the stuck check on what the
         // page looks like now.
-        let shot_name = if settings.step_screenshots {
-            match session
-                .capture_clip(ImageFormat::Jpeg, Some(60), false, None)
-                .await
-            {
-                Ok(bytes) => {
-                    let name = format!("steps/{:03}.jpg", step + 1);
-                    files.push(RenderedFile {
-                        name: name.clone(),
-                        content_type: "image/jpeg".to_owned(),
-                        bytes,
-                    });
-                    Some(name)
-                }
-                Err(error) => {
-                    debug!(error = %error, "no screenshot of the step");
-                    None
-                }
-            }
-        } else {
-            None
+        let shot = match settings.step_screenshots {
+            true => step_screenshot(session, journal, step).await,
+            false => None,
         };
         let result_text = match &outcome {
             Ok(text) => text.clone(),
             Err(problem) => format!("Error: {problem}"),
         };
-        records.push(step_record(
-            step,
-            &action,
-            &arguments,
-            reason.as_deref(),
-            &observation,
+        describe_action(
+            &mut record,
+            &chosen,
             element.as_ref(),
             outcome.as_deref().map_err(String::as_str),
-            &answer,
-            step_cost,
             step_started,
             secrets,
-            shot_name,
-        ));
-        report(&records, spent);
-        turns.push(Turn {
+        );
+        if let Some(shot) = &shot {
+            record["screenshot"] = json!(shot.name);
+        }
+        progress.turns.push(Turn {
             call_id,
             name: action.name().to_owned(),
-            arguments: arguments.clone(),
-            reason: reason.map(|text| mask_secrets(&text, secrets)),
+            arguments: chosen.arguments.clone(),
+            reason: chosen
+                .reason
+                .as_deref()
+                .map(|text| mask_secrets(text, secrets)),
             result: mask_secrets(&result_text, secrets),
-            json_mode: answer.json_mode,
         });
-        let signature = format!(
-            "{}:{}:{}",
-            action.name(),
-            element
-                .as_ref()
-                .map_or_else(String::new, |element| element.selector.clone()),
-            arguments
-        );
-        judged = Some((signature, observation.fingerprint, action.name()));
+        progress.judged = Some(Judged {
+            signature: format!(
+                "{}:{}:{}",
+                action.name(),
+                element
+                    .as_ref()
+                    .map_or_else(String::new, |element| element.selector.clone()),
+                chosen.arguments
+            ),
+            before: observation.fingerprint,
+            name: action.name().to_owned(),
+        });
+        recorder
+            .commit(&mut progress, record, shot.as_slice())
+            .await?;
     }
-    Err(CodedError::new(
-        ErrorCode::AgentMaxSteps,
-        format!("the goal was not reached in {} steps", input.max_steps),
-    ))
+}
+
+/// Where to go on from: an earlier attempt's checkpoint, with its page restored by
+/// replaying its steps, or the start. Opens the start URL either way.
+async fn resume(
+    session: &Session<'_>,
+    input: &AgentInput,
+    settings: &AgentSettings,
+    saved: Option<&Value>,
+) -> Result<Progress, CodedError> {
+    let earlier = saved.and_then(|saved| {
+        serde_json::from_value::<Progress>(saved.clone())
+            .ok()
+            .filter(|progress| progress.version == CHECKPOINT_VERSION)
+    });
+    if saved.is_some() && earlier.is_none() {
+        warn!("the agent's checkpoint is unreadable; starting afresh");
+    }
+    open_start(session, input).await?;
+    let Some(earlier) = earlier else {
+        let mut progress = Progress::fresh(settings);
+        progress
+            .visited
+            .extend(input.url.iter().map(|url| url.as_str().to_owned()));
+        return Ok(progress);
+    };
+    // As a script runs: a `wait_for` navigation sees the navigation the step before it
+    // started.
+    let mut previous = session.event_sequence();
+    for (index, step) in earlier.script.iter().enumerate() {
+        let started = session.event_sequence();
+        let replayed = run_step(session, input, step, index, previous).await?;
+        previous = started;
+        if let Err(problem) = replayed {
+            warn!(step = index, problem = %problem, "a recorded step no longer replays; the agent starts over");
+            open_start(session, input).await?;
+            let mut progress = earlier.start_over(settings);
+            progress
+                .visited
+                .extend(input.url.iter().map(|url| url.as_str().to_owned()));
+            return Ok(progress);
+        }
+    }
+    info!(
+        steps = earlier.step,
+        replayed = earlier.script.len(),
+        "agent resumed from its checkpoint"
+    );
+    Ok(earlier)
+}
+
+async fn open_start(session: &Session<'_>, input: &AgentInput) -> Result<(), CodedError> {
+    if let Some(url) = &input.url {
+        session
+            .open(
+                url.as_str(),
+                &WaitSpec {
+                    wait_until: input.wait_until,
+                    ..WaitSpec::default()
+                },
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// A JPEG of the page after step `step`, stored with the task at once.
+async fn step_screenshot(
+    session: &Session<'_>,
+    journal: &Journal,
+    step: u32,
+) -> Option<NewArtifact> {
+    match session
+        .capture_clip(ImageFormat::Jpeg, Some(60), false, None)
+        .await
+    {
+        Ok(bytes) => {
+            journal
+                .store(RenderedFile {
+                    name: format!("steps/{:03}.jpg", step + 1),
+                    content_type: "image/jpeg".to_owned(),
+                    bytes,
+                })
+                .await
+        }
+        Err(error) => {
+            debug!(error = %error, "no screenshot of the step");
+            None
+        }
+    }
 }
 
 fn check_budget(input: &AgentInput, spent: &Spent, started: Instant) -> Result<(), CodedError> {
@@ -610,15 +767,11 @@ async fn labelled_screenshot(
     shot
 }
 
-fn model_json_mode_hint(turns: &[Turn]) -> bool {
-    turns.last().is_some_and(|turn| turn.json_mode)
-}
-
 const SYSTEM_PROMPT: &str = "You drive a web browser to reach the user's goal. Each turn shows the current page: its title, URL and scroll position, then its visible content in page order, where each element you can act on has an index, e.g. [3]<button>Sign in</button>; *[7] marks an element that appeared since your last action. Take exactly one action per turn, referring to elements by index. Secrets are written as {{name}}: type the placeholder itself, never guess a value. When the goal is reached, call done with the output; when it cannot be reached, call fail with the reason. Give each action a short reason.";
 
 /// The messages of the next call: instructions, the goal, the steps so far (as tool
-/// calls and their results) and the current page.
-#[allow(clippy::too_many_arguments)]
+/// calls and their results; the client rewrites them for a server in JSON mode) and
+/// the current page.
 fn conversation(
     input: &AgentInput,
     turns: &[Turn],
@@ -626,7 +779,6 @@ fn conversation(
     step: u32,
     nudge: Option<String>,
     screenshot: Option<&[u8]>,
-    json_mode: bool,
 ) -> Vec<Value> {
     let system = SYSTEM_PROMPT.to_owned();
     let mut goal = format!("Goal: {}", input.goal);
@@ -661,19 +813,13 @@ fn conversation(
         if let (Some(reason), Some(object)) = (&turn.reason, arguments.as_object_mut()) {
             object.entry("reason").or_insert_with(|| json!(reason));
         }
-        if turn.json_mode || json_mode {
-            messages.push(json!({"role": "assistant", "content": json!({"action": turn.name, "args": arguments}).to_string()}));
-            messages.push(json!({"role": "user", "content": format!("Result: {}", turn.result)}));
-        } else {
-            messages.push(json!({
-                "role": "assistant",
-                "content": null,
-                "tool_calls": [{"id": turn.call_id, "type": "function", "function": {"name": turn.name, "arguments": arguments.to_string()}}],
-            }));
-            messages.push(
-                json!({"role": "tool", "tool_call_id": turn.call_id, "content": turn.result}),
-            );
-        }
+        messages.push(json!({
+            "role": "assistant",
+            "content": null,
+            "tool_calls": [{"id": turn.call_id, "type": "function", "function": {"name": turn.name, "arguments": arguments.to_string()}}],
+        }));
+        messages
+            .push(json!({"role": "tool", "tool_call_id": turn.call_id, "content": turn.result}));
     }
     let mut current = format!(
         "Step {} of at most {}. The current page:\n\n{}",
@@ -697,75 +843,59 @@ fn conversation(
     messages
 }
 
-/// The action in an answer: a tool call, or a JSON object in the text.
-fn read_action(
-    answer: &ModelAnswer,
-) -> Result<(AgentAction, Option<String>, String, Value), String> {
+/// The action in an answer, with its call id: a tool call, or a JSON object in the text.
+fn read_action(answer: &ModelAnswer) -> Result<(Chosen, String), String> {
     if let Some(call) = answer.tool_calls.first() {
-        let action = AgentAction::parse(&call.name, &call.arguments)?;
-        let reason = call
-            .arguments
-            .get("reason")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| answer.content.clone());
-        let mut arguments = call.arguments.clone();
-        if let Some(object) = arguments.as_object_mut() {
-            object.remove("reason");
+        let mut chosen = Chosen::from_call(&call.name, &call.arguments)?;
+        if chosen.reason.is_none() {
+            chosen.reason = answer.content.clone();
         }
-        return Ok((action, reason, call.id.clone(), arguments));
+        return Ok((chosen, call.id.clone()));
     }
     let content = answer.content.as_deref().ok_or("the answer was empty")?;
-    let (action, reason) = AgentAction::parse_json(content)?;
-    let arguments = serde_json::from_str::<Value>(
-        content
-            .trim()
-            .trim_start_matches("```json")
-            .trim_start_matches("```")
-            .trim_end_matches("```"),
-    )
-    .ok()
-    .and_then(|value| value.get("args").cloned())
-    .unwrap_or_else(|| json!({}));
-    Ok((action, reason, "call_json".to_owned(), arguments))
+    Ok((Chosen::parse_json(content)?, "call_json".to_owned()))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn step_record(
-    step: u32,
-    action: &AgentAction,
-    arguments: &Value,
-    reason: Option<&str>,
-    observation: &Observation,
-    element: Option<&Element>,
-    outcome: Result<&str, &str>,
-    answer: &ModelAnswer,
-    cost: f64,
-    started: Instant,
-    secrets: &BTreeMap<String, String>,
-    screenshot: Option<String>,
-) -> Value {
-    let mut arguments = arguments.clone();
-    mask_secrets_in(&mut arguments, secrets);
-    let mut record = json!({
+/// A step's record as far as the model's answer tells: where, and what it cost.
+fn step_record(step: u32, observation: &Observation, answer: &ModelAnswer, cost: f64) -> Value {
+    json!({
         "index": step,
-        "action": action.name(),
-        "args": arguments,
-        "reason": reason.map(|text| mask_secrets(text, secrets)),
         "url": observation.url,
-        "ok": outcome.is_ok(),
         "tokens_in": answer.usage.prompt_tokens,
         "tokens_out": answer.usage.completion_tokens,
         "cost_usd": cost,
         "latency_ms": answer.latency.as_millis() as u64,
-        "duration_ms": started.elapsed().as_millis() as u64,
         "observation": {
             "elements": observation.elements.len(),
             "interactive_total": observation.interactive_total,
             "text_chars": observation.text_chars,
             "estimated_tokens": observation.text.len() / CHARS_PER_TOKEN,
         },
-    });
+    })
+}
+
+/// Adds to a step's record the action, the element it resolved to and what came of it
+/// (secrets masked).
+fn describe_action(
+    record: &mut Value,
+    chosen: &Chosen,
+    element: Option<&Element>,
+    outcome: Result<&str, &str>,
+    started: Instant,
+    secrets: &BTreeMap<String, String>,
+) {
+    let mut arguments = chosen.arguments.clone();
+    mask_secrets_in(&mut arguments, secrets);
+    record["action"] = json!(chosen.action.name());
+    record["args"] = arguments;
+    record["reason"] = json!(
+        chosen
+            .reason
+            .as_deref()
+            .map(|text| mask_secrets(text, secrets))
+    );
+    record["ok"] = json!(outcome.is_ok());
+    record["duration_ms"] = json!(started.elapsed().as_millis() as u64);
     match outcome {
         Ok(result) => record["result"] = json!(mask_secrets(result, secrets)),
         Err(problem) => {
@@ -776,31 +906,6 @@ fn step_record(
     if let Some(element) = element {
         record["element"] = json!({"index": element.index, "selector": element.selector, "tag": element.tag, "name": element.name});
     }
-    if let Some(name) = screenshot {
-        record["screenshot"] = json!(name);
-    }
-    record
-}
-
-/// Runs an action on the page; `Ok(Ok)` says what it did, `Ok(Err)` what went wrong
-/// (for the model to read: a failed action does not fail the task), `Err` a failure
-/// that ends the task (cancelled, timed out, the browser gone, a refused document).
-/// The steps that ran are appended to `script`.
-async fn act(
-    session: &Session<'_>,
-    action: &AgentAction,
-    observation: &Observation,
-    input: &AgentInput,
-    policy: &NetworkPolicy,
-    script: &mut Vec<Step>,
-    visited: &mut Vec<String>,
-) -> Result<Result<&'static str, String>, CodedError> {
-    Ok(
-        match plan(action, observation, input, policy, visited).await {
-            Ok(steps) => run_steps(session, action, steps, input, script, visited).await?,
-            Err(problem) => Err(problem),
-        },
-    )
 }
 
 /// The script steps an action is.
@@ -951,7 +1056,7 @@ async fn plan(
     Ok(steps)
 }
 
-/// Runs an action's steps through the script executor.
+/// Runs an action's steps through the script executor, appending each to `script`.
 async fn run_steps(
     session: &Session<'_>,
     action: &AgentAction,
@@ -962,25 +1067,22 @@ async fn run_steps(
 ) -> Result<Result<&'static str, String>, CodedError> {
     for step in steps {
         let sequence = session.event_sequence();
-        let filled = match fill_step_secrets(&step, &input.secrets) {
-            Ok(filled) => filled,
-            Err(problem) => return Ok(Err(problem)),
-        };
-        let mut output = StepOutput::default();
-        let index = script.len();
-        if let Err(error) = filled.run(session, index, sequence, &mut output).await {
-            session.check_document_allowed()?;
-            return match error.code {
-                ErrorCode::Cancelled
-                | ErrorCode::TaskTimeout
-                | ErrorCode::BrowserCrashed
-                | ErrorCode::BrowserError
-                | ErrorCode::UrlNotAllowed => Err(error),
-                _ => Ok(Err(mask_secrets(&error.message, &input.secrets))),
-            };
+        if let Err(problem) = run_step(session, input, &step, script.len(), sequence).await? {
+            return Ok(Err(problem));
         }
-        settle(session, sequence).await;
+        let opens_itself = matches!(step, Step::Goto(_));
         script.push(step);
+        // The agent's next look waited for the page this step led to; a replay must
+        // too, or its next step (or its end) would act on the page being left.
+        if !opens_itself && session.events.navigated_since(sequence) {
+            script.push(Step::WaitFor(WaitFor {
+                selector: None,
+                state: ElementState::default(),
+                event: Some(PageEvent::Navigation),
+                delay_ms: None,
+                timeout_ms: None,
+            }));
+        }
     }
     if let Ok(url) = session.evaluate("location.href").await
         && let Some(url) = url.as_str()
@@ -1002,16 +1104,38 @@ async fn run_steps(
     }))
 }
 
-/// The step with its `{{name}}` placeholders replaced by the secrets' values (only
-/// `type` carries text the model wrote).
-fn fill_step_secrets(step: &Step, secrets: &BTreeMap<String, String>) -> Result<Step, String> {
-    match step {
-        Step::Type(typed) => Ok(Step::Type(TypeText {
-            text: fill_secrets(&typed.text, secrets)?,
-            ..typed.clone()
-        })),
-        other => Ok(other.clone()),
+/// Runs one script step (its placeholders filled) and lets the page settle. `Ok(Err)`
+/// is a step that failed (the model reads why; secrets masked), `Err` a failure that
+/// ends the task (cancelled, timed out, the browser gone, a refused document).
+async fn run_step(
+    session: &Session<'_>,
+    input: &AgentInput,
+    step: &Step,
+    index: usize,
+    previous_sequence: u64,
+) -> Result<Result<(), String>, CodedError> {
+    let sequence = session.event_sequence();
+    let filled = match step.with_secrets(&input.secrets) {
+        Ok(filled) => filled,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let mut output = StepOutput::default();
+    if let Err(error) = filled
+        .run(session, index, previous_sequence, &mut output)
+        .await
+    {
+        session.check_document_allowed()?;
+        return match error.code {
+            ErrorCode::Cancelled
+            | ErrorCode::TaskTimeout
+            | ErrorCode::BrowserCrashed
+            | ErrorCode::BrowserError
+            | ErrorCode::UrlNotAllowed => Err(error),
+            _ => Ok(Err(mask_secrets(&error.message, &input.secrets))),
+        };
     }
+    settle(session, sequence).await;
+    Ok(Ok(()))
 }
 
 /// Waits for a navigation the action started to load, then (briefly) for the network

@@ -50,8 +50,6 @@ pub struct ModelAnswer {
     pub tool_calls: Vec<ToolCall>,
     pub usage: TokenUsage,
     pub latency: Duration,
-    /// Whether this answer was asked for in JSON mode (no tools).
-    pub json_mode: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +59,7 @@ pub struct ToolCall {
     pub arguments: Value,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -176,11 +174,11 @@ impl ModelClient {
         });
         if json_mode {
             body["response_format"] = json!({"type": "json_object"});
-            if let (Some(instructions), Some(messages)) =
-                (request.json_instructions, body["messages"].as_array_mut())
-            {
+            let mut messages = json_mode_history(&request.messages);
+            if let Some(instructions) = request.json_instructions {
                 messages.insert(1, json!({"role": "system", "content": instructions}));
             }
+            body["messages"] = Value::Array(messages);
         } else if !request.tools.is_empty() {
             body["tools"] = json!(request.tools);
             body["tool_choice"] = json!("required");
@@ -206,8 +204,31 @@ impl ModelClient {
                 )));
             }
         };
-        parse_answer(&answer, started.elapsed(), json_mode)
+        parse_answer(&answer, started.elapsed())
     }
+}
+
+/// The conversation for a server without tools: each tool call becomes the JSON answer
+/// the model gives in JSON mode, and each tool result a user message.
+fn json_mode_history(messages: &[Value]) -> Vec<Value> {
+    messages
+        .iter()
+        .map(|message| match message["role"].as_str() {
+            Some("assistant") if message.get("tool_calls").is_some() => {
+                let call = &message["tool_calls"][0]["function"];
+                let arguments = call["arguments"]
+                    .as_str()
+                    .and_then(|text| serde_json::from_str::<Value>(text).ok())
+                    .unwrap_or_else(|| json!({}));
+                json!({"role": "assistant", "content": json!({"action": call["name"], "args": arguments}).to_string()})
+            }
+            Some("tool") => json!({
+                "role": "user",
+                "content": format!("Result: {}", message["content"].as_str().unwrap_or_default()),
+            }),
+            _ => message.clone(),
+        })
+        .collect()
 }
 
 /// Why a request failed, before it becomes the task's error.
@@ -269,11 +290,7 @@ fn classify(error: OpenAIError, sent_tools: bool) -> Failure {
     }
 }
 
-fn parse_answer(
-    answer: &Value,
-    latency: Duration,
-    json_mode: bool,
-) -> Result<ModelAnswer, Failure> {
+fn parse_answer(answer: &Value, latency: Duration) -> Result<ModelAnswer, Failure> {
     let message = answer.pointer("/choices/0/message").ok_or_else(|| {
         Failure::Coded(CodedError::new(
             ErrorCode::LlmRejected,
@@ -328,7 +345,6 @@ fn parse_answer(
             completion_tokens: count("completion_tokens"),
         },
         latency,
-        json_mode,
     })
 }
 
@@ -480,6 +496,29 @@ mod tests {
         );
         headers.insert(reqwest::header::RETRY_AFTER, "soon".parse().expect("value"));
         assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn json_mode_rewrites_tool_calls_as_json_answers() {
+        let messages = vec![
+            json!({"role": "system", "content": "drive"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "click", "arguments": "{\"index\":2,\"reason\":\"go\"}"}}]}),
+            json!({"role": "tool", "tool_call_id": "c1", "content": "clicked"}),
+            json!({"role": "user", "content": "the page"}),
+        ];
+        let rewritten = json_mode_history(&messages);
+        assert_eq!(rewritten[0], messages[0]);
+        let answer: Value =
+            serde_json::from_str(rewritten[1]["content"].as_str().expect("text")).expect("JSON");
+        assert_eq!(
+            answer,
+            json!({"action": "click", "args": {"index": 2, "reason": "go"}})
+        );
+        assert_eq!(
+            rewritten[2],
+            json!({"role": "user", "content": "Result: clicked"})
+        );
+        assert_eq!(rewritten[3], messages[3]);
     }
 
     #[test]

@@ -160,9 +160,35 @@ impl AgentAction {
             other => return Err(format!("there is no tool named {other:?}")),
         })
     }
+}
 
-    /// Parses a JSON-mode answer: `{"reason": …, "action": …, "args": {…}}`.
-    pub fn parse_json(content: &str) -> Result<(Self, Option<String>), String> {
+/// An action as the model gave it: parsed, with its reason and its arguments as
+/// written (without the reason).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    pub action: AgentAction,
+    pub reason: Option<String>,
+    pub arguments: Value,
+}
+
+impl Chosen {
+    /// A tool call; the reason is the `reason` argument every tool has.
+    pub fn from_call(name: &str, arguments: &Value) -> Result<Self, String> {
+        let action = AgentAction::parse(name, arguments)?;
+        let mut arguments = arguments.clone();
+        let reason = arguments
+            .as_object_mut()
+            .and_then(|object| object.remove("reason"))
+            .and_then(|reason| reason.as_str().map(str::to_owned));
+        Ok(Self {
+            action,
+            reason,
+            arguments,
+        })
+    }
+
+    /// A JSON-mode answer: `{"reason": …, "action": …, "args": {…}}`.
+    pub fn parse_json(content: &str) -> Result<Self, String> {
         let trimmed = content
             .trim()
             .trim_start_matches("```json")
@@ -176,11 +202,11 @@ impl AgentAction {
             .and_then(Value::as_str)
             .ok_or("the answer has no `action`")?;
         let arguments = value.get("args").cloned().unwrap_or_else(|| json!({}));
-        let reason = value
-            .get("reason")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        Ok((Self::parse(action, &arguments)?, reason))
+        let mut chosen = Self::from_call(action, &arguments)?;
+        if let Some(reason) = value.get("reason").and_then(Value::as_str) {
+            chosen.reason = Some(reason.to_owned());
+        }
+        Ok(chosen)
     }
 }
 
@@ -321,12 +347,17 @@ mod tests {
         );
         assert!(AgentAction::parse("click", &json!({})).is_err());
         assert!(AgentAction::parse("fly", &json!({})).is_err());
-        let (action, reason) = AgentAction::parse_json(
+        let chosen = Chosen::parse_json(
             "```json\n{\"reason\": \"log in\", \"action\": \"click\", \"args\": {\"index\": 2}}\n```",
         )
         .expect("parses");
-        assert_eq!(action, AgentAction::Click { index: 2 });
-        assert_eq!(reason.as_deref(), Some("log in"));
+        assert_eq!(chosen.action, AgentAction::Click { index: 2 });
+        assert_eq!(chosen.reason.as_deref(), Some("log in"));
+        assert_eq!(chosen.arguments, json!({"index": 2}));
+        let called =
+            Chosen::from_call("click", &json!({"index": 4, "reason": "next"})).expect("parses");
+        assert_eq!(called.reason.as_deref(), Some("next"));
+        assert_eq!(called.arguments, json!({"index": 4}));
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub struct BrowseInput {
     /// Store the final HTML as an artifact (always on for `content`).
     #[serde(default)]
     pub save_html: bool,
+    /// Values typed where a `type` step's text says `{{name}}`, and masked back to
+    /// `{{name}}` in the result, the logs and the progress (a replayed agent's password).
+    /// Without secrets, a step's text is typed as written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl BrowseInput {
@@ -152,8 +157,17 @@ impl BrowseInput {
                 ));
             }
         }
+        crate::agent::check_secrets(&self.secrets)?;
         for (index, step) in self.steps.iter().enumerate() {
             step.validate(&format!("input.steps[{index}]"))?;
+            if !self.secrets.is_empty()
+                && let Err(problem) = step.with_secrets(&self.secrets)
+            {
+                return Err(invalid_input(
+                    &format!("input.steps[{index}].text"),
+                    &problem,
+                ));
+            }
         }
         for (index, extraction) in self.extract.iter().enumerate() {
             super::Action::validate(extraction, &format!("input.extract[{index}]"))?;

@@ -346,6 +346,18 @@ actions! {
 }
 
 impl Step {
+    /// The step with the `{{name}}` placeholders of its typed text replaced by the
+    /// secrets' values (only `type` types text); an unknown name is an error naming it.
+    pub fn with_secrets(&self, secrets: &BTreeMap<String, String>) -> Result<Self, String> {
+        match self {
+            Self::Type(typed) => Ok(Self::Type(TypeText {
+                text: crate::agent::fill_secrets(&typed.text, secrets)?,
+                ..typed.clone()
+            })),
+            other => Ok(other.clone()),
+        }
+    }
+
     /// The step's own timeout in milliseconds.
     pub fn timeout_ms(&self) -> u32 {
         self.own_timeout_ms().unwrap_or(DEFAULT_STEP_TIMEOUT_MS)
@@ -597,6 +609,43 @@ mod tests {
         let again =
             parse_browse_input(&serde_json::to_value(&input).expect("json")).expect("round trip");
         assert_eq!(again, input);
+    }
+
+    #[test]
+    fn secrets_fill_typed_placeholders_and_must_name_each_one() {
+        let typed = json!({"action": "type", "selector": "#pw", "text": "{{password}}!"});
+        // Without secrets, the text is the text.
+        let plain = parse_browse_input(&json!({"steps": [typed]})).expect("parses");
+        plain.validate(false, true, false).expect("valid");
+        let with = parse_browse_input(&json!({
+            "steps": [typed, {"action": "click", "selector": "#go"}],
+            "secrets": {"password": "hunter2"},
+        }))
+        .expect("parses");
+        with.validate(false, true, false).expect("valid");
+        let Step::Type(filled) = with.steps[0].with_secrets(&with.secrets).expect("fills") else {
+            panic!("a type step stays a type step");
+        };
+        assert_eq!(filled.text, "hunter2!");
+        assert_eq!(
+            with.steps[1].with_secrets(&with.secrets),
+            Ok(with.steps[1].clone())
+        );
+        let error = error_of(json!({
+            "steps": [{"action": "click", "selector": "a"}, {"action": "type", "selector": "#pw", "text": "{{pin}}"}],
+            "secrets": {"password": "hunter2"},
+        }));
+        assert!(
+            error.message.starts_with("input.steps[1].text") && error.message.contains("pin"),
+            "{}",
+            error.message
+        );
+        let error = error_of(json!({"steps": [typed], "secrets": {"bad name": "x"}}));
+        assert!(
+            error.message.starts_with("input.secrets"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
