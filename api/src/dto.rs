@@ -147,8 +147,11 @@ impl From<Priority> for PriorityDto {
 ///   `output_schema` (a JSON Schema the output must satisfy), `max_steps` (default 25),
 ///   `budget` (`{max_tokens, max_cost_usd, max_duration_ms}`), `allowed_domains`,
 ///   `secrets` (`{"password": "…"}`, shown back redacted), `vision` (`off` | `auto` |
-///   `on`), `model`, and the page options of `script`. The result has `output`, `steps`,
-///   `usage` and `script` (the run as script steps, replayable without the model).
+///   `on`), `model`, `cache` (`off` | `reuse` | `refresh`: replay the script a succeeded
+///   run of the same goal left, asking the model only from the first step that fails),
+///   and the page options of `script`. The result has `output`, `steps`, `usage`,
+///   `script` (the run as script steps, replayable without the model) and, with a
+///   cache, `cache` (`hit`, `replayed`, `healed`, `saved`).
 /// - `scrape`: like `content` plus `extract` (a list of `{name, selector, what, attribute,
 ///   all, fields}`); the result's `data` holds the values.
 #[derive(Debug, Clone, Object)]

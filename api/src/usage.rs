@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use operator_domain::error::ErrorCode;
-use operator_store::db::{Period, Usage};
+use operator_store::db::{ModelUsage, Period, Usage};
 use operator_store::limits::MonthlyQuotas;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
@@ -46,6 +46,30 @@ pub struct BrowserUsageView {
     pub remaining: Option<f64>,
 }
 
+/// Agent tasks' language-model use, counted as each step is recorded.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "ModelUsage")]
+pub struct ModelUsageView {
+    pub calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// At the `llm.prices` of each call's model (models without a price add nothing).
+    pub cost_usd: f64,
+}
+
+impl From<ModelUsage> for ModelUsageView {
+    fn from(used: ModelUsage) -> Self {
+        Self {
+            calls: used.calls,
+            prompt_tokens: used.prompt_tokens,
+            completion_tokens: used.completion_tokens,
+            total_tokens: used.prompt_tokens + used.completion_tokens,
+            cost_usd: used.cost_micro_usd as f64 / 1e6,
+        }
+    }
+}
+
 /// A tenant's use in one calendar month (UTC).
 #[derive(Debug, Clone, Object)]
 #[oai(rename = "Usage")]
@@ -57,6 +81,7 @@ pub struct UsageView {
     pub period_end: DateTime<Utc>,
     pub tasks: TaskUsageView,
     pub browser_seconds: BrowserUsageView,
+    pub model: ModelUsageView,
 }
 
 /// One earlier month, without quotas.
@@ -66,6 +91,7 @@ pub struct MonthView {
     pub period: String,
     pub tasks: u64,
     pub browser_seconds: f64,
+    pub model: ModelUsageView,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -100,6 +126,7 @@ fn view(usage: &Usage, quotas: MonthlyQuotas) -> UsageView {
                 .browser_seconds
                 .map(|limit| (limit as f64 - seconds(usage)).max(0.0)),
         },
+        model: usage.model.into(),
     }
 }
 
@@ -144,6 +171,7 @@ impl UsageApi {
                 period: month.period.label(),
                 tasks: month.tasks,
                 browser_seconds: seconds(month),
+                model: month.model.into(),
             })
             .collect();
         Ok(Json(UsageReport {

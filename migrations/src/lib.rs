@@ -37,6 +37,8 @@ mod m20261204_000018_tenant_running_limit;
 mod m20261205_000019_monthly_usage;
 mod m20261205_000020_spent_refresh_tokens;
 mod m20261205_000021_task_checkpoints;
+mod m20261206_000022_model_usage;
+mod m20261206_000023_agent_scripts;
 
 pub struct Migrator;
 
@@ -58,6 +60,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000019_monthly_usage::Migration),
             Box::new(m20261205_000020_spent_refresh_tokens::Migration),
             Box::new(m20261205_000021_task_checkpoints::Migration),
+            Box::new(m20261206_000022_model_usage::Migration),
+            Box::new(m20261206_000023_agent_scripts::Migration),
         ]
     }
 }

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use poem::web::{Form, Html};
-use poem::{Route, get, handler, post};
+use poem::{EndpointExt, Route, get, handler, post};
 use serde_json::{Value, json};
 
 use crate::helpers::{ENDED, Setup, on_both_setups, serve_on_loopback};
@@ -69,6 +69,30 @@ fn page_c() -> Html<&'static str> {
     Html("<!doctype html><html><head><title>C</title></head><body><p>Code: C-42</p></body></html>")
 }
 
+/// The cached run's site: page 2's link changes its id once `moved` is set, so a
+/// recorded click on it no longer finds it.
+#[handler]
+fn cache_page(
+    poem::web::Path(number): poem::web::Path<u32>,
+    moved: poem::web::Data<&std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> Html<String> {
+    let id = match (number, moved.load(std::sync::atomic::Ordering::SeqCst)) {
+        (2, true) => "onward".to_owned(),
+        _ => format!("to-{}", number + 1),
+    };
+    let body = match number {
+        3 => "<p>Code: K-7</p>".to_owned(),
+        _ => format!(
+            "<p>Page {number}</p><a id=\"{id}\" href=\"/cache/{}\">Next to {}</a>",
+            number + 1,
+            number + 1
+        ),
+    };
+    Html(format!(
+        "<!doctype html><html><head><title>Cache {number}</title></head><body>{body}</body></html>"
+    ))
+}
+
 #[handler]
 fn stuck_page() -> Html<&'static str> {
     Html(
@@ -127,6 +151,12 @@ fn script(call: &Call<'_>) -> Reply {
         }
         return Reply::Tool("click", json!({"index": call.index_of("Next to")}));
     }
+    if goal.contains("CACHED") {
+        if page.contains("Code: K-7") {
+            return Reply::Tool("done", json!({"output": {"code": "K-7"}}));
+        }
+        return Reply::Tool("click", json!({"index": call.index_of("Next to")}));
+    }
     if goal.contains("MAXSTEPS") {
         return Reply::Tool("click", json!({"index": call.index_of("Next to")}));
     }
@@ -164,14 +194,17 @@ fn script(call: &Call<'_>) -> Reply {
 }
 
 async fn agent_scenarios(setup: Setup) {
+    let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (site, _stop) = serve_on_loopback(
         Route::new()
+            .at("/cache/:number", get(cache_page))
             .at("/shop/login", get(login_page))
             .at("/shop/welcome", post(welcome_page))
             .at("/shop/a", get(page_a))
             .at("/shop/b", get(page_b))
             .at("/shop/c", get(page_c))
-            .at("/shop/stuck", get(stuck_page)),
+            .at("/shop/stuck", get(stuck_page))
+            .data(std::sync::Arc::clone(&moved)),
     )
     .await;
     let model = ModelServer::start(script).await;
@@ -180,6 +213,7 @@ async fn agent_scenarios(setup: Setup) {
         .start(move |settings| {
             settings.llm.base_url = Some(base_url);
             settings.llm.max_retries = 2;
+            settings.agent.cached_step_timeout = Duration::from_secs(1);
         })
         .await;
     let agent = |goal: &str, url: &str, extra: Value| {
@@ -463,6 +497,81 @@ async fn agent_scenarios(setup: Setup) {
             .to_string()
             .contains("does not satisfy output_schema"),
         "the repair turn says why"
+    );
+
+    // The tenant's month counts every recorded step's model use: what the tasks'
+    // progress shows, summed.
+    let mut shown = (0, 0);
+    for (_, id) in &ids {
+        let (_, task) = app.get(&format!("/v1/tasks/{id}")).await;
+        let usage = &task["progress"]["usage"];
+        shown.0 += usage["model_calls"].as_u64().unwrap_or(0);
+        shown.1 += usage["total_tokens"].as_u64().unwrap_or(0);
+    }
+    let (status, month) = app.get("/v1/usage").await;
+    assert_eq!(status, 200, "{month}");
+    assert!(shown.0 >= 20, "{shown:?}");
+    assert_eq!(
+        (
+            month["model"]["calls"].as_u64(),
+            month["model"]["total_tokens"].as_u64()
+        ),
+        (Some(shown.0), Some(shown.1)),
+        "{month}"
+    );
+
+    // The script cache: the first run records its script; the second replays it and
+    // asks the model only for the output; when the site changes under a recorded step,
+    // the third replays up to it, the model takes over there, and the healed script
+    // serves the fourth.
+    let cached = agent(
+        "CACHED: follow the pages to the code",
+        "/cache/1",
+        json!({"cache": "reuse"}),
+    );
+    let mut runs = Vec::new();
+    for run in 1..=4 {
+        if run == 3 {
+            moved.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let asked_before = model.requests_for("CACHED").len();
+        let (status, created) = app.submit(&cached).await;
+        assert_eq!(status, 202, "{created}");
+        let id = created["id"].as_str().expect("id");
+        let task = app.wait_for(id, &ENDED, crate::TASK_DEADLINE).await;
+        assert_eq!(task["state"], "succeeded", "run {run}: {task}");
+        assert_eq!(task["result"]["output"], json!({"code": "K-7"}));
+        let asked = model.requests_for("CACHED").len() - asked_before;
+        runs.push((asked, task["result"]["cache"].clone()));
+    }
+    assert_eq!(
+        runs,
+        vec![
+            (
+                3,
+                json!({"hit": false, "replayed": 0, "healed": false, "saved": true})
+            ),
+            (
+                1,
+                json!({"hit": true, "replayed": 4, "healed": false, "saved": false})
+            ),
+            (
+                2,
+                json!({"hit": true, "replayed": 2, "healed": true, "saved": true})
+            ),
+            (
+                1,
+                json!({"hit": true, "replayed": 4, "healed": false, "saved": false})
+            ),
+        ],
+        "model calls and cache outcome per run"
+    );
+    let cached_requests = model.requests_for("CACHED");
+    let healing = crate::model_server::last_user_text(&cached_requests[4]);
+    assert!(
+        healing.contains("replayed already: click #to-2; wait_for navigation")
+            && healing.contains("step 3 (click #to-3)"),
+        "the model is told what was replayed and what failed: {healing}"
     );
 
     // The login replayed as a script with the model server gone: its recorded steps

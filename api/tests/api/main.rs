@@ -431,6 +431,13 @@ async fn each_operation_documents_exactly_the_statuses_it_answers() {
             ],
         ),
         (
+            "post",
+            "/v1/tasks/{id}/replay",
+            &[
+                "200", "202", "400", "401", "403", "404", "409", "422", "429", "500", "503",
+            ],
+        ),
+        (
             "get",
             "/v1/tasks/{id}/webhook-deliveries",
             &["200", "400", "401", "403", "404", "429", "500", "503"],

@@ -139,9 +139,11 @@ async fn past_a_monthly_quota_a_tenant_gets_429_until_next_month_and_sees_its_us
     );
     assert_eq!(usage["browser_seconds"]["used"], 0.0);
     assert_eq!(usage["browser_seconds"]["limit"], Value::Null);
+    let no_model = json!({"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost_usd": 0.0});
+    assert_eq!(usage["model"], no_model);
     assert_eq!(
         usage["history"],
-        json!([{"period": period, "tasks": 2, "browser_seconds": 0.0}])
+        json!([{"period": period, "tasks": 2, "browser_seconds": 0.0, "model": no_model}])
     );
     let (status, earlier) = viewer.get("/v1/usage?period=2020-01").await;
     assert_eq!(status, 200);

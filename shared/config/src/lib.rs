@@ -764,6 +764,11 @@ pub struct AgentSettings {
     pub stuck_fail_after: u32,
     /// A screenshot of every step as an artifact (`steps/NNN.jpg`).
     pub step_screenshots: bool,
+    /// How long one step of a cached script may take when it is replayed before the
+    /// model takes over from it (a recorded selector that is gone fails this fast,
+    /// not after the step's own timeout).
+    #[serde(with = "humantime_serde")]
+    pub cached_step_timeout: Duration,
 }
 
 impl Default for AgentSettings {
@@ -775,6 +780,7 @@ impl Default for AgentSettings {
             stuck_warn_after: 3,
             stuck_fail_after: 2,
             step_screenshots: true,
+            cached_step_timeout: Duration::from_secs(3),
         }
     }
 }

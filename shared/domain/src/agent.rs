@@ -42,6 +42,23 @@ pub enum Vision {
     On,
 }
 
+/// Whether an agent reuses the script a succeeded run of the same goal recorded (per
+/// tenant; the goal as written, with its placeholders, the start URL and the output
+/// schema make the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScriptCache {
+    /// Neither read nor written.
+    #[default]
+    Off,
+    /// Replay the cached script first, if there is one, and ask the model only from the
+    /// first step that fails (or for the output); a run that succeeds leaves its script
+    /// (healed, where a step failed) as the cached one.
+    Reuse,
+    /// Do not replay; a run that succeeds replaces the cached script.
+    Refresh,
+}
+
 /// Hard limits of one agent task; each is checked before every model call, so a task
 /// never spends past a limit by more than the one call that crossed it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -86,6 +103,8 @@ pub struct AgentInput {
     /// The model to ask; the settings' `llm.model` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    #[serde(default)]
+    pub cache: ScriptCache,
     // The page options a `script` task takes.
     #[serde(default)]
     pub wait_until: WaitUntil,
@@ -134,6 +153,21 @@ impl AgentInput {
             block_urls: self.block_urls.clone(),
             ..BrowseInput::default()
         }
+    }
+
+    /// The key of the script cache: a SHA-256 (hex) of the goal as written, the start
+    /// URL and the output schema. Secrets' values are not part of it.
+    pub fn cache_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let identity = serde_json::json!({
+            "goal": self.goal,
+            "url": self.url.as_ref().map(TargetUrl::as_str),
+            "output_schema": self.output_schema,
+        });
+        Sha256::digest(identity.to_string().as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
     }
 
     /// Whether `host` is one the task allows (every host when `allowed_domains` is empty).

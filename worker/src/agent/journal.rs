@@ -5,7 +5,7 @@
 //! resumes from the last recorded step without asking the model again for it.
 
 use operator_domain::error::{CodedError, ErrorCode};
-use operator_domain::{LeaseToken, NewArtifact, TaskId, TenantId};
+use operator_domain::{LeaseToken, NewArtifact, Step, TaskId, TenantId};
 use operator_store::db::{AgentStepWrite, TaskRepository};
 use operator_store::storage::ArtifactStore;
 use serde_json::Value;
@@ -60,6 +60,41 @@ impl Journal {
             Err(error) => {
                 warn!(file = %name, error = %error.message, "cannot store a step's screenshot");
                 None
+            }
+        }
+    }
+
+    /// The script the cache holds for `key` (this tenant's), if any and readable; the
+    /// cache is an optimisation, so a failure to read it only costs the model calls.
+    pub async fn cached_script(&self, key: &str) -> Option<Vec<Step>> {
+        let steps = match self.repo.cached_script(&self.tenant, key).await {
+            Ok(steps) => steps?,
+            Err(error) => {
+                warn!(error = %error, "cannot read the agent script cache");
+                return None;
+            }
+        };
+        match serde_json::from_value(steps) {
+            Ok(steps) => Some(steps),
+            Err(error) => {
+                warn!(error = %error, "the cached agent script is unreadable; ignored");
+                None
+            }
+        }
+    }
+
+    /// Keeps `steps` as the cached script for `key`; a failure is logged, not fatal.
+    pub async fn cache_script(&self, key: &str, steps: &[Step]) -> bool {
+        let steps = serde_json::to_value(steps).unwrap_or(Value::Null);
+        match self
+            .repo
+            .cache_script(&self.tenant, key, &steps, self.task)
+            .await
+        {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(error = %error, "cannot keep the agent's script in the cache");
+                false
             }
         }
     }

@@ -16,6 +16,11 @@
 //! task `agent_stuck`. `done`'s output is checked against `output_schema`; a mismatch
 //! gets one repair turn, then `invalid_output`.
 //!
+//! The script cache (`cache: reuse`): a run first replays the script a succeeded run
+//! of the same goal left, then asks the model, told what was replayed, from the first
+//! step that failed (or only for the output). A run that succeeds leaves its script,
+//! healed where a cached step failed, as the cached one.
+//!
 //! Secrets: the model sees `{{name}}` only. The executor types the real value; page
 //! text, element values, step records, logs and the result are masked.
 
@@ -31,7 +36,7 @@ use base64::Engine;
 use operator_config::{AgentSettings, ModelPrice};
 use operator_domain::NewArtifact;
 use operator_domain::agent::{
-    AgentInput, Vision, fill_secrets, mask_secrets, mask_secrets_in, output_problems,
+    AgentInput, ScriptCache, Vision, fill_secrets, mask_secrets, mask_secrets_in, output_problems,
 };
 use operator_domain::error::{CodedError, ErrorCode};
 use operator_domain::network::NetworkPolicy;
@@ -39,7 +44,7 @@ use operator_domain::steps::{
     Click, Goto, Hover, Press, Scroll, Select, StepOutput, StepPage, TypeText, WaitFor,
 };
 use operator_domain::{ElementState, ImageFormat, PageEvent, Step, TargetUrl, WaitSpec};
-use operator_store::db::AgentStepWrite;
+use operator_store::db::{AgentStepWrite, ModelUsage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
@@ -117,6 +122,24 @@ impl Spent {
         self.tokens.completion_tokens += usage.completion_tokens;
         self.cost_usd += usage.cost(price);
         self.calls += 1;
+    }
+
+    /// The use since `earlier`, as the tenant's usage counts it (cost in millionths of a
+    /// dollar, rounded on the running totals so that the parts add up to the whole).
+    fn since(&self, earlier: &Self) -> ModelUsage {
+        let micros = |cost: f64| (cost * 1e6).round().max(0.0) as u64;
+        ModelUsage {
+            calls: u64::from(self.calls.saturating_sub(earlier.calls)),
+            prompt_tokens: self
+                .tokens
+                .prompt_tokens
+                .saturating_sub(earlier.tokens.prompt_tokens),
+            completion_tokens: self
+                .tokens
+                .completion_tokens
+                .saturating_sub(earlier.tokens.completion_tokens),
+            cost_micro_usd: micros(self.cost_usd).saturating_sub(micros(earlier.cost_usd)),
+        }
     }
 
     fn to_json(self, model: &str, priced: bool) -> Value {
@@ -209,6 +232,24 @@ struct Judged {
     name: String,
 }
 
+/// What replaying a cached script did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheReplay {
+    /// The cached script's steps.
+    steps: usize,
+    /// How many of them ran before one failed (all, when none did).
+    replayed: usize,
+    /// The step that failed and why (secrets masked): the model goes on from there.
+    failed: Option<String>,
+}
+
+impl CacheReplay {
+    /// Whether the run's script differs from the cached one, and so should replace it.
+    fn changed(&self, script: &[Step]) -> bool {
+        self.failed.is_some() || script.len() != self.steps
+    }
+}
+
 /// The version of [`Progress`] a checkpoint holds; another is not resumed from.
 const CHECKPOINT_VERSION: u32 = 1;
 
@@ -227,6 +268,12 @@ struct Progress {
     /// The pages opened, in order (for `go_back`).
     visited: Vec<String>,
     spent: Spent,
+    /// How much of `spent` the tenant's usage has counted (the steps recorded so far).
+    #[serde(default)]
+    counted: Spent,
+    /// What replaying the cached script did, when the run started with it.
+    #[serde(default)]
+    cache: Option<CacheReplay>,
     stuck: StuckDetector,
     judged: Option<Judged>,
     nudge: Option<String>,
@@ -246,6 +293,8 @@ impl Progress {
             script: Vec::new(),
             visited: Vec::new(),
             spent: Spent::default(),
+            counted: Spent::default(),
+            cache: None,
             stuck: StuckDetector::new(settings),
             judged: None,
             nudge: None,
@@ -262,6 +311,7 @@ impl Progress {
             step: self.step,
             records: self.records,
             spent: self.spent,
+            counted: self.counted,
             elapsed_ms: self.elapsed_ms,
             ..Self::fresh(settings)
         }
@@ -289,16 +339,24 @@ impl Recorder<'_> {
         progress.records.push(record.clone());
         progress.step += 1;
         progress.elapsed_ms = self.started.elapsed().as_millis() as u64;
+        let model_usage = progress.spent.since(&progress.counted);
+        let counted = std::mem::replace(&mut progress.counted, progress.spent);
         let shown = json!({"steps": progress.records, "usage": self.usage(progress)});
         let checkpoint = serde_json::to_value(&*progress).unwrap_or(Value::Null);
-        self.journal
+        let recorded = self
+            .journal
             .record(AgentStepWrite {
                 progress: &shown,
                 step: record,
                 checkpoint: &checkpoint,
                 artifacts,
+                model_usage,
             })
-            .await
+            .await;
+        if recorded.is_err() {
+            progress.counted = counted;
+        }
+        recorded
     }
 
     fn usage(&self, progress: &Progress) -> Value {
@@ -340,6 +398,21 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
             .unwrap_or_else(Instant::now),
     };
     let started = recorder.started;
+    let cache_key = input.cache_key();
+    if input.cache == ScriptCache::Reuse
+        && progress.step == 0
+        && let Some(cached) = journal.cached_script(&cache_key).await
+    {
+        replay_cached(session, input, settings, &cached, &mut progress).await?;
+        let shot = match settings.step_screenshots {
+            true => step_screenshot(session, journal, progress.step).await,
+            false => None,
+        };
+        let record = cache_record(&progress, session, shot.as_ref()).await;
+        recorder
+            .commit(&mut progress, record, shot.as_slice())
+            .await?;
+    }
     let tools = tools::definitions(input.output_schema.as_ref());
     // Sent only to a server without tool calling (JSON mode).
     let json_instructions = format!(
@@ -460,6 +533,18 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
                     extra.insert("output".to_owned(), output);
                     extra.insert("usage".to_owned(), recorder.usage(&progress));
                     extra.insert("steps".to_owned(), Value::Array(progress.records));
+                    if input.cache != ScriptCache::Off {
+                        let changed = progress
+                            .cache
+                            .as_ref()
+                            .is_none_or(|replay| replay.changed(&progress.script));
+                        let saved =
+                            changed && journal.cache_script(&cache_key, &progress.script).await;
+                        extra.insert(
+                            "cache".to_owned(),
+                            cache_summary(progress.cache.as_ref(), saved),
+                        );
+                    }
                     let mut replay = page_options.clone();
                     replay.steps = progress.script;
                     extra.insert(
@@ -625,6 +710,140 @@ async fn resume(
         "agent resumed from its checkpoint"
     );
     Ok(earlier)
+}
+
+/// Replays a cached script on the start page, each step bounded by
+/// `agent.cached_step_timeout`, until one fails: the steps that ran join the run's
+/// script, and the model is told (as the next look's note) what was done and where to
+/// go on from.
+async fn replay_cached(
+    session: &Session<'_>,
+    input: &AgentInput,
+    settings: &AgentSettings,
+    cached: &[Step],
+    progress: &mut Progress,
+) -> Result<(), CodedError> {
+    let limit = settings.cached_step_timeout;
+    let mut previous = session.event_sequence();
+    let mut failed = None;
+    for (index, step) in cached.iter().enumerate() {
+        let started = session.event_sequence();
+        let outcome = match tokio::time::timeout(
+            limit,
+            run_step(session, input, step, index, previous),
+        )
+        .await
+        {
+            Ok(outcome) => outcome?,
+            Err(_) => Err(format!("it did not finish within {limit:?}")),
+        };
+        previous = started;
+        if let Err(problem) = outcome {
+            failed = Some(format!(
+                "step {} ({}): {}",
+                index + 1,
+                describe_step(step),
+                mask_secrets(&problem, &input.secrets)
+            ));
+            break;
+        }
+        progress.script.push(step.clone());
+    }
+    if let Ok(url) = session.evaluate("location.href").await
+        && let Some(url) = url.as_str()
+        && progress.visited.last().map(String::as_str) != Some(url)
+    {
+        progress.visited.push(url.to_owned());
+    }
+    let done: Vec<String> = progress.script.iter().map(describe_step).collect();
+    let mut note = format!(
+        "These actions of an earlier run of this goal were replayed already: {}.",
+        if done.is_empty() {
+            "none".to_owned()
+        } else {
+            done.join("; ")
+        }
+    );
+    match &failed {
+        Some(problem) => note.push_str(&format!(
+            " The next recorded action failed, {problem}. Go on from the page as it is now."
+        )),
+        None => note.push_str(
+            " Check that the page shows what the goal asks for and finish (done with the output), or go on.",
+        ),
+    }
+    info!(
+        replayed = progress.script.len(),
+        cached = cached.len(),
+        healed = failed.is_some(),
+        "agent replayed its cached script"
+    );
+    progress.nudge = Some(note);
+    progress.cache = Some(CacheReplay {
+        steps: cached.len(),
+        replayed: progress.script.len(),
+        failed,
+    });
+    Ok(())
+}
+
+/// A script step in a few words, for the model: `click #submit`.
+fn describe_step(step: &Step) -> String {
+    let value = serde_json::to_value(step).unwrap_or(Value::Null);
+    let target = ["selector", "url", "key", "event"]
+        .iter()
+        .find_map(|field| value[*field].as_str())
+        .unwrap_or_default();
+    let text = value["text"]
+        .as_str()
+        .map(|text| format!(" {text:?}"))
+        .unwrap_or_default();
+    format!("{} {target}{text}", step.action())
+        .trim_end()
+        .to_owned()
+}
+
+/// The record of the step that replayed the cached script: no model call.
+async fn cache_record(
+    progress: &Progress,
+    session: &Session<'_>,
+    shot: Option<&NewArtifact>,
+) -> Value {
+    let replay = progress.cache.as_ref();
+    let url = session
+        .evaluate("location.href")
+        .await
+        .ok()
+        .and_then(|url| url.as_str().map(str::to_owned));
+    let mut record = json!({
+        "index": progress.step,
+        "action": "replay_cached",
+        "ok": replay.is_some_and(|replay| replay.failed.is_none()),
+        "replayed": replay.map_or(0, |replay| replay.replayed),
+        "of": replay.map_or(0, |replay| replay.steps),
+        "url": url,
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "cost_usd": 0.0,
+    });
+    if let Some(problem) = replay.and_then(|replay| replay.failed.as_ref()) {
+        record["error"] = json!({"code": "cached_step_failed", "message": problem});
+    }
+    if let Some(shot) = shot {
+        record["screenshot"] = json!(shot.name);
+    }
+    record
+}
+
+/// The result's `cache`: whether a cached script was replayed, how far, and whether
+/// this run's script is the cached one now.
+fn cache_summary(replay: Option<&CacheReplay>, saved: bool) -> Value {
+    json!({
+        "hit": replay.is_some(),
+        "replayed": replay.map_or(0, |replay| replay.replayed),
+        "healed": replay.is_some_and(|replay| replay.failed.is_some()),
+        "saved": saved,
+    })
 }
 
 async fn open_start(session: &Session<'_>, input: &AgentInput) -> Result<(), CodedError> {

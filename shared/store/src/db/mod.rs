@@ -45,7 +45,7 @@ pub use rows::{RepoError, now};
 pub use tenants::{
     ApiKey, CreateTenantError, NewKey, StoredKey, Tenant, TenantLimits, TenantRepository,
 };
-pub use usage::{Period, Usage, UsageRepository};
+pub use usage::{ModelUsage, Period, Usage, UsageRepository};
 pub use users::{
     Invitation, Member, MemberRecord, PendingLogin, Refreshed, SessionState, SignInIdentity,
     SignInRefusal, UserRepository,

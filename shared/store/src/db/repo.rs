@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection,
     DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
@@ -21,7 +21,9 @@ use tracing::instrument;
 
 use operator_config::BatchSettings;
 
-use super::entities::{artifact, queue, task, task_attempt, task_checkpoint, task_event};
+use super::entities::{
+    agent_script, artifact, queue, task, task_attempt, task_checkpoint, task_event,
+};
 use super::postgres::Batched;
 use super::rows::{
     RepoError, coded_error, insert_artifacts, insert_event, insert_events, now, to_artifact,
@@ -748,6 +750,7 @@ impl TaskRepository {
             step,
             checkpoint,
             artifacts,
+            model_usage,
         } = write;
         let now = now();
         let transaction = self.db.begin().await?;
@@ -757,6 +760,7 @@ impl TaskRepository {
         };
         insert_events(&transaction, id, &tenant, vec![("agent_step", step)], now).await?;
         insert_artifacts(&transaction, id, &tenant, artifacts, now).await?;
+        super::usage::add_model_usage(&transaction, &tenant, now, model_usage).await?;
         let row = task_checkpoint::ActiveModel {
             task_id: Set(id.as_uuid()),
             attempt: Set(to_i32(attempt)),
@@ -786,6 +790,69 @@ impl TaskRepository {
             .one(&self.db)
             .await?
             .map(|row| row.checkpoint))
+    }
+
+    /// The steps the agent script cache holds for `key` in `tenant`, if any; the read
+    /// counts as one use.
+    pub async fn cached_script(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, RepoError> {
+        let Some(row) =
+            agent_script::Entity::find_by_id((tenant.as_str().to_owned(), key.to_owned()))
+                .one(&self.db)
+                .await?
+        else {
+            return Ok(None);
+        };
+        agent_script::Entity::update_many()
+            .col_expr(
+                agent_script::Column::Uses,
+                Expr::col(agent_script::Column::Uses).add(1),
+            )
+            .filter(agent_script::Column::TenantId.eq(tenant.as_str()))
+            .filter(agent_script::Column::CacheKey.eq(key))
+            .exec(&self.db)
+            .await?;
+        Ok(Some(row.steps))
+    }
+
+    /// Keeps `steps`, recorded by task `id`, as the cached script for `key` in
+    /// `tenant`, replacing any before.
+    pub async fn cache_script(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        steps: &serde_json::Value,
+        id: TaskId,
+    ) -> Result<(), RepoError> {
+        let now = now();
+        let row = agent_script::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            cache_key: Set(key.to_owned()),
+            steps: Set(steps.clone()),
+            task_id: Set(id.as_uuid()),
+            uses: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        agent_script::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([
+                    agent_script::Column::TenantId,
+                    agent_script::Column::CacheKey,
+                ])
+                .update_columns([
+                    agent_script::Column::Steps,
+                    agent_script::Column::TaskId,
+                    agent_script::Column::UpdatedAt,
+                ])
+                .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
     }
 
     /// Records artifacts of a running attempt that will not succeed (its page logs), so
@@ -986,6 +1053,8 @@ pub struct AgentStepWrite<'a> {
     pub step: serde_json::Value,
     pub checkpoint: &'a serde_json::Value,
     pub artifacts: &'a [operator_domain::NewArtifact],
+    /// The model use since the last recorded step, added to the tenant's month.
+    pub model_usage: super::ModelUsage,
 }
 
 /// Touches a running task's row under the worker's lease inside `transaction`, setting

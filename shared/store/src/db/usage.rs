@@ -1,4 +1,5 @@
-//! Monthly usage per tenant: tasks created and browser time, per calendar month in UTC.
+//! Monthly usage per tenant: tasks created, browser time and agents' model use, per
+//! calendar month in UTC.
 //!
 //! The counts are written by the hot transitions themselves, in the transaction (or the
 //! one statement) that writes the rows they count: a task's creation adds one task,
@@ -6,7 +7,9 @@
 //! is exact, and a monthly quota of tasks is checked atomically with the insert it
 //! guards (see [`count_created`]). An attempt lost to a worker that vanished (closed as
 //! `lease_expired` when another worker takes the task over) is not counted: its time is
-//! the platform's fault, not the tenant's use.
+//! the platform's fault, not the tenant's use. An agent's model use is added with each
+//! step it records (in that step's transaction), so a model call whose step was lost
+//! to a crash is not counted: the next attempt asks again, and that call is.
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -91,6 +94,23 @@ pub struct Usage {
     pub period: Period,
     pub tasks: u64,
     pub browser_ms: u64,
+    pub model: ModelUsage,
+}
+
+/// Language-model use: calls, tokens, and cost in millionths of a US dollar (summed
+/// exactly; zero for models without a price).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelUsage {
+    pub calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_micro_usd: u64,
+}
+
+impl ModelUsage {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Usage {
@@ -99,6 +119,7 @@ impl Usage {
             period,
             tasks: 0,
             browser_ms: 0,
+            model: ModelUsage::default(),
         }
     }
 }
@@ -142,10 +163,17 @@ impl UsageRepository {
 }
 
 fn to_usage(row: tenant_usage::Model, period: Period) -> Usage {
+    let count = |value: i64| u64::try_from(value).unwrap_or(0);
     Usage {
         period,
-        tasks: u64::try_from(row.tasks).unwrap_or(0),
-        browser_ms: u64::try_from(row.browser_ms).unwrap_or(0),
+        tasks: count(row.tasks),
+        browser_ms: count(row.browser_ms),
+        model: ModelUsage {
+            calls: count(row.model_calls),
+            prompt_tokens: count(row.prompt_tokens),
+            completion_tokens: count(row.completion_tokens),
+            cost_micro_usd: count(row.cost_micro_usd),
+        },
     }
 }
 
@@ -208,6 +236,48 @@ pub(super) async fn add_browser_time(
     Ok(())
 }
 
+/// Adds an agent step's model use to `tenant`'s month of `at`.
+pub(super) async fn add_model_usage(
+    connection: &impl ConnectionTrait,
+    tenant: &TenantId,
+    at: DateTime<Utc>,
+    used: ModelUsage,
+) -> Result<(), DbErr> {
+    if used.is_empty() {
+        return Ok(());
+    }
+    let columns = [
+        (tenant_usage::Column::ModelCalls, used.calls),
+        (tenant_usage::Column::PromptTokens, used.prompt_tokens),
+        (
+            tenant_usage::Column::CompletionTokens,
+            used.completion_tokens,
+        ),
+        (tenant_usage::Column::CostMicroUsd, used.cost_micro_usd),
+    ];
+    let mut on_conflict =
+        OnConflict::columns([tenant_usage::Column::TenantId, tenant_usage::Column::Period]);
+    for (column, value) in columns {
+        on_conflict.value(
+            column,
+            Expr::col((tenant_usage::Entity, column)).add(to_i64(value)),
+        );
+    }
+    on_conflict.value(tenant_usage::Column::UpdatedAt, Expr::value(at));
+    let row = tenant_usage::ActiveModel {
+        model_calls: Set(to_i64(used.calls)),
+        prompt_tokens: Set(to_i64(used.prompt_tokens)),
+        completion_tokens: Set(to_i64(used.completion_tokens)),
+        cost_micro_usd: Set(to_i64(used.cost_micro_usd)),
+        ..row(tenant, at, 0, 0)
+    };
+    tenant_usage::Entity::insert(row)
+        .on_conflict(on_conflict)
+        .exec_without_returning(connection)
+        .await?;
+    Ok(())
+}
+
 fn row(
     tenant: &TenantId,
     at: DateTime<Utc>,
@@ -220,6 +290,7 @@ fn row(
         tasks: Set(tasks),
         browser_ms: Set(browser_ms),
         updated_at: Set(at),
+        ..Default::default()
     }
 }
 

@@ -16,6 +16,25 @@ async fn named_queues_migrate_down_and_up_keeping_tasks(database: TestDatabase) 
     let connection = repo.connection();
     let select = |sql: &str| Statement::from_string(connection.get_database_backend(), sql);
 
+    operator_migrations::Migrator::down(connection, Some(3))
+        .await
+        .expect("down (agent scripts, model usage, task checkpoints)");
+    for table in ["agent_scripts", "task_checkpoints"] {
+        assert!(
+            connection
+                .query_one_raw(select(&format!("SELECT * FROM {table}")))
+                .await
+                .is_err(),
+            "down removed {table}"
+        );
+    }
+    assert!(
+        connection
+            .query_one_raw(select("SELECT model_calls FROM tenant_usage"))
+            .await
+            .is_err(),
+        "down removed the model usage columns"
+    );
     operator_migrations::Migrator::down(connection, Some(4))
         .await
         .expect(

@@ -8,8 +8,8 @@ use operator_domain::{
     TenantId,
 };
 use operator_store::db::{
-    AgentStepWrite, CancelOutcome, FinishOutcome, LeaseRenewal, StartOutcome, Submitted,
-    TaskRepository,
+    AgentStepWrite, CancelOutcome, FinishOutcome, LeaseRenewal, ModelUsage, Period, StartOutcome,
+    Submitted, TaskRepository, UsageRepository,
 };
 use operator_testkit::TestDatabase;
 use operator_testkit::screenshot_task;
@@ -796,6 +796,12 @@ fn step_write<'a>(
         step: json!({"index": checkpoint["step"], "action": "click"}),
         checkpoint,
         artifacts: &[],
+        model_usage: ModelUsage {
+            calls: 1,
+            prompt_tokens: 100,
+            completion_tokens: 20,
+            cost_micro_usd: 7,
+        },
     }
 }
 
@@ -867,6 +873,20 @@ async fn an_agent_checkpoint_is_kept_for_the_next_attempt_until_the_end(repo: Ta
         repo.checkpoint(task.id).await.expect("read"),
         Some(later.clone())
     );
+    // The two recorded steps' model use is the tenant's month's, the lost lease's is not.
+    let month = UsageRepository::new(repo.connection().clone())
+        .usage(&tenant, Period::containing(Utc::now()))
+        .await
+        .expect("usage");
+    assert_eq!(
+        month.model,
+        ModelUsage {
+            calls: 2,
+            prompt_tokens: 200,
+            completion_tokens: 40,
+            cost_micro_usd: 14,
+        }
+    );
     let steps = repo
         .events(task.id, None)
         .await
@@ -899,6 +919,39 @@ async fn an_agent_checkpoint_is_kept_for_the_next_attempt_until_the_end(repo: Ta
     assert_eq!(repo.checkpoint(task.id).await.expect("read"), None);
 }
 
+/// The agent script cache keeps one script per tenant and key, the latest written; a
+/// tenant never reads another's.
+async fn the_script_cache_keeps_the_latest_script_per_tenant_and_key(repo: TaskRepository) {
+    let tenant = TenantId::default_tenant();
+    let other = TenantId::parse("other").expect("tenant");
+    let task = repo.create(new_task(&tenant)).await.expect("create");
+    let key = "a".repeat(64);
+    assert_eq!(repo.cached_script(&tenant, &key).await.expect("read"), None);
+    let first = json!([{"action": "click", "selector": "#a"}]);
+    let healed = json!([{"action": "click", "selector": "#b"}]);
+    repo.cache_script(&tenant, &key, &first, task.id)
+        .await
+        .expect("write");
+    assert_eq!(
+        repo.cached_script(&tenant, &key).await.expect("read"),
+        Some(first)
+    );
+    repo.cache_script(&tenant, &key, &healed, task.id)
+        .await
+        .expect("replace");
+    assert_eq!(
+        repo.cached_script(&tenant, &key).await.expect("read"),
+        Some(healed)
+    );
+    assert_eq!(repo.cached_script(&other, &key).await.expect("read"), None);
+    assert_eq!(
+        repo.cached_script(&tenant, &"b".repeat(64))
+            .await
+            .expect("read"),
+        None
+    );
+}
+
 crate::helpers::on_both_databases!(
     an_expired_lease_nobody_took_over_still_finishes,
     a_finish_racing_a_takeover_has_one_winner,
@@ -911,6 +964,7 @@ crate::helpers::on_both_databases!(
     a_retry_goes_back_to_queued_with_its_run_time,
     progress_and_attempt_artifacts_need_the_lease,
     an_agent_checkpoint_is_kept_for_the_next_attempt_until_the_end,
+    the_script_cache_keeps_the_latest_script_per_tenant_and_key,
     a_task_life_writes_its_attempts_events_and_artifacts,
     concurrent_calls_each_get_their_own_answer,
 );

@@ -1,6 +1,7 @@
 //! sea-orm entities, one per table. They stay inside the `db` module: the repository
 //! converts them into domain records at its edge.
 
+pub mod agent_script;
 pub mod api_key;
 pub mod artifact;
 pub mod audit_event;

@@ -10,6 +10,11 @@ pub struct Model {
     pub period: String,
     pub tasks: i64,
     pub browser_ms: i64,
+    pub model_calls: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// Millionths of a US dollar.
+    pub cost_micro_usd: i64,
     pub updated_at: DateTimeUtc,
 }
 
