@@ -169,6 +169,34 @@ async fn first_owner_key(
     Ok(Some(token.expose().to_owned()))
 }
 
+/// `operator serve` seals tenants' model keys with a key of its own when the settings
+/// give none: made on the first start and kept in `llm-key-encryption.key` under the
+/// data directory (mode 0600). Losing it loses the stored tenant keys, not the tasks.
+fn serve_key_encryption_key(settings: &mut Settings) -> anyhow::Result<()> {
+    if settings.llm.key_encryption_key.is_some() {
+        return Ok(());
+    }
+    let path = settings.data_dir.join("llm-key-encryption.key");
+    let key = match std::fs::read_to_string(&path) {
+        Ok(key) => key.trim().to_owned(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key = operator_store::models::KeySealer::generate_setting();
+            write_private(&path, &key).with_context(|| {
+                format!("cannot store the key encryption key in {}", path.display())
+            })?;
+            key
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", path.display()));
+        }
+    };
+    settings.llm.key_encryption_key = Some(key.into());
+    settings
+        .validate()
+        .with_context(|| format!("the key in {}", path.display()))?;
+    Ok(())
+}
+
 /// Writes a file only its owner can read (0600), replacing any earlier one.
 pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -209,7 +237,10 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings, roles: Roles) -> anyhow::Result<Self> {
+    pub async fn build(mut settings: Settings, roles: Roles) -> anyhow::Result<Self> {
+        if roles.api && roles.migrate && roles.worker {
+            serve_key_encryption_key(&mut settings)?;
+        }
         let services = Services::connect(&settings).await?;
         let connection = services.repo.connection();
         if roles.migrate {

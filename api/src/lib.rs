@@ -44,6 +44,7 @@ pub mod events;
 pub mod health;
 pub mod keys;
 pub mod members;
+pub mod model_settings;
 pub mod oneshot;
 pub mod queues;
 pub mod signin;
@@ -93,6 +94,9 @@ pub fn routes(state: SharedState) -> impl poem::Endpoint {
                 state: SharedState::clone(&state),
             },
             usage::UsageApi {
+                state: SharedState::clone(&state),
+            },
+            model_settings::ModelSettingsApi {
                 state: SharedState::clone(&state),
             },
         ),

@@ -268,6 +268,7 @@ impl OneShotApi {
         let rules = SubmissionRules {
             settings: &state.settings,
             policy: &state.policy,
+            tenant_model: None,
         };
         let new_task = match submission.validate(&rules, options.caller.tenant.clone(), None, None)
         {

@@ -10,10 +10,12 @@ use operator_domain::network::NetworkPolicy;
 use operator_domain::{QueueName, TaskId, TenantId};
 use operator_store::credentials::{KeyVerifier, VerifierTiming};
 use operator_store::db::{
-    AuditEntry, AuditRepository, TaskRepository, TenantRepository, UsageRepository,
+    AuditEntry, AuditRepository, ModelSettingsRepository, TaskRepository, TenantRepository,
+    UsageRepository,
 };
 use operator_store::events::EventBus;
 use operator_store::limits::{Quotas, TenantLimitsCache};
+use operator_store::models::TenantModels;
 use operator_store::queue::SharedQueue;
 use operator_store::rate::SubmissionLimiter;
 use operator_store::signing::LinkSigner;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub limiter: Arc<SubmissionLimiter>,
     /// Each tenant's monthly quotas.
     pub quotas: Arc<Quotas>,
+    /// Tenants' own language models (their keys sealed), cached.
+    pub models: Arc<TenantModels>,
 }
 
 #[derive(Debug, Default)]
@@ -109,6 +113,13 @@ impl AppState {
             UsageRepository::new(repo.connection().clone()),
             settings.limits.clone(),
         ));
+        let models = Arc::new(
+            TenantModels::new(
+                ModelSettingsRepository::new(repo.connection().clone()),
+                &settings.llm,
+            )
+            .expect("llm.key_encryption_key was checked with the settings"),
+        );
         let sign_in = crate::signin::service(
             &settings.auth,
             repo.connection().clone(),
@@ -135,6 +146,23 @@ impl AppState {
             limits,
             limiter,
             quotas,
+            models,
+        }
+    }
+
+    /// The tenant's own model, if it set one; a sealed key that no longer opens (the
+    /// encryption key changed) is a server fault, not the client's.
+    pub async fn tenant_model(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<operator_config::TenantModel>, ApiError> {
+        match self.models.get(tenant).await {
+            Ok(model) => Ok(model.map(|resolved| resolved.model)),
+            Err(operator_store::models::ModelsError::Repo(error)) => Err(error.into()),
+            Err(operator_store::models::ModelsError::Seal(error)) => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("the tenant's model settings cannot be read: {error}"),
+            )),
         }
     }
 

@@ -163,9 +163,16 @@ impl ParsePayload for TaskSubmission {
 pub struct SubmissionRules<'a> {
     pub settings: &'a Settings,
     pub policy: &'a NetworkPolicy,
+    /// The submitting tenant's own model, when it set one (agent tasks only look).
+    pub tenant_model: Option<&'a operator_config::TenantModel>,
 }
 
 impl TaskSubmission {
+    /// Whether the body asks for this kind (before it is validated).
+    pub fn is_kind(&self, kind: &str) -> bool {
+        self.body.get("kind").and_then(serde_json::Value::as_str) == Some(kind)
+    }
+
     /// A submission the server makes itself (a replay), validated as a client's is.
     pub fn from_body(body: serde_json::Value) -> Self {
         Self { body }
@@ -237,7 +244,7 @@ impl TaskSubmission {
             rules.policy.check_url_statically(url.as_url())?;
         }
         if let TaskSpec::Agent(input) = &spec {
-            check_model(rules.settings, input)?;
+            check_model(rules, input)?;
         }
 
         let tasks = &rules.settings.tasks;
@@ -296,21 +303,25 @@ impl TaskSubmission {
 /// An agent task needs a model, and a price for it when its budget is in dollars: both
 /// are refused at submission rather than failing on a worker.
 fn check_model(
-    settings: &operator_config::Settings,
+    rules: &SubmissionRules<'_>,
     input: &operator_domain::agent::AgentInput,
 ) -> Result<(), ApiError> {
-    if settings.llm.base_url.is_none() {
+    let tenant_llm = rules
+        .tenant_model
+        .map(|model| rules.settings.llm.for_tenant(model));
+    let llm = tenant_llm.as_ref().unwrap_or(&rules.settings.llm);
+    if llm.base_url.is_none() {
         return Err(ApiError::new(
             ErrorCode::LlmNotConfigured,
-            "agent tasks need a language model: the service has no llm.base_url",
+            "agent tasks need a language model: the service has no llm.base_url and the tenant none of its own (PUT /v1/model-settings)",
         ));
     }
-    let model = input.model.as_deref().unwrap_or(&settings.llm.model);
-    if input.budget.max_cost_usd.is_some() && settings.llm.price(model).is_none() {
+    let model = input.model.as_deref().unwrap_or(&llm.model);
+    if input.budget.max_cost_usd.is_some() && llm.price(model).is_none() {
         return Err(ApiError::new(
             ErrorCode::LlmNotConfigured,
             format!(
-                "input.budget.max_cost_usd: the service has no price for model {model:?} (llm.prices)"
+                "input.budget.max_cost_usd: there is no price for model {model:?} (llm.prices, or the tenant's model settings)"
             ),
         ));
     }

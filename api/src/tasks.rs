@@ -122,9 +122,14 @@ impl TasksApi {
         let state = &self.state;
         let idempotency_key = checked_idempotency_key(idempotency_key.0)?;
         let trace_parent = traceparent.0.filter(|value| is_traceparent(value));
+        let tenant_model = match body.is_kind("agent") {
+            true => state.tenant_model(&caller.tenant).await?,
+            false => None,
+        };
         let rules = SubmissionRules {
             settings: &state.settings,
             policy: &state.policy,
+            tenant_model: tenant_model.as_ref(),
         };
         let new_task =
             body.validate(&rules, caller.tenant.clone(), idempotency_key, trace_parent)?;
@@ -358,6 +363,7 @@ impl TasksApi {
         let rules = SubmissionRules {
             settings: &state.settings,
             policy: &state.policy,
+            tenant_model: None,
         };
         let new_task = TaskSubmission::from_body(body).validate(
             &rules,

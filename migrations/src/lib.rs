@@ -39,6 +39,7 @@ mod m20261205_000020_spent_refresh_tokens;
 mod m20261205_000021_task_checkpoints;
 mod m20261206_000022_model_usage;
 mod m20261206_000023_agent_scripts;
+mod m20261206_000024_tenant_model_settings;
 
 pub struct Migrator;
 
@@ -62,6 +63,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000021_task_checkpoints::Migration),
             Box::new(m20261206_000022_model_usage::Migration),
             Box::new(m20261206_000023_agent_scripts::Migration),
+            Box::new(m20261206_000024_tenant_model_settings::Migration),
         ]
     }
 }

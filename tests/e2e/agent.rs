@@ -623,4 +623,154 @@ async fn agent_scenarios(setup: Setup) {
     app.shutdown().await;
 }
 
-on_both_setups!(agent_scenarios);
+/// A tenant brings its own model: its agent tasks talk to its endpoint with its key and
+/// model (priced by its own table), other tenants' to the service's; the key is never
+/// shown back; removed, the tenant's tasks use the service's model again.
+async fn a_tenant_brings_its_own_model(setup: Setup) {
+    let (site, _stop) = serve_on_loopback(
+        Route::new()
+            .at("/shop/a", get(page_a))
+            .at("/shop/b", get(page_b))
+            .at("/shop/c", get(page_c)),
+    )
+    .await;
+    let service = ModelServer::start(script).await;
+    let own = ModelServer::start(script).await;
+    let service_url = service.base_url.clone();
+    let app = setup
+        .start(move |settings| {
+            settings.llm.base_url = Some(service_url);
+            settings.llm.api_key = Some("sk-service-0000".to_owned().into());
+            settings.llm.key_encryption_key =
+                Some(operator_store::models::KeySealer::generate_setting().into());
+            settings.llm.tenant_settings_ttl = Duration::ZERO;
+        })
+        .await;
+    let admin = app.platform_admin().await;
+    let (status, created) = admin
+        .post_json("/v1/admin/tenants", &json!({"id": "acme", "name": "Acme"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let acme = operator_testkit::ApiClient::with_key(
+        app.base.clone(),
+        created["owner_key"]["key"].as_str().expect("key"),
+    );
+    let (status, settings) = acme.get("/v1/model-settings").await;
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(settings["source"], "service");
+    assert_eq!(settings["configured"], true);
+    assert_eq!(
+        settings["base_url"],
+        Value::Null,
+        "the service's endpoint is not shown"
+    );
+
+    const KEY: &str = "sk-acme-secret-9876";
+    let (status, settings) = acme
+        .put(
+            "/v1/model-settings",
+            &json!({
+                "base_url": own.base_url,
+                "model": "acme-model",
+                "api_key": KEY,
+                "prices": {"acme-model": {"input_per_million": 1.0, "output_per_million": 2.0}},
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(settings["source"], "tenant");
+    assert_eq!(settings["has_api_key"], true);
+    assert_eq!(settings["api_key_hint"], "…9876");
+    let (_, read) = acme.get("/v1/model-settings").await;
+    assert_eq!(read, settings);
+    let (_, audit) = acme.get("/v1/audit-events").await;
+    for shown in [&settings, &audit] {
+        assert!(
+            !shown.to_string().contains(KEY),
+            "the key is never shown: {shown}"
+        );
+    }
+    let (status, refused) = acme
+        .put(
+            "/v1/model-settings",
+            &json!({"base_url": "ftp://models.example/v1", "model": "m"}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (422, Some("url_scheme_not_allowed"))
+    );
+
+    let task = |budget: Value| {
+        json!({"kind": "agent", "input": {
+            "goal": "NAVIGATE: follow the pages to the code",
+            "url": format!("{site}/shop/a"),
+            "budget": budget,
+        }})
+    };
+    // A dollar budget is priced by the tenant's own table; the service has no price.
+    let (status, refused) = app.submit(&task(json!({"max_cost_usd": 1.0}))).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (422, Some("llm_not_configured"))
+    );
+    let run = |client: &operator_testkit::ApiClient, body: Value| {
+        let client = client.clone();
+        async move {
+            let (status, created) = client.submit(&body).await;
+            assert_eq!(status, 202, "{created}");
+            client
+                .wait_for(
+                    created["id"].as_str().expect("id"),
+                    &ENDED,
+                    crate::TASK_DEADLINE,
+                )
+                .await
+        }
+    };
+    let acme_task = run(&acme, task(json!({"max_cost_usd": 1.0}))).await;
+    assert_eq!(acme_task["state"], "succeeded", "{acme_task}");
+    assert!(
+        acme_task["result"]["usage"]["cost_usd"]
+            .as_f64()
+            .expect("priced")
+            > 0.0
+    );
+    let default_task = run(&app, task(json!({}))).await;
+    assert_eq!(default_task["state"], "succeeded", "{default_task}");
+    let tenant_key = Some(format!("Bearer {KEY}"));
+    let own_callers = own.callers();
+    assert_eq!(own_callers.len(), 3, "acme's three steps");
+    assert!(
+        own_callers
+            .iter()
+            .all(|(key, model)| *key == tenant_key && model == "acme-model"),
+        "{own_callers:?}"
+    );
+    let service_callers = service.callers();
+    assert_eq!(service_callers.len(), 3, "the default tenant's three steps");
+    assert!(
+        service_callers
+            .iter()
+            .all(|(key, _)| key.as_deref() == Some("Bearer sk-service-0000")),
+        "{service_callers:?}"
+    );
+    let (_, usage) = acme.get("/v1/usage").await;
+    assert_eq!(usage["model"]["calls"], 3, "{usage}");
+    assert!(usage["model"]["cost_usd"].as_f64().expect("cost") > 0.0);
+
+    // Removed: acme's next task talks to the service's model.
+    let (status, _) = acme.delete("/v1/model-settings").await;
+    assert_eq!(status, 204);
+    let again = run(&acme, task(json!({}))).await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(
+        own.callers().len(),
+        3,
+        "nothing more to acme's own endpoint"
+    );
+    assert_eq!(service.callers().len(), 6);
+    app.shutdown().await;
+}
+
+on_both_setups!(agent_scenarios, a_tenant_brings_its_own_model);

@@ -93,6 +93,8 @@ type Script = dyn Fn(&Call<'_>) -> Reply + Send + Sync;
 
 struct State {
     requests: Mutex<Vec<(Instant, Value)>>,
+    /// Each request's `Authorization` header, in the order of `requests`.
+    authorizations: Mutex<Vec<Option<String>>>,
     script: Box<Script>,
 }
 
@@ -107,6 +109,7 @@ impl ModelServer {
     pub async fn start(script: impl Fn(&Call<'_>) -> Reply + Send + Sync + 'static) -> Self {
         let state = Arc::new(State {
             requests: Mutex::default(),
+            authorizations: Mutex::default(),
             script: Box::new(script),
         });
         let app = Route::new()
@@ -133,6 +136,21 @@ impl ModelServer {
         self.state.requests.lock().expect("lock").clone()
     }
 
+    /// Each request's `Authorization` header and model, in arrival order.
+    pub fn callers(&self) -> Vec<(Option<String>, String)> {
+        let authorizations = self.state.authorizations.lock().expect("lock").clone();
+        self.requests()
+            .iter()
+            .zip(authorizations)
+            .map(|(request, authorization)| {
+                (
+                    authorization,
+                    request["model"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// Stops answering: the port is closed, as when the provider is down.
     pub fn stop(&self) {
         self.stop.cancel();
@@ -154,9 +172,19 @@ impl Drop for ModelServer {
 }
 
 #[handler]
-async fn complete(Json(request): Json<Value>, state: Data<&Arc<State>>) -> Response {
+async fn complete(
+    Json(request): Json<Value>,
+    state: Data<&Arc<State>>,
+    headers: &poem::http::HeaderMap,
+) -> Response {
     let earlier = {
         let mut requests = state.requests.lock().expect("lock");
+        state.authorizations.lock().expect("lock").push(
+            headers
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+        );
         let goal = goal_of(&request);
         let earlier = requests
             .iter()

@@ -114,6 +114,10 @@ impl Worker {
                 Some(storage.clone()),
             ))
         });
+        let agent = Arc::new(
+            agent::AgentRuntime::new(&settings.llm, &settings.agent, repo.connection().clone())
+                .map_err(|error| WorkerError::Runtime(error.message))?,
+        );
         let runner = TaskRunner {
             worker_id,
             repo,
@@ -127,10 +131,7 @@ impl Worker {
                 max: settings.tasks.retry_max_delay,
             },
             hard_stop: CancellationToken::new(),
-            agent: Arc::new(
-                agent::AgentRuntime::new(&settings.llm, &settings.agent)
-                    .map_err(|error| WorkerError::Runtime(error.message))?,
-            ),
+            agent,
         };
         Ok(Self {
             runner: Arc::new(runner),

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::agent::journal::Journal;
+use crate::agent::model::ModelClient;
 use crate::agent::{self, AgentRun, AgentRuntime};
 use crate::browser::{BrowserHandle, PreparedPage};
 use crate::events::{ConsoleEntry, PageEvents};
@@ -75,6 +76,9 @@ pub struct RenderJob<'a> {
     pub progress: ProgressSink<'a>,
     pub log_sink: mpsc::UnboundedSender<ConsoleEntry>,
     pub agent: &'a AgentRuntime,
+    /// The model an agent task talks to (the tenant's own or the service's), or why
+    /// there is none.
+    pub model: Option<&'a Result<Arc<ModelClient>, CodedError>>,
     /// Where an agent task's steps are recorded (none when the task holds no lease).
     pub journal: Option<&'a Journal>,
 }
@@ -92,11 +96,17 @@ pub async fn render(
         progress,
         log_sink,
         agent: agent_runtime,
+        model,
         journal,
     } = job;
     // An agent task without a model fails before it takes a page.
-    let model = match spec {
-        TaskSpec::Agent(_) => Some(agent_runtime.model()?),
+    let model = match (spec, model) {
+        (TaskSpec::Agent(_), Some(model)) => {
+            Some(Arc::clone(model.as_ref().map_err(Clone::clone)?))
+        }
+        (TaskSpec::Agent(_), None) => {
+            return Err(CodedError::new(ErrorCode::LlmNotConfigured, "no language model").into());
+        }
         _ => None,
     };
     let started = Instant::now();
@@ -157,7 +167,7 @@ pub async fn render(
                 agent::run(AgentRun {
                     session: &session,
                     input,
-                    model,
+                    model: &model,
                     settings: &agent_runtime.settings,
                     policy,
                     journal,

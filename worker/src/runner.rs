@@ -360,6 +360,11 @@ impl TaskRunner {
             _ => None,
         };
         let journal = journal.as_ref();
+        let model = match &spec {
+            TaskSpec::Agent(_) => Some(self.agent.model_for(&record.tenant).await),
+            _ => None,
+        };
+        let model = model.as_ref();
         let rendered = self
             .pool
             .run(|handle| async move {
@@ -374,6 +379,7 @@ impl TaskRunner {
                     progress: &sink,
                     log_sink: log_sender,
                     agent: &agent,
+                    model,
                     journal,
                 };
                 Ok(render::render(&handle, job).await)

@@ -321,9 +321,10 @@ async fn a_tenant_sees_only_its_own_lists() {
             "tasks:write",
             "queues:read",
             "webhooks:read",
-            "usage:read"
+            "usage:read",
+            "model:read"
         ]),
-        "no keys:read or audit:read"
+        "no keys:read, audit:read or model:manage"
     );
 }
 

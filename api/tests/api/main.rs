@@ -431,6 +431,21 @@ async fn each_operation_documents_exactly_the_statuses_it_answers() {
             ],
         ),
         (
+            "get",
+            "/v1/model-settings",
+            &["200", "401", "403", "429", "500", "503"],
+        ),
+        (
+            "put",
+            "/v1/model-settings",
+            &["200", "400", "401", "403", "422", "429", "500", "503"],
+        ),
+        (
+            "delete",
+            "/v1/model-settings",
+            &["204", "401", "403", "429", "500", "503"],
+        ),
+        (
             "post",
             "/v1/tasks/{id}/replay",
             &[

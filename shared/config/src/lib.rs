@@ -707,9 +707,30 @@ pub struct LlmSettings {
     /// US dollars per million tokens, by model name, for `budget.max_cost_usd` and the
     /// cost in each task's usage.
     pub prices: HashMap<String, ModelPrice>,
+    /// 32 random bytes, base64: the AES-256-GCM key that seals tenants' model API keys
+    /// in the database (`PUT /v1/model-settings`). Without it, tenants cannot store a
+    /// key. `operator serve` makes one under the data directory.
+    pub key_encryption_key: Option<SecretString>,
+    /// How long an API replica or a worker keeps a tenant's model settings before it
+    /// reads them again (a change applies at most this late elsewhere; at once on the
+    /// replica that made it).
+    #[serde(with = "humantime_serde")]
+    pub tenant_settings_ttl: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// A tenant's own model, overriding the service's `llm.base_url`, `llm.api_key`,
+/// `llm.model` and, where given, `llm.protocol`; its prices are added to (and win over)
+/// the service's table.
+#[derive(Debug, Clone)]
+pub struct TenantModel {
+    pub base_url: String,
+    pub model: String,
+    pub protocol: Option<LlmProtocol>,
+    pub api_key: Option<SecretString>,
+    pub prices: HashMap<String, ModelPrice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LlmProtocol {
     Auto,
@@ -717,7 +738,7 @@ pub enum LlmProtocol {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPrice {
     pub input_per_million: f64,
@@ -736,11 +757,32 @@ impl Default for LlmSettings {
             retry_max_delay: Duration::from_secs(30),
             max_output_tokens: 1024,
             prices: HashMap::new(),
+            key_encryption_key: None,
+            tenant_settings_ttl: Duration::from_secs(30),
         }
     }
 }
 
 impl LlmSettings {
+    /// These settings with a tenant's own model in place of the service's.
+    pub fn for_tenant(&self, tenant: &TenantModel) -> Self {
+        let mut prices = self.prices.clone();
+        prices.extend(
+            tenant
+                .prices
+                .iter()
+                .map(|(name, price)| (name.clone(), *price)),
+        );
+        Self {
+            base_url: Some(tenant.base_url.clone()),
+            api_key: tenant.api_key.clone(),
+            model: tenant.model.clone(),
+            protocol: tenant.protocol.unwrap_or(self.protocol),
+            prices,
+            ..self.clone()
+        }
+    }
+
     /// The price of `model`, when the table has it.
     pub fn price(&self, model: &str) -> Option<ModelPrice> {
         self.prices.get(model).copied()
@@ -980,6 +1022,17 @@ impl Settings {
                 return Err(invalid(
                     "storage.secret_access_key",
                     "access_key_id and secret_access_key must be set together",
+                ));
+            }
+        }
+        if let Some(key) = &self.llm.key_encryption_key {
+            use base64::Engine;
+            let decoded =
+                base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim());
+            if decoded.map_or(true, |bytes| bytes.len() != 32) {
+                return Err(invalid(
+                    "llm.key_encryption_key",
+                    "must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)",
                 ));
             }
         }

@@ -64,6 +64,10 @@ pub enum Permission {
     MembersRead,
     /// Read the tenant's monthly usage and quotas.
     UsageRead,
+    /// Read the tenant's language-model settings (never the key).
+    ModelRead,
+    /// Set or remove the tenant's language-model settings and key.
+    ModelManage,
     /// Invite people, change members' roles, remove members (never above the caller's
     /// own role).
     MembersManage,
@@ -73,7 +77,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 15] = [
         Permission::TasksRead,
         Permission::TasksWrite,
         Permission::QueuesRead,
@@ -86,6 +90,8 @@ impl Permission {
         Permission::MembersRead,
         Permission::MembersManage,
         Permission::UsageRead,
+        Permission::ModelRead,
+        Permission::ModelManage,
         Permission::TenantsManage,
     ];
 
@@ -103,6 +109,8 @@ impl Permission {
             Self::MembersRead => "members:read",
             Self::MembersManage => "members:manage",
             Self::UsageRead => "usage:read",
+            Self::ModelRead => "model:read",
+            Self::ModelManage => "model:manage",
             Self::TenantsManage => "tenants:manage",
         }
     }
@@ -118,6 +126,7 @@ impl Permission {
                 | Self::AuditRead
                 | Self::MembersRead
                 | Self::UsageRead
+                | Self::ModelRead
         )
     }
 }
@@ -158,11 +167,11 @@ impl Role {
             Self::Owner | Self::Admin => !matches!(permission, TenantsManage | QueuesManage),
             Self::Member => matches!(
                 permission,
-                TasksRead | TasksWrite | QueuesRead | WebhooksRead | UsageRead
+                TasksRead | TasksWrite | QueuesRead | WebhooksRead | UsageRead | ModelRead
             ),
             Self::Viewer => matches!(
                 permission,
-                TasksRead | QueuesRead | WebhooksRead | UsageRead
+                TasksRead | QueuesRead | WebhooksRead | UsageRead | ModelRead
             ),
         }
     }

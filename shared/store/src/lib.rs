@@ -10,6 +10,7 @@
 //! - [`credentials`]: API key verification, cached and invalidated on revocation.
 //! - [`task_stream`]: one task's event stream, from the table and the bus.
 //! - [`limits`]: each tenant's limits (its own or the settings') and monthly quotas.
+//! - [`models`]: tenants' own language-model settings, their API keys sealed at rest.
 //! - [`rate`]: submission rate limits per tenant (GCRA, shared through Redis).
 //! - [`sessions`]: session tokens (EdDSA JWTs) and their rotating, shared signing keys.
 //! - [`signing`]: the shared keys that sign artifact links and stream tickets.
@@ -22,6 +23,7 @@ pub mod credentials;
 pub mod db;
 pub mod events;
 pub mod limits;
+pub mod models;
 pub mod queue;
 pub mod rate;
 pub mod sessions;

@@ -380,6 +380,16 @@ impl ApiClient {
         read_sse(response).await
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("delete");
+        read_json(response).await
+    }
+
     pub async fn post(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self
             .http

@@ -29,12 +29,12 @@ pub mod model;
 pub mod observe;
 pub mod tools;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use operator_config::{AgentSettings, ModelPrice};
-use operator_domain::NewArtifact;
 use operator_domain::agent::{
     AgentInput, ScriptCache, Vision, fill_secrets, mask_secrets, mask_secrets_in, output_problems,
 };
@@ -44,7 +44,9 @@ use operator_domain::steps::{
     Click, Goto, Hover, Press, Scroll, Select, StepOutput, StepPage, TypeText, WaitFor,
 };
 use operator_domain::{ElementState, ImageFormat, PageEvent, Step, TargetUrl, WaitSpec};
-use operator_store::db::{AgentStepWrite, ModelUsage};
+use operator_domain::{NewArtifact, TenantId};
+use operator_store::db::{AgentStepWrite, ModelSettingsRepository, ModelUsage};
+use operator_store::models::{ModelsError, TenantModels};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
@@ -67,8 +69,17 @@ const EXTRACT_TEXT_CHARS: usize = 40_000;
 
 /// What a worker's agent tasks share: the model client (none until `llm.base_url` is
 /// set) and the observation and loop settings.
+/// A tenant's model client and the time of the settings it was built from.
+type TenantClient = (chrono::DateTime<chrono::Utc>, Arc<ModelClient>);
+
 pub struct AgentRuntime {
-    pub model: Option<ModelClient>,
+    /// The service's model (`llm.*`), when it has one.
+    model: Option<Arc<ModelClient>>,
+    llm: operator_config::LlmSettings,
+    /// Tenants' own models, read through a short-lived cache.
+    tenants: TenantModels,
+    /// A client per tenant with its own model, rebuilt when its settings change.
+    clients: Mutex<HashMap<TenantId, TenantClient>>,
     pub settings: AgentSettings,
 }
 
@@ -76,25 +87,62 @@ impl AgentRuntime {
     pub fn new(
         llm: &operator_config::LlmSettings,
         settings: &AgentSettings,
+        database: sea_orm::DatabaseConnection,
     ) -> Result<Self, CodedError> {
         let model = match llm.base_url {
-            Some(_) => Some(ModelClient::new(llm)?),
+            Some(_) => Some(Arc::new(ModelClient::new(llm)?)),
             None => None,
         };
+        let tenants = TenantModels::new(ModelSettingsRepository::new(database), llm)
+            .map_err(|error| CodedError::new(ErrorCode::Internal, error.to_string()))?;
         Ok(Self {
             model,
+            llm: llm.clone(),
+            tenants,
+            clients: Mutex::default(),
             settings: settings.clone(),
         })
     }
 
-    /// The model client, or the task's `llm_not_configured`.
-    pub fn model(&self) -> Result<&ModelClient, CodedError> {
-        self.model.as_ref().ok_or_else(|| {
-            CodedError::new(
-                ErrorCode::LlmNotConfigured,
-                "agent tasks need a language model: set llm.base_url (and llm.model)",
-            )
-        })
+    /// The model `tenant`'s agent tasks talk to: its own, or the service's; the task's
+    /// `llm_not_configured` when there is neither.
+    pub async fn model_for(&self, tenant: &TenantId) -> Result<Arc<ModelClient>, CodedError> {
+        let own = self
+            .tenants
+            .get(tenant)
+            .await
+            .map_err(|error| match error {
+                ModelsError::Repo(error) => CodedError::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot read the tenant's model settings: {error}"),
+                ),
+                ModelsError::Seal(error) => CodedError::new(
+                    ErrorCode::LlmNotConfigured,
+                    format!("the tenant's model key cannot be opened: {error}"),
+                ),
+            })?;
+        let Some(own) = own else {
+            if let Ok(mut clients) = self.clients.lock() {
+                clients.remove(tenant);
+            }
+            return self.model.clone().ok_or_else(|| {
+                CodedError::new(
+                    ErrorCode::LlmNotConfigured,
+                    "agent tasks need a language model: set llm.base_url (and llm.model), or the tenant's own (PUT /v1/model-settings)",
+                )
+            });
+        };
+        if let Ok(clients) = self.clients.lock()
+            && let Some((updated_at, client)) = clients.get(tenant)
+            && *updated_at == own.updated_at
+        {
+            return Ok(Arc::clone(client));
+        }
+        let client = Arc::new(ModelClient::new(&self.llm.for_tenant(&own.model))?);
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.insert(tenant.clone(), (own.updated_at, Arc::clone(&client)));
+        }
+        Ok(client)
     }
 }
 

@@ -26,6 +26,7 @@ use operator_config::Settings;
 
 mod audit;
 pub mod entities;
+mod model_settings;
 mod postgres;
 mod repo;
 mod rows;
@@ -37,6 +38,7 @@ mod webhooks;
 mod writes;
 
 pub use audit::{AuditEntry, AuditEvent, AuditFilter, AuditRepository};
+pub use model_settings::{ModelSettingsRepository, StoredModelSettings};
 pub use repo::{
     AgentStepWrite, CancelOutcome, DispatchCandidate, FinishOutcome, LeaseRenewal, QueueRecord,
     RedriveOutcome, StartOutcome, Submitted, TaskRepository,

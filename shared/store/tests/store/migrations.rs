@@ -16,10 +16,10 @@ async fn named_queues_migrate_down_and_up_keeping_tasks(database: TestDatabase) 
     let connection = repo.connection();
     let select = |sql: &str| Statement::from_string(connection.get_database_backend(), sql);
 
-    operator_migrations::Migrator::down(connection, Some(3))
+    operator_migrations::Migrator::down(connection, Some(4))
         .await
-        .expect("down (agent scripts, model usage, task checkpoints)");
-    for table in ["agent_scripts", "task_checkpoints"] {
+        .expect("down (tenant model settings, agent scripts, model usage, task checkpoints)");
+    for table in ["tenant_model_settings", "agent_scripts", "task_checkpoints"] {
         assert!(
             connection
                 .query_one_raw(select(&format!("SELECT * FROM {table}")))

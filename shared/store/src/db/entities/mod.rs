@@ -19,6 +19,7 @@ pub mod task_checkpoint;
 pub mod task_event;
 pub mod tenant;
 pub mod tenant_email_domain;
+pub mod tenant_model_settings;
 pub mod tenant_usage;
 pub mod user;
 pub mod user_identity;
