@@ -93,6 +93,30 @@ fn cache_page(
     ))
 }
 
+/// A checkout whose card form is in a same-origin frame and whose last button is in an
+/// open shadow root: the agent must see and act inside both.
+#[handler]
+fn framed_page() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><head><title>Checkout</title></head><body><h1>Checkout</h1>\
+         <iframe id=\"pay\" src=\"/shop/inner\" style=\"width:400px;height:120px;border:3px solid #000\"></iframe>\
+         <x-go></x-go><p id=\"status\"></p><script>\
+         customElements.define('x-go', class extends HTMLElement { connectedCallback() {\
+         const root = this.attachShadow({mode: 'open'}); root.innerHTML = '<button>Shadow go</button>';\
+         root.querySelector('button').onclick = () => { document.getElementById('status').textContent = 'Shadow clicked'; }; } });\
+         </script></body></html>",
+    )
+}
+
+#[handler]
+fn inner_page() -> Html<&'static str> {
+    Html(
+        "<!doctype html><html><body style=\"margin:0\"><input name=\"card\" placeholder=\"Card number\">\
+         <button onclick=\"if (document.querySelector('input').value === '4242') document.body.insertAdjacentHTML('beforeend', '<p>Thanks, paid</p>')\">Pay</button>\
+         </body></html>",
+    )
+}
+
 #[handler]
 fn stuck_page() -> Html<&'static str> {
     Html(
@@ -151,6 +175,30 @@ fn script(call: &Call<'_>) -> Reply {
         }
         return Reply::Tool("click", json!({"index": call.index_of("Next to")}));
     }
+    if goal.contains("FRAMES") {
+        if page.contains("Shadow clicked") {
+            return Reply::Tool(
+                "done",
+                json!({"output": {"paid": page.contains("Thanks, paid")}}),
+            );
+        }
+        if page.contains("Thanks, paid") {
+            return Reply::Tool(
+                "click",
+                json!({"index": call.index_of(">Shadow go</button>")}),
+            );
+        }
+        if !page
+            .lines()
+            .any(|line| line.contains("name=\"card\"") && line.contains("value=\"4242\""))
+        {
+            return Reply::Tool(
+                "type",
+                json!({"index": call.index_of("name=\"card\""), "text": "4242"}),
+            );
+        }
+        return Reply::Tool("click", json!({"index": call.index_of(">Pay</button>")}));
+    }
     if goal.contains("CACHED") {
         if page.contains("Code: K-7") {
             return Reply::Tool("done", json!({"output": {"code": "K-7"}}));
@@ -204,6 +252,8 @@ async fn agent_scenarios(setup: Setup) {
             .at("/shop/b", get(page_b))
             .at("/shop/c", get(page_c))
             .at("/shop/stuck", get(stuck_page))
+            .at("/shop/framed", get(framed_page))
+            .at("/shop/inner", get(inner_page))
             .data(std::sync::Arc::clone(&moved)),
     )
     .await;
@@ -279,6 +329,14 @@ async fn agent_scenarios(setup: Setup) {
             agent("RATELIMIT: finish", "/shop/a", json!({})),
         ),
         ("AUTH", agent("AUTH: anything", "/shop/a", json!({}))),
+        (
+            "FRAMES",
+            agent(
+                "FRAMES: pay with card 4242, then go",
+                "/shop/framed",
+                json!({}),
+            ),
+        ),
         ("JSONMODE", agent("JSONMODE: finish", "/shop/a", json!({}))),
         (
             "REPAIR",
@@ -424,6 +482,27 @@ async fn agent_scenarios(setup: Setup) {
             .as_str()
             .expect("url")
             .ends_with("/shop/c")
+    );
+
+    // Inside a same-origin frame and an open shadow root: seen, acted on, and
+    // recorded as deep selectors that a replay can follow.
+    let framed = &done["FRAMES"];
+    assert_eq!(framed["state"], "succeeded", "{framed}");
+    assert_eq!(framed["result"]["output"], json!({"paid": true}));
+    let deep: Vec<&str> = framed["result"]["script"]["steps"]
+        .as_array()
+        .expect("script")
+        .iter()
+        .filter_map(|step| step["selector"].as_str())
+        .collect();
+    assert_eq!(deep.len(), 3, "{framed}");
+    assert!(
+        deep[0].starts_with("#pay >>> ") && deep[1].starts_with("#pay >>> "),
+        "{deep:?}"
+    );
+    assert!(
+        deep[2].contains("x-go") && deep[2].ends_with(">>> button:nth-of-type(1)"),
+        "{deep:?}"
     );
 
     let max_steps = &done["MAXSTEPS"];

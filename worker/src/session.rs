@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use operator_domain::error::{CodedError, ErrorCode};
-use operator_domain::steps::{StepPage, js_string};
+use operator_domain::steps::{FRAME_OFFSET, StepPage, find_element};
 use operator_domain::{
     BrowseInput, CookieSpec, ElementState, ImageFormat, PaperFormat, Viewport, WaitSpec, WaitUntil,
 };
@@ -281,11 +281,11 @@ impl Session<'_> {
     }
 
     async fn wait_for_selector(&self, selector: &str) -> Result<(), CodedError> {
-        let selector_literal = serde_json::to_string(selector).unwrap_or_default();
+        let find = find_element(selector);
         let probe = format!(
-            "(() => {{ let element; try {{ element = document.querySelector({selector_literal}); }} catch (error) {{ return 'invalid'; }} \
+            "(() => {{ let element; try {{ element = {find}; }} catch (error) {{ return 'invalid'; }} \
              if (!element) return false; const box = element.getBoundingClientRect(); \
-             const style = getComputedStyle(element); \
+             const style = element.ownerDocument.defaultView.getComputedStyle(element); \
              return box.width > 0 && box.height > 0 && style.visibility !== 'hidden' && style.display !== 'none'; }})()"
         );
         loop {
@@ -436,10 +436,10 @@ impl Session<'_> {
         deadline: Instant,
     ) -> Result<(), CodedError> {
         let probe = format!(
-            "(() => {{ let element; try {{ element = document.querySelector({}); }} catch (error) {{ return 'invalid'; }} \
-             if (!element) return 'missing'; const box = element.getBoundingClientRect(); const style = getComputedStyle(element); \
+            "(() => {{ let element; try {{ element = {}; }} catch (error) {{ return 'invalid'; }} \
+             if (!element) return 'missing'; const box = element.getBoundingClientRect(); const style = element.ownerDocument.defaultView.getComputedStyle(element); \
              return box.width > 0 && box.height > 0 && style.visibility !== 'hidden' && style.display !== 'none' ? 'visible' : 'hidden'; }})()",
-            js_string(selector)
+            find_element(selector)
         );
         loop {
             let answer = self.evaluate_json(&probe).await?;
@@ -488,9 +488,10 @@ impl Session<'_> {
         self.wait_element(selector, ElementState::Visible, deadline)
             .await?;
         let answer = self.evaluate_json(&format!(
-            "(() => {{ const element = document.querySelector({}); element.scrollIntoView({{block: 'center', inline: 'center'}}); \
-             const box = element.getBoundingClientRect(); return {{x: box.left + box.width / 2, y: box.top + box.height / 2}}; }})()",
-            js_string(selector)
+            "(() => {{ const element = {}; element.scrollIntoView({{block: 'center', inline: 'center'}}); \
+             const box = element.getBoundingClientRect(); const frame = {FRAME_OFFSET}(element); \
+             return {{x: frame.x + box.left + box.width / 2, y: frame.y + box.top + box.height / 2}}; }})()",
+            find_element(selector)
         )).await?;
         Ok(Point {
             x: answer["x"].as_f64().unwrap_or(0.0),
@@ -507,10 +508,10 @@ impl Session<'_> {
         self.wait_element(selector, ElementState::Visible, deadline)
             .await?;
         let answer = self.evaluate_json(&format!(
-            "(() => {{ const element = document.querySelector({}); element.scrollIntoView({{block: 'nearest'}}); \
-             const box = element.getBoundingClientRect(); \
-             return {{x: box.left + window.scrollX, y: box.top + window.scrollY, width: box.width, height: box.height}}; }})()",
-            js_string(selector)
+            "(() => {{ const element = {}; element.scrollIntoView({{block: 'nearest'}}); \
+             const box = element.getBoundingClientRect(); const frame = {FRAME_OFFSET}(element); \
+             return {{x: frame.x + box.left + window.scrollX, y: frame.y + box.top + window.scrollY, width: box.width, height: box.height}}; }})()",
+            find_element(selector)
         )).await?;
         Ok(Clip {
             x: answer["x"].as_f64().unwrap_or(0.0),
@@ -522,9 +523,9 @@ impl Session<'_> {
 
     pub(crate) async fn focus(&self, selector: &str, clear: bool) -> Result<(), CodedError> {
         self.evaluate_json(&format!(
-            "(() => {{ const element = document.querySelector({}); element.focus(); \
+            "(() => {{ const element = {}; element.focus(); \
              if ({clear} && 'value' in element) {{ element.value = ''; element.dispatchEvent(new Event('input', {{bubbles: true}})); }} return true; }})()",
-            js_string(selector)
+            find_element(selector)
         )).await
         .map(|_| ())
     }

@@ -14,8 +14,11 @@
 //!
 //! Each element gets a concrete CSS selector (a unique id, a unique `name`, or an
 //! `:nth-of-type` path from the nearest unique id), so that an action on `[3]` runs
-//! as a script step on that selector and is recorded as one. Elements inside iframes
-//! and shadow roots are not listed yet (a selector cannot reach them).
+//! as a script step on that selector and is recorded as one. Elements of same-origin
+//! frames and open shadow roots are listed where they stand, their selectors going
+//! through the frame or the host (`iframe#pay >>> #card`, `x-login >>> input`, the
+//! steps' deep selectors); frames of other origins are counted, not shown (a page
+//! script cannot reach into them), and closed shadow roots are not listed.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,6 +27,7 @@ use std::hash::{Hash, Hasher};
 use operator_config::AgentSettings;
 use operator_domain::agent::mask_secrets;
 use operator_domain::error::CodedError;
+use operator_domain::steps::DEEP_SEPARATOR;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -182,120 +186,38 @@ impl Observer {
         let viewport_top = metrics.css_layout_viewport.page_y;
         let viewport_height = metrics.css_layout_viewport.client_height.max(1.0);
         let page_height = metrics.css_content_size.height;
-        let window_bottom =
-            viewport_top + viewport_height * (1.0 + self.settings.lookahead_viewports);
-        let tree = Tree::new(document, strings, chosen);
-
-        let mut shown: Vec<Element> = Vec::new();
-        let mut seen_now = HashSet::new();
-        let mut lines: Vec<String> = Vec::new();
-        let mut text_chars = 0usize;
-        let mut above = 0usize;
-        let mut below = 0usize;
-        let mut interactive_total = 0usize;
-        let mut full_text = String::new();
-        let mut last_text_y: Option<f64> = None;
-        let mut current_line = String::new();
-        let flush = |line: &mut String, lines: &mut Vec<String>| {
-            let trimmed = line.trim();
-            if !trimmed.is_empty() {
-                lines.push(trimmed.to_owned());
-            }
-            line.clear();
+        let mut walk = Walk {
+            viewport_top,
+            window_bottom: viewport_top
+                + viewport_height * (1.0 + self.settings.lookahead_viewports),
+            secrets,
+            shown: Vec::new(),
+            seen_now: HashSet::new(),
+            lines: Vec::new(),
+            text_chars: 0,
+            above: 0,
+            below: 0,
+            interactive_total: 0,
+            full_text: String::new(),
+            last_text_y: None,
+            current_line: String::new(),
+            unreadable_frames: 0,
         };
-        for node in 0..tree.len() {
-            if tree.is_text(node) {
-                let Some(text) = tree.rendered_text(node) else {
-                    continue;
-                };
-                let text = collapse_whitespace(text);
-                if text.is_empty() {
-                    continue;
-                }
-                if full_text.len() < MAX_FULL_TEXT_CHARS {
-                    full_text.push_str(&text);
-                    full_text.push(' ');
-                }
-                // Text that names an element is shown as its name, not twice.
-                if tree.collector[node].is_some_and(|owner| tree.interactive[owner]) {
-                    continue;
-                }
-                let Some(bounds) = tree.bounds(node) else {
-                    continue;
-                };
-                if bounds[1] + bounds[3] < viewport_top || bounds[1] > window_bottom {
-                    continue;
-                }
-                if text_chars >= self.settings.max_text_chars {
-                    continue;
-                }
-                if last_text_y.is_some_and(|y| (y - bounds[1]).abs() > 4.0) {
-                    flush(&mut current_line, &mut lines);
-                }
-                last_text_y = Some(bounds[1]);
-                let room = self.settings.max_text_chars - text_chars;
-                let piece: String = text.chars().take(room).collect();
-                text_chars += piece.chars().count();
-                if !current_line.is_empty() {
-                    current_line.push(' ');
-                }
-                current_line.push_str(&piece);
-                continue;
-            }
-            if !tree.interactive[node] {
-                continue;
-            }
-            let Some(bounds) = tree.visible_bounds(node) else {
-                continue;
-            };
-            interactive_total += 1;
-            if bounds[1] + bounds[3] < viewport_top {
-                above += 1;
-                continue;
-            }
-            if bounds[1] > window_bottom || shown.len() >= self.settings.max_elements {
-                below += 1;
-                continue;
-            }
-            flush(&mut current_line, &mut lines);
-            last_text_y = None;
-            let backend_node_id = tree.backend_node_id(node);
-            let index = match self.indices.get(&backend_node_id) {
-                Some(index) => *index,
-                None => {
-                    let index = self.next_index;
-                    self.next_index += 1;
-                    self.indices.insert(backend_node_id, index);
-                    index
-                }
-            };
-            let is_new = !self.previous.is_empty() && !self.previous.contains(&backend_node_id);
-            seen_now.insert(backend_node_id);
-            let name = mask_secrets(&tree.name(node), secrets);
-            let element = Element {
-                index,
-                backend_node_id,
-                tag: tree.tag_lower(node),
-                input_type: tree.input_type(node),
-                selector: tree.selector(node),
-                name,
-                is_new,
-                bounds,
-                options: tree
-                    .options
-                    .get(&node)
-                    .map(|options| {
-                        options
-                            .iter()
-                            .map(|(text, value, _)| (text.clone(), value.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            };
-            lines.push(mask_secrets(&tree.describe(node, &element), secrets));
-            shown.push(element);
-        }
-        flush(&mut current_line, &mut lines);
+        let tree = Tree::new(document, strings, chosen);
+        self.walk(snapshot, &tree, &mut walk, 0);
+        walk.flush();
+        let Walk {
+            shown,
+            seen_now,
+            lines,
+            text_chars,
+            above,
+            below,
+            interactive_total,
+            full_text,
+            unreadable_frames,
+            ..
+        } = walk;
         self.previous = seen_now;
 
         let url = tree.string(document.document_url).to_owned();
@@ -317,10 +239,9 @@ impl Observer {
                 "\nInteractive elements not shown: {above} above, {below} below (scroll to see them)."
             ));
         }
-        if snapshot.documents.len() > 1 {
+        if unreadable_frames > 0 {
             header.push_str(&format!(
-                "\nThe page has {} frames whose content is not shown.",
-                snapshot.documents.len() - 1
+                "\nThe page has {unreadable_frames} frames from other sites whose content is not shown."
             ));
         }
         let text = if body.is_empty() {
@@ -341,6 +262,194 @@ impl Observer {
             page_height,
             interactive_total,
         }
+    }
+
+    /// One document's nodes in order, into `walk`; a same-origin frame's document is
+    /// walked where its frame element stands, its elements' selectors going through the
+    /// frame (`iframe#pay >>> button`) and their bounds moved to the page's.
+    fn walk(&mut self, snapshot: &Snapshot, tree: &Tree<'_>, walk: &mut Walk<'_>, depth: usize) {
+        let secrets = walk.secrets;
+        for node in 0..tree.len() {
+            if tree.is_text(node) {
+                let Some(text) = tree.rendered_text(node) else {
+                    continue;
+                };
+                let text = collapse_whitespace(text);
+                if text.is_empty() {
+                    continue;
+                }
+                if walk.full_text.len() < MAX_FULL_TEXT_CHARS {
+                    walk.full_text.push_str(&text);
+                    walk.full_text.push(' ');
+                }
+                // Text that names an element is shown as its name, not twice.
+                if tree.collector[node].is_some_and(|owner| tree.interactive[owner]) {
+                    continue;
+                }
+                let Some(bounds) = tree.bounds(node) else {
+                    continue;
+                };
+                if bounds[1] + bounds[3] < walk.viewport_top || bounds[1] > walk.window_bottom {
+                    continue;
+                }
+                if walk.text_chars >= self.settings.max_text_chars {
+                    continue;
+                }
+                if walk
+                    .last_text_y
+                    .is_some_and(|y| (y - bounds[1]).abs() > 4.0)
+                {
+                    walk.flush();
+                }
+                walk.last_text_y = Some(bounds[1]);
+                let room = self.settings.max_text_chars - walk.text_chars;
+                let piece: String = text.chars().take(room).collect();
+                walk.text_chars += piece.chars().count();
+                if !walk.current_line.is_empty() {
+                    walk.current_line.push(' ');
+                }
+                walk.current_line.push_str(&piece);
+                continue;
+            }
+            if let Some(frame) = tree.content_document(node) {
+                self.enter_frame(snapshot, tree, node, frame, walk, depth);
+                continue;
+            }
+            if !tree.interactive[node] {
+                continue;
+            }
+            let Some(bounds) = tree.visible_bounds(node) else {
+                continue;
+            };
+            walk.interactive_total += 1;
+            if bounds[1] + bounds[3] < walk.viewport_top {
+                walk.above += 1;
+                continue;
+            }
+            if bounds[1] > walk.window_bottom || walk.shown.len() >= self.settings.max_elements {
+                walk.below += 1;
+                continue;
+            }
+            walk.flush();
+            walk.last_text_y = None;
+            let backend_node_id = tree.backend_node_id(node);
+            let index = match self.indices.get(&backend_node_id) {
+                Some(index) => *index,
+                None => {
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    self.indices.insert(backend_node_id, index);
+                    index
+                }
+            };
+            let is_new = !self.previous.is_empty() && !self.previous.contains(&backend_node_id);
+            walk.seen_now.insert(backend_node_id);
+            let name = mask_secrets(&tree.name(node), secrets);
+            let element = Element {
+                index,
+                backend_node_id,
+                tag: tree.tag_lower(node),
+                input_type: tree.input_type(node),
+                selector: tree.selector(node),
+                name,
+                is_new,
+                bounds,
+                options: tree
+                    .options
+                    .get(&node)
+                    .map(|options| {
+                        options
+                            .iter()
+                            .map(|(text, value, _)| (text.clone(), value.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            walk.lines
+                .push(mask_secrets(&tree.describe(node, &element), secrets));
+            walk.shown.push(element);
+        }
+    }
+
+    /// Walks the document of frame element `host` (snapshot document `frame`), if a
+    /// selector can reach into it: a visible frame of the same origin, not too deep.
+    fn enter_frame(
+        &mut self,
+        snapshot: &Snapshot,
+        tree: &Tree<'_>,
+        host: usize,
+        frame: usize,
+        walk: &mut Walk<'_>,
+        depth: usize,
+    ) {
+        let Some(document) = snapshot.documents.get(frame) else {
+            return;
+        };
+        let Some(host_bounds) = tree.visible_bounds(host) else {
+            return;
+        };
+        let frame_url = tree.string(document.document_url);
+        if depth >= MAX_FRAME_DEPTH || !same_origin(tree.document_url(), frame_url) {
+            walk.unreadable_frames += 1;
+            return;
+        }
+        let mut inner = Tree::new(document, &snapshot.strings, &[]);
+        // The frame's content box: its element's box less its border, which the
+        // snapshot does not give; estimated from the content's width.
+        let content_width = inner.root_width().unwrap_or(host_bounds[2]);
+        let border = ((host_bounds[2] - content_width) / 2.0).max(0.0);
+        inner.offset = (host_bounds[0] + border, host_bounds[1] + border);
+        inner.prefix = format!("{}{DEEP_SEPARATOR}", tree.selector(host));
+        walk.flush();
+        walk.last_text_y = None;
+        self.walk(snapshot, &inner, walk, depth + 1);
+        walk.flush();
+        walk.last_text_y = None;
+    }
+}
+
+/// How deep frames inside frames are shown.
+const MAX_FRAME_DEPTH: usize = 3;
+
+/// Whether a frame's document shares the page's origin (so a page script, and a
+/// selector, can reach into it). `about:srcdoc` and `about:blank` frames inherit it.
+fn same_origin(page: &str, frame: &str) -> bool {
+    if frame.starts_with("about:") {
+        return true;
+    }
+    match (url::Url::parse(page), url::Url::parse(frame)) {
+        (Ok(page), Ok(frame)) => page.origin() == frame.origin(),
+        _ => false,
+    }
+}
+
+/// What one look collects as it walks the page's documents.
+struct Walk<'s> {
+    viewport_top: f64,
+    window_bottom: f64,
+    secrets: &'s BTreeMap<String, String>,
+    shown: Vec<Element>,
+    seen_now: HashSet<i64>,
+    lines: Vec<String>,
+    text_chars: usize,
+    above: usize,
+    below: usize,
+    interactive_total: usize,
+    full_text: String,
+    last_text_y: Option<f64>,
+    current_line: String,
+    /// Frames whose content cannot be shown (another origin, or too deep).
+    unreadable_frames: usize,
+}
+
+impl Walk<'_> {
+    /// Ends the line of text being gathered.
+    fn flush(&mut self) {
+        let trimmed = self.current_line.trim();
+        if !trimmed.is_empty() {
+            self.lines.push(trimmed.to_owned());
+        }
+        self.current_line.clear();
     }
 }
 
@@ -424,6 +533,20 @@ struct Tree<'a> {
     clickable: HashSet<usize>,
     checked: HashSet<usize>,
     input_values: HashMap<usize, usize>,
+    /// The document's URL.
+    url: &'a str,
+    /// Frame element → the snapshot document it holds.
+    content_documents: HashMap<usize, usize>,
+    /// Node → its shadow root's mode (`open`, `closed`, `user-agent`), for the nodes
+    /// of shadow trees (the snapshot lists them as the host's children).
+    shadow: HashMap<usize, &'a str>,
+    /// Node → the host of the open shadow root whose tree it is in (none in the light
+    /// tree): its selector goes through the host (`x-card >>> input`).
+    scope_host: Vec<Option<usize>>,
+    /// Where this document's origin is in the page (a frame's content box).
+    offset: (f64, f64),
+    /// What each selector starts with: the way into this frame's document.
+    prefix: String,
 }
 
 impl<'a> Tree<'a> {
@@ -504,6 +627,24 @@ impl<'a> Tree<'a> {
             clickable: rare_set(&nodes.is_clickable),
             checked: rare_set(&nodes.input_checked),
             input_values,
+            url: string(document.document_url),
+            content_documents: rare_integers(&nodes.content_document_index),
+            shadow: nodes
+                .shadow_root_type
+                .as_ref()
+                .map(|data| {
+                    data.index
+                        .iter()
+                        .zip(&data.value)
+                        .filter_map(|(node, mode)| {
+                            Some((usize::try_from(*node).ok()?, string(*mode)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            scope_host: vec![None; count],
+            offset: (0.0, 0.0),
+            prefix: String::new(),
         };
         tree.first_pass(&rare_set(&nodes.option_selected));
         // The live choice, where the page answered for every select.
@@ -528,6 +669,35 @@ impl<'a> Tree<'a> {
 
     fn len(&self) -> usize {
         self.nodes.node_name.len()
+    }
+
+    fn document_url(&self) -> &'a str {
+        self.url
+    }
+
+    /// The snapshot document a frame element holds.
+    fn content_document(&self, node: usize) -> Option<usize> {
+        self.content_documents.get(&node).copied()
+    }
+
+    /// The width of the document's root element, as laid out.
+    fn root_width(&self) -> Option<f64> {
+        let root =
+            (0..self.len()).find(|node| self.is_element(*node) && self.tag(*node) == "HTML")?;
+        let layout_index = self.layout_of[root]?;
+        self.layout
+            .bounds
+            .get(layout_index)
+            .and_then(|bounds| bounds.get(2))
+            .copied()
+    }
+
+    /// Whether the node is the top of a shadow tree (its parent is the host).
+    fn is_shadow_top(&self, node: usize) -> bool {
+        self.shadow.contains_key(&node)
+            && self
+                .parent(node)
+                .is_none_or(|parent| !self.shadow.contains_key(&parent))
     }
 
     fn string(&self, index: i64) -> &'a str {
@@ -583,10 +753,18 @@ impl<'a> Tree<'a> {
             .map_or("", |index| self.string(*index))
     }
 
+    /// The node's box in the page (a frame's document's moved by the frame's offset).
     fn bounds(&self, node: usize) -> Option<[f64; 4]> {
         let layout_index = self.layout_of[node]?;
         let bounds = self.layout.bounds.get(layout_index)?;
-        (bounds.len() == 4).then(|| [bounds[0], bounds[1], bounds[2], bounds[3]])
+        (bounds.len() == 4).then(|| {
+            [
+                bounds[0] + self.offset.0,
+                bounds[1] + self.offset.1,
+                bounds[2],
+                bounds[3],
+            ]
+        })
     }
 
     /// The bounds of a rendered, visible element of non-zero size.
@@ -658,16 +836,24 @@ impl<'a> Tree<'a> {
     }
 
     fn first_pass(&mut self, selected_options: &HashSet<usize>) {
-        let mut type_counts: HashMap<(usize, String), usize> = HashMap::new();
+        let mut type_counts: HashMap<(usize, bool, String), usize> = HashMap::new();
         let mut option_parent: Vec<(usize, usize)> = Vec::new();
         for node in 0..self.len() {
             let parent = self.parent(node);
             let node_type = self.nodes.node_type.get(node).copied().unwrap_or(0);
+            // A closed or user-agent shadow root is out of a page script's reach.
+            let sealed_shadow = self.shadow.get(&node).is_some_and(|mode| *mode != "open");
             self.unreachable[node] = parent.is_some_and(|parent| {
                 self.unreachable[parent]
                     || self.nodes.node_type.get(parent) == Some(&11)
                     || self.tag_lower(parent) == "template"
-            }) || node_type == 11;
+            }) || node_type == 11
+                || sealed_shadow;
+            self.scope_host[node] = if self.is_shadow_top(node) {
+                parent
+            } else {
+                parent.and_then(|parent| self.scope_host[parent])
+            };
             let inherited = parent.and_then(|parent| self.collector[parent]);
             self.label_ancestor[node] = parent.and_then(|parent| {
                 if self.is_element(parent) && self.tag_lower(parent) == "label" {
@@ -696,7 +882,11 @@ impl<'a> Tree<'a> {
             }
             let tag = self.tag_lower(node);
             if let Some(parent) = parent {
-                let count = type_counts.entry((parent, tag.clone())).or_default();
+                // A host's shadow children and its light children are siblings of two
+                // different trees.
+                let count = type_counts
+                    .entry((parent, self.is_shadow_top(node), tag.clone()))
+                    .or_default();
                 *count += 1;
                 self.nth_of_type[node] = *count;
             }
@@ -888,6 +1078,15 @@ impl<'a> Tree<'a> {
     /// A CSS selector matching this element alone: a unique id, a unique name, or a
     /// path of `:nth-of-type` steps from the nearest element with a unique id.
     fn selector(&self, node: usize) -> String {
+        let scope = match self.scope_host[node] {
+            Some(host) => format!("{}{DEEP_SEPARATOR}", self.selector(host)),
+            None => self.prefix.clone(),
+        };
+        format!("{scope}{}", self.local_selector(node))
+    }
+
+    /// [`Self::selector`] within the node's own document or shadow tree.
+    fn local_selector(&self, node: usize) -> String {
         let tag = self.tag_lower(node);
         if let Some(id) = self.unique_id(node) {
             return format!("#{id}");
@@ -918,6 +1117,10 @@ impl<'a> Tree<'a> {
                 "{element_tag}:nth-of-type({})",
                 self.nth_of_type[element]
             ));
+            if self.is_shadow_top(element) {
+                // A child of the shadow root: the host is the way in.
+                break;
+            }
             current = self.parent(element);
         }
         segments.reverse();
@@ -962,6 +1165,8 @@ struct NodeTree {
     #[serde(default)]
     attributes: Vec<Vec<i64>>,
     input_value: Option<RareString>,
+    content_document_index: Option<RareInteger>,
+    shadow_root_type: Option<RareString>,
     input_checked: Option<RareBoolean>,
     option_selected: Option<RareBoolean>,
     is_clickable: Option<RareBoolean>,
@@ -971,6 +1176,27 @@ struct NodeTree {
 struct RareString {
     index: Vec<i64>,
     value: Vec<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RareInteger {
+    index: Vec<i64>,
+    value: Vec<i64>,
+}
+
+/// Node → the integer a rare-integer column gives it.
+fn rare_integers(data: &Option<RareInteger>) -> HashMap<usize, usize> {
+    data.as_ref()
+        .map(|data| {
+            data.index
+                .iter()
+                .zip(&data.value)
+                .filter_map(|(node, value)| {
+                    Some((usize::try_from(*node).ok()?, usize::try_from(*value).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Deserialize)]
@@ -1013,6 +1239,22 @@ struct ContentSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_frames_of_the_page_origin_are_entered() {
+        let page = "http://127.0.0.1:8080/shop/framed";
+        for (frame, entered) in [
+            ("http://127.0.0.1:8080/shop/inner", true),
+            ("about:srcdoc", true),
+            ("about:blank", true),
+            ("http://127.0.0.1:8081/shop/inner", false),
+            ("https://127.0.0.1:8080/shop/inner", false),
+            ("http://localhost:8080/shop/inner", false),
+            ("not a url", false),
+        ] {
+            assert_eq!(same_origin(page, frame), entered, "{frame}");
+        }
+    }
 
     #[test]
     fn identifiers_that_need_no_escaping() {

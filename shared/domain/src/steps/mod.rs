@@ -402,6 +402,28 @@ pub fn js_string(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
+/// Where a selector crosses into a same-origin frame's document or an open shadow
+/// root: `iframe#pay >>> button.submit`, `x-card >>> input`. Each part is a CSS
+/// selector, looked up in the document (or root) the part before it leads into.
+pub const DEEP_SEPARATOR: &str = " >>> ";
+
+/// The page-script function that finds the element a (deep) selector names, or null;
+/// it throws on an invalid CSS part, as `querySelector` does.
+const FIND_ELEMENT: &str = "((selector) => { const parts = selector.split(' >>> '); let root = document; let element = null; \
+for (let i = 0; i < parts.length; i++) { element = root.querySelector(parts[i]); if (!element || i === parts.length - 1) break; \
+root = element.contentDocument || element.shadowRoot; if (!root) return null; } return element; })";
+
+/// A page-script expression for the element `selector` names (or null).
+pub fn find_element(selector: &str) -> String {
+    format!("{FIND_ELEMENT}({})", js_string(selector))
+}
+
+/// A page-script function of an element: the offset of its frame's viewport in the top
+/// viewport (zero outside frames), to add to its `getBoundingClientRect()`.
+pub const FRAME_OFFSET: &str = "((element) => { let x = 0, y = 0, view = element.ownerDocument.defaultView; \
+while (view && view.frameElement) { const frame = view.frameElement; const box = frame.getBoundingClientRect(); \
+x += box.left + frame.clientLeft; y += box.top + frame.clientTop; view = frame.ownerDocument.defaultView; } return {x, y}; })";
+
 /// A `step_failed` when a page script answered `{error: "..."}`.
 pub(crate) fn script_error(answer: &Value) -> Result<(), CodedError> {
     match answer.get("error").and_then(Value::as_str) {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Action, ElementState, StepContext, StepOutput, StepPage, check_optional_selector, js_string,
+    Action, ElementState, StepContext, StepOutput, StepPage, check_optional_selector, find_element,
 };
 use crate::error::CodedError;
 
@@ -42,8 +42,8 @@ impl Action for Scroll {
                 page.wait_element(selector, ElementState::Visible, step.deadline)
                     .await?;
                 format!(
-                    "(() => {{ document.querySelector({}).scrollIntoView({{block: 'center'}}); return true; }})()",
-                    js_string(selector)
+                    "(() => {{ {}.scrollIntoView({{block: 'center'}}); return true; }})()",
+                    find_element(selector)
                 )
             }
             None => format!(

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Action, ElementState, StepContext, StepOutput, StepPage, check_selector, js_string,
+    Action, ElementState, StepContext, StepOutput, StepPage, check_selector, find_element,
     script_error,
 };
 use crate::error::CodedError;
@@ -47,14 +47,14 @@ impl Action for Select {
             .await?;
         let answer = page
             .evaluate(&format!(
-                "(() => {{ const element = document.querySelector({selector}); \
+                "(() => {{ const element = {selector}; \
                  if (!element || element.tagName !== 'SELECT') return {{error: 'the element is not a <select>'}}; \
                  const wanted = {values}; const chosen = []; \
                  for (const option of element.options) {{ option.selected = wanted.includes(option.value); if (option.selected) chosen.push(option.value); }} \
                  element.dispatchEvent(new Event('input', {{bubbles: true}})); element.dispatchEvent(new Event('change', {{bubbles: true}})); \
                  const missing = wanted.filter(value => !chosen.includes(value)); \
                  return missing.length ? {{error: 'no option with value ' + JSON.stringify(missing[0])}} : {{chosen}}; }})()",
-                selector = js_string(&self.selector),
+                selector = find_element(&self.selector),
                 values = serde_json::to_string(&self.values).unwrap_or_else(|_| "[]".into()),
             ))
             .await?;
