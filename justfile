@@ -12,7 +12,7 @@ test *args:
 services:
     ./dev services
 
-# Run a benchmark in release mode: `just bench queue [--quick]`, `just bench browser`.
+# Run a benchmark in release mode: `just bench queue [--quick]`, `just bench browser`, `just bench agent`.
 bench *args:
     ./dev bench {{args}}
 

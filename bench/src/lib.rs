@@ -5,6 +5,8 @@
 //!   the API end to end on PostgreSQL (`just bench queue`).
 //! - `browser`: `POST /v1/screenshot` against a hand-written puppeteer-core script on
 //!   the same Chromium, with peak Chromium memory (`just bench browser`).
+//! - `agent`: an agent's look at real documentation pages: time, tokens, elements,
+//!   beside the pages' HTML and text tokens (`just bench agent`).
 //!
 //! Modules:
 //! - [`redis_server`]: a private `redis-server` per run, so other people's traffic on the
@@ -19,6 +21,7 @@
 //! - [`queue_suite`]: the `queue` binary's run: every workload, one table.
 //! - [`stats`], [`report`]: percentiles and the printed table.
 
+pub mod agent_suite;
 pub mod apalis_baseline;
 pub mod browser_suite;
 pub mod ceiling;

@@ -1137,6 +1137,8 @@ fn step_record(step: u32, observation: &Observation, answer: &ModelAnswer, cost:
             "interactive_total": observation.interactive_total,
             "text_chars": observation.text_chars,
             "estimated_tokens": observation.text.len() / CHARS_PER_TOKEN,
+            "dom_nodes": observation.dom_nodes,
+            "took_ms": observation.took.as_secs_f64() * 1000.0,
         },
     })
 }

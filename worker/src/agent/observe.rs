@@ -52,6 +52,10 @@ pub struct Observation {
     pub page_height: f64,
     /// How many interactive elements the page has in all (shown or not).
     pub interactive_total: usize,
+    /// The DOM nodes of every document of the page (frames included).
+    pub dom_nodes: usize,
+    /// How long the look took: the snapshot, the layout metrics and building the text.
+    pub took: std::time::Duration,
 }
 
 /// One interactive element the model may act on.
@@ -148,6 +152,7 @@ impl Observer {
         session: &Session<'_>,
         secrets: &BTreeMap<String, String>,
     ) -> Result<Observation, CodedError> {
+        let started = std::time::Instant::now();
         let snapshot: Snapshot = session
             .page
             .call(
@@ -169,7 +174,9 @@ impl Observer {
             )
             .await?;
         let chosen: Vec<Vec<String>> = serde_json::from_value(chosen).unwrap_or_default();
-        Ok(self.build(&snapshot, &metrics, &chosen, secrets))
+        let mut observation = self.build(&snapshot, &metrics, &chosen, secrets);
+        observation.took = started.elapsed();
+        Ok(observation)
     }
 
     fn build(
@@ -261,6 +268,12 @@ impl Observer {
             viewport_height,
             page_height,
             interactive_total,
+            dom_nodes: snapshot
+                .documents
+                .iter()
+                .map(|document| document.nodes.node_name.len())
+                .sum(),
+            took: std::time::Duration::ZERO,
         }
     }
 
@@ -467,6 +480,8 @@ impl Observation {
             viewport_height: 0.0,
             page_height: 0.0,
             interactive_total: 0,
+            dom_nodes: 0,
+            took: std::time::Duration::ZERO,
         }
     }
 
