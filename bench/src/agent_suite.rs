@@ -18,7 +18,7 @@ use anyhow::Context;
 use operator::{Application, Roles};
 use operator_testkit::{ApiClient, embedded_settings};
 use poem::web::{Data, Json};
-use poem::{EndpointExt, Route, Server, handler, post};
+use poem::{EndpointExt, Route, handler, post};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -106,23 +106,10 @@ fn complete(Json(request): Json<Value>, seen: Data<&Arc<Seen>>) -> Json<Value> {
 
 /// Serves `root`'s files (the documentation) and the stand-in model on one port.
 async fn serve(root: PathBuf, seen: Arc<Seen>, stop: &CancellationToken) -> anyhow::Result<String> {
-    let acceptor =
-        poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind("127.0.0.1:0"))
-            .await?;
-    let port = poem::listener::Acceptor::local_addr(&acceptor)
-        .into_iter()
-        .find_map(|address| address.as_socket_addr().map(|socket| socket.port()))
-        .context("no port")?;
     let app = Route::new()
         .at("/v1/chat/completions", post(complete).data(seen))
         .nest("/doc", poem::endpoint::StaticFilesEndpoint::new(root));
-    tokio::spawn(
-        Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
-            app,
-            stop.clone().cancelled_owned(),
-            None,
-        ),
-    );
+    let port = crate::serve_loopback(app, stop).await?;
     Ok(format!("http://127.0.0.1:{port}"))
 }
 

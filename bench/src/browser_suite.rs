@@ -19,7 +19,7 @@ use anyhow::Context;
 use operator::{Application, Roles};
 use operator_testkit::embedded_settings;
 use poem::web::Html;
-use poem::{Route, Server, get, handler};
+use poem::{Route, get, handler};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{Latencies, per_second};
@@ -70,21 +70,7 @@ fn bench_page() -> Html<&'static str> {
 }
 
 async fn serve_page(stop: &CancellationToken) -> anyhow::Result<String> {
-    let acceptor =
-        poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind("127.0.0.1:0"))
-            .await?;
-    let port = poem::listener::Acceptor::local_addr(&acceptor)
-        .into_iter()
-        .find_map(|address| address.as_socket_addr().map(|socket| socket.port()))
-        .context("the page server has no port")?;
-    let app = Route::new().at("/page", get(bench_page));
-    tokio::spawn(
-        Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
-            app,
-            stop.clone().cancelled_owned(),
-            None,
-        ),
-    );
+    let port = crate::serve_loopback(Route::new().at("/page", get(bench_page)), stop).await?;
     Ok(format!("http://127.0.0.1:{port}/page"))
 }
 

@@ -32,3 +32,25 @@ pub mod queue_suite;
 pub mod redis_server;
 pub mod report;
 pub mod stats;
+
+/// Serves `app` on a free loopback port until `stop`; returns the port.
+pub async fn serve_loopback(
+    app: impl poem::Endpoint + 'static,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<u16> {
+    let acceptor =
+        poem::listener::Listener::into_acceptor(poem::listener::TcpListener::bind("127.0.0.1:0"))
+            .await?;
+    let port = poem::listener::Acceptor::local_addr(&acceptor)
+        .into_iter()
+        .find_map(|address| address.as_socket_addr().map(|socket| socket.port()))
+        .ok_or_else(|| anyhow::anyhow!("the loopback server has no port"))?;
+    tokio::spawn(
+        poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+            app,
+            stop.clone().cancelled_owned(),
+            None,
+        ),
+    );
+    Ok(port)
+}
