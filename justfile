@@ -16,6 +16,10 @@ services:
 bench *args:
     ./dev bench {{args}}
 
+# Agent tasks against a real small model (llama.cpp's server, built from source; not in CI).
+agent-smoke:
+    scripts/agent-smoke.sh
+
 # rustfmt check and clippy with warnings as errors.
 lint:
     ./dev lint
