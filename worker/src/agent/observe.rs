@@ -609,19 +609,7 @@ impl<'a> Tree<'a> {
                 })
                 .unwrap_or_default()
         };
-        let input_values: HashMap<usize, usize> = nodes
-            .input_value
-            .as_ref()
-            .map(|data| {
-                data.index
-                    .iter()
-                    .zip(&data.value)
-                    .filter_map(|(node, value)| {
-                        Some((usize::try_from(*node).ok()?, usize::try_from(*value).ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let input_values = rare_pairs(&nodes.input_value);
         let mut tree = Self {
             nodes,
             strings,
@@ -643,7 +631,7 @@ impl<'a> Tree<'a> {
             checked: rare_set(&nodes.input_checked),
             input_values,
             url: string(document.document_url),
-            content_documents: rare_integers(&nodes.content_document_index),
+            content_documents: rare_pairs(&nodes.content_document_index),
             shadow: nodes
                 .shadow_root_type
                 .as_ref()
@@ -1180,7 +1168,8 @@ struct NodeTree {
     #[serde(default)]
     attributes: Vec<Vec<i64>>,
     input_value: Option<RareString>,
-    content_document_index: Option<RareInteger>,
+    /// Integers, in the same shape as a rare string column.
+    content_document_index: Option<RareString>,
     shadow_root_type: Option<RareString>,
     input_checked: Option<RareBoolean>,
     option_selected: Option<RareBoolean>,
@@ -1193,14 +1182,8 @@ struct RareString {
     value: Vec<i64>,
 }
 
-#[derive(Debug, Deserialize)]
-struct RareInteger {
-    index: Vec<i64>,
-    value: Vec<i64>,
-}
-
-/// Node → the integer a rare-integer column gives it.
-fn rare_integers(data: &Option<RareInteger>) -> HashMap<usize, usize> {
+/// Node → the value a rare column gives it (a string table index, or an integer).
+fn rare_pairs(data: &Option<RareString>) -> HashMap<usize, usize> {
     data.as_ref()
         .map(|data| {
             data.index
