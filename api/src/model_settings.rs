@@ -127,16 +127,10 @@ fn invalid(field: &str, problem: &str) -> ApiError {
     ApiError::new(ErrorCode::InvalidRequest, format!("{field}: {problem}"))
 }
 
+/// The key's last four characters, for people to tell keys apart.
 fn hint(key: &str) -> String {
-    let tail: String = key
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("…{tail}")
+    let skip = key.chars().count().saturating_sub(4);
+    format!("…{}", key.chars().skip(skip).collect::<String>())
 }
 
 impl ModelSettingsApi {

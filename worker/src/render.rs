@@ -174,11 +174,8 @@ pub async fn render(
                 })
                 .await
             }
-            (None, _) => Err(CodedError::new(
-                ErrorCode::LlmNotConfigured,
-                "no language model",
-            )),
-            (_, None) => Err(CodedError::new(
+            // The model was checked above, before the page was taken.
+            _ => Err(CodedError::new(
                 ErrorCode::BrowserError,
                 "an agent task runs only under a lease (its steps are recorded under it)",
             )),

@@ -13,7 +13,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
-use operator_config::{LlmProtocol, LlmSettings, ModelPrice, TenantModel};
+use operator_config::{LlmProtocol, LlmSettings, TenantModel};
 use operator_domain::TenantId;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -197,9 +197,6 @@ impl TenantModels {
         })
     }
 }
-
-/// The prices column: model name to price.
-pub type Prices = HashMap<String, ModelPrice>;
 
 /// The protocol column's values.
 pub fn protocol_name(protocol: LlmProtocol) -> &'static str {

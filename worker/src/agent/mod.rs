@@ -451,12 +451,12 @@ pub(crate) async fn run(agent: AgentRun<'_>) -> Result<Rendered, CodedError> {
         && progress.step == 0
         && let Some(cached) = journal.cached_script(&cache_key).await
     {
-        replay_cached(session, input, settings, &cached, &mut progress).await?;
+        let url = replay_cached(session, input, settings, &cached, &mut progress).await?;
         let shot = match settings.step_screenshots {
             true => step_screenshot(session, journal, progress.step).await,
             false => None,
         };
-        let record = cache_record(&progress, session, shot.as_ref()).await;
+        let record = cache_record(&progress, url, shot.as_ref());
         recorder
             .commit(&mut progress, record, shot.as_slice())
             .await?;
@@ -763,14 +763,14 @@ async fn resume(
 /// Replays a cached script on the start page, each step bounded by
 /// `agent.cached_step_timeout`, until one fails: the steps that ran join the run's
 /// script, and the model is told (as the next look's note) what was done and where to
-/// go on from.
+/// go on from. Returns the URL it ended on.
 async fn replay_cached(
     session: &Session<'_>,
     input: &AgentInput,
     settings: &AgentSettings,
     cached: &[Step],
     progress: &mut Progress,
-) -> Result<(), CodedError> {
+) -> Result<Option<String>, CodedError> {
     let limit = settings.cached_step_timeout;
     let mut previous = session.event_sequence();
     let mut failed = None;
@@ -797,12 +797,7 @@ async fn replay_cached(
         }
         progress.script.push(step.clone());
     }
-    if let Ok(url) = session.evaluate("location.href").await
-        && let Some(url) = url.as_str()
-        && progress.visited.last().map(String::as_str) != Some(url)
-    {
-        progress.visited.push(url.to_owned());
-    }
+    let url = note_visited(session, &mut progress.visited).await;
     let done: Vec<String> = progress.script.iter().map(describe_step).collect();
     let mut note = format!(
         "These actions of an earlier run of this goal were replayed already: {}.",
@@ -832,7 +827,7 @@ async fn replay_cached(
         replayed: progress.script.len(),
         failed,
     });
-    Ok(())
+    Ok(url)
 }
 
 /// A script step in a few words, for the model: `click #submit`.
@@ -852,17 +847,8 @@ fn describe_step(step: &Step) -> String {
 }
 
 /// The record of the step that replayed the cached script: no model call.
-async fn cache_record(
-    progress: &Progress,
-    session: &Session<'_>,
-    shot: Option<&NewArtifact>,
-) -> Value {
+fn cache_record(progress: &Progress, url: Option<String>, shot: Option<&NewArtifact>) -> Value {
     let replay = progress.cache.as_ref();
-    let url = session
-        .evaluate("location.href")
-        .await
-        .ok()
-        .and_then(|url| url.as_str().map(str::to_owned));
     let mut record = json!({
         "index": progress.step,
         "action": "replay_cached",
@@ -1325,6 +1311,17 @@ async fn plan(
     Ok(steps)
 }
 
+/// The page's URL now, appended to `visited` when it is not the last one there (for
+/// `go_back`); none when the page does not answer.
+async fn note_visited(session: &Session<'_>, visited: &mut Vec<String>) -> Option<String> {
+    let url = session.evaluate("location.href").await.ok()?;
+    let url = url.as_str()?.to_owned();
+    if visited.last() != Some(&url) {
+        visited.push(url.clone());
+    }
+    Some(url)
+}
+
 /// Runs an action's steps through the script executor, appending each to `script`.
 async fn run_steps(
     session: &Session<'_>,
@@ -1353,12 +1350,7 @@ async fn run_steps(
             }));
         }
     }
-    if let Ok(url) = session.evaluate("location.href").await
-        && let Some(url) = url.as_str()
-        && visited.last().map(String::as_str) != Some(url)
-    {
-        visited.push(url.to_owned());
-    }
+    note_visited(session, visited).await;
     Ok(Ok(match action {
         AgentAction::Click { .. } => "clicked",
         AgentAction::Type { submit: true, .. } => "typed and pressed Enter",
